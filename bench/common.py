@@ -1,0 +1,124 @@
+"""Shared pieces of the benchmarks: a throwaway core or full service on free ports,
+the benchmark checkpoint, prompts, and latency statistics."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PROMPT_WORDS = ("the river runs past the old mill where the clockmaker keeps a garden of brass "
+                "gears and patient seedlings while travellers ask about the road to the harbour").split()
+
+
+def prompts(count: int, words: int = 24) -> list[str]:
+    """Deterministic, distinct prompts of similar length."""
+    out = []
+    for i in range(count):
+        ws = [PROMPT_WORDS[(i * 7 + j * 3) % len(PROMPT_WORDS)] for j in range(words)]
+        out.append(f"Request {i}: " + " ".join(ws))
+    return out
+
+
+def bench_model(preset: str, dtype: str = "float32") -> Path:
+    from server.tiny_models import build
+
+    return build(ROOT / "bench" / ".models" / f"{preset}-{dtype}", preset=preset, dtype=dtype)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(model_dir: Path, device: str, max_batch: int = 32, dtype: str = "auto") -> Path:
+    f = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+    f.write(f"""
+[shim]
+workers = 2
+threads = 64
+[[models]]
+name = "bench"
+path = "{model_dir}"
+[models.options]
+device = "{device}"
+dtype = "{dtype}"
+max_batch = {max_batch}
+max_queue = 1024
+""")
+    f.close()
+    return Path(f.name)
+
+
+@contextlib.contextmanager
+def running(argv: list[str], ready, timeout_s: float = 600, log_name: str = "bench-service.log"):
+    """Starts a genapi process, waits until `ready()` is true, stops it afterwards."""
+    log = open(Path(tempfile.gettempdir()) / log_name, "w")
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"service did not start; see {log.name}")
+            time.sleep(0.3)
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def grpc_ready(target: str):
+    def check() -> bool:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        try:
+            with grpc.insecure_channel(target) as ch:
+                r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                return r.status == health_pb2.HealthCheckResponse.SERVING
+        except Exception:
+            return False
+    return check
+
+
+def http_ready(url: str):
+    def check() -> bool:
+        import httpx
+
+        try:
+            return httpx.get(url, timeout=1).status_code == 200
+        except Exception:
+            return False
+    return check
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def latency_summary(name: str, ttft: list[float], itl: list[float]) -> str:
+    ms = 1000
+    return (f"{name}: TTFT p50 {pct(ttft, 50) * ms:.1f} ms p90 {pct(ttft, 90) * ms:.1f} ms p99 {pct(ttft, 99) * ms:.1f} ms | "
+            f"ITL p50 {pct(itl, 50) * ms:.1f} ms p90 {pct(itl, 90) * ms:.1f} ms p99 {pct(itl, 99) * ms:.1f} ms")
+
+
+def mean(xs):
+    return statistics.fmean(xs) if xs else float("nan")

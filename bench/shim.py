@@ -1,0 +1,95 @@
+"""REST shim vs. direct gRPC on the same running core.
+
+Starts `genapi serve` once, then streams the same requests (greedy, EOS ignored) at 1, 8
+and 32 concurrent streams two ways: SSE through the shim with a raw HTTP client (httpx),
+and Generate streams straight to the core. Prints tokens/s for both, the ratio, and the
+TTFT the shim adds.
+
+    .venv/bin/python bench/shim.py
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+import httpx
+
+from common import ROOT, bench_model, free_port, grpc_ready, http_ready, pct, prompts, running, write_config
+
+sys.path.insert(0, str(ROOT))
+
+
+async def sse_stream(client: httpx.AsyncClient, url: str, prompt: str, tokens: int):
+    body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "stream": True,
+            "temperature": 0, "max_tokens": tokens, "ignore_eos": True}
+    t0 = time.perf_counter()
+    ttft, used = None, 0
+    async with client.stream("POST", url, json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if ttft is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                ttft = time.perf_counter() - t0
+            if chunk.get("usage"):
+                used = chunk["usage"]["completion_tokens"]
+    return used, ttft or 0.0
+
+
+async def run_http(base: str, texts: list[str], concurrency: int, tokens: int):
+    sem = asyncio.Semaphore(concurrency)
+    results = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        async def task(p):
+            async with sem:
+                results.append(await sse_stream(client, f"{base}/v1/chat/completions", p, tokens))
+        t0 = time.perf_counter()
+        await asyncio.gather(*(task(p) for p in texts))
+        dt = time.perf_counter() - t0
+    return sum(r[0] for r in results), dt, [r[1] for r in results]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--preset", default="bench")
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--levels", default="1,8,32")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds per level (noise control)")
+    args = ap.parse_args()
+    dtype = "bfloat16" if args.device == "cuda" else "float32"
+    model_dir = bench_model(args.preset, dtype)
+    levels = [int(x) for x in args.levels.split(",")]
+    cfg = write_config(model_dir, args.device, max_batch=max(levels), dtype=dtype)
+    port, gport = free_port(), free_port()
+    base, target = f"http://127.0.0.1:{port}", f"127.0.0.1:{gport}"
+    argv = [sys.executable, "-m", "server", "serve", "--config", str(cfg), "--port", str(port),
+            "--grpc-port", str(gport)]
+    from grpc_load import run as run_grpc
+
+    print(f"model {model_dir.name}, device {args.device}, {args.tokens} tokens per request, EOS ignored")
+    with running(argv, lambda: grpc_ready(target)() and http_ready(f"{base}/health")(), log_name="bench-shim.log"):
+        asyncio.run(run_http(base, prompts(4), 4, 8))  # warm-up both paths
+        asyncio.run(run_grpc(target, "bench", prompts(4), 4, 8))
+        for c in levels:
+            texts = prompts(max(2 * c, 4))
+            h_tok = h_s = g_tok = g_s = 0.0
+            h_ttft, g_ttft = [], []
+            for _ in range(args.rounds):  # alternate the two sides so drift hits both
+                t, s, tt = asyncio.run(run_http(base, texts, c, args.tokens))
+                h_tok, h_s, h_ttft = h_tok + t, h_s + s, h_ttft + tt
+                t, s, tt, _ = asyncio.run(run_grpc(target, "bench", texts, c, args.tokens))
+                g_tok, g_s, g_ttft = g_tok + t, g_s + s, g_ttft + tt
+            h_tps, g_tps = h_tok / h_s, g_tok / g_s
+            print(f"{c:>2} streams: shim {h_tps:.1f} tok/s, gRPC {g_tps:.1f} tok/s, ratio {h_tps / g_tps:.3f} | "
+                  f"TTFT p50 shim {pct(h_ttft, 50) * 1000:.1f} ms, gRPC {pct(g_ttft, 50) * 1000:.1f} ms, "
+                  f"added {(pct(h_ttft, 50) - pct(g_ttft, 50)) * 1000:+.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

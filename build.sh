@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Install genapi into ./.venv, generate the gRPC stubs and the embedded tiny chat model.
+#
+#   ./build.sh                  install (idempotent; fast when nothing changed)
+#   ./build.sh serve [args...]  install, then `genapi serve args...`
+#   ./build.sh test [args...]   install, then `python -m pytest args...`
+#
+# Environment: PYTHON (interpreter used to create the venv, default python3).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+TORCH_VERSION=2.13.0
+VENV=.venv
+PY=$VENV/bin/python
+STAMP=$VENV/.genapi-install-stamp
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+
+say() { printf '[build] %s\n' "$*"; }
+die() { printf '[build] error: %s\n' "$*" >&2; exit 1; }
+
+usage() { sed -n '2,8s/^# \{0,1\}//p' "$0"; }
+
+cmd=install
+if [ $# -gt 0 ]; then
+  case "$1" in
+    install|serve|test) cmd=$1; shift ;;
+    -h|--help|help) usage; exit 0 ;;
+    *) usage >&2; die "unknown command: $1" ;;
+  esac
+fi
+[ "$cmd" = install ] && [ $# -gt 0 ] && die "install takes no arguments"
+
+# 1. virtual environment ------------------------------------------------------------
+if [ ! -x "$PY" ] || ! "$PY" -c '' 2>/dev/null; then
+  base=${PYTHON:-python3}
+  command -v "$base" >/dev/null || die "$base not found (Python >= 3.11 is required)"
+  "$base" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || die "$base is $("$base" -V 2>&1); Python >= 3.11 is required"
+  say "creating $VENV with $("$base" -V 2>&1)"
+  rm -rf "$VENV"
+  "$base" -m venv "$VENV" || die "could not create $VENV (on Debian/Ubuntu: apt-get install python3-venv)"
+fi
+
+# 2-3. dependencies, skipped while pyproject.toml and this script are unchanged ----------
+want=$(cat pyproject.toml build.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$STAMP" 2>/dev/null || true)" = "$want" ]; then
+  say "dependencies up to date"
+else
+  rm -f "$STAMP"
+  say "upgrading pip"
+  "$PY" -m pip install -q --upgrade pip
+  if "$PY" - "$TORCH_VERSION" <<'EOF' 2>/dev/null
+import importlib.metadata as md, sys
+sys.exit(md.version("torch").split("+")[0] != sys.argv[1])
+EOF
+  then
+    say "torch $TORCH_VERSION already installed"
+  else
+    # First and pinned, so that the extras below do not pull a CUDA build of torch.
+    say "installing torch==$TORCH_VERSION"
+    "$PY" -m pip install -q "torch==$TORCH_VERSION"
+  fi
+  # The stub package must exist before the editable install, or its import hook will not
+  # map `genapi` (and `genapi serve` from .venv/bin could not import the stubs).
+  mkdir -p genapi/v1 && touch genapi/__init__.py genapi/v1/__init__.py
+  say "installing genapi and its dependencies (pip install -e .[torch,test,bench])"
+  "$PY" -m pip install -q -e ".[torch,test,bench]"
+  printf '%s\n' "$want" > "$STAMP"
+fi
+
+# 4. gRPC stubs (genapi/v1/*_pb2*.py, gitignored), regenerated when a proto changes -----
+shopt -s nullglob
+protos=(protos/genapi/v1/*.proto)
+shopt -u nullglob
+[ ${#protos[@]} -gt 0 ] || die "no .proto files in protos/genapi/v1"
+stale=0
+for proto in "${protos[@]}"; do
+  name=$(basename "$proto" .proto)
+  for stub in "genapi/v1/${name}_pb2.py" "genapi/v1/${name}_pb2.pyi" "genapi/v1/${name}_pb2_grpc.py"; do
+    if [ ! -f "$stub" ] || [ "$proto" -nt "$stub" ]; then stale=1; fi
+  done
+done
+# A removed proto leaves a stub behind: regenerate from scratch.
+for stub in genapi/v1/*_pb2.py; do
+  [ -e "$stub" ] || continue
+  [ -f "protos/genapi/v1/$(basename "$stub" _pb2.py).proto" ] || stale=1
+done
+if [ "$stale" = 1 ]; then
+  say "generating gRPC stubs from ${#protos[@]} protos"
+  mkdir -p genapi/v1
+  rm -f genapi/v1/*_pb2.py genapi/v1/*_pb2.pyi genapi/v1/*_pb2_grpc.py
+  "$PY" -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. "${protos[@]}"
+  touch genapi/__init__.py genapi/v1/__init__.py
+else
+  say "gRPC stubs up to date"
+fi
+
+# 5. the embedded tiny chat model (prints "up to date" when nothing changed) -----------
+"$PY" -m server.tiny_models --out models/tiny-chat --preset tiny
+
+case "$cmd" in
+  serve)
+    [ -x "$VENV/bin/genapi" ] || die "$VENV/bin/genapi is missing (is [project.scripts] genapi in pyproject.toml?)"
+    exec "$VENV/bin/genapi" serve "$@"
+    ;;
+  test)
+    exec "$PY" -m pytest "$@"
+    ;;
+esac
+say "done"

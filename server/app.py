@@ -1,0 +1,77 @@
+"""Builds and runs the grpc.aio core: services, health per service, reflection, auth,
+graceful drain on SIGTERM."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from genapi.v1 import generation_service_pb2, generation_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
+
+from .auth import AuthInterceptor, KeyChecker
+from .config import Config
+from .models import Registry
+from .services.generation import GenerationServicer
+from .services.models import ModelServicer
+
+log = logging.getLogger("genapi.core")
+
+SERVICES = (
+    generation_service_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name,
+    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+)
+
+
+def grpc_options(cfg: Config) -> list[tuple]:
+    mb = cfg.max_message_mb * 1024 * 1024
+    return [
+        ("grpc.max_send_message_length", mb),
+        ("grpc.max_receive_message_length", mb),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+async def serve(cfg: Config, grace_s: float = 30.0) -> None:
+    registry = Registry(cfg.models)
+    checker = KeyChecker(cfg.api_key_sha256)
+    server = grpc.aio.server(
+        interceptors=[AuthInterceptor(checker)] if checker.enabled else [],
+        options=grpc_options(cfg) + [("grpc.so_reuseport", 0)],
+    )
+    generation_service_pb2_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(registry), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    address = f"{cfg.core_host}:{cfg.core_port}"
+    if server.add_insecure_port(address) == 0:
+        raise SystemExit(f"genapi core: cannot listen on {address} (port in use?)")
+    for name in ("",) + SERVICES:
+        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+    log.info("gRPC core listening on %s; loading models", address)
+    await registry.start()
+    for name in ("",) + SERVICES:
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("gRPC core serving %s on %s%s", ", ".join(registry.models), address,
+             "" if checker.enabled else " (no API keys configured: auth disabled)")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining: health NOT_SERVING, finishing in-flight requests (grace %.0fs)", grace_s)
+    await health.enter_graceful_shutdown()
+    await server.stop(grace_s)
+    await registry.stop()
+    log.info("gRPC core stopped")

@@ -1,0 +1,54 @@
+"""Typed chat input -> prompt token ids, through the checkpoint's own chat template."""
+from __future__ import annotations
+
+from genapi.v1 import generation_service_pb2 as pb
+
+from ..errors import invalid
+
+ROLE_NAMES = {
+    pb.ROLE_SYSTEM: "system",
+    pb.ROLE_DEVELOPER: "developer",
+    pb.ROLE_USER: "user",
+    pb.ROLE_ASSISTANT: "assistant",
+    pb.ROLE_TOOL: "tool",
+}
+
+
+def to_template_messages(messages) -> list[dict]:
+    """Proto messages -> the dicts chat templates expect (text content joined to a string)."""
+    if not messages:
+        raise invalid("messages must contain at least one message", "messages")
+    out = []
+    for i, m in enumerate(messages):
+        role = ROLE_NAMES.get(m.role)
+        if role is None:
+            raise invalid(f"messages[{i}].role is not set", f"messages[{i}].role")
+        texts = []
+        for j, part in enumerate(m.content):
+            kind = part.WhichOneof("part")
+            if kind != "text":
+                raise invalid(f"messages[{i}].content[{j}]: {kind} input is not supported by this model",
+                              f"messages[{i}].content[{j}]", "unsupported_parameter")
+            texts.append(part.text)
+        d = {"role": role, "content": "\n".join(texts)}
+        if m.name:
+            d["name"] = m.name
+        if m.tool_calls:
+            d["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in m.tool_calls
+            ]
+        if m.tool_call_id:
+            d["tool_call_id"] = m.tool_call_id
+        out.append(d)
+    return out
+
+
+def render_prompt(tokenizer, messages) -> list[int]:
+    """Applies the chat template (with the assistant generation prompt) and tokenizes."""
+    dicts = to_template_messages(messages)
+    try:
+        text = tokenizer.apply_chat_template(dicts, add_generation_prompt=True, tokenize=False)
+    except Exception as e:  # templates reject bad turn orders with raise_exception()
+        raise invalid(f"messages could not be formatted with the model's chat template: {e}", "messages")
+    return tokenizer.encode(text, add_special_tokens=False)

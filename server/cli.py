@@ -1,0 +1,205 @@
+"""`genapi` command: serve (core + shim together), core, shim, hash-key."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from .config import REPO_ROOT, Config, hash_key, is_loopback, load_config
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("GENAPI_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s [%(name)s] %(message)s",
+    )
+
+
+def port_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _fail(msg: str) -> None:
+    print(f"genapi: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _check_exposure(cfg: Config, host: str, what: str) -> None:
+    """Without API keys the service may only listen on loopback."""
+    if cfg.api_key_sha256:
+        return
+    if not is_loopback(host):
+        _fail(f"refusing to expose the {what} on {host} without API keys: set GENAPI_API_KEYS or "
+              "[auth] api_key_sha256 in the config, or listen on 127.0.0.1")
+    print(f"genapi: no API keys configured: auth is off and the {what} listens on loopback only ({host})",
+          file=sys.stderr)
+
+
+def _load(args) -> Config:
+    cfg = load_config(args.config)
+    if getattr(args, "host", None):
+        cfg.shim_host = cfg.core_host = args.host
+    if getattr(args, "port", None):
+        cfg.shim_port = args.port
+    if getattr(args, "grpc_port", None):
+        cfg.core_port = args.grpc_port
+    if getattr(args, "core", None):
+        cfg.core_targets = args.core
+    return cfg
+
+
+def cmd_core(args) -> None:
+    cfg = _load(args)
+    _check_exposure(cfg, cfg.core_host, "gRPC core")
+    if not port_free(cfg.core_host, cfg.core_port):
+        _fail(f"gRPC port {cfg.core_host}:{cfg.core_port} is already in use (choose another with --grpc-port)")
+    _setup_logging()
+    from .app import serve
+
+    asyncio.run(serve(cfg))
+
+
+def _shim_env(cfg: Config, args) -> dict:
+    env = dict(os.environ)
+    if args.config:
+        env["GENAPI_CONFIG"] = os.path.abspath(args.config)
+    env["GENAPI_HOST"] = cfg.shim_host
+    env["GENAPI_PORT"] = str(cfg.shim_port)
+    if cfg.core_targets:
+        env["GENAPI_CORE"] = ",".join(cfg.core_targets)
+    else:  # a wildcard listen address is dialled through loopback
+        host = "127.0.0.1" if cfg.core_host in ("0.0.0.0", "::", "") else cfg.core_host
+        env["GENAPI_CORE"] = f"{host}:{cfg.core_port}"
+    return env
+
+
+def _shim_argv() -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "-c", str(REPO_ROOT / "shim" / "gunicorn_conf.py"), "shim:create_app()"]
+
+
+def cmd_shim(args) -> None:
+    cfg = _load(args)
+    _check_exposure(cfg, cfg.shim_host, "REST API")
+    if not port_free(cfg.shim_host, cfg.shim_port):
+        _fail(f"HTTP port {cfg.shim_host}:{cfg.shim_port} is already in use (choose another with --port)")
+    os.chdir(REPO_ROOT)
+    os.execve(sys.executable, _shim_argv(), _shim_env(cfg, args))
+
+
+def _wait_core(target: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                _fail(f"the gRPC core exited during start-up (code {proc.returncode}); see its log above")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    _fail(f"the gRPC core did not become ready within {timeout_s:.0f}s")
+
+
+def cmd_serve(args) -> None:
+    """Core and shim as two child processes; Ctrl-C / SIGTERM stops both."""
+    cfg = _load(args)
+    _check_exposure(cfg, cfg.shim_host, "service")
+    for host, port, flag in ((cfg.shim_host, cfg.shim_port, "--port"), (cfg.core_host, cfg.core_port, "--grpc-port")):
+        if not port_free(host, port):
+            _fail(f"port {host}:{port} is already in use (choose another with {flag})")
+    env = _shim_env(cfg, args)
+    core_argv = [sys.executable, "-m", "server", "core", "--host", cfg.core_host, "--grpc-port", str(cfg.core_port)]
+    if args.config:
+        core_argv += ["--config", os.path.abspath(args.config)]
+    procs: list[subprocess.Popen] = []
+    stopping = False
+
+    def stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        procs.append(subprocess.Popen(core_argv, cwd=REPO_ROOT, env=env))
+        _wait_core(env["GENAPI_CORE"].split(",")[0], procs[0], args.start_timeout)
+        if stopping:
+            return
+        procs.append(subprocess.Popen(_shim_argv(), cwd=REPO_ROOT, env=env))
+        print(f"genapi: serving http://{cfg.shim_host}:{cfg.shim_port}/v1 (gRPC {cfg.core_host}:{cfg.core_port})",
+              file=sys.stderr, flush=True)
+        while not stopping:
+            for p in procs:
+                if p.poll() is not None:
+                    print(f"genapi: {'core' if p is procs[0] else 'shim'} exited with code {p.returncode}; stopping",
+                          file=sys.stderr)
+                    stopping = True
+            time.sleep(0.2)
+    finally:
+        for p in reversed(procs):  # shim first, so no new requests reach a draining core
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=args.stop_timeout)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+    if any(p.returncode not in (0, -signal.SIGTERM) for p in procs):
+        sys.exit(1)
+
+
+def cmd_hash_key(args) -> None:
+    print(hash_key(args.key))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="genapi", description="Self-hosted OpenAI-compatible generative API")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def common(p, rest=True, grpc=True):
+        p.add_argument("--config", help="TOML config file (default: config/default.toml or $GENAPI_CONFIG)")
+        p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+        if rest:
+            p.add_argument("--port", type=int, help="REST port (default 8000)")
+        if grpc:
+            p.add_argument("--grpc-port", type=int, help="gRPC port (default 50051)")
+
+    p = sub.add_parser("serve", help="start the gRPC core and the REST shim together")
+    common(p)
+    p.add_argument("--start-timeout", type=float, default=600, help="seconds to wait for models to load")
+    p.add_argument("--stop-timeout", type=float, default=40, help="seconds to wait for each tier to drain")
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("core", help="start the gRPC core only")
+    common(p, rest=False)
+    p.set_defaults(func=cmd_core)
+    p = sub.add_parser("shim", help="start the REST shim only (gunicorn)")
+    common(p, grpc=False)
+    p.add_argument("--core", action="append", help="core address host:port (repeat for several replicas)")
+    p.set_defaults(func=cmd_shim)
+    p = sub.add_parser("hash-key", help="print the SHA-256 digest of an API key for the config")
+    p.add_argument("key")
+    p.set_defaults(func=cmd_hash_key)
+    args = ap.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Fallback runner for causal LMs outside the Llama family: the checkpoint's own forward
+with a per-sequence Hugging Face cache. Sequences still interleave step by step in the
+scheduler, but each decodes in its own forward pass (no shared batch)."""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+
+class HFRunner:
+    def __init__(self, model, slots: int, max_len: int, device: torch.device, dtype: torch.dtype):
+        self.model = model
+        self.device = device
+        self.slots = slots
+        self.max_len = max_len
+        self.cache: dict[int, object] = {}
+
+    @torch.inference_mode()
+    def prefill(self, slot: int, ids: list[int]) -> torch.Tensor:
+        out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True)
+        self.cache[slot] = out.past_key_values
+        return out.logits[0, -1].float()
+
+    @torch.inference_mode()
+    def decode(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor:
+        rows = []
+        for slot, tok, p in zip(slots, tokens, positions):
+            out = self.model(
+                input_ids=torch.tensor([[tok]], device=self.device),
+                past_key_values=self.cache[slot],
+                position_ids=torch.tensor([[p]], device=self.device),
+                use_cache=True,
+            )
+            self.cache[slot] = out.past_key_values
+            rows.append(out.logits[0, -1].float())
+        return torch.stack(rows)
+
+    def copy_slot(self, src: int, dst: int, length: int) -> None:
+        self.cache[dst] = copy.deepcopy(self.cache[src])
+
+    def free(self, slot: int) -> None:
+        self.cache.pop(slot, None)

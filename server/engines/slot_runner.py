@@ -1,0 +1,142 @@
+"""Batched forward passes for Llama-family checkpoints over a slot KV cache.
+
+Each sequence owns one slot of a preallocated cache `[slots, kv_heads, max_len, head_dim]`
+per layer. Prefill runs one prompt causally and writes its keys/values into the slot;
+decode runs one token for every active sequence in a single batched pass, attending over
+each slot up to that sequence's own length (a padding mask handles the ragged lengths).
+
+The Hugging Face modules do the projections, norms, MLP and rotary embedding, so every
+RoPE variant and the numerics of the checkpoint's own code are kept; only attention and
+the cache are ours. Works for Llama, Mistral, Qwen2 and Qwen3 layouts (q_norm/k_norm).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def supports(model) -> bool:
+    """True when the checkpoint has the Llama-family module layout this runner drives."""
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(model, "lm_head"):
+        return False
+    if not all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
+        return False
+    layer = inner.layers[0]
+    attn = getattr(layer, "self_attn", None)
+    cfg = model.config
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", False):
+        return False
+    if "sliding_attention" in (getattr(cfg, "layer_types", None) or []):
+        return False
+    return (
+        attn is not None
+        and all(hasattr(attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        and hasattr(layer, "mlp")
+        and hasattr(layer, "input_layernorm")
+        and hasattr(layer, "post_attention_layernorm")
+    )
+
+
+class SlotRunner:
+    def __init__(self, model, slots: int, max_len: int, device: torch.device, dtype: torch.dtype):
+        cfg = model.config
+        self.model = model
+        self.inner = model.model
+        self.layers = list(self.inner.layers)
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.slots = slots
+        self.max_len = max_len
+        self.device = device
+        shape = (slots, self.n_kv, max_len, self.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers]
+        self.scale = self.layers[0].self_attn.scaling if hasattr(self.layers[0].self_attn, "scaling") else self.head_dim**-0.5
+
+    def _qkv(self, attn, h, cos, sin):
+        b, t, _ = h.shape
+        q = attn.q_proj(h).view(b, t, -1, self.head_dim)
+        k = attn.k_proj(h).view(b, t, -1, self.head_dim)
+        v = attn.v_proj(h).view(b, t, -1, self.head_dim).transpose(1, 2)
+        if hasattr(attn, "q_norm"):
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        return q, k, v
+
+    def _layer(self, layer, h, attend, cos, sin):
+        attn = layer.self_attn
+        x = layer.input_layernorm(h)
+        q, k, v = self._qkv(attn, x, cos, sin)
+        o = attend(q, k, v)
+        b, t = h.shape[:2]
+        h = h + attn.o_proj(o.transpose(1, 2).reshape(b, t, -1))
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+
+    def _logits(self, h):
+        return self.model.lm_head(self.inner.norm(h)).float()
+
+    @torch.inference_mode()
+    def prefill(self, slot: int, ids: list[int]) -> torch.Tensor:
+        """Runs a prompt into `slot`; returns the next-token logits [vocab] (float32)."""
+        n = len(ids)
+        x = torch.tensor([ids], device=self.device)
+        pos = torch.arange(n, device=self.device).unsqueeze(0)
+        h = self.inner.embed_tokens(x)
+        cos, sin = self.inner.rotary_emb(h, pos)
+        for li, layer in enumerate(self.layers):
+            def attend(q, k, v, li=li):
+                self.k[li][slot, :, :n] = k[0]
+                self.v[li][slot, :, :n] = v[0]
+                return F.scaled_dot_product_attention(
+                    q, k, v, is_causal=True, scale=self.scale, enable_gqa=self.n_kv != self.n_heads
+                )
+            h = self._layer(layer, h, attend, cos, sin)
+        return self._logits(h[:, -1])[0]
+
+    @torch.inference_mode()
+    def decode(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor:
+        """One step for a batch: token i sits at positions[i] of slots[i]. Returns [B, vocab]."""
+        b = len(slots)
+        x = torch.tensor(tokens, device=self.device).unsqueeze(1)
+        pos = torch.tensor(positions, device=self.device)
+        span = max(positions) + 1
+        # Contiguous ascending slots let attention read a view instead of a gathered copy.
+        first = slots[0]
+        contiguous = slots == list(range(first, first + b))
+        sl = torch.tensor(slots, device=self.device)
+        mask = (torch.arange(span, device=self.device).unsqueeze(0) <= pos.unsqueeze(1)).view(b, 1, 1, span)
+        h = self.inner.embed_tokens(x)
+        cos, sin = self.inner.rotary_emb(h, pos.unsqueeze(1))
+        for li, layer in enumerate(self.layers):
+            def attend(q, k, v, li=li):
+                kc, vc = self.k[li], self.v[li]
+                kc[sl, :, pos] = k[:, :, 0]
+                vc[sl, :, pos] = v[:, :, 0]
+                if contiguous:
+                    ks, vs = kc[first:first + b, :, :span], vc[first:first + b, :, :span]
+                else:
+                    ks, vs = kc[sl, :, :span], vc[sl, :, :span]
+                return F.scaled_dot_product_attention(
+                    q, ks, vs, attn_mask=mask, scale=self.scale, enable_gqa=self.n_kv != self.n_heads
+                )
+            h = self._layer(layer, h, attend, cos, sin)
+        return self._logits(h[:, -1])
+
+    def copy_slot(self, src: int, dst: int, length: int) -> None:
+        """Shares a prefilled prompt with another choice (n > 1)."""
+        for kc, vc in zip(self.k, self.v):
+            kc[dst, :, :length] = kc[src, :, :length]
+            vc[dst, :, :length] = vc[src, :, :length]
+
+    def free(self, slot: int) -> None:
+        """Nothing to release: a slot's stale entries are masked out by the next owner's length."""
+
+
+def _rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)

@@ -1,0 +1,299 @@
+"""TensorRT-LLM backend: a thin adapter over `tensorrt_llm.LLM` (the LLM API).
+
+Follows the TensorRT-LLM 1.2 LLM API (1.2.0rc2; see trtllm_mapping's docstring for the
+fields used and the 1.0 differences): `LLM(model=<HF dir>, ...)`,
+`llm.generate_async({"prompt_token_ids": ids}, SamplingParams(...), streaming=True)`
+returning a RequestOutput that is async-iterated (one cumulative snapshot per step)
+and has `.abort()`, and `llm.shutdown()`.
+
+Everything that decides *what* to send or emit is in `trtllm_mapping` (pure, unit
+tested); this module only moves data between it and TensorRT-LLM. `tensorrt_llm` is
+imported in `start()`, so the module imports fine where the extra is not installed.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from typing import Any, AsyncIterator, Callable
+
+from server.engines.base import (
+    Engine,
+    EngineError,
+    EngineEvent,
+    EngineOverloaded,
+    EngineStats,
+    EngineUnavailable,
+    GenerationRequest,
+)
+from server.engines.detokenizer import token_bytes
+from server.engines.trtllm_mapping import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_QUEUE,
+    OPTION_KEYS,
+    StreamState,
+    UnsupportedRequest,
+    choice_snapshot,
+    close_stream,
+    engine_choices,
+    events_from_output,
+    llm_kwargs,
+    logit_bias_spec,
+    replicate,
+    sampling_kwargs,
+    token_logprob,
+    validate,
+)
+
+log = logging.getLogger(__name__)
+
+MISSING_EXTRA = ("TensorRT-LLM backend needs the 'trtllm' extra: pip install 'genapi[trtllm]' "
+                 "on a machine with an NVIDIA GPU and CUDA")
+
+
+class TrtllmEngine(Engine):
+    """A chat model served by TensorRT-LLM. Options: see README "TensorRT-LLM backend"."""
+
+    def __init__(self, name: str, path: str, options: dict | None = None):
+        self.name = name
+        self.path = path
+        self.options = dict(options or {})
+        for key in sorted(set(self.options) - OPTION_KEYS):
+            log.warning("model %s: option %r is not used by the trtllm backend", name, key)
+        self.max_batch = int(self.options.get("max_batch", DEFAULT_MAX_BATCH))
+        self.max_queue = int(self.options.get("max_queue", DEFAULT_MAX_QUEUE))
+        self.max_budget_tokens = int(self.options.get("max_budget_tokens") or 0)  # 0 = no limit
+        self.tokenizer = None
+        self.context_length = 0
+        self.vocab_size: int | None = None
+        self.eos_token_ids: list[int] = []
+        self._trt: Any = None  # the tensorrt_llm module
+        self._llm: Any = None
+        self._results: dict[str, Any] = {}  # request_id -> RequestOutput
+        self._aborted: set[str] = set()
+        self._inflight_requests = 0
+        self._inflight_seqs = 0
+        self._budget_used = 0
+        self._stats = EngineStats(cache_slots_total=self.max_batch)
+        self._token_cache: dict[int, tuple[str, bytes]] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._llm is not None:
+            return
+        if str(self.options.get("device", "cuda")).lower() == "cpu":
+            raise EngineUnavailable("the trtllm backend runs on CUDA GPUs only; "
+                                    "use backend = \"torch\" for CPU")
+        try:
+            import tensorrt_llm
+        except ImportError as e:
+            raise EngineUnavailable(MISSING_EXTRA) from e
+        except Exception as e:  # broken install: missing CUDA/MPI libraries, stub package
+            raise EngineUnavailable(f"{MISSING_EXTRA} (importing tensorrt_llm failed: {e})") from e
+        try:
+            import torch
+            has_cuda = torch.cuda.is_available()
+        except Exception:
+            has_cuda = False
+        if not has_cuda:
+            raise EngineUnavailable("TensorRT-LLM backend needs an NVIDIA GPU with CUDA; "
+                                    "none is visible")
+        self._trt = tensorrt_llm
+        self._load_hf()
+        kwargs, kv = llm_kwargs(self.path, self.options)
+        if kv:
+            from tensorrt_llm.llmapi import KvCacheConfig
+            kwargs["kv_cache_config"] = KvCacheConfig(**kv)
+        # Built on the loop's thread on purpose: the LLM constructor may spawn MPI
+        # workers and install handlers that expect the main thread. start() runs once,
+        # before the server takes traffic.
+        try:
+            self._llm = tensorrt_llm.LLM(**kwargs)
+        except Exception as e:
+            raise EngineUnavailable(f"TensorRT-LLM could not load {self.path}: {e}") from e
+        log.info("model %s: TensorRT-LLM %s loaded %s (context %d, max_batch %d)", self.name,
+                 getattr(tensorrt_llm, "__version__", "?"), self.path, self.context_length,
+                 self.max_batch)
+
+    def _load_hf(self) -> None:
+        """Tokenizer (chat template), context length, vocabulary size, EOS ids."""
+        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+        trust = bool(self.options.get("trust_remote_code", False))
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust)
+        cfg = AutoConfig.from_pretrained(self.path, trust_remote_code=trust)
+        text_cfg = getattr(cfg, "text_config", None) or cfg
+        max_pos = getattr(text_cfg, "max_position_embeddings", None)
+        self.context_length = int(self.options.get("max_context") or max_pos or 2048)
+        self.vocab_size = int(getattr(text_cfg, "vocab_size", None) or len(self.tokenizer))
+        eos: list[int] = []
+        if self.tokenizer.eos_token_id is not None:
+            eos.append(int(self.tokenizer.eos_token_id))
+        try:
+            gen_eos = GenerationConfig.from_pretrained(self.path).eos_token_id
+        except Exception:  # no generation_config.json
+            gen_eos = None
+        for i in [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or []):
+            if int(i) not in eos:
+                eos.append(int(i))
+        self.eos_token_ids = eos
+
+    def ready(self) -> bool:
+        return self._llm is not None
+
+    async def stop(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            for result in list(self._results.values()):
+                try:
+                    result.abort()
+                except Exception:
+                    pass
+            await asyncio.to_thread(llm.shutdown)
+
+    # ------------------------------------------------------------------ requests
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]:
+        """Validates and admits the request now (raising UnsupportedRequest or
+        EngineOverloaded), then returns the event stream."""
+        if self._llm is None:
+            raise EngineUnavailable(f"model {self.name} is not loaded")
+        validate(request, vocab_size=self.vocab_size, max_batch=self.max_batch)
+        release = self._admit(request)
+        stream = self._stream(request, release)
+        weakref.finalize(stream, release)  # dropped without being iterated
+        return stream
+
+    def _admit(self, req: GenerationRequest) -> Callable[[], None]:
+        seqs, _ = engine_choices(req)
+        budget = len(req.prompt_ids) + req.max_tokens * seqs
+        if self._inflight_requests >= self.max_batch + self.max_queue:
+            self._stats.requests_rejected += 1
+            raise EngineOverloaded(
+                f"model {self.name} is at capacity ({self._inflight_requests} requests in flight)")
+        if (self.max_budget_tokens and self._budget_used
+                and self._budget_used + budget > self.max_budget_tokens):
+            self._stats.requests_rejected += 1
+            raise EngineOverloaded(f"model {self.name} token budget is exhausted")
+        if req.request_id in self._results:
+            raise UnsupportedRequest(f"request id {req.request_id!r} is already running")
+        self._inflight_requests += 1
+        self._inflight_seqs += seqs
+        self._budget_used += budget
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._inflight_requests -= 1
+                self._inflight_seqs -= seqs
+                self._budget_used -= budget
+
+        return release
+
+    async def _stream(self, req: GenerationRequest,
+                      release: Callable[[], None]) -> AsyncIterator[EngineEvent]:
+        rid = req.request_id
+        result = None
+        completed = False
+        state = StreamState.for_request(req)
+        _, copies = engine_choices(req)
+        logprobs: list[list] = [[] for _ in range(state.num_choices)]
+        try:
+            result = self._submit(req)
+            self._results[rid] = result
+            try:
+                async for output in result:
+                    if rid in self._aborted:
+                        break
+                    snaps = [self._snapshot(o, logprobs, req) for o in output.outputs
+                             if 0 <= o.index < state.num_choices]
+                    events, state = events_from_output(state, snaps)
+                    for ev in replicate(events, copies):
+                        yield ev
+                    if state.done:
+                        break
+            except (EngineError, GeneratorExit):
+                raise
+            except Exception as e:  # RequestError and friends from the executor
+                raise EngineError(f"TensorRT-LLM failed request {rid}: {e}") from e
+            if rid in self._aborted:
+                return
+            if not all(c.finished for c in state.choices):
+                if not state.any_finished:
+                    raise EngineError(f"TensorRT-LLM ended request {rid} without finishing it")
+                events, state = close_stream(state)
+                for ev in replicate(events, copies):
+                    yield ev
+            completed = True
+        finally:
+            self._results.pop(rid, None)
+            if completed:
+                self._stats.requests_finished += 1
+            elif result is not None and rid not in self._aborted \
+                    and not getattr(result, "finished", False):
+                # Consumer went away (client disconnect, cancelled task) or we failed.
+                try:
+                    result.abort()
+                except Exception:
+                    log.exception("aborting TensorRT-LLM request %s", rid)
+                self._stats.requests_aborted += 1
+            self._aborted.discard(rid)
+            release()
+
+    def _submit(self, req: GenerationRequest) -> Any:
+        kwargs = sampling_kwargs(req, self.eos_token_ids)
+        bias = logit_bias_spec(req)
+        if bias is not None:
+            import torch
+            kwargs["embedding_bias"] = torch.tensor(bias.dense(self.vocab_size),
+                                                    dtype=torch.float32)
+        try:
+            params = self._trt.SamplingParams(**kwargs)
+            return self._llm.generate_async({"prompt_token_ids": list(req.prompt_ids)},
+                                            params, streaming=True)
+        except ValueError as e:  # SamplingParams._validate, prompt longer than max_seq_len
+            raise UnsupportedRequest(str(e)) from e
+
+    def _snapshot(self, output: Any, logprobs: list[list], req: GenerationRequest):
+        converted = logprobs[output.index]
+        if req.logprobs and output.logprobs:
+            ids = output.token_ids
+            for pos in range(len(converted), min(len(output.logprobs), len(ids))):
+                converted.append(token_logprob(ids[pos], output.logprobs[pos],
+                                               req.top_logprobs, self._token_text))
+        return choice_snapshot(output, converted)
+
+    def _token_text(self, token_id: int) -> tuple[str, bytes]:
+        hit = self._token_cache.get(token_id)
+        if hit is None:
+            # Same token text and raw bytes as the torch engine reports.
+            hit = (self.tokenizer.decode([token_id], skip_special_tokens=False),
+                   token_bytes(self.tokenizer, token_id))
+            if len(self._token_cache) < 200_000:
+                self._token_cache[token_id] = hit
+        return hit
+
+    async def abort(self, request_id: str) -> None:
+        result = self._results.get(request_id)
+        if result is None or request_id in self._aborted:
+            return
+        self._aborted.add(request_id)
+        self._stats.requests_aborted += 1
+        result.abort()
+
+    def stats(self) -> EngineStats:
+        s = self._stats
+        active = min(self._inflight_seqs, self.max_batch)
+        return EngineStats(
+            active_sequences=active,
+            queued_requests=max(0, self._inflight_requests - self.max_batch),
+            cache_slots_used=active,
+            cache_slots_total=self.max_batch,
+            requests_finished=s.requests_finished,
+            requests_aborted=s.requests_aborted,
+            requests_rejected=s.requests_rejected,
+            budget_tokens_used=self._budget_used,
+        )

@@ -1,0 +1,445 @@
+"""Pure mapping between our neutral engine types and TensorRT-LLM's LLM API.
+
+No `tensorrt_llm` import here, so all of it is unit-tested on machines without a GPU.
+`server/engines/trtllm.py` feeds these functions real TensorRT-LLM objects.
+
+API followed: TensorRT-LLM 1.2 (`tensorrt_llm/version.py` 1.2.0rc2, commit b35ac1b6),
+cross-checked against 1.0.0rc4 (commit 000a01de):
+
+* `tensorrt_llm.SamplingParams` keyword fields used: max_tokens, temperature, top_p,
+  top_k, seed, presence_penalty, frequency_penalty, stop, stop_token_ids, n, logprobs
+  (int: top-k per position), ignore_eos, end_id, include_stop_str_in_output, detokenize,
+  embedding_bias (float32 tensor [vocab_size], added to the logits).
+* Greedy: 1.2 documents `temperature=0` and `top_k=1` as greedy; 1.0's PyTorch sampler
+  ignores temperature and only looks at top_p/top_k. `top_k=1` with temperature and
+  top_p unset is greedy in both, so that is what we send.
+* `SamplingParams._validate` refuses best_of > 1 with greedy decoding (unless the env var
+  TLLM_ALLOW_N_GREEDY_DECODING is set). Greedy choices are identical anyway, so for
+  greedy n > 1 we run one sequence and copy its events to every choice (`replicate`).
+* Streaming outputs (`RequestOutput.outputs[i]`, a `CompletionOutput`): cumulative
+  `.text`, `.token_ids`, `.finish_reason` in {None, 'stop', 'length', 'timeout',
+  'cancelled'}, `.stop_reason` (the stop string, or the stop token id), `.logprobs`
+  (per position either a float or a dict token_id -> Logprob(logprob, rank)).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping, Sequence
+
+from server.engines.base import (
+    EngineError,
+    EngineInvalidRequest,
+    EngineEvent,
+    FinishEvent,
+    GenerationRequest,
+    TextEvent,
+    TokenLogprob,
+    TopLogprob,
+)
+
+#: OpenAI's limit for top_logprobs (the proto documents 0..20).
+MAX_TOP_LOGPROBS = 20
+#: OpenAI's range for logit_bias values.
+LOGIT_BIAS_LIMIT = 100.0
+#: What OpenAI reports for a log probability of -inf.
+MIN_LOGPROB = -9999.0
+
+_U64 = (1 << 64) - 1
+
+
+class UnsupportedRequest(EngineInvalidRequest, ValueError):
+    """The request is malformed or asks for something TensorRT-LLM cannot do.
+
+    Bad input, so the service should answer INVALID_ARGUMENT (it is also a ValueError
+    for services that only know the base types)."""
+
+
+# ---------------------------------------------------------------------------- options
+
+#: [models.options] keys the trtllm backend reads, plus the ones other layers read
+#: (max_output_tokens: the generation service; fault: the model registry). Anything
+#: else is reported and ignored.
+OPTION_KEYS = frozenset({
+    "max_batch", "max_queue", "max_budget_tokens", "max_context", "max_num_tokens",
+    "tensor_parallel_size", "dtype", "free_gpu_memory_fraction", "trust_remote_code",
+    "device", "llm_args", "max_output_tokens", "fault",
+})
+DEFAULT_MAX_BATCH = 64
+DEFAULT_MAX_QUEUE = 256
+
+
+def llm_kwargs(path: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(keyword arguments for `tensorrt_llm.LLM`, keyword arguments for
+    `tensorrt_llm.llmapi.KvCacheConfig`, empty when the defaults apply).
+
+    `llm_args` (a table) is passed to LLM verbatim and wins over the derived keys, for
+    anything not mapped here (e.g. backend = "tensorrt", enable_chunked_prefill)."""
+    kw: dict[str, Any] = {
+        "model": path,
+        "max_batch_size": int(options.get("max_batch", DEFAULT_MAX_BATCH)),
+    }
+    if options.get("dtype") not in (None, "auto"):
+        kw["dtype"] = str(options["dtype"])
+    if options.get("max_context"):
+        kw["max_seq_len"] = int(options["max_context"])
+    if options.get("max_num_tokens"):
+        kw["max_num_tokens"] = int(options["max_num_tokens"])
+    if options.get("tensor_parallel_size"):
+        kw["tensor_parallel_size"] = int(options["tensor_parallel_size"])
+    if options.get("trust_remote_code"):
+        kw["trust_remote_code"] = True
+    kv: dict[str, Any] = {}
+    if options.get("free_gpu_memory_fraction") is not None:
+        kv["free_gpu_memory_fraction"] = float(options["free_gpu_memory_fraction"])
+    extra = options.get("llm_args") or {}
+    if not isinstance(extra, Mapping):
+        raise ValueError("options.llm_args must be a table of tensorrt_llm.LLM arguments")
+    kw.update(extra)
+    return kw, kv
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def is_greedy(req: GenerationRequest) -> bool:
+    return req.sampling.temperature <= 0.0
+
+
+def engine_choices(req: GenerationRequest) -> tuple[int, int]:
+    """(sequences TensorRT-LLM generates, copies of each sequence's events).
+
+    Greedy n > 1 -> (1, n): one sequence, its events replicated to every choice."""
+    if req.n > 1 and is_greedy(req):
+        return 1, req.n
+    return req.n, 1
+
+
+def validate(req: GenerationRequest, vocab_size: int | None = None,
+             max_batch: int | None = None) -> None:
+    """Raise UnsupportedRequest for requests TensorRT-LLM cannot (or must not) run."""
+    s = req.sampling
+    if not req.prompt_ids:
+        raise UnsupportedRequest("the prompt is empty")
+    if req.max_tokens < 1:
+        raise UnsupportedRequest(f"max_tokens must be at least 1, got {req.max_tokens}")
+    if req.n < 1:
+        raise UnsupportedRequest(f"n must be at least 1, got {req.n}")
+    if math.isnan(s.temperature) or s.temperature < 0:
+        raise UnsupportedRequest(f"temperature must be >= 0, got {s.temperature}")
+    # TensorRT-LLM documents top_p == 0 as "currently disallowed in the backend".
+    if math.isnan(s.top_p) or not 0.0 < s.top_p <= 1.0:
+        raise UnsupportedRequest(f"top_p must be in (0, 1], got {s.top_p}")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if not math.isfinite(getattr(s, name)):
+            raise UnsupportedRequest(f"{name} must be a finite number")
+    if not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise UnsupportedRequest(
+            f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {req.top_logprobs}")
+    for token_id, bias in s.logit_bias.items():
+        if not isinstance(token_id, int) or token_id < 0 or (
+                vocab_size is not None and token_id >= vocab_size):
+            raise UnsupportedRequest(
+                f"logit_bias token id {token_id} is outside the vocabulary"
+                + (f" [0, {vocab_size})" if vocab_size is not None else ""))
+        if not (math.isfinite(bias) and -LOGIT_BIAS_LIMIT <= bias <= LOGIT_BIAS_LIMIT):
+            raise UnsupportedRequest(
+                f"logit_bias for token {token_id} must be in [-100, 100], got {bias}")
+    seqs, _ = engine_choices(req)
+    if max_batch is not None and seqs > max_batch:
+        # LLM.generate_async refuses n > max_batch_size.
+        raise UnsupportedRequest(f"n={req.n} exceeds this model's max_batch ({max_batch})")
+
+
+def sampling_kwargs(req: GenerationRequest,
+                    eos_token_id: int | Sequence[int] | None) -> dict[str, Any]:
+    """Keyword arguments for `tensorrt_llm.SamplingParams(**kwargs)`.
+
+    `eos_token_id`: the model's end-of-sequence id, or a list of them (generation_config
+    often has several, e.g. <|im_end|> and <|endoftext|>): the first is `end_id`, the
+    others become `stop_token_ids`. Logit bias is not in here: see `logit_bias_spec`."""
+    s = req.sampling
+    seqs, _ = engine_choices(req)
+    kw: dict[str, Any] = {
+        "max_tokens": req.max_tokens,
+        "n": seqs,
+        "presence_penalty": float(s.presence_penalty),
+        "frequency_penalty": float(s.frequency_penalty),
+        "ignore_eos": bool(req.ignore_eos),
+        "include_stop_str_in_output": False,
+        "detokenize": True,
+    }
+    if is_greedy(req):
+        # top_k=1 (temperature/top_p unset) is greedy in every LLM API version; see the
+        # module docstring.
+        kw["top_k"] = 1
+    else:
+        # Always send temperature and top_p: when all three knobs are unset,
+        # TensorRT-LLM 1.2 decodes greedily.
+        kw["temperature"] = float(s.temperature)
+        kw["top_p"] = float(s.top_p)
+    if s.seed is not None:
+        # The C++ runtime's seed is uint64; fold negative int64 seeds onto it.
+        kw["seed"] = int(s.seed) & _U64
+    stops = [x for x in dict.fromkeys(req.stop) if x]  # dedupe; "" would match anywhere
+    if stops:
+        kw["stop"] = stops
+    if req.logprobs:
+        # logprobs=k returns the sampled token's logprob plus the top-k alternatives;
+        # at least 1, or TensorRT-LLM returns nothing.
+        kw["logprobs"] = max(1, int(req.top_logprobs))
+    eos_ids = ([eos_token_id] if isinstance(eos_token_id, int)
+               else list(eos_token_id or []))
+    if eos_ids:
+        kw["end_id"] = int(eos_ids[0])
+        extra = [int(i) for i in dict.fromkeys(eos_ids[1:]) if i != eos_ids[0]]
+        if extra and not req.ignore_eos:
+            kw["stop_token_ids"] = extra
+    # Structured outputs would map here: response_format -> `guided_decoding=
+    # GuidedDecodingParams(json=schema | json_object=True | regex=... | grammar=...)`.
+    return kw
+
+
+@dataclass(frozen=True)
+class LogitBias:
+    """Additive logit bias, applied by the adapter as SamplingParams.embedding_bias.
+
+    TensorRT-LLM has no `logit_bias` field; its own OpenAI server turns logit_bias into
+    `embedding_bias`, a float32 [vocab_size] tensor both backends add to the logits
+    (and which, unlike a Python logits processor, crosses the process boundary to the
+    executor workers)."""
+
+    token_ids: tuple[int, ...]
+    values: tuple[float, ...]
+
+    def dense(self, vocab_size: int) -> list[float]:
+        """The bias as a dense row of length vocab_size (zeros elsewhere)."""
+        row = [0.0] * vocab_size
+        for token_id, value in zip(self.token_ids, self.values):
+            if not 0 <= token_id < vocab_size:
+                raise UnsupportedRequest(
+                    f"logit_bias token id {token_id} is outside the vocabulary [0, {vocab_size})")
+            row[token_id] += value
+        return row
+
+
+def logit_bias_spec(req: GenerationRequest) -> LogitBias | None:
+    """The request's logit bias (zero entries dropped), or None when there is none."""
+    items = sorted((int(t), float(v)) for t, v in req.sampling.logit_bias.items() if v != 0.0)
+    if not items:
+        return None
+    return LogitBias(tuple(t for t, _ in items), tuple(v for _, v in items))
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class ChoiceSnapshot:
+    """One choice of a streaming RequestOutput, as plain data (all fields cumulative)."""
+
+    index: int
+    text: str = ""
+    #: Generated tokens so far.
+    num_tokens: int = 0
+    #: None while running, else 'stop' | 'length' | 'timeout' | 'cancelled'.
+    finish_reason: str | None = None
+    #: The stop string (str) or stop token id (int) that ended the choice.
+    stop_reason: int | str | None = None
+    #: One entry per generated token (only when logprobs were requested).
+    logprobs: Sequence[TokenLogprob] = ()
+
+
+def choice_snapshot(output: Any, logprobs: Sequence[TokenLogprob] = ()) -> ChoiceSnapshot:
+    """Reads a TensorRT-LLM CompletionOutput (duck-typed) into a ChoiceSnapshot."""
+    return ChoiceSnapshot(
+        index=int(output.index),
+        text=output.text or "",
+        num_tokens=len(output.token_ids or ()),
+        finish_reason=output.finish_reason,
+        stop_reason=output.stop_reason,
+        logprobs=logprobs,
+    )
+
+
+def _logprob_value(x: Any) -> float:
+    v = float(getattr(x, "logprob", x))
+    return v if v > MIN_LOGPROB else MIN_LOGPROB  # also maps -inf and nan
+
+
+def token_logprob(token_id: int, entry: Any, top_n: int,
+                  token_text: Callable[[int], tuple[str, bytes]]) -> TokenLogprob:
+    """Converts one position of CompletionOutput.logprobs.
+
+    `entry` is a float (sampled token only) or a mapping token_id -> Logprob/float
+    holding the top-k alternatives and, normally, the sampled token.
+    `token_text(id)` returns the token's (text, UTF-8 bytes)."""
+    text, raw = token_text(token_id)
+    if isinstance(entry, Mapping):
+        ranked = sorted(entry.items(), key=lambda kv: (
+            getattr(kv[1], "rank", None) or math.inf, -_logprob_value(kv[1])))
+        chosen = entry.get(token_id)
+        value = _logprob_value(chosen) if chosen is not None else MIN_LOGPROB
+        top = []
+        for tid, lp in ranked[:top_n]:
+            t, b = token_text(int(tid))
+            top.append(TopLogprob(token=t, logprob=_logprob_value(lp), bytes=b))
+        return TokenLogprob(token=text, logprob=value, bytes=raw, top=top)
+    return TokenLogprob(token=text, logprob=_logprob_value(entry), bytes=raw)
+
+
+@dataclass(frozen=True)
+class ChoiceState:
+    sent_chars: int = 0  # characters of the cumulative text already emitted
+    sent_tokens: int = 0
+    sent_logprobs: int = 0
+    finished: bool = False  # a FinishEvent went out
+    cancelled: bool = False  # TensorRT-LLM reported 'cancelled' (no FinishEvent)
+    seen_text: str = ""  # the latest cumulative text (for close_stream)
+    seen_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """What has been emitted so far, per engine-side choice."""
+
+    num_choices: int
+    stop: tuple[str, ...] = ()
+    choices: tuple[ChoiceState, ...] = ()
+
+    @classmethod
+    def for_request(cls, req: GenerationRequest) -> "StreamState":
+        seqs, _ = engine_choices(req)
+        stops = tuple(x for x in dict.fromkeys(req.stop) if x)
+        return cls(num_choices=seqs, stop=stops, choices=(ChoiceState(),) * seqs)
+
+    @property
+    def done(self) -> bool:
+        """Every choice ended (finished or cancelled)."""
+        return all(c.finished or c.cancelled for c in self.choices)
+
+    @property
+    def any_finished(self) -> bool:
+        return any(c.finished for c in self.choices)
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> tuple[int, str]:
+    """(position, stop string) of the earliest complete stop string, or (-1, "")."""
+    best, which = -1, ""
+    for s in stops:
+        i = text.find(s)
+        if i != -1 and (best == -1 or i < best):
+            best, which = i, s
+    return best, which
+
+
+def _visible(text: str, stops: Sequence[str]) -> str:
+    """The part of a running choice's text that is safe to emit: cut at a complete stop
+    string, hold back a tail that could still grow into one, and hold back trailing
+    U+FFFD (a token that ends inside a multi-byte UTF-8 character)."""
+    pos, _ = _first_stop(text, stops)
+    if pos != -1:
+        return text[:pos]
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), hold, -1):
+            if text.endswith(s[:k]):
+                hold = k
+                break
+    text = text[:len(text) - hold]
+    return text.rstrip("\ufffd")
+
+
+def _map_finish(snap: ChoiceSnapshot, stops: Sequence[str]) -> tuple[str, str, str]:
+    """(text to emit up to, reason, stop_sequence) for a finished snapshot."""
+    text = snap.text
+    if isinstance(snap.stop_reason, str) and snap.stop_reason:
+        return text, "stop", snap.stop_reason
+    pos, which = _first_stop(text, stops)
+    if pos != -1:  # stop string in the text that TensorRT-LLM did not cut
+        return text[:pos], "stop", which
+    if snap.finish_reason == "stop":
+        return text, "stop", ""
+    # 'length', and 'timeout' (the request ran out of its time budget, not finished).
+    return text, "length", ""
+
+
+def events_from_output(prev_state: StreamState, output: Sequence[ChoiceSnapshot]
+                       ) -> tuple[list[EngineEvent], StreamState]:
+    """Converts one streaming snapshot (all choices, cumulative) into new events.
+
+    Text deltas are what the cumulative text adds to what was already sent; tokens and
+    logprobs whose text is held back ride on the next event of that choice. A choice
+    gets exactly one FinishEvent; snapshots after it are ignored. 'cancelled' choices
+    (aborted) end without a FinishEvent."""
+    choices = list(prev_state.choices)
+    events: list[EngineEvent] = []
+    for snap in sorted(output, key=lambda s: s.index):
+        i = snap.index
+        if not 0 <= i < len(choices):
+            continue
+        st = choices[i]
+        if st.finished or st.cancelled:
+            continue
+        st = replace(st, seen_text=snap.text, seen_tokens=max(st.seen_tokens, snap.num_tokens))
+        if snap.finish_reason == "cancelled":
+            choices[i] = replace(st, cancelled=True)
+            continue
+        finished = snap.finish_reason is not None
+        if finished:
+            visible, reason, stop_sequence = _map_finish(snap, prev_state.stop)
+        else:
+            visible = _visible(snap.text, prev_state.stop)
+        delta = visible[st.sent_chars:] if len(visible) > st.sent_chars else ""
+        new_tokens = max(0, snap.num_tokens - st.sent_tokens)
+        new_logprobs = list(snap.logprobs[st.sent_logprobs:])
+        if delta:
+            events.append(TextEvent(choice=i, text=delta, num_tokens=new_tokens,
+                                    logprobs=new_logprobs))
+            st = replace(st, sent_chars=st.sent_chars + len(delta),
+                         sent_tokens=st.sent_tokens + new_tokens,
+                         sent_logprobs=st.sent_logprobs + len(new_logprobs))
+            new_tokens = 0
+        if finished:
+            events.append(FinishEvent(choice=i, reason=reason, num_tokens=new_tokens,
+                                      stop_sequence=stop_sequence))
+            st = replace(st, sent_tokens=st.sent_tokens + new_tokens, finished=True)
+        choices[i] = st
+    return events, replace(prev_state, choices=tuple(choices))
+
+
+def close_stream(state: StreamState) -> tuple[list[EngineEvent], StreamState]:
+    """Ends choices that never finished when the stream stopped early (TensorRT-LLM
+    aborts the whole request when one choice's text hits a stop string, leaving its
+    siblings unfinished, or cancels choices itself). Held-back text is flushed (cut at
+    a complete stop string) and the choice ends with reason "length": it was cut short.
+    Call it only when the request was not aborted by us."""
+    events: list[EngineEvent] = []
+    choices = list(state.choices)
+    for i, st in enumerate(choices):
+        if st.finished:
+            continue
+        pos, _ = _first_stop(st.seen_text, state.stop)
+        text = st.seen_text if pos == -1 else st.seen_text[:pos]
+        delta = text[st.sent_chars:] if len(text) > st.sent_chars else ""
+        pending = max(0, st.seen_tokens - st.sent_tokens)
+        if delta:
+            events.append(TextEvent(choice=i, text=delta, num_tokens=pending))
+            pending = 0
+        events.append(FinishEvent(choice=i, reason="length", num_tokens=pending))
+        choices[i] = replace(st, sent_chars=st.sent_chars + len(delta),
+                             sent_tokens=max(st.sent_tokens, st.seen_tokens),
+                             finished=True, cancelled=False)
+    return events, replace(state, choices=tuple(choices))
+
+
+def replicate(events: Sequence[EngineEvent], copies: int) -> list[EngineEvent]:
+    """Copies single-sequence events (choice 0) to choices 0..copies-1 (greedy n > 1)."""
+    if copies <= 1:
+        return list(events)
+    out: list[EngineEvent] = []
+    for ev in events:
+        for c in range(copies):
+            out.append(replace(ev, choice=c, **(
+                {"logprobs": list(ev.logprobs)} if isinstance(ev, TextEvent) else {})))
+    return out

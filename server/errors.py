@@ -1,0 +1,44 @@
+"""Errors of the core: canonical gRPC codes plus a google.rpc.ErrorInfo detail whose
+`reason` is the OpenAI error code and whose metadata names the offending `param`.
+The shim maps these once to HTTP; gRPC callers read the same details."""
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+
+class GenapiError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str = "", param: str | None = None,
+                 retry_after_s: float | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.param = param
+        self.retry_after_s = retry_after_s
+
+    def to_status(self) -> grpc.Status:
+        meta = {}
+        if self.param:
+            meta["param"] = self.param
+        if self.retry_after_s is not None:
+            meta["retry_after_s"] = f"{self.retry_after_s:g}"
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.ErrorInfo(reason=self.reason or self.code.name.lower(), domain="genapi",
+                                                metadata=meta))
+        return rpc_status.to_status(status_pb2.Status(code=self.code.value[0], message=self.message,
+                                                      details=[detail]))
+
+
+def invalid(message: str, param: str | None = None, reason: str = "invalid_value") -> GenapiError:
+    return GenapiError(grpc.StatusCode.INVALID_ARGUMENT, message, reason, param)
+
+
+def not_found(message: str, param: str | None = None, reason: str = "not_found") -> GenapiError:
+    return GenapiError(grpc.StatusCode.NOT_FOUND, message, reason, param)
+
+
+async def abort(context: grpc.aio.ServicerContext, err: GenapiError):
+    await context.abort_with_status(err.to_status())

@@ -1,0 +1,123 @@
+"""GenerationService: typed chat in, neutral event stream out."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+import grpc
+
+from genapi.v1 import common_pb2
+from genapi.v1 import generation_service_pb2 as pb
+from genapi.v1 import generation_service_pb2_grpc as pb_grpc
+
+from ..chat.template import render_prompt
+from ..engines.base import EngineError, EngineInvalidRequest, EngineOverloaded, FinishEvent
+from ..errors import GenapiError, abort, not_found
+from ..models import Registry
+from .generation_request import build_request
+
+log = logging.getLogger("genapi.generation")
+
+_FINISH = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
+
+
+def request_id_of(context: grpc.aio.ServicerContext, request_id: str) -> str:
+    if request_id:
+        return request_id
+    for k, v in context.invocation_metadata() or ():
+        if k == "x-request-id" and v:
+            return v
+    return f"req_{uuid.uuid4().hex}"
+
+
+def chat_model(registry: Registry, name: str):
+    sm = registry.get(name)
+    if sm is None or sm.config.task != "chat":
+        raise not_found(f"The model `{name}` does not exist or is not a chat model.", "model", "model_not_found")
+    return sm
+
+
+class GenerationServicer(pb_grpc.GenerationServiceServicer):
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        rid = request_id_of(context, request.request_id)
+        # Engine ids are unique even when clients reuse an x-request-id.
+        engine_id = f"{rid}#{uuid.uuid4().hex[:8]}"
+        t0 = time.perf_counter()
+        usage = common_pb2.Usage()
+        finish = []
+        try:
+            sm = chat_model(self.registry, request.model)
+            engine = sm.engine
+            prompt_ids = await asyncio.to_thread(render_prompt, engine.tokenizer, request.messages)
+            gen = build_request(
+                request, engine_id, prompt_ids,
+                context=engine.context_length, vocab=engine.vocab_size,
+                max_output=int(sm.config.options.get("max_output_tokens", 0)),
+                max_n=min(128, int(sm.config.options.get("max_batch", 128))),
+            )
+            try:
+                events = engine.generate(gen)
+            except EngineOverloaded as e:
+                raise GenapiError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), "rate_limit_exceeded",
+                                  retry_after_s=e.retry_after_s)
+            except EngineInvalidRequest as e:
+                raise GenapiError(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_value")
+        except GenapiError as e:
+            log.info("request %s rejected: %s %s", rid, e.code.name, e.message)
+            await abort(context, e)
+            return
+        usage.prompt_tokens = usage.total_tokens = len(prompt_ids)
+        log.info("request %s model=%s prompt_tokens=%d max_tokens=%d n=%d", rid, request.model,
+                 len(prompt_ids), gen.max_tokens, gen.n)
+        yield pb.GenerateResponse(
+            usage=usage, started=pb.Started(request_id=rid, model=request.model, max_tokens=gen.max_tokens))
+        try:
+            async for ev in events:
+                usage.completion_tokens += ev.num_tokens
+                usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+                if isinstance(ev, FinishEvent):
+                    finish.append(ev.reason)
+                    yield pb.GenerateResponse(
+                        choice_index=ev.choice, usage=usage,
+                        finished=pb.Finished(reason=_FINISH[ev.reason], stop_sequence=ev.stop_sequence))
+                else:
+                    yield pb.GenerateResponse(choice_index=ev.choice, usage=usage, text=_text_delta(ev))
+        except asyncio.CancelledError:
+            log.info("request %s cancelled by the client after %d tokens", rid, usage.completion_tokens)
+            raise
+        except EngineError as e:
+            log.warning("request %s failed mid-stream: %s", rid, e)
+            await abort(context, GenapiError(grpc.StatusCode.INTERNAL, str(e), "engine_error"))
+        finally:
+            await events.aclose()
+        log.info("request %s done: finish=%s completion_tokens=%d in %.3fs", rid, ",".join(finish),
+                 usage.completion_tokens, time.perf_counter() - t0)
+
+    async def GetEngineStats(self, request: pb.GetEngineStatsRequest, context):
+        out = pb.GetEngineStatsResponse()
+        for name, sm in self.registry.models.items():
+            if request.model and name != request.model:
+                continue
+            s = sm.engine.stats()
+            out.engines.add(model=name, **vars(s))
+        if request.model and not out.engines:
+            await abort(context, not_found(f"The model `{request.model}` does not exist.", "model", "model_not_found"))
+        return out
+
+
+def _text_delta(ev) -> pb.TextDelta:
+    return pb.TextDelta(
+        text=ev.text,
+        logprobs=[
+            pb.TokenLogprob(
+                token=lp.token, logprob=lp.logprob, bytes=lp.bytes,
+                top_logprobs=[pb.TopLogprob(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in lp.top],
+            )
+            for lp in ev.logprobs
+        ],
+    )

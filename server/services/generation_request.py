@@ -1,0 +1,115 @@
+"""Pure translation and validation: GenerateRequest proto -> engine GenerationRequest."""
+from __future__ import annotations
+
+import grpc
+
+from genapi.v1 import generation_service_pb2 as pb
+
+from ..engines.base import GenerationRequest, SamplingParams
+from ..errors import GenapiError, invalid
+
+MAX_STOP = 4
+MAX_TOP_LOGPROBS = 20
+MAX_N = 128
+
+
+def _range(value, lo, hi, param, lo_open=False):
+    if value != value or value < lo or value > hi or (lo_open and value == lo):
+        bound = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
+        raise invalid(f"{param} must be in {bound}, got {value:g}", param)
+
+
+def check_unsupported(req: pb.GenerateRequest) -> None:
+    """Declared fields whose features are not served yet: a clear INVALID_ARGUMENT."""
+    if req.tools:
+        raise invalid("tools are not supported yet", "tools", "unsupported_parameter")
+    if req.HasField("tool_choice") and req.tool_choice.WhichOneof("choice") == "function_name":
+        raise invalid("tool_choice is not supported yet", "tool_choice", "unsupported_parameter")
+    if req.tool_choice.mode in (pb.TOOL_CHOICE_MODE_AUTO, pb.TOOL_CHOICE_MODE_REQUIRED):
+        raise invalid("tool_choice is not supported yet", "tool_choice", "unsupported_parameter")
+    if req.response_format.type in (pb.RESPONSE_FORMAT_TYPE_JSON_OBJECT, pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA):
+        raise invalid("response_format json_object/json_schema is not supported yet", "response_format",
+                      "unsupported_parameter")
+
+
+def sampling_params(req: pb.GenerateRequest, vocab: int) -> SamplingParams:
+    s = req.sampling
+    p = SamplingParams()
+    if s.HasField("temperature"):
+        _range(s.temperature, 0.0, 2.0, "temperature")
+        p.temperature = s.temperature
+    if s.HasField("top_p"):
+        _range(s.top_p, 0.0, 1.0, "top_p", lo_open=True)
+        p.top_p = s.top_p
+    if s.HasField("seed"):
+        p.seed = s.seed
+    if s.HasField("presence_penalty"):
+        _range(s.presence_penalty, -2.0, 2.0, "presence_penalty")
+        p.presence_penalty = s.presence_penalty
+    if s.HasField("frequency_penalty"):
+        _range(s.frequency_penalty, -2.0, 2.0, "frequency_penalty")
+        p.frequency_penalty = s.frequency_penalty
+    for tok, bias in s.logit_bias.items():
+        if not 0 <= tok < vocab:
+            raise invalid(f"logit_bias: token id {tok} is outside the vocabulary [0, {vocab})", "logit_bias")
+        _range(bias, -100.0, 100.0, "logit_bias")
+        p.logit_bias[tok] = bias
+    return p
+
+
+def resolve_max_tokens(req: pb.GenerateRequest, prompt_len: int, context: int, max_output: int) -> int:
+    """The completion budget per choice: the request's, checked against the context and the
+    output cap, or else what fits."""
+    room = context - prompt_len
+    if room <= 0:
+        raise GenapiError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"This model's maximum context length is {context} tokens, but the messages are "
+            f"{prompt_len} tokens, leaving no room for a completion.",
+            "context_length_exceeded", "messages")
+    if not req.stopping.HasField("max_tokens"):
+        return min(room, max_output) if max_output else room
+    mt = req.stopping.max_tokens
+    if mt < 1:
+        raise invalid(f"max_tokens must be at least 1, got {mt}", "max_tokens")
+    if max_output and mt > max_output:
+        raise invalid(f"max_tokens is {mt}, above this model's output limit of {max_output}", "max_tokens")
+    if mt > room:
+        raise GenapiError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"This model's maximum context length is {context} tokens. However, you requested "
+            f"{prompt_len + mt} tokens ({prompt_len} in the messages, {mt} in the completion). "
+            "Please reduce the length of the messages or max_tokens.",
+            "context_length_exceeded", "max_tokens")
+    return mt
+
+
+def build_request(req: pb.GenerateRequest, request_id: str, prompt_ids: list[int], *, context: int,
+                  vocab: int, max_output: int = 0, max_n: int = MAX_N) -> GenerationRequest:
+    check_unsupported(req)
+    stop = list(req.stopping.stop)
+    if len(stop) > MAX_STOP:
+        raise invalid(f"stop accepts at most {MAX_STOP} sequences, got {len(stop)}", "stop")
+    if any(not s for s in stop):
+        raise invalid("stop sequences must be non-empty strings", "stop")
+    out = req.output
+    n = out.n if out.HasField("n") else 1
+    if not 1 <= n <= max_n:
+        raise invalid(f"n must be between 1 and {max_n}, got {n}", "n")
+    logprobs = out.logprobs if out.HasField("logprobs") else False
+    top = out.top_logprobs if out.HasField("top_logprobs") else 0
+    if top > MAX_TOP_LOGPROBS:
+        raise invalid(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {top}", "top_logprobs")
+    if top and not logprobs:
+        raise invalid("top_logprobs requires logprobs to be true", "top_logprobs")
+    return GenerationRequest(
+        request_id=request_id,
+        prompt_ids=prompt_ids,
+        max_tokens=resolve_max_tokens(req, len(prompt_ids), context, max_output),
+        n=n,
+        stop=stop,
+        ignore_eos=req.stopping.ignore_eos,
+        logprobs=logprobs,
+        top_logprobs=top,
+        sampling=sampling_params(req, vocab),
+    )

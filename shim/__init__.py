@@ -1,0 +1,46 @@
+"""genapi's OpenAI-compatible HTTP shim (Flask, served by gunicorn gthread workers).
+
+`create_app()` builds the WSGI app; it opens no gRPC channel (that happens lazily in
+each worker, see shim.grpc_client). Run it with `gunicorn -c shim/gunicorn_conf.py`.
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+__all__ = ["create_app"]
+
+
+def _configure_logging() -> None:
+    logger = logging.getLogger("genapi")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def create_app(config=None) -> Flask:
+    """The Flask app. `config` is a server.config.Config; None loads it (GENAPI_CONFIG
+    picks the file, environment variables override)."""
+    from server.config import load_config
+    from shim.auth import register_auth
+    from shim.errors import register_error_handlers
+    from shim.request_id import register_request_id
+    from shim.routes import chat, health, models
+
+    if config is None:
+        config = load_config()
+    _configure_logging()
+
+    app = Flask("shim")
+    app.config["GENAPI"] = config
+    app.config["MAX_CONTENT_LENGTH"] = int(config.max_body_mb * 1024 * 1024)
+
+    register_request_id(app)  # first: every later hook and error carries the id
+    register_auth(app)
+    register_error_handlers(app)
+    for blueprint in (health.bp, models.bp, chat.bp):
+        app.register_blueprint(blueprint)
+    return app

@@ -1,0 +1,85 @@
+"""One gRPC channel and its stubs per worker process, created on first use.
+
+gunicorn forks workers from a master that must not own gRPC state, so nothing here
+runs at import or app-creation time: `get_client()` builds the channel lazily, keyed
+by process id, so a forked child never reuses its parent's channel.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+
+from genapi.v1 import generation_service_pb2_grpc, model_service_pb2_grpc
+
+# Client keepalive: ping after 30 s without activity, drop the peer after 10 s without
+# an answer. grpc's default max_pings_without_data (2) keeps this within the server's
+# default ping-abuse policy.
+KEEPALIVE_TIME_MS = 30_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+
+
+def channel_options(max_message_mb: int, round_robin: bool) -> list[tuple[str, object]]:
+    limit = int(max_message_mb) * 1024 * 1024
+    opts: list[tuple[str, object]] = [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 0),
+    ]
+    if round_robin:
+        opts.append(("grpc.lb_policy_name", "round_robin"))
+    return opts
+
+
+def uses_round_robin(config) -> bool:
+    return len(config.core_targets) > 1 or config.core_target.startswith("dns:")
+
+
+class CoreClient:
+    """A channel to the core and one stub per service."""
+
+    def __init__(self, target: str, options: list[tuple[str, object]]):
+        self.target = target
+        self.channel = grpc.insecure_channel(target, options=options)
+        self.generation = generation_service_pb2_grpc.GenerationServiceStub(self.channel)
+        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+_lock = threading.Lock()
+_clients: dict[tuple, CoreClient] = {}
+
+
+def get_client(config) -> CoreClient:
+    """This process's client for `config.core_target` (created on first call)."""
+    key = (os.getpid(), config.core_target, config.max_message_mb)
+    client = _clients.get(key)
+    if client is None:
+        with _lock:
+            client = _clients.get(key)
+            if client is None:
+                options = channel_options(config.max_message_mb, uses_round_robin(config))
+                client = CoreClient(config.core_target, options)
+                _clients[key] = client
+    return client
+
+
+def _ascii_header(value: str | None) -> str | None:
+    if value and value.isascii() and value.isprintable():
+        return value
+    return None
+
+
+def call_metadata(request_id: str, authorization: str | None = None) -> list[tuple[str, str]]:
+    """gRPC metadata for a core call: the request id and the caller's Authorization."""
+    md = [("x-request-id", request_id)]
+    if auth := _ascii_header(authorization):
+        md.append(("authorization", auth))
+    return md

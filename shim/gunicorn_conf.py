@@ -1,0 +1,51 @@
+"""gunicorn settings for the shim, read from the genapi config (GENAPI_CONFIG + env).
+
+    GENAPI_CONFIG=config/default.toml gunicorn -c shim/gunicorn_conf.py
+
+gthread workers: each worker process holds one gRPC channel (created after the fork)
+and serves `threads` requests at once; streams are plain iterators written by the
+worker threads, and the worker's heartbeat runs in its main loop, so a long stream
+does not trigger WORKER TIMEOUT.
+"""
+import os
+import sys
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from server.config import is_loopback, load_config  # noqa: E402
+
+_cfg = load_config()
+
+if not _cfg.api_key_sha256 and not is_loopback(_cfg.shim_host):
+    raise SystemExit(
+        f"genapi: refusing to listen on {_cfg.shim_host}:{_cfg.shim_port} without API keys; "
+        "configure [auth] api_key_sha256 (or GENAPI_API_KEYS) or bind to a loopback address"
+    )
+
+wsgi_app = "shim:create_app()"
+chdir = _ROOT
+bind = [f"[{_cfg.shim_host}]:{_cfg.shim_port}" if ":" in _cfg.shim_host else f"{_cfg.shim_host}:{_cfg.shim_port}"]
+worker_class = "gthread"
+workers = _cfg.workers
+threads = _cfg.threads
+# gthread's timeout is the worker heartbeat (sent from the main loop), not a request
+# limit; request length is bounded by request_timeout_s (the gRPC deadline).
+timeout = 120
+graceful_timeout = 30
+keepalive = 5
+preload_app = False  # no gRPC state in the master; each worker builds its own app
+
+# Request-line and header limits (B16): oversized requests get a 4xx from gunicorn.
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
+
+accesslog = None  # access log off by default (it would record paths and client ids)
+errorlog = "-"
+loglevel = os.environ.get("GENAPI_LOG_LEVEL", "info")
+proc_name = "genapi-shim"
+# gunicorn >= 24 opens a control socket at a fixed per-user path; several shims (or
+# test runs) on one host would fight over it. Ignored by older gunicorn versions.
+control_socket_disable = True

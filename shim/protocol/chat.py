@@ -1,0 +1,339 @@
+"""POST /v1/chat/completions: which fields exist and what values they may take.
+
+`validate_chat_request(body)` checks a parsed JSON object against OpenAI's
+CreateChatCompletionRequest and raises `APIError` (400) naming the first bad field;
+it returns the same dict, which `shim.translate.chat` then maps to a proto.
+
+Policy for the spec's fields:
+  implemented        model, messages, temperature, top_p, seed, presence_penalty,
+                     frequency_penalty, logit_bias, max_tokens, max_completion_tokens,
+                     stop, n, logprobs, top_logprobs, stream, stream_options
+  accepted, ignored  user, metadata, store, service_tier, safety_identifier,
+                     prompt_cache_key, prompt_cache_retention, prompt_cache_options,
+                     verbosity, reasoning_effort, parallel_tool_calls
+  not implemented    tools (non-empty), tool_choice (other than none/auto), functions,
+                     function_call (other than none/auto), response_format (other than
+                     text), audio, prediction, web_search_options, moderation,
+                     modalities with "audio", image/audio/file content parts
+                     -> 400 unsupported_parameter
+  genapi extensions  ignore_eos (bool: keep generating past end-of-sequence; benchmarks)
+  anything else      -> 400 unknown_parameter "Unrecognized request argument supplied: x"
+Null means "not set" for every optional field. Unknown keys inside messages and
+content parts are ignored (clients add bookkeeping fields there).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from shim.protocol.common import (
+    INT32_MAX,
+    INT64_MAX,
+    INT64_MIN,
+    UINT32_MAX,
+    check_range,
+    check_text,
+    expect_array,
+    expect_bool,
+    expect_int,
+    expect_number,
+    expect_object,
+    expect_str,
+    invalid_type,
+    invalid_value,
+    is_number,
+    missing,
+    unknown_parameter,
+    unsupported,
+)
+
+IMPLEMENTED = frozenset({
+    "model", "messages", "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty",
+    "logit_bias", "max_tokens", "max_completion_tokens", "stop", "n", "logprobs", "top_logprobs",
+    "stream", "stream_options", "ignore_eos",
+})
+IGNORED = frozenset({
+    "user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key",
+    "prompt_cache_retention", "prompt_cache_options", "verbosity", "reasoning_effort",
+    "parallel_tool_calls",
+})
+NOT_IMPLEMENTED = frozenset({
+    "tools", "tool_choice", "functions", "function_call", "response_format", "audio", "prediction",
+    "web_search_options", "moderation", "modalities",
+})
+KNOWN_FIELDS = IMPLEMENTED | IGNORED | NOT_IMPLEMENTED
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
+MAX_N = 128
+MAX_STOP = 4
+MAX_TOP_LOGPROBS = 20
+
+# Content part types each role may use, and those this server does not implement yet.
+PART_TYPES = {
+    "system": {"text"},
+    "developer": {"text"},
+    "tool": {"text"},
+    "user": {"text", "image_url", "input_audio", "file"},
+    "assistant": {"text", "refusal"},
+}
+UNSUPPORTED_PART_TYPES = {"image_url", "input_audio", "file"}
+
+
+def validate_chat_request(body: Any) -> dict:
+    """Raises APIError(400) for the first problem; returns `body` unchanged."""
+    if not isinstance(body, dict):
+        raise invalid_type("body", "an object", body)
+    for key in body:
+        if key not in KNOWN_FIELDS:
+            raise unknown_parameter(key)
+
+    _validate_model(body)
+    _validate_messages(body)
+    _validate_sampling(body)
+    _validate_stopping(body)
+    _validate_output(body)
+    _validate_stream(body)
+    _validate_ignored(body)
+    _validate_not_implemented(body)
+    return body
+
+
+def _present(body: dict, key: str) -> bool:
+    return body.get(key) is not None
+
+
+# --- required fields -------------------------------------------------------------------
+
+def _validate_model(body: dict) -> None:
+    if "model" not in body:
+        raise missing("model")
+    expect_str(body["model"], "model", non_empty=True)
+
+
+def _validate_messages(body: dict) -> None:
+    if "messages" not in body:
+        raise missing("messages")
+    messages = expect_array(body["messages"], "messages")
+    if not messages:
+        raise invalid_value("messages", "Invalid 'messages': empty array. Expected an array with minimum length 1, "
+                                        "but got an empty array instead.")
+    for i, message in enumerate(messages):
+        validate_message(message, f"messages[{i}]")
+
+
+def validate_message(message: Any, param: str) -> None:
+    msg = expect_object(message, param)
+    if "role" not in msg:
+        raise missing(f"{param}.role")
+    role = msg["role"]
+    if not isinstance(role, str):
+        raise invalid_type(f"{param}.role", "a string", role)
+    if role == "function":
+        raise unsupported(f"{param}.role", "The 'function' role (deprecated; use 'tool')")
+    if role not in ROLES:
+        raise invalid_value(f"{param}.role", f"Invalid value for '{param}.role': {role[:64]!r}. Supported values are: "
+                                             + ", ".join(repr(r) for r in ROLES) + ".")
+
+    if msg.get("name") is not None:
+        expect_str(msg["name"], f"{param}.name")
+
+    if role == "assistant":
+        if msg.get("content") is not None:
+            _validate_content(msg["content"], f"{param}.content", role)
+        if msg.get("refusal") is not None:
+            expect_str(msg["refusal"], f"{param}.refusal")
+        if msg.get("tool_calls") is not None:
+            _validate_tool_calls(msg["tool_calls"], f"{param}.tool_calls")
+        for key in ("function_call", "audio"):
+            if msg.get(key) is not None:
+                raise unsupported(f"{param}.{key}")
+        return
+
+    if "content" not in msg:
+        raise missing(f"{param}.content")
+    _validate_content(msg["content"], f"{param}.content", role)
+    if role == "tool":
+        if "tool_call_id" not in msg:
+            raise missing(f"{param}.tool_call_id")
+        expect_str(msg["tool_call_id"], f"{param}.tool_call_id")
+
+
+def _validate_content(content: Any, param: str, role: str) -> None:
+    if isinstance(content, str):
+        check_text(content, param)
+        return
+    if not isinstance(content, list):
+        raise invalid_type(param, "a string or an array of content parts", content)
+    if not content:
+        raise invalid_value(param, f"Invalid '{param}': empty array. Expected a string or an array with "
+                                   "minimum length 1.")
+    allowed = PART_TYPES[role]
+    for j, part in enumerate(content):
+        p = f"{param}[{j}]"
+        expect_object(part, p)
+        if "type" not in part:
+            raise missing(f"{p}.type")
+        ptype = part["type"]
+        if not isinstance(ptype, str):
+            raise invalid_type(f"{p}.type", "a string", ptype)
+        if ptype not in allowed:
+            raise invalid_value(f"{p}.type", f"Invalid value for '{p}.type': {ptype[:64]!r}. Supported values for "
+                                             f"role '{role}' are: " + ", ".join(repr(t) for t in sorted(allowed)) + ".")
+        if ptype in UNSUPPORTED_PART_TYPES:
+            raise unsupported(p, f"Content parts of type '{ptype}'")
+        field = "refusal" if ptype == "refusal" else "text"
+        if field not in part:
+            raise missing(f"{p}.{field}")
+        expect_str(part[field], f"{p}.{field}")
+
+
+def _validate_tool_calls(tool_calls: Any, param: str) -> None:
+    for k, call in enumerate(expect_array(tool_calls, param)):
+        p = f"{param}[{k}]"
+        expect_object(call, p)
+        ctype = call.get("type", "function")
+        if ctype == "custom":
+            raise unsupported(f"{p}.type", "Custom tool calls")
+        if ctype != "function":
+            raise invalid_value(f"{p}.type", f"Invalid value for '{p}.type': expected 'function'.")
+        for key in ("id", "function"):
+            if key not in call:
+                raise missing(f"{p}.{key}")
+        expect_str(call["id"], f"{p}.id")
+        fn = expect_object(call["function"], f"{p}.function")
+        for key in ("name", "arguments"):
+            if key not in fn:
+                raise missing(f"{p}.function.{key}")
+            expect_str(fn[key], f"{p}.function.{key}")
+
+
+# --- optional knobs --------------------------------------------------------------------
+
+def _validate_sampling(body: dict) -> None:
+    if _present(body, "temperature"):
+        expect_number(body["temperature"], "temperature", minimum=0, maximum=2)
+    if _present(body, "top_p"):
+        expect_number(body["top_p"], "top_p", exclusive_minimum=0, maximum=1)
+    for key in ("presence_penalty", "frequency_penalty"):
+        if _present(body, key):
+            expect_number(body[key], key, minimum=-2, maximum=2)
+    if _present(body, "seed"):
+        expect_int(body["seed"], "seed", minimum=INT64_MIN, maximum=INT64_MAX)
+    if _present(body, "logit_bias"):
+        for key, value in expect_object(body["logit_bias"], "logit_bias").items():
+            if not (key.isascii() and key.isdigit()) or int(key) > INT32_MAX:
+                shown = key if len(key) <= 32 else key[:32] + "..."
+                raise invalid_value("logit_bias", f"Invalid key in 'logit_bias': {shown!r} is not a token id "
+                                                  "(a non-negative integer).")
+            if not is_number(value):
+                raise invalid_type(f"logit_bias.{key}", "a number", value)
+            check_range(value, f"logit_bias.{key}", minimum=-100, maximum=100)
+
+
+def _validate_stopping(body: dict) -> None:
+    if _present(body, "ignore_eos"):
+        expect_bool(body["ignore_eos"], "ignore_eos")
+    for key in ("max_tokens", "max_completion_tokens"):
+        if _present(body, key):
+            expect_int(body[key], key, minimum=1, maximum=UINT32_MAX)
+    if _present(body, "max_tokens") and _present(body, "max_completion_tokens") \
+            and body["max_tokens"] != body["max_completion_tokens"]:
+        raise invalid_value("max_tokens", "'max_tokens' and 'max_completion_tokens' are aliases and were given "
+                                          "different values; set only one of them.")
+    if _present(body, "stop"):
+        stop = body["stop"]
+        if isinstance(stop, str):
+            expect_str(stop, "stop", non_empty=True)
+        elif isinstance(stop, list):
+            if len(stop) > MAX_STOP:
+                raise invalid_value("stop", f"Invalid 'stop': array too long. Expected an array with maximum length "
+                                            f"{MAX_STOP}, but got an array with length {len(stop)} instead.")
+            for i, s in enumerate(stop):
+                expect_str(s, f"stop[{i}]", non_empty=True)
+        else:
+            raise invalid_type("stop", "a string or an array of strings", stop)
+
+
+def _validate_output(body: dict) -> None:
+    if _present(body, "n"):
+        expect_int(body["n"], "n", minimum=1, maximum=MAX_N)
+    if _present(body, "logprobs"):
+        expect_bool(body["logprobs"], "logprobs")
+    if _present(body, "top_logprobs"):
+        top = expect_int(body["top_logprobs"], "top_logprobs", minimum=0, maximum=MAX_TOP_LOGPROBS)
+        if top > 0 and body.get("logprobs") is not True:
+            raise invalid_value("top_logprobs", "Invalid 'top_logprobs': 'logprobs' must be set to true when "
+                                                "'top_logprobs' is used.")
+
+
+def _validate_stream(body: dict) -> None:
+    stream = False
+    if _present(body, "stream"):
+        stream = expect_bool(body["stream"], "stream")
+    if _present(body, "stream_options"):
+        opts = expect_object(body["stream_options"], "stream_options")
+        if not stream:
+            raise invalid_value("stream_options", "The 'stream_options' parameter is only allowed when 'stream' is "
+                                                  "enabled.")
+        for key, value in opts.items():
+            if key not in ("include_usage", "include_obfuscation"):
+                raise unknown_parameter(f"stream_options.{key}")
+            if value is not None:
+                expect_bool(value, f"stream_options.{key}")
+
+
+def _validate_ignored(body: dict) -> None:
+    for key in ("user", "service_tier", "safety_identifier", "prompt_cache_key", "prompt_cache_retention",
+                "verbosity", "reasoning_effort"):
+        if _present(body, key) and not isinstance(body[key], str):
+            raise invalid_type(key, "a string", body[key])
+    for key in ("store", "parallel_tool_calls"):
+        if _present(body, key):
+            expect_bool(body[key], key)
+    if _present(body, "prompt_cache_options"):
+        expect_object(body["prompt_cache_options"], "prompt_cache_options")
+    if _present(body, "metadata"):
+        for key, value in expect_object(body["metadata"], "metadata").items():
+            if not isinstance(value, str):
+                raise invalid_type(f"metadata.{key[:64]}", "a string", value)
+
+
+def _validate_not_implemented(body: dict) -> None:
+    if _present(body, "tools") and expect_array(body["tools"], "tools"):
+        raise unsupported("tools", "Tool calling ('tools')")
+    if _present(body, "functions"):
+        raise unsupported("functions")
+    for key in ("tool_choice", "function_call"):
+        if _present(body, key):
+            value = body[key]
+            if isinstance(value, str):
+                # Without tools, "auto" means the same as "none": no tool is called.
+                if value in ("none", "auto"):
+                    continue
+                if key == "tool_choice" and value == "required":
+                    raise unsupported(key, f"'{key}': 'required'")
+                raise invalid_value(key, f"Invalid value for '{key}': {value[:64]!r}.")
+            if isinstance(value, dict):
+                raise unsupported(key, f"Forcing a tool with '{key}'")
+            raise invalid_type(key, "a string or an object", value)
+    if _present(body, "response_format"):
+        fmt = expect_object(body["response_format"], "response_format")
+        if "type" not in fmt:
+            raise missing("response_format.type")
+        ftype = fmt["type"]
+        if not isinstance(ftype, str):
+            raise invalid_type("response_format.type", "a string", ftype)
+        if ftype in ("json_object", "json_schema"):
+            raise unsupported("response_format", f"'response_format' of type '{ftype}'")
+        if ftype != "text":
+            raise invalid_value("response_format.type", f"Invalid value for 'response_format.type': {ftype[:64]!r}. "
+                                                        "Supported values are: 'text', 'json_object', 'json_schema'.")
+    for key in ("audio", "prediction", "web_search_options", "moderation"):
+        if _present(body, key):
+            raise unsupported(key)
+    if _present(body, "modalities"):
+        for i, m in enumerate(expect_array(body["modalities"], "modalities")):
+            if m == "audio":
+                raise unsupported("modalities", "Audio output ('modalities': ['audio'])")
+            if m != "text":
+                raise invalid_value(f"modalities[{i}]", f"Invalid value for 'modalities[{i}]': expected 'text' "
+                                                        "or 'audio'.")

@@ -1,0 +1,135 @@
+"""Validation helpers shared by endpoint protocols: precise OpenAI-style 400s.
+
+Codes used (the `code` of the error envelope):
+  missing_required_parameter  a required field is absent
+  invalid_type                wrong JSON type (no coercion: "5", 1.5, true are not integers)
+  invalid_value               right type, value out of range / not allowed
+  unknown_parameter           a field the endpoint does not know
+  unsupported_parameter       a known OpenAI field (or value) this server does not implement
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from shim.errors import APIError
+
+INT32_MAX = 2**31 - 1
+UINT32_MAX = 2**32 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def json_type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "an unsupported value"
+
+
+def _show(value: Any, limit: int = 64) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def missing(param: str) -> APIError:
+    return APIError(400, f"Missing required parameter: '{param}'.", "invalid_request_error", param,
+                    "missing_required_parameter")
+
+
+def invalid_type(param: str, expected: str, value: Any) -> APIError:
+    return APIError(400, f"Invalid type for '{param}': expected {expected}, but got {json_type_name(value)} instead.",
+                    "invalid_request_error", param, "invalid_type")
+
+
+def invalid_value(param: str, message: str) -> APIError:
+    return APIError(400, message, "invalid_request_error", param, "invalid_value")
+
+
+def unknown_parameter(param: str) -> APIError:
+    shown = param if len(param) <= 100 else param[:100] + "..."
+    return APIError(400, f"Unrecognized request argument supplied: {shown}",
+                    "invalid_request_error", param, "unknown_parameter")
+
+
+def unsupported(param: str, what: str | None = None) -> APIError:
+    subject = what or f"The '{param}' parameter"
+    return APIError(400, f"{subject} is not supported by this server yet.", "invalid_request_error", param,
+                    "unsupported_parameter")
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_range(value, param: str, *, minimum=None, maximum=None, exclusive_minimum=None) -> None:
+    if exclusive_minimum is not None and not value > exclusive_minimum:
+        raise invalid_value(param, f"Invalid '{param}': expected a value > {exclusive_minimum}, "
+                                   f"but got {_show(value)} instead.")
+    if minimum is not None and value < minimum:
+        raise invalid_value(param, f"Invalid '{param}': expected a value >= {minimum}, but got {_show(value)} instead.")
+    if maximum is not None and value > maximum:
+        raise invalid_value(param, f"Invalid '{param}': expected a value <= {maximum}, but got {_show(value)} instead.")
+
+
+def expect_int(value: Any, param: str, **bounds) -> int:
+    if not is_int(value):
+        raise invalid_type(param, "an integer", value)
+    check_range(value, param, **bounds)
+    return value
+
+
+def expect_number(value: Any, param: str, **bounds) -> float:
+    if not is_number(value):
+        raise invalid_type(param, "a number", value)
+    check_range(value, param, **bounds)
+    return value
+
+
+def expect_bool(value: Any, param: str) -> bool:
+    if not isinstance(value, bool):
+        raise invalid_type(param, "a boolean", value)
+    return value
+
+
+def check_text(value: str, param: str) -> str:
+    """Text bound for the core must be valid Unicode (no lone UTF-16 surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid_value(param, f"Invalid '{param}': the string contains an unpaired UTF-16 surrogate "
+                                   "and is not valid Unicode.") from None
+    return value
+
+
+def expect_str(value: Any, param: str, *, non_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise invalid_type(param, "a string", value)
+    if non_empty and not value:
+        raise invalid_value(param, f"Invalid '{param}': expected a non-empty string.")
+    return check_text(value, param)
+
+
+def expect_object(value: Any, param: str) -> dict:
+    if not isinstance(value, dict):
+        raise invalid_type(param, "an object", value)
+    return value
+
+
+def expect_array(value: Any, param: str) -> list:
+    if not isinstance(value, list):
+        raise invalid_type(param, "an array", value)
+    return value

@@ -1,0 +1,25 @@
+"""Helpers every Blueprint uses: the config, the core client, call metadata."""
+from __future__ import annotations
+
+from flask import current_app, request
+
+from shim import grpc_client
+from shim.request_id import current_request_id
+
+
+def config():
+    return current_app.config["GENAPI"]
+
+
+def core():
+    """This worker's CoreClient (created lazily, after the fork)."""
+    return grpc_client.get_client(config())
+
+
+def metadata() -> list[tuple[str, str]]:
+    return grpc_client.call_metadata(current_request_id(), request.headers.get("Authorization"))
+
+
+def short_timeout() -> float:
+    """Deadline for quick unary calls (models, health)."""
+    return min(30.0, config().request_timeout_s)

@@ -1,0 +1,348 @@
+"""Pure OpenAI chat <-> genapi.v1 translation (no Flask, no channel).
+
+Request:  `chat_request_to_proto(body, request_id)` maps a validated
+          CreateChatCompletionRequest dict to a `GenerateRequest`.
+Response: `ChatCompletionAccumulator` / `build_chat_completion` fold `GenerateResponse`
+          events into a `chat.completion` object; `ChatChunkBuilder` turns them into
+          `chat.completion.chunk` objects one event at a time.
+"""
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from typing import Iterable
+
+from genapi.v1 import common_pb2, generation_service_pb2 as gen_pb2
+
+ROLE_TO_PROTO = {
+    "system": gen_pb2.ROLE_SYSTEM,
+    "developer": gen_pb2.ROLE_DEVELOPER,
+    "user": gen_pb2.ROLE_USER,
+    "assistant": gen_pb2.ROLE_ASSISTANT,
+    "tool": gen_pb2.ROLE_TOOL,
+}
+
+FINISH_REASONS = {
+    gen_pb2.FINISH_REASON_UNSPECIFIED: "stop",
+    gen_pb2.FINISH_REASON_STOP: "stop",
+    gen_pb2.FINISH_REASON_LENGTH: "length",
+    gen_pb2.FINISH_REASON_TOOL_CALLS: "tool_calls",
+    gen_pb2.FINISH_REASON_CONTENT_FILTER: "content_filter",
+}
+
+# OpenAI's stand-in for "too unlikely to say"; JSON has no -Infinity.
+VERY_UNLIKELY_LOGPROB = -9999.0
+
+
+def new_completion_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex
+
+
+def now() -> int:
+    return int(time.time())
+
+
+# --- request ---------------------------------------------------------------------------
+
+def _content_parts(content) -> list[gen_pb2.ContentPart]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [gen_pb2.ContentPart(text=content)]
+    parts = []
+    for part in content:
+        if part.get("type") == "refusal":
+            parts.append(gen_pb2.ContentPart(text=part["refusal"]))
+        else:  # "text" (validation rejects every other type)
+            parts.append(gen_pb2.ContentPart(text=part["text"]))
+    return parts
+
+
+def message_to_proto(msg: dict) -> gen_pb2.ChatMessage:
+    out = gen_pb2.ChatMessage(role=ROLE_TO_PROTO[msg["role"]], content=_content_parts(msg.get("content")))
+    if msg.get("name") is not None:
+        out.name = msg["name"]
+    if msg["role"] == "tool":
+        out.tool_call_id = msg["tool_call_id"]
+    for call in msg.get("tool_calls") or ():
+        fn = call["function"]
+        out.tool_calls.add(id=call["id"], name=fn["name"], arguments=fn["arguments"])
+    return out
+
+
+def stop_list(stop) -> list[str]:
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else list(stop)
+
+
+def chat_request_to_proto(body: dict, request_id: str = "") -> gen_pb2.GenerateRequest:
+    """A validated chat request -> GenerateRequest; knobs absent (or null) stay unset."""
+    req = gen_pb2.GenerateRequest(request_id=request_id, model=body["model"])
+    req.messages.extend(message_to_proto(m) for m in body["messages"])
+
+    def present(key: str) -> bool:
+        return body.get(key) is not None
+
+    for key in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
+        if present(key):
+            setattr(req.sampling, key, float(body[key]))
+    if present("seed"):
+        req.sampling.seed = body["seed"]
+    if body.get("logit_bias"):
+        for token, bias in body["logit_bias"].items():
+            req.sampling.logit_bias[int(token)] = float(bias)
+
+    max_tokens = body.get("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens")
+    if max_tokens is not None:
+        req.stopping.max_tokens = max_tokens
+    if present("ignore_eos"):
+        req.stopping.ignore_eos = body["ignore_eos"]
+    stops = stop_list(body.get("stop"))
+    if stops:
+        req.stopping.stop.extend(stops)
+
+    if present("logprobs"):
+        req.output.logprobs = body["logprobs"]
+    if present("top_logprobs"):
+        req.output.top_logprobs = body["top_logprobs"]
+    if present("n"):
+        req.output.n = body["n"]
+    return req
+
+
+def include_usage_requested(body: dict) -> bool:
+    return bool(body.get("stream") and (body.get("stream_options") or {}).get("include_usage") is True)
+
+
+# --- response pieces -------------------------------------------------------------------
+
+def usage_to_dict(usage: common_pb2.Usage | None) -> dict:
+    if usage is None:
+        return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def _logprob(value: float) -> float:
+    return value if math.isfinite(value) else VERY_UNLIKELY_LOGPROB
+
+
+def _token_bytes(token: str, raw: bytes) -> list[int]:
+    return list(raw) if raw else list(token.encode("utf-8", "replace"))
+
+
+def token_logprob_to_dict(lp: gen_pb2.TokenLogprob) -> dict:
+    return {
+        "token": lp.token,
+        "logprob": _logprob(lp.logprob),
+        "bytes": _token_bytes(lp.token, lp.bytes),
+        "top_logprobs": [
+            {"token": t.token, "logprob": _logprob(t.logprob), "bytes": _token_bytes(t.token, t.bytes)}
+            for t in lp.top_logprobs
+        ],
+    }
+
+
+def finish_reason_name(reason: int) -> str:
+    return FINISH_REASONS.get(reason, "stop")
+
+
+def _event_usage(ev: gen_pb2.GenerateResponse):
+    return ev.usage if ev.HasField("usage") else None
+
+
+# --- non-streaming ---------------------------------------------------------------------
+
+class _Choice:
+    __slots__ = ("text", "reasoning", "tool_calls", "logprobs", "finish_reason")
+
+    def __init__(self):
+        self.text: list[str] = []
+        self.reasoning: list[str] = []
+        self.tool_calls: dict[int, dict] = {}
+        self.logprobs: list[dict] = []
+        self.finish_reason: str | None = None
+
+
+class ChatCompletionAccumulator:
+    """Folds a Generate event stream into one `chat.completion` object."""
+
+    def __init__(self, *, model: str, n: int = 1, logprobs: bool = False,
+                 completion_id: str | None = None, created: int | None = None):
+        self.model = model
+        self.logprobs = logprobs
+        self.id = completion_id or new_completion_id()
+        self.created = created if created is not None else now()
+        self.choices: dict[int, _Choice] = {i: _Choice() for i in range(max(1, n))}
+        self.usage = None
+
+    def add(self, ev: gen_pb2.GenerateResponse) -> None:
+        if ev.HasField("usage"):
+            self.usage = ev.usage
+        kind = ev.WhichOneof("event")
+        if kind is None or kind == "started":
+            return
+        choice = self.choices.setdefault(ev.choice_index, _Choice())
+        if kind == "text":
+            choice.text.append(ev.text.text)
+            if self.logprobs:
+                choice.logprobs.extend(token_logprob_to_dict(lp) for lp in ev.text.logprobs)
+        elif kind == "reasoning":
+            choice.reasoning.append(ev.reasoning.text)
+        elif kind == "tool_call":
+            d = ev.tool_call
+            call = choice.tool_calls.setdefault(
+                d.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+            if d.id:
+                call["id"] = d.id
+            if d.name:
+                call["function"]["name"] = d.name
+            call["function"]["arguments"] += d.arguments
+        elif kind == "finished":
+            choice.finish_reason = finish_reason_name(ev.finished.reason)
+
+    def result(self) -> dict:
+        choices = []
+        for index in sorted(self.choices):
+            c = self.choices[index]
+            text = "".join(c.text)
+            message: dict = {
+                "role": "assistant",
+                "content": text if (text or not c.tool_calls) else None,
+                "refusal": None,
+            }
+            if c.reasoning:
+                message["reasoning_content"] = "".join(c.reasoning)
+            if c.tool_calls:
+                message["tool_calls"] = [c.tool_calls[k] for k in sorted(c.tool_calls)]
+            choices.append({
+                "index": index,
+                "message": message,
+                "logprobs": {"content": c.logprobs, "refusal": None} if self.logprobs else None,
+                "finish_reason": c.finish_reason or "stop",
+            })
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": usage_to_dict(self.usage),
+        }
+
+
+def build_chat_completion(events: Iterable[gen_pb2.GenerateResponse], *, model: str, n: int = 1,
+                          logprobs: bool = False, completion_id: str | None = None,
+                          created: int | None = None) -> dict:
+    acc = ChatCompletionAccumulator(model=model, n=n, logprobs=logprobs, completion_id=completion_id,
+                                    created=created)
+    for ev in events:
+        acc.add(ev)
+    return acc.result()
+
+
+# --- streaming -------------------------------------------------------------------------
+
+class ChatChunkBuilder:
+    """Turns Generate events into `chat.completion.chunk` dicts.
+
+    Each choice opens with a `{"role": "assistant", "content": ""}` delta (all n choices
+    right after `started`), then one chunk per delta, then exactly one chunk with a
+    finish_reason and an empty delta. Usage: without `include_usage` every chunk carries
+    the running usage of the event it came from; with it, every chunk has `usage: null`
+    and `finish()` returns one extra chunk with `choices: []` and the final usage.
+    """
+
+    def __init__(self, *, model: str, n: int = 1, logprobs: bool = False, include_usage: bool = False,
+                 completion_id: str | None = None, created: int | None = None):
+        self.model = model
+        self.n = max(1, n)
+        self.logprobs = logprobs
+        self.include_usage = include_usage
+        self.id = completion_id or new_completion_id()
+        self.created = created if created is not None else now()
+        self.usage = None
+        self._opened: set[int] = set()
+        self._finished: set[int] = set()
+        self._tool_calls_seen: dict[int, set[int]] = {}
+
+    def _chunk(self, choices: list[dict], usage) -> dict:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": None if self.include_usage else usage_to_dict(usage),
+        }
+
+    @staticmethod
+    def _choice(index: int, delta: dict, logprobs=None, finish_reason=None) -> dict:
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+
+    def _open(self, index: int, usage) -> list[dict]:
+        if index in self._opened:
+            return []
+        self._opened.add(index)
+        return [self._chunk([self._choice(index, {"role": "assistant", "content": "", "refusal": None})], usage)]
+
+    def on_event(self, ev: gen_pb2.GenerateResponse) -> list[dict]:
+        if ev.HasField("usage"):
+            self.usage = ev.usage
+        usage = self.usage
+        kind = ev.WhichOneof("event")
+        if kind == "started":
+            out = []
+            for i in range(self.n):
+                out += self._open(i, usage)
+            return out
+        if kind is None:
+            return []
+        index = ev.choice_index
+        if index in self._finished:
+            return []  # nothing may follow a choice's finish chunk
+        out = self._open(index, usage)
+        if kind == "text":
+            lps = None
+            if self.logprobs:
+                lps = {"content": [token_logprob_to_dict(lp) for lp in ev.text.logprobs], "refusal": None}
+            if ev.text.text or (lps and lps["content"]):
+                out.append(self._chunk([self._choice(index, {"content": ev.text.text}, lps)], usage))
+        elif kind == "reasoning":
+            if ev.reasoning.text:
+                out.append(self._chunk([self._choice(index, {"reasoning_content": ev.reasoning.text})], usage))
+        elif kind == "tool_call":
+            d = ev.tool_call
+            seen = self._tool_calls_seen.setdefault(index, set())
+            call: dict = {"index": d.index, "function": {"arguments": d.arguments}}
+            if d.index not in seen:
+                seen.add(d.index)
+                call = {"index": d.index, "id": d.id, "type": "function",
+                        "function": {"name": d.name, "arguments": d.arguments}}
+            out.append(self._chunk([self._choice(index, {"tool_calls": [call]})], usage))
+        elif kind == "finished":
+            self._finished.add(index)
+            reason = finish_reason_name(ev.finished.reason)
+            out.append(self._chunk([self._choice(index, {}, None, reason)], usage))
+        return out
+
+    def finish(self) -> list[dict]:
+        """Chunks after the last event: a finish chunk for any choice the core left open
+        (defensive; the core ends each choice itself), then the usage chunk when
+        include_usage is set."""
+        out = []
+        for index in sorted(self._opened - self._finished):
+            self._finished.add(index)
+            out.append(self._chunk([self._choice(index, {}, None, "stop")], self.usage))
+        if self.include_usage:
+            final = self._chunk([], None)
+            final["usage"] = usage_to_dict(self.usage)
+            out.append(final)
+        return out

@@ -1,0 +1,136 @@
+"""Shared fixtures: real genapi services started as processes on free ports."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_MODEL = ROOT / "models" / "tiny-chat"
+MODEL = "genapi-tiny-chat"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """`genapi serve` running in a subprocess, with its log file."""
+
+    def __init__(self, tmp: Path, name: str, model_options: str = "", extra_toml: str = "", env: dict | None = None):
+        self.port, self.grpc_port = free_port(), free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
+        self.log_path = tmp / f"{name}.log"
+        self.config = tmp / f"{name}.toml"
+        self.config.write_text(textwrap.dedent(f"""
+            [shim]
+            workers = 2
+            threads = 32
+            keepalive_s = 1
+            {extra_toml}
+            [[models]]
+            name = "{MODEL}"
+            path = "{TINY_MODEL}"
+            [models.options]
+            max_batch = 32
+            """) + textwrap.dedent(model_options))
+        # The test decides every genapi setting: nothing leaks in from the caller's shell.
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GENAPI_")}
+        self.env.update(env or {})
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 180) -> "Service":
+        log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server", "serve", "--config", str(self.config),
+             "--port", str(self.port), "--grpc-port", str(self.grpc_port)],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"genapi serve exited ({self.proc.returncode}):\n{self.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
+                    return self
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"genapi serve did not become healthy:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int | None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode if self.proc else None
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory):
+    """The default service (no API keys) shared by most integration tests."""
+    svc = Service(tmp_path_factory.mktemp("svc"), "main").start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def client(service):
+    import openai
+
+    return openai.OpenAI(base_url=f"{service.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture
+def aclient(service):
+    import openai
+
+    return openai.AsyncOpenAI(base_url=f"{service.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def grpc_channel(service):
+    import grpc
+
+    ch = grpc.insecure_channel(service.grpc_target)
+    yield ch
+    ch.close()
+
+
+@pytest.fixture
+def engine_stats(grpc_channel):
+    """Returns a function reading the tiny model's live engine counters."""
+    from genapi.v1 import generation_service_pb2 as pb
+    from genapi.v1 import generation_service_pb2_grpc as pb_grpc
+
+    stub = pb_grpc.GenerationServiceStub(grpc_channel)
+
+    def read():
+        return stub.GetEngineStats(pb.GetEngineStatsRequest(model=MODEL)).engines[0]
+    return read
+
+
+def wait_until(predicate, timeout_s: float = 5.0, interval_s: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()

@@ -1,0 +1,94 @@
+import torch
+
+from server.engines.base import SamplingParams
+from server.engines.detokenizer import Detokenizer, token_bytes
+from server.engines.sampling import SeqSampler, logprobs_of, process_logits, sample
+
+
+class CharTokenizer:
+    """One token per character; enough to exercise stop-string holding."""
+
+    all_special_ids = []
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(i) for i in ids)
+
+
+def run(text, stop):
+    d = Detokenizer(CharTokenizer(), [], stop)
+    out = []
+    for ch in text:
+        d.push(ord(ch))
+        t, hit = d.take()
+        out.append(t)
+        if hit:
+            return "".join(out), hit
+    return "".join(out) + d.flush(), None
+
+
+def test_stop_string_spanning_tokens_is_cut_and_never_released():
+    assert run("hello world, goodbye", ["wor"]) == ("hello ", "wor")
+    assert run("abcabd", ["abd"]) == ("abc", "abd")
+
+
+def test_partial_stop_prefix_released_when_it_diverges():
+    d = Detokenizer(CharTokenizer(), [], ["END"])
+    released = ""
+    for ch in "xEN":
+        d.push(ord(ch))
+        released += d.take()[0]
+    assert released == "x"  # "EN" held back: could become "END"
+    d.push(ord("d"))
+    released += d.take()[0]
+    assert released == "xENd"
+
+
+def test_earliest_of_several_stops_wins():
+    assert run("one two three", ["three", "two"]) == ("one ", "two")
+
+
+def test_no_stop_releases_everything():
+    assert run("plain text", []) == ("plain text", None)
+
+
+def _samplers(n, **kw):
+    return [SeqSampler.create(SamplingParams(**kw), seed=7, vocab=10, device=torch.device("cpu")) for _ in range(n)]
+
+
+def test_greedy_and_logit_bias():
+    logits = torch.tensor([[0.0, 5.0, 1.0, 0, 0, 0, 0, 0, 0, 0]])
+    assert sample(logits, _samplers(1, temperature=0)) == [1]
+    s = _samplers(1, temperature=0, logit_bias={1: -100.0, 3: 100.0})
+    assert sample(process_logits(logits, s), s) == [3]
+
+
+def test_penalties_use_completion_counts():
+    s = _samplers(1, temperature=0, presence_penalty=1.0, frequency_penalty=2.0)
+    s[0].observe(1)
+    s[0].observe(1)
+    out = process_logits(torch.zeros(1, 10), s)
+    assert out[0, 1].item() == -1.0 - 4.0
+    assert out[0, 0].item() == 0.0
+
+
+def test_seeded_sampling_is_reproducible_and_independent_of_batch():
+    logits = torch.randn(3, 10)
+    a = [sample(logits[i:i + 1], _samplers(1, temperature=1.0))[0] for i in range(3)]
+    b = sample(logits, _samplers(3, temperature=1.0))
+    assert a == b
+
+
+def test_top_p_keeps_the_nucleus_only():
+    logits = torch.tensor([[10.0, 9.9, -10, -10, -10, -10, -10, -10, -10, -10]])
+    for seed in range(20):
+        s = [SeqSampler.create(SamplingParams(temperature=1.0, top_p=0.5), seed, 10, torch.device("cpu"))]
+        assert sample(logits, s)[0] == 0
+
+
+def test_logprobs_sorted_and_consistent():
+    logits = torch.randn(2, 10)
+    chosen, vals, ids = logprobs_of(logits, [int(logits[0].argmax()), 3], 4)
+    assert chosen[0] == vals[0][0]
+    assert all(v <= 0 for row in vals for v in row)
+    assert all(row == sorted(row, reverse=True) for row in vals)
+    assert abs(chosen[1] - torch.log_softmax(logits[1], -1)[3].item()) < 1e-6

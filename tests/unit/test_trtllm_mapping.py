@@ -1,0 +1,769 @@
+"""TensorRT-LLM backend without TensorRT-LLM: the pure mapping, and the adapter driven
+by a fake `tensorrt_llm` module."""
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+import types
+from types import SimpleNamespace
+
+import pytest
+
+from server.engines.base import (
+    EngineError,
+    EngineOverloaded,
+    EngineUnavailable,
+    FinishEvent,
+    GenerationRequest,
+    SamplingParams,
+    TextEvent,
+    TokenLogprob,
+    TopLogprob,
+)
+from server.engines import trtllm_mapping as m
+from server.engines.trtllm_mapping import ChoiceSnapshot as Snap
+
+# SamplingParams fields of TensorRT-LLM 1.2.0rc2 (tensorrt_llm/sampling_params.py) that
+# the mapping may use; a typo in a key would make SamplingParams(**kwargs) fail.
+TRTLLM_SAMPLING_FIELDS = {
+    "end_id", "pad_id", "max_tokens", "bad", "bad_token_ids", "stop", "stop_token_ids",
+    "include_stop_str_in_output", "embedding_bias", "logits_processor", "n", "best_of",
+    "use_beam_search", "top_k", "top_p", "seed", "temperature", "min_tokens",
+    "repetition_penalty", "presence_penalty", "frequency_penalty", "logprobs",
+    "prompt_logprobs", "guided_decoding", "ignore_eos", "detokenize", "skip_special_tokens",
+}
+
+
+def req(**kw) -> GenerationRequest:
+    sampling = kw.pop("sampling", None) or SamplingParams()
+    base = dict(request_id="r1", prompt_ids=[1, 2, 3], max_tokens=16)
+    base.update(kw)
+    return GenerationRequest(sampling=sampling, **base)
+
+
+def sp(**kw) -> SamplingParams:
+    return SamplingParams(**kw)
+
+
+# ------------------------------------------------------------------ sampling_kwargs
+
+
+def test_sampling_kwargs_defaults():
+    kw = m.sampling_kwargs(req(), 2)
+    assert kw == {
+        "max_tokens": 16, "n": 1, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+        "ignore_eos": False, "include_stop_str_in_output": False, "detokenize": True,
+        "temperature": 1.0, "top_p": 1.0, "end_id": 2,
+    }
+    assert set(kw) <= TRTLLM_SAMPLING_FIELDS
+
+
+def test_sampling_kwargs_every_field():
+    r = req(max_tokens=7, n=2, stop=["\n\n", "END"], logprobs=True, top_logprobs=3,
+            sampling=sp(temperature=0.7, top_p=0.9, seed=42, presence_penalty=0.5,
+                        frequency_penalty=-0.25, logit_bias={5: 1.0}))
+    kw = m.sampling_kwargs(r, 0)
+    assert kw["max_tokens"] == 7
+    assert kw["n"] == 2
+    assert kw["temperature"] == pytest.approx(0.7)
+    assert kw["top_p"] == pytest.approx(0.9)
+    assert "top_k" not in kw
+    assert kw["seed"] == 42
+    assert kw["presence_penalty"] == 0.5 and kw["frequency_penalty"] == -0.25
+    assert kw["stop"] == ["\n\n", "END"]
+    assert kw["logprobs"] == 3
+    assert kw["end_id"] == 0
+    assert kw["include_stop_str_in_output"] is False and kw["detokenize"] is True
+    assert "logit_bias" not in kw and "embedding_bias" not in kw  # separate spec
+    assert set(kw) <= TRTLLM_SAMPLING_FIELDS
+
+
+def test_greedy_maps_to_top_k_1_without_temperature_or_top_p():
+    kw = m.sampling_kwargs(req(sampling=sp(temperature=0.0, top_p=0.5)), 2)
+    assert kw["top_k"] == 1
+    assert "temperature" not in kw and "top_p" not in kw
+    assert m.is_greedy(req(sampling=sp(temperature=0.0)))
+    assert not m.is_greedy(req(sampling=sp(temperature=0.01)))
+
+
+def test_sampling_always_sends_temperature_and_top_p():
+    # With temperature, top_p and top_k all unset TensorRT-LLM 1.2 decodes greedily.
+    kw = m.sampling_kwargs(req(sampling=sp(temperature=1.0, top_p=1.0)), None)
+    assert kw["temperature"] == 1.0 and kw["top_p"] == 1.0 and "top_k" not in kw
+
+
+def test_greedy_n_runs_one_sequence_and_replicates():
+    r = req(n=3, sampling=sp(temperature=0))
+    assert m.engine_choices(r) == (1, 3)
+    assert m.sampling_kwargs(r, 2)["n"] == 1
+    assert m.StreamState.for_request(r).num_choices == 1
+
+
+def test_sampled_n_runs_n_sequences():
+    r = req(n=3, sampling=sp(temperature=0.8))
+    assert m.engine_choices(r) == (3, 1)
+    assert m.sampling_kwargs(r, 2)["n"] == 3
+    assert m.StreamState.for_request(r).num_choices == 3
+
+
+def test_seed_mapping():
+    assert "seed" not in m.sampling_kwargs(req(), 2)
+    assert m.sampling_kwargs(req(sampling=sp(seed=0)), 2)["seed"] == 0
+    assert m.sampling_kwargs(req(sampling=sp(seed=123)), 2)["seed"] == 123
+    # int64 -> uint64 two's complement; deterministic and distinct
+    assert m.sampling_kwargs(req(sampling=sp(seed=-1)), 2)["seed"] == 2**64 - 1
+    assert m.sampling_kwargs(req(sampling=sp(seed=-2)), 2)["seed"] == 2**64 - 2
+
+
+def test_logprobs_mapping():
+    assert "logprobs" not in m.sampling_kwargs(req(), 2)
+    # chosen token only: TensorRT-LLM needs logprobs >= 1 to return anything
+    assert m.sampling_kwargs(req(logprobs=True), 2)["logprobs"] == 1
+    assert m.sampling_kwargs(req(logprobs=True, top_logprobs=5), 2)["logprobs"] == 5
+    assert m.sampling_kwargs(req(logprobs=True, top_logprobs=20), 2)["logprobs"] == 20
+    # top_logprobs without logprobs asks for nothing
+    assert "logprobs" not in m.sampling_kwargs(req(top_logprobs=5), 2)
+
+
+def test_stop_strings():
+    assert "stop" not in m.sampling_kwargs(req(), 2)
+    assert "stop" not in m.sampling_kwargs(req(stop=[""]), 2)
+    kw = m.sampling_kwargs(req(stop=["a", "", "b", "a"]), 2)
+    assert kw["stop"] == ["a", "b"]
+    assert isinstance(kw["stop"], list)
+
+
+def test_ignore_eos_and_end_id():
+    kw = m.sampling_kwargs(req(ignore_eos=True), 2)
+    assert kw["ignore_eos"] is True and kw["end_id"] == 2
+    assert "end_id" not in m.sampling_kwargs(req(), None)
+    assert "end_id" not in m.sampling_kwargs(req(), [])
+
+
+def test_several_eos_ids_become_end_id_and_stop_token_ids():
+    kw = m.sampling_kwargs(req(), [2, 7, 2, 9])
+    assert kw["end_id"] == 2
+    assert kw["stop_token_ids"] == [7, 9]
+    # ignore_eos must not be defeated by the extra EOS ids
+    kw = m.sampling_kwargs(req(ignore_eos=True), [2, 7])
+    assert kw["end_id"] == 2 and "stop_token_ids" not in kw
+    assert "stop_token_ids" not in m.sampling_kwargs(req(), [5])
+
+
+# ------------------------------------------------------------------------ logit bias
+
+
+def test_logit_bias_spec():
+    assert m.logit_bias_spec(req()) is None
+    assert m.logit_bias_spec(req(sampling=sp(logit_bias={3: 0.0}))) is None
+    spec = m.logit_bias_spec(req(sampling=sp(logit_bias={9: -100.0, 2: 5.5, 4: 0.0})))
+    assert spec == m.LogitBias(token_ids=(2, 9), values=(5.5, -100.0))
+    assert spec.dense(10) == [0, 0, 5.5, 0, 0, 0, 0, 0, 0, -100.0]
+    with pytest.raises(m.UnsupportedRequest):
+        spec.dense(5)
+
+
+def test_logit_bias_is_an_invalid_argument_error():
+    assert issubclass(m.UnsupportedRequest, EngineError)
+    assert issubclass(m.UnsupportedRequest, ValueError)
+
+
+# -------------------------------------------------------------------------- validate
+
+
+@pytest.mark.parametrize("bad", [
+    dict(prompt_ids=[]),
+    dict(max_tokens=0),
+    dict(n=0),
+    dict(sampling=sp(temperature=-0.1)),
+    dict(sampling=sp(temperature=math.nan)),
+    dict(sampling=sp(top_p=0.0)),
+    dict(sampling=sp(top_p=1.5)),
+    dict(sampling=sp(presence_penalty=math.inf)),
+    dict(top_logprobs=21, logprobs=True),
+    dict(top_logprobs=-1),
+    dict(sampling=sp(logit_bias={5: 101.0})),
+    dict(sampling=sp(logit_bias={5: math.nan})),
+    dict(sampling=sp(logit_bias={-1: 1.0})),
+    dict(sampling=sp(logit_bias={100: 1.0})),  # vocab_size 100
+    dict(n=9, sampling=sp(temperature=1.0)),  # max_batch 8
+])
+def test_validate_rejects(bad):
+    with pytest.raises(m.UnsupportedRequest):
+        m.validate(req(**bad), vocab_size=100, max_batch=8)
+
+
+def test_validate_accepts():
+    m.validate(req(), vocab_size=100, max_batch=8)
+    m.validate(req(n=9, sampling=sp(temperature=0)), vocab_size=100, max_batch=8)  # 1 seq
+    m.validate(req(logprobs=True, top_logprobs=20, stop=["x"],
+                   sampling=sp(logit_bias={99: -100.0, 0: 100.0}, seed=-5)),
+               vocab_size=100, max_batch=8)
+    m.validate(req(sampling=sp(logit_bias={10**6: 1.0})))  # vocab unknown: not checked
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_llm_kwargs():
+    kw, kv = m.llm_kwargs("/m", {})
+    assert kw == {"model": "/m", "max_batch_size": m.DEFAULT_MAX_BATCH} and kv == {}
+    kw, kv = m.llm_kwargs("/m", {
+        "max_batch": 8, "dtype": "bfloat16", "max_context": 4096, "max_num_tokens": 2048,
+        "tensor_parallel_size": 2, "free_gpu_memory_fraction": 0.5, "trust_remote_code": True,
+        "max_queue": 3, "llm_args": {"backend": "tensorrt", "max_batch_size": 4},
+    })
+    assert kw == {"model": "/m", "max_batch_size": 4, "dtype": "bfloat16", "max_seq_len": 4096,
+                  "max_num_tokens": 2048, "tensor_parallel_size": 2, "trust_remote_code": True,
+                  "backend": "tensorrt"}
+    assert kv == {"free_gpu_memory_fraction": 0.5}
+    assert "dtype" not in m.llm_kwargs("/m", {"dtype": "auto"})[0]
+    with pytest.raises(ValueError):
+        m.llm_kwargs("/m", {"llm_args": "backend=tensorrt"})
+
+
+# -------------------------------------------------------------------------- logprobs
+
+
+def tt(token_id: int) -> tuple[str, bytes]:
+    s = f"<{token_id}>"
+    return s, s.encode()
+
+
+class LP:  # stands in for tensorrt_llm.executor.result.Logprob
+    def __init__(self, logprob, rank=None):
+        self.logprob, self.rank = logprob, rank
+
+
+def test_token_logprob_from_dict_with_ranks():
+    entry = {7: LP(-0.1, 1), 3: LP(-2.0, 2), 9: LP(-3.0, 3)}
+    got = m.token_logprob(3, entry, 2, tt)
+    assert got == TokenLogprob(token="<3>", logprob=-2.0, bytes=b"<3>", top=[
+        TopLogprob("<7>", -0.1, b"<7>"), TopLogprob("<3>", -2.0, b"<3>")])
+
+
+def test_token_logprob_from_dict_without_ranks_sorts_by_logprob():
+    entry = {1: -3.0, 2: -0.5, 3: -1.0}
+    got = m.token_logprob(2, entry, 5, tt)
+    assert [t.token for t in got.top] == ["<2>", "<3>", "<1>"]
+    assert got.logprob == -0.5
+
+
+def test_token_logprob_edge_cases():
+    assert m.token_logprob(4, -0.25, 3, tt) == TokenLogprob("<4>", -0.25, b"<4>", [])
+    assert m.token_logprob(4, {4: LP(-1.0, 1)}, 0, tt).top == []
+    assert m.token_logprob(4, {5: LP(-1.0, 1)}, 1, tt).logprob == m.MIN_LOGPROB  # absent
+    assert m.token_logprob(4, -math.inf, 0, tt).logprob == m.MIN_LOGPROB
+
+
+# ---------------------------------------------------------------- events_from_output
+
+
+def run(state, *snapshots_per_step):
+    """Feeds several steps; returns (all events, final state)."""
+    out = []
+    for snaps in snapshots_per_step:
+        ev, state = m.events_from_output(state, snaps)
+        out += ev
+    return out, state
+
+
+def text_of(events, choice=0):
+    return "".join(e.text for e in events if isinstance(e, TextEvent) and e.choice == choice)
+
+
+def tokens_of(events, choice=0):
+    return sum(e.num_tokens for e in events if e.choice == choice)
+
+
+def finishes(events, choice=None):
+    return [e for e in events if isinstance(e, FinishEvent) and (choice is None or e.choice == choice)]
+
+
+def test_simple_stream_and_stop_finish():
+    st = m.StreamState.for_request(req())
+    ev, st2 = m.events_from_output(st, [Snap(0, "He", 1)])
+    assert ev == [TextEvent(0, "He", 1)]
+    assert st.choices[0].sent_chars == 0  # pure: input state untouched
+    ev, st3 = m.events_from_output(st2, [Snap(0, "Hello", 2)])
+    assert ev == [TextEvent(0, "llo", 1)]
+    ev, st4 = m.events_from_output(st3, [Snap(0, "Hello", 3, "stop", None)])
+    assert ev == [FinishEvent(0, "stop", 1, "")]  # EOS token: no text, counted on finish
+    assert st4.done and st4.any_finished
+
+
+def test_text_delta_and_finish_in_one_snapshot():
+    ev, st = run(m.StreamState.for_request(req()),
+                 [Snap(0, "a", 1)], [Snap(0, "abc", 4, "length")])
+    assert ev == [TextEvent(0, "a", 1), TextEvent(0, "bc", 3), FinishEvent(0, "length", 0)]
+
+
+def test_no_duplicate_finish():
+    st = m.StreamState.for_request(req())
+    ev, st = run(st, [Snap(0, "x", 1, "length")])
+    assert len(finishes(ev)) == 1
+    again, st = run(st, [Snap(0, "x", 1, "length")], [Snap(0, "xy", 2, "stop")])
+    assert again == []
+
+
+def test_finish_with_stop_string_from_trtllm():
+    r = req(stop=["END"])
+    ev, st = run(m.StreamState.for_request(r),
+                 [Snap(0, "foo E", 2)],   # "E" could start "END": held back
+                 [Snap(0, "foo EN", 3)],  # still a prefix: nothing
+                 [Snap(0, "foo ", 4, "stop", "END")])  # TensorRT-LLM cut the stop string
+    assert ev == [TextEvent(0, "foo ", 2), FinishEvent(0, "stop", 2, "END")]
+    assert tokens_of(ev) == 4
+
+
+def test_held_back_prefix_released_when_it_is_not_a_stop():
+    ev, _ = run(m.StreamState.for_request(req(stop=["END"])),
+                [Snap(0, "foo E", 2)], [Snap(0, "foo Ex", 3)])
+    assert text_of(ev) == "foo Ex"
+    assert ev[-1] == TextEvent(0, "Ex", 1)
+
+
+def test_complete_stop_string_in_running_text_is_never_sent():
+    r = req(stop=["##", "END"])
+    ev, st = run(m.StreamState.for_request(r), [Snap(0, "ab END cd ## ef", 6)])
+    assert text_of(ev) == "ab "
+    # finished without TensorRT-LLM cutting it: cut here, report the stop string
+    ev2, st = run(st, [Snap(0, "ab END cd ## ef", 7, "length")])
+    assert ev2 == [FinishEvent(0, "stop", 7 - 6, "END")]
+
+
+def test_partial_utf8_is_held_back_and_tokens_follow_the_text():
+    ev, _ = run(m.StreamState.for_request(req()),
+                [Snap(0, "a\ufffd", 2)], [Snap(0, "a\ufffd", 3)], [Snap(0, "a€", 4)],
+                [Snap(0, "a€", 4, "stop")])
+    assert ev == [TextEvent(0, "a", 2), TextEvent(0, "€", 2), FinishEvent(0, "stop", 0)]
+
+
+def test_stop_token_id_and_timeout():
+    ev, _ = run(m.StreamState.for_request(req()), [Snap(0, "x", 2, "stop", 151645)])
+    assert ev == [TextEvent(0, "x", 2), FinishEvent(0, "stop", 0, "")]
+    ev, _ = run(m.StreamState.for_request(req()), [Snap(0, "x", 2, "timeout")])
+    assert finishes(ev) == [FinishEvent(0, "length", 0)]
+
+
+def test_token_ids_shrinking_at_stop_never_gives_negative_counts():
+    # TensorRT-LLM drops stop-word tokens from token_ids when it finishes.
+    ev, _ = run(m.StreamState.for_request(req(stop=["!"])),
+                [Snap(0, "hi", 3)], [Snap(0, "hi", 2, "stop", "!")])
+    assert all(e.num_tokens >= 0 for e in ev)
+    assert tokens_of(ev) == 3
+
+
+def test_multi_choice_interleaving():
+    r = req(n=2, stop=["STOP"], sampling=sp(temperature=1.0))
+    st = m.StreamState.for_request(r)
+    steps = [
+        [Snap(0, "", 0), Snap(1, "B", 1)],
+        [Snap(0, "A", 1), Snap(1, "B", 1)],          # only choice 0 moved
+        [Snap(0, "A", 1), Snap(1, "Bb ST", 3)],       # choice 1 holds "ST"
+        [Snap(0, "Aa", 2), Snap(1, "Bb ", 4, "stop", "STOP")],
+        [Snap(0, "Aaa", 3, "length"), Snap(1, "Bb ", 4, "stop", "STOP")],
+        [Snap(0, "Aaa", 3, "length"), Snap(1, "Bb ", 4, "stop", "STOP")],  # repeats
+    ]
+    all_events = []
+    for i, snaps in enumerate(steps):
+        ev, st = m.events_from_output(st, snaps)
+        all_events.append(ev)
+    assert all_events[0] == [TextEvent(1, "B", 1)]
+    assert all_events[1] == [TextEvent(0, "A", 1)]
+    assert all_events[2] == [TextEvent(1, "b ", 2)]
+    assert all_events[3] == [TextEvent(0, "a", 1), FinishEvent(1, "stop", 1, "STOP")]
+    assert all_events[4] == [TextEvent(0, "a", 1), FinishEvent(0, "length", 0)]
+    assert all_events[5] == []
+    flat = [e for ev in all_events for e in ev]
+    assert text_of(flat, 0) == "Aaa" and text_of(flat, 1) == "Bb "
+    assert tokens_of(flat, 0) == 3 and tokens_of(flat, 1) == 4
+    assert len(finishes(flat, 0)) == 1 and len(finishes(flat, 1)) == 1
+    assert st.done
+
+
+def test_snapshots_out_of_order_and_unknown_choice():
+    r = req(n=2, sampling=sp(temperature=1.0))
+    ev, _ = m.events_from_output(m.StreamState.for_request(r),
+                                 [Snap(1, "y", 1), Snap(5, "zzz", 3), Snap(0, "x", 1)])
+    assert ev == [TextEvent(0, "x", 1), TextEvent(1, "y", 1)]
+
+
+def test_logprobs_ride_with_text():
+    lps = [TokenLogprob(f"t{i}", -float(i), b"") for i in range(4)]
+    ev, _ = run(m.StreamState.for_request(req(logprobs=True)),
+                [Snap(0, "a", 1, logprobs=lps[:1])],
+                [Snap(0, "a\ufffd", 2, logprobs=lps[:2])],  # held back: logprob waits
+                [Snap(0, "ab", 3, logprobs=lps[:3])],
+                [Snap(0, "abc", 4, "length", logprobs=lps)])
+    texts = [e for e in ev if isinstance(e, TextEvent)]
+    assert [len(e.logprobs) for e in texts] == [1, 2, 1]
+    assert [lp for e in texts for lp in e.logprobs] == lps
+
+
+def test_cancelled_choice_gets_no_finish():
+    ev, st = run(m.StreamState.for_request(req()),
+                 [Snap(0, "ab", 2)], [Snap(0, "abc", 3, "cancelled")])
+    assert ev == [TextEvent(0, "ab", 2)]
+    assert st.done and not st.any_finished
+
+
+def test_close_stream_finishes_the_rest_once():
+    r = req(n=2, stop=["END"], sampling=sp(temperature=1.0))
+    # TensorRT-LLM aborted the request when choice 0 hit a stop string; choice 1 has
+    # "to E" with "E" held back.
+    ev, st = run(m.StreamState.for_request(r),
+                 [Snap(0, "x", 1), Snap(1, "to E", 2)],
+                 [Snap(0, "x", 2, "stop", "END"), Snap(1, "to E", 2)])
+    assert text_of(ev, 1) == "to "
+    assert not st.done
+    ev2, st = m.close_stream(st)
+    assert ev2 == [TextEvent(1, "E", 0), FinishEvent(1, "length", 0)]
+    assert st.done
+    assert m.close_stream(st)[0] == []
+
+
+def test_choice_snapshot_reads_completion_output():
+    out = SimpleNamespace(index=1, text="hi", token_ids=[4, 5], finish_reason=None,
+                          stop_reason=None, logprobs=[])
+    assert m.choice_snapshot(out) == Snap(1, "hi", 2, None, None, ())
+    out = SimpleNamespace(index=0, text=None, token_ids=None, finish_reason="stop",
+                          stop_reason="\n", logprobs=None)
+    assert m.choice_snapshot(out) == Snap(0, "", 0, "stop", "\n", ())
+
+
+def test_replicate():
+    lp = [TokenLogprob("a", -1.0, b"a")]
+    evs = [TextEvent(0, "a", 1, lp), FinishEvent(0, "stop", 1, "X")]
+    assert m.replicate(evs, 1) == evs
+    out = m.replicate(evs, 3)
+    assert out == [TextEvent(0, "a", 1, lp), TextEvent(1, "a", 1, lp), TextEvent(2, "a", 1, lp),
+                   FinishEvent(0, "stop", 1, "X"), FinishEvent(1, "stop", 1, "X"),
+                   FinishEvent(2, "stop", 1, "X")]
+    assert out[0].logprobs is not out[1].logprobs
+
+
+# =================================================================== the adapter
+
+from server.engines.trtllm import MISSING_EXTRA, TrtllmEngine  # noqa: E402
+
+
+def test_start_without_tensorrt_llm_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt_llm", None)  # import raises ImportError
+    engine = TrtllmEngine("m", "/nonexistent", {})
+    with pytest.raises(EngineUnavailable) as err:
+        asyncio.run(engine.start())
+    assert "genapi[trtllm]" in str(err.value)
+    assert "'trtllm' extra" in str(err.value)
+    assert str(err.value) == MISSING_EXTRA
+    assert not engine.ready()
+
+
+def test_start_refuses_cpu_device():
+    with pytest.raises(EngineUnavailable, match="CUDA"):
+        asyncio.run(TrtllmEngine("m", "/x", {"device": "cpu"}).start())
+
+
+def test_generate_before_start_is_unavailable():
+    with pytest.raises(EngineUnavailable):
+        TrtllmEngine("m", "/x", {}).generate(req())
+
+
+# ---- a fake tensorrt_llm, scripted per request
+
+
+class FakeResult:
+    def __init__(self, steps):
+        self.steps = steps  # list of lists of (text, n_tokens, finish, stop_reason)
+        self.aborted = False
+        self.finished = False
+
+    def abort(self):
+        self.aborted = True
+
+    def _outputs(self, step):
+        return [SimpleNamespace(index=i, text=t, token_ids=list(range(n)), finish_reason=f,
+                                stop_reason=s, logprobs=[])
+                for i, (t, n, f, s) in enumerate(step)]
+
+    async def _gen(self):
+        last = None
+        for step in self.steps:
+            await asyncio.sleep(0)
+            if self.aborted:
+                break
+            last = step
+            yield SimpleNamespace(outputs=self._outputs(step))
+        if self.aborted and last is not None:
+            yield SimpleNamespace(outputs=self._outputs(
+                [(t, n, "cancelled", None) for t, n, _, _ in last]))
+        self.finished = True
+
+    def __aiter__(self):
+        return self._gen()
+
+
+class FakeLLM:
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+        self.submitted = []  # (inputs, params)
+        self.script = []  # FakeResult per submission, in order
+        self.shut = False
+
+    def generate_async(self, inputs, params, streaming=False):
+        assert streaming is True
+        self.submitted.append((inputs, params))
+        return self.script.pop(0)
+
+    def shutdown(self):
+        self.shut = True
+
+
+class FakeSamplingParams:
+    def __init__(self, **kwargs):
+        unknown = set(kwargs) - TRTLLM_SAMPLING_FIELDS
+        assert not unknown, unknown
+        if kwargs.get("temperature", 1.0) < 0:
+            raise ValueError("require temperature >= 0")
+        self.kwargs = kwargs
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    mod = types.ModuleType("tensorrt_llm")
+    mod.LLM = FakeLLM
+    mod.SamplingParams = FakeSamplingParams
+    mod.__version__ = "fake"
+    llmapi = types.ModuleType("tensorrt_llm.llmapi")
+    llmapi.KvCacheConfig = lambda **kw: ("KvCacheConfig", kw)
+    mod.llmapi = llmapi
+    monkeypatch.setitem(sys.modules, "tensorrt_llm", mod)
+    monkeypatch.setitem(sys.modules, "tensorrt_llm.llmapi", llmapi)
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def load_hf(self):
+        self.tokenizer = SimpleNamespace(
+            decode=lambda ids, skip_special_tokens=True: f"<{ids[0]}>",
+            convert_ids_to_tokens=lambda i: f"<{i}>", all_special_ids=[2])
+        self.context_length = 128
+        self.vocab_size = 10
+        self.eos_token_ids = [2, 3]
+
+    monkeypatch.setattr(TrtllmEngine, "_load_hf", load_hf)
+    return mod
+
+
+def started(options=None) -> TrtllmEngine:
+    engine = TrtllmEngine("m", "/models/x", options or {})
+    asyncio.run(engine.start())
+    return engine
+
+
+async def drain(it):
+    return [ev async for ev in it]
+
+
+def test_start_builds_llm_from_options(fake_trt):
+    engine = started({"max_batch": 4, "free_gpu_memory_fraction": 0.3, "dtype": "float16"})
+    assert engine.ready()
+    assert engine._llm.kwargs == {"model": "/models/x", "max_batch_size": 4, "dtype": "float16",
+                                  "kv_cache_config": ("KvCacheConfig",
+                                                      {"free_gpu_memory_fraction": 0.3})}
+    assert engine.stats().cache_slots_total == 4
+    asyncio.run(engine.stop())
+    assert not engine.ready()
+
+
+def test_generate_streams_and_maps(fake_trt):
+    engine = started()
+    engine._llm.script.append(FakeResult([[("Hel", 1, None, None)],
+                                          [("Hello", 2, "stop", None)]]))
+    r = req(stop=["x"], sampling=sp(temperature=0.5, seed=1))
+    events = asyncio.run(drain(engine.generate(r)))
+    assert events == [TextEvent(0, "Hel", 1), TextEvent(0, "lo", 1), FinishEvent(0, "stop", 0)]
+    inputs, params = engine._llm.submitted[0]
+    assert inputs == {"prompt_token_ids": [1, 2, 3]}
+    assert params.kwargs["end_id"] == 2 and params.kwargs["stop_token_ids"] == [3]
+    assert params.kwargs["stop"] == ["x"] and params.kwargs["seed"] == 1
+    s = engine.stats()
+    assert s.requests_finished == 1 and s.active_sequences == 0 and s.budget_tokens_used == 0
+
+
+def test_greedy_n_is_replicated(fake_trt):
+    engine = started()
+    engine._llm.script.append(FakeResult([[("ok", 2, "length", None)]]))
+    events = asyncio.run(drain(engine.generate(req(n=2, sampling=sp(temperature=0)))))
+    assert events == [TextEvent(0, "ok", 2), TextEvent(1, "ok", 2),
+                      FinishEvent(0, "length", 0), FinishEvent(1, "length", 0)]
+    kw = engine._llm.submitted[0][1].kwargs
+    assert kw["n"] == 1 and kw["top_k"] == 1
+
+
+def test_logit_bias_becomes_embedding_bias(fake_trt):
+    engine = started()
+    engine._llm.script.append(FakeResult([[("a", 1, "length", None)]]))
+    asyncio.run(drain(engine.generate(req(sampling=sp(logit_bias={1: 2.0, 9: -100.0})))))
+    bias = engine._llm.submitted[0][1].kwargs["embedding_bias"]
+    assert bias.tolist() == [0, 2.0, 0, 0, 0, 0, 0, 0, 0, -100.0]
+    assert str(bias.dtype) == "torch.float32"
+    with pytest.raises(m.UnsupportedRequest):  # outside the 10-token vocabulary
+        engine.generate(req(sampling=sp(logit_bias={10: 1.0})))
+
+
+def test_logprobs_are_converted(fake_trt):
+    engine = started()
+
+    class WithLogprobs(FakeResult):
+        async def _gen(self):
+            yield SimpleNamespace(outputs=[SimpleNamespace(
+                index=0, text="ab", token_ids=[4, 5], finish_reason="length",
+                stop_reason=None,
+                logprobs=[{4: LP(-0.5, 1), 6: LP(-1.5, 2)}, {5: LP(-0.1, 1)}])])
+
+    engine._llm.script.append(WithLogprobs([]))
+    events = asyncio.run(drain(engine.generate(req(logprobs=True, top_logprobs=2))))
+    assert events[0].logprobs == [
+        TokenLogprob("<4>", -0.5, b"<4>", [TopLogprob("<4>", -0.5, b"<4>"),
+                                           TopLogprob("<6>", -1.5, b"<6>")]),
+        TokenLogprob("<5>", -0.1, b"<5>", [TopLogprob("<5>", -0.1, b"<5>")]),
+    ]
+    assert events[1] == FinishEvent(0, "length", 0)
+
+
+def test_admission_control(fake_trt):
+    engine = started({"max_batch": 1, "max_queue": 1})
+
+    async def scenario():
+        engine._llm.script += [FakeResult([[("a", 1, "length", None)]]) for _ in range(3)]
+        a = engine.generate(req(request_id="a"))
+        b = engine.generate(req(request_id="b"))
+        with pytest.raises(EngineOverloaded):
+            engine.generate(req(request_id="c"))
+        assert engine.stats().requests_rejected == 1
+        assert engine.stats().queued_requests == 1
+        await drain(a)
+        await drain(b)
+        assert engine.stats().active_sequences == 0
+        await drain(engine.generate(req(request_id="c")))  # room again
+        return engine.stats()
+
+    s = asyncio.run(scenario())
+    assert s.requests_finished == 3 and s.requests_rejected == 1
+
+
+def test_dropped_stream_releases_its_slot(fake_trt):
+    engine = started({"max_batch": 1, "max_queue": 0})
+    it = engine.generate(req(request_id="a"))
+    with pytest.raises(EngineOverloaded):
+        engine.generate(req(request_id="b"))
+    del it  # never iterated
+    engine._llm.script.append(FakeResult([[("a", 1, "length", None)]]))
+    asyncio.run(drain(engine.generate(req(request_id="b"))))
+
+
+def test_token_budget(fake_trt):
+    engine = started({"max_budget_tokens": 30})
+    a = engine.generate(req(request_id="a", max_tokens=20))  # 3 + 20
+    with pytest.raises(EngineOverloaded, match="budget"):
+        engine.generate(req(request_id="b", max_tokens=20))
+    assert engine.stats().budget_tokens_used == 23
+    del a
+
+
+def test_closing_the_stream_aborts_the_request(fake_trt):
+    engine = started()
+    result = FakeResult([[("a", 1, None, None)], [("ab", 2, None, None)],
+                         [("abc", 3, "length", None)]])
+    engine._llm.script.append(result)
+
+    async def scenario():
+        it = engine.generate(req())
+        first = await it.__anext__()
+        await it.aclose()
+        return first
+
+    assert asyncio.run(scenario()) == TextEvent(0, "a", 1)
+    assert result.aborted
+    s = engine.stats()
+    assert s.requests_aborted == 1 and s.requests_finished == 0 and s.active_sequences == 0
+
+
+def test_abort_by_request_id_ends_the_stream(fake_trt):
+    engine = started()
+    result = FakeResult([[("a", 1, None, None)], [("ab", 2, None, None)],
+                         [("abc", 3, "length", None)]])
+    engine._llm.script.append(result)
+
+    async def scenario():
+        got = []
+        async for ev in engine.generate(req(request_id="r9")):
+            got.append(ev)
+            await engine.abort("r9")
+            await engine.abort("r9")  # idempotent
+        return got
+
+    events = asyncio.run(scenario())
+    assert events == [TextEvent(0, "a", 1)]  # no FinishEvent after an abort
+    assert result.aborted
+    assert engine.stats().requests_aborted == 1
+    asyncio.run(engine.abort("unknown"))
+
+
+def test_sampling_params_value_error_is_invalid_argument(fake_trt, monkeypatch):
+    engine = started()
+
+    def boom(**kw):
+        raise ValueError("prompt too long")
+
+    monkeypatch.setattr(fake_trt, "SamplingParams", boom)
+    with pytest.raises(m.UnsupportedRequest, match="prompt too long"):
+        asyncio.run(drain(engine.generate(req())))
+    assert engine.stats().active_sequences == 0
+
+
+def test_executor_error_becomes_engine_error(fake_trt):
+    engine = started()
+
+    class Broken(FakeResult):
+        async def _gen(self):
+            yield SimpleNamespace(outputs=self._outputs([("a", 1, None, None)]))
+            raise RuntimeError("CUDA error")
+
+    engine._llm.script.append(Broken([]))
+    with pytest.raises(EngineError, match="CUDA error"):
+        asyncio.run(drain(engine.generate(req())))
+    assert engine.stats().requests_aborted == 1
+
+
+def test_request_cancelled_by_trtllm_is_an_error(fake_trt):
+    engine = started()
+    engine._llm.script.append(FakeResult([[("a", 1, "cancelled", None)]]))
+    with pytest.raises(EngineError, match="without finishing"):
+        asyncio.run(drain(engine.generate(req())))
+
+
+def test_siblings_of_a_stopped_choice_are_closed(fake_trt):
+    engine = started()
+    engine._llm.script.append(FakeResult([[("x", 1, "stop", "END"), ("yy", 2, None, None)]]))
+    events = asyncio.run(drain(engine.generate(req(n=2, stop=["END"],
+                                                   sampling=sp(temperature=1.0)))))
+    assert finishes(events) == [FinishEvent(0, "stop", 0, "END"), FinishEvent(1, "length", 0)]
+
+
+@pytest.mark.slow
+def test_load_hf_reads_the_tiny_checkpoint(tmp_path):
+    """Tokenizer, context length, vocabulary and EOS ids from a real HF directory."""
+    from server import tiny_models
+
+    tiny_models.build(tmp_path / "m", preset="tiny")
+    engine = TrtllmEngine("m", str(tmp_path / "m"), {"max_context": 512})
+    engine._load_hf()
+    assert engine.context_length == 512
+    assert engine.vocab_size == 4096
+    assert engine.eos_token_ids == [engine.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    assert engine._token_text(engine.eos_token_ids[0]) == ("<|im_end|>", b"<|im_end|>")
+    other = TrtllmEngine("m", str(tmp_path / "m"), {})
+    other._load_hf()
+    assert other.context_length == tiny_models.PRESETS["tiny"].context
