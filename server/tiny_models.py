@@ -8,8 +8,10 @@ text shipped in `server/assets/corpus/`, in a few seconds on a CPU.
   `<|im_start|>` and `<|im_end|>` (end of turn, EOS) and a ChatML chat template
   (`server/assets/chat_template.jinja`).
 * Model: `LlamaForCausalLM` (RMSNorm, RoPE, SwiGLU, grouped-query attention) with seeded
-  random weights, rescaled so that the next-token distribution is peaked, `<|im_end|>` is
-  (practically) never chosen, and greedy decoding does not get stuck on one token.
+  random weights, rescaled so that the next-token distribution is peaked (logit std ~3),
+  the special tokens (`<|im_end|>` included), padding rows and ASCII control bytes get
+  logits near -30 (never chosen, so generations run to max_tokens unless a stop string
+  hits), and greedy decoding does not get stuck repeating one token.
 
 The text it produces is meaningless, but every real code path (tokenizer, chat template,
 KV cache, GQA, sampling, stop strings, batching) is exercised. Building is idempotent:
@@ -47,7 +49,7 @@ TOKENIZER_VOCAB = 4096
 SEED = 0
 INIT_STD = 0.02
 TARGET_LOGIT_STD = 3.0  # of the next-token logits, after rescaling lm_head
-MASKED_LOGIT = -30.0  # upper bound for the logits of special and padding tokens
+MASKED_LOGIT = -30.0  # (about) the highest logit of special, padding and control-byte tokens
 BIAS_CHANNEL_VALUE = 1.0
 DTYPES = ("float32", "bfloat16")
 
@@ -298,8 +300,18 @@ def _add_bias_channel(model) -> int:
     return d
 
 
+def _control_byte_ids(tokenizer) -> list[int]:
+    """Tokens of the ASCII control bytes other than tab and newline (kept out of outputs)."""
+    ids = []
+    for b in [*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F]:
+        enc = tokenizer.encode(chr(b)).ids
+        assert len(enc) == 1, (b, enc)
+        ids.append(enc[0])
+    return ids
+
+
 def _shape_outputs(model, tokenizer, n_tokens: int) -> float:
-    """Rescale lm_head for peaked logits; make special and padding rows unselectable."""
+    """Rescale lm_head for peaked logits; make special, padding and control-byte rows unselectable."""
     import torch
 
     d = _add_bias_channel(model)
@@ -308,6 +320,7 @@ def _shape_outputs(model, tokenizer, n_tokens: int) -> float:
     masked = torch.zeros(lm.shape[0], dtype=torch.bool)
     masked[special] = True
     masked[n_tokens:] = True
+    masked[_control_byte_ids(tokenizer)] = True
     normed = []
     hook = model.model.norm.register_forward_hook(lambda _m, _i, out: normed.append(out[0, :, d]))
     with torch.no_grad():
@@ -325,7 +338,7 @@ def _shape_outputs(model, tokenizer, n_tokens: int) -> float:
         # Quantised, so that the last bits of a CPU's float arithmetic cannot change the weights.
         scale = round(TARGET_LOGIT_STD / std * 16) / 16
         lm.mul_(scale)
-        # Special and padding rows: logit <= MASKED_LOGIT at every calibration position
+        # Masked rows: logit <= MASKED_LOGIT at every calibration position
         # (top logits are ~+10): never the greedy choice, ~e-40 when sampling at T=1.
         lm[masked, d] = round(MASKED_LOGIT / bias * 16) / 16
     return scale
@@ -393,8 +406,9 @@ def build(out_dir: str | os.PathLike, preset: str = "tiny", dtype: str | None = 
             return out
         t0 = time.perf_counter()
         _log(f"building {preset} ({dtype}) checkpoint in {out} ...")
-        for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by an interrupted build
-            shutil.rmtree(stale, ignore_errors=True)
+        for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*"):  # left by an interrupted build
+            for stale in out.parent.glob(pattern):
+                shutil.rmtree(stale, ignore_errors=True)
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         tmp.mkdir(parents=True)
         try:
@@ -405,9 +419,11 @@ def build(out_dir: str | os.PathLike, preset: str = "tiny", dtype: str | None = 
             _write_readme(tmp, preset, p, dtype, n_params, tokenizer.get_vocab_size(),
                           model.config.vocab_size)
             _write_json(tmp / FINGERPRINT_FILE, fp)  # last: marks the directory complete
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
             if out.exists():
-                shutil.rmtree(out)
+                out.rename(old)  # two renames: the directory is missing only for an instant
             tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -232,6 +232,9 @@ def test_eos_and_special_tokens_are_improbable(tokenizer, model):
         logits = model(torch.tensor([ids])).logits[0].float()
     probs = logits.softmax(-1)
     assert probs[:, :3].sum(-1).max() < 1e-6
+    control = [tokenizer.encode(chr(b))[0] for b in (0x00, 0x02, 0x0D, 0x1B, 0x7F)]
+    assert probs[:, control].sum(-1).max() < 1e-6
+    assert probs[:, tokenizer.encode("\n")[0]].max() > 1e-9  # newline stays possible
     # Peaked, not uniform: the logit spread is around 3 and the top token is far above 1/V.
     assert 2.0 < logits[:, 3:].std(-1).mean() < 4.5
     assert probs.max(-1).values.mean() > 50 / logits.shape[-1]
