@@ -49,7 +49,12 @@ class Detokenizer:
         return out, None
 
     def flush(self) -> str:
-        """At the end of generation: everything not yet released (no stop matched)."""
+        """At the end of generation: everything not yet released (no stop matched),
+        including tokens held back as an incomplete UTF-8 character (decoded with U+FFFD)."""
+        if self.read < len(self.ids):
+            prefix_text = self.tok.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+            self.text += self.tok.decode(self.ids[self.prefix:], skip_special_tokens=True)[len(prefix_text):]
+            self.prefix = self.read = len(self.ids)
         out = self.text[self.released:]
         self.released = len(self.text)
         return out

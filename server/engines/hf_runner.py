@@ -17,10 +17,13 @@ class HFRunner:
         self.cache: dict[int, object] = {}
 
     @torch.inference_mode()
-    def prefill(self, slot: int, ids: list[int]) -> torch.Tensor:
-        out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True)
-        self.cache[slot] = out.past_key_values
-        return out.logits[0, -1].float()
+    def prefill(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
+        rows = []
+        for slot, ids in zip(slots, prompts):
+            out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True)
+            self.cache[slot] = out.past_key_values
+            rows.append(out.logits[0, -1].float())
+        return torch.stack(rows)
 
     @torch.inference_mode()
     def decode(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor:

@@ -81,22 +81,29 @@ class SlotRunner:
         return self.model.lm_head(self.inner.norm(h)).float()
 
     @torch.inference_mode()
-    def prefill(self, slot: int, ids: list[int]) -> torch.Tensor:
-        """Runs a prompt into `slot`; returns the next-token logits [vocab] (float32)."""
-        n = len(ids)
-        x = torch.tensor([ids], device=self.device)
-        pos = torch.arange(n, device=self.device).unsqueeze(0)
+    def prefill(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
+        """Runs several prompts, one per slot, in one padded forward pass; returns each
+        prompt's next-token logits [B, vocab] (float32)."""
+        b, n = len(prompts), max(len(p) for p in prompts)
+        lens = torch.tensor([len(p) for p in prompts], device=self.device)
+        x = torch.tensor([p + [0] * (n - len(p)) for p in prompts], device=self.device)
+        pos = torch.arange(n, device=self.device).expand(b, n)
+        # Causal within each prompt; padded keys masked (padded queries are discarded).
+        causal = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
+        mask = None if b == 1 else (causal & (pos < lens.unsqueeze(1)).unsqueeze(1)).unsqueeze(1)
         h = self.inner.embed_tokens(x)
         cos, sin = self.inner.rotary_emb(h, pos)
         for li, layer in enumerate(self.layers):
             def attend(q, k, v, li=li):
-                self.k[li][slot, :, :n] = k[0]
-                self.v[li][slot, :, :n] = v[0]
+                for row, (slot, p) in enumerate(zip(slots, prompts)):
+                    self.k[li][slot, :, :len(p)] = k[row, :, :len(p)]
+                    self.v[li][slot, :, :len(p)] = v[row, :, :len(p)]
                 return F.scaled_dot_product_attention(
-                    q, k, v, is_causal=True, scale=self.scale, enable_gqa=self.n_kv != self.n_heads
-                )
+                    q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale,
+                    enable_gqa=self.n_kv != self.n_heads)
             h = self._layer(layer, h, attend, cos, sin)
-        return self._logits(h[:, -1])[0]
+        last = h[torch.arange(b, device=self.device), lens - 1]
+        return self._logits(last)
 
     @torch.inference_mode()
     def decode(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
 import logging
 import os
 import queue
@@ -80,6 +81,7 @@ class TorchEngine(Engine):
         self.max_queue = int(opts.get("max_queue", 256))
         self.max_budget = int(opts.get("max_budget_tokens", 1_000_000))
         self.max_context_opt = opts.get("max_context")
+        self.max_prefill_tokens = int(opts.get("max_prefill_tokens", 4096))
         self.threads = opts.get("threads")
         self.tokenizer = None
         self.context_length = 0
@@ -90,6 +92,8 @@ class TorchEngine(Engine):
         self._waiting: collections.deque[_Req] = collections.deque()
         self._budget_used = 0
         self._pending = 0  # admitted, not yet holding slots
+        self._free_slots = list(range(self.max_batch))  # a heap: lowest slot first
+        self._active: list[_Seq] = []
         self._thread: threading.Thread | None = None
         self._running = False
 
@@ -125,8 +129,6 @@ class TorchEngine(Engine):
         runner_cls = slot_runner.SlotRunner if slot_runner.supports(model) else HFRunner
         self.runner = runner_cls(model, self.max_batch, ctx, self.device, dtype)
         self.eos_ids = _eos_ids(model, self.tokenizer)
-        self._free_slots = list(range(self.max_batch))
-        self._active: list[_Seq] = []
         log.info(
             "loaded %s from %s: %s on %s/%s, context %d, %d slots, runner %s in %.1fs",
             self.name, self.path, type(model).__name__, self.device, self.dtype_name, ctx,
@@ -186,6 +188,9 @@ class TorchEngine(Engine):
             s = EngineStats(**vars(self._stats))
             s.queued_requests = self._pending
             s.budget_tokens_used = self._budget_used
+        # Owned by the scheduler thread; len() of a list is an atomic read.
+        s.active_sequences = len(self._active)
+        s.cache_slots_used = self.max_batch - len(self._free_slots)
         return s
 
     def ready(self) -> bool:
@@ -240,27 +245,44 @@ class TorchEngine(Engine):
                     self._aborts.pop(rid, None)
 
     def _admit(self) -> None:
-        while self._waiting and len(self._free_slots) >= self._waiting[0].gen.n:
-            req = self._waiting.popleft()
+        """Moves waiting requests (FIFO) into free slots and prefills them together, up to
+        `max_prefill_tokens` padded prompt tokens per step so decoding is not starved."""
+        batch, free, longest = [], len(self._free_slots), 0
+        while self._waiting and self._waiting[0].gen.n <= free:
+            req = self._waiting[0]
+            size = max(longest, len(req.gen.prompt_ids))
+            if batch and size * (len(batch) + 1) > self.max_prefill_tokens:
+                break
+            self._waiting.popleft()
+            free -= req.gen.n
+            longest = size
+            batch.append(req)
             with self._lock:
                 self._pending -= 1
             req.admitted = True
-            self._prefill(req)
+        if batch:
+            self._prefill(batch)
 
-    def _prefill(self, req: _Req) -> None:
-        g = req.gen
-        slots = [self._free_slots.pop(0) for _ in range(g.n)]
-        logits = self.runner.prefill(slots[0], g.prompt_ids)
-        for s in slots[1:]:
-            self.runner.copy_slot(slots[0], s, len(g.prompt_ids))
-        base_seed = g.sampling.seed if g.sampling.seed is not None else int.from_bytes(os.urandom(7), "little")
-        for i, slot in enumerate(slots):
-            sampler = SeqSampler.create(g.sampling, base_seed + i, self.vocab_size, self.device)
-            detok = Detokenizer(self.tokenizer, g.prompt_ids, g.stop)
-            req.seqs.append(_Seq(req, i, slot, sampler, detok, len(g.prompt_ids)))
-        req.open_choices = g.n
-        self._active.extend(req.seqs)
-        self._advance(req.seqs, logits.unsqueeze(0).expand(g.n, -1))
+    def _prefill(self, batch: list[_Req]) -> None:
+        # Lowest free slot first keeps the running batch contiguous, so decode attention
+        # reads a view of the cache instead of gathering a copy.
+        slots = [[heapq.heappop(self._free_slots) for _ in range(r.gen.n)] for r in batch]
+        logits = self.runner.prefill([s[0] for s in slots], [r.gen.prompt_ids for r in batch])
+        seqs, rows = [], []
+        for row, (req, req_slots) in enumerate(zip(batch, slots)):
+            g = req.gen
+            for s in req_slots[1:]:  # n > 1: the choices share the prompt's cache
+                self.runner.copy_slot(req_slots[0], s, len(g.prompt_ids))
+            seed = g.sampling.seed if g.sampling.seed is not None else int.from_bytes(os.urandom(7), "little")
+            for i, slot in enumerate(req_slots):
+                sampler = SeqSampler.create(g.sampling, seed + i, self.vocab_size, self.device)
+                detok = Detokenizer(self.tokenizer, g.prompt_ids, g.stop)
+                req.seqs.append(_Seq(req, i, slot, sampler, detok, len(g.prompt_ids)))
+                rows.append(row)
+            req.open_choices = g.n
+            seqs.extend(req.seqs)
+        self._active.extend(seqs)
+        self._advance(seqs, logits[torch.tensor(rows, device=logits.device)])
 
     def _decode(self) -> None:
         seqs = sorted(self._active, key=lambda s: s.slot)
@@ -328,7 +350,7 @@ class TorchEngine(Engine):
         if s in self._active:
             self._active.remove(s)
             self.runner.free(s.slot)
-            self._free_slots.append(s.slot)
+            heapq.heappush(self._free_slots, s.slot)
 
     def _end_request(self, req: _Req, aborted: bool = False, error: Exception | None = None) -> None:
         if req.ended:

@@ -34,9 +34,10 @@ def test_prefill_and_ragged_batched_decode_match_reference(kind, runner_cls):
     runner = runner_cls(model, slots=4, max_len=64, device=torch.device("cpu"), dtype=torch.float32)
     prompts = {3: [5, 9, 2, 44, 7], 1: [11, 12], 0: [90, 1, 2, 3, 4, 5, 6, 7, 8]}
     seqs = {slot: list(p) for slot, p in prompts.items()}
-    for slot, p in prompts.items():
-        got = runner.prefill(slot, p)
-        torch.testing.assert_close(got, _reference(model, p)[-1], atol=1e-4, rtol=1e-4)
+    # Ragged prompts prefilled together in one padded pass.
+    got = runner.prefill(list(prompts), list(prompts.values()))
+    for row, p in enumerate(prompts.values()):
+        torch.testing.assert_close(got[row], _reference(model, p)[-1], atol=1e-4, rtol=1e-4)
     # Three decode steps of a ragged batch (different lengths, non-contiguous slots).
     for step in range(3):
         slots = sorted(seqs)
@@ -51,7 +52,7 @@ def test_copy_slot_shares_a_prefilled_prompt():
     model = _model()
     runner = SlotRunner(model, slots=3, max_len=32, device=torch.device("cpu"), dtype=torch.float32)
     prompt = [4, 8, 15, 16, 23, 42]
-    runner.prefill(0, prompt)
+    runner.prefill([0], [prompt])
     runner.copy_slot(0, 2, len(prompt))
     logits = runner.decode([0, 2], [1, 2], [len(prompt), len(prompt)])
     torch.testing.assert_close(logits[0], _reference(model, prompt + [1])[-1], atol=1e-4, rtol=1e-4)

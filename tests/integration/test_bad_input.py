@@ -1,0 +1,434 @@
+"""Bad input to POST /v1/chat/completions (reliability plan B1-B8, B15-B18, S1).
+
+Every case is sent twice, plain and with `"stream": true`: a refused request must get the
+same status and the same error body either way (S1), never `200` plus an error event.
+Error bodies are the OpenAI envelope and nothing else (E), 4xx are never 408/409/5xx and
+carry no Retry-After (B18: the SDK would retry them), no stack trace, no prompt echo.
+"""
+from __future__ import annotations
+
+import json
+import socket
+
+import httpx
+import openai
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ..conftest import MODEL, Service
+
+SENTINEL = "zq-prompt-sentinel-4711"  # put in every prompt; must never come back in an error
+MESSAGES = [{"role": "user", "content": f"Say hi. {SENTINEL}"}]
+JSON = {"content-type": "application/json"}
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+def assert_error(resp: httpx.Response, status: int, *, code=..., param=..., type_=None) -> dict:
+    """E + B18 on one response; returns the inner error object."""
+    text = resp.content.decode("utf-8")  # strict: the body is valid UTF-8
+    assert resp.status_code == status, text
+    assert resp.headers["content-type"].split(";")[0].strip() == "application/json"
+    body = json.loads(text)
+    assert list(body) == ["error"], body
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}, err
+    assert isinstance(err["message"], str) and err["message"]
+    assert isinstance(err["type"], str) and err["type"]
+    assert err["param"] is None or isinstance(err["param"], str)
+    assert err["code"] is None or isinstance(err["code"], str)
+    assert "Traceback" not in text and 'File "' not in text
+    assert SENTINEL not in text
+    assert_not_retryable(resp)
+    if code is not ...:
+        assert err["code"] == code, err
+    if param is not ...:
+        assert err["param"] == param, err
+    if type_ is not None:
+        assert err["type"] == type_, err
+    return err
+
+
+def assert_not_retryable(resp: httpx.Response) -> None:
+    """B18: a client error the SDK must not retry."""
+    assert 400 <= resp.status_code < 500
+    assert resp.status_code not in (408, 409, 429)
+    assert "retry-after" not in resp.headers
+    assert "retry-after-ms" not in resp.headers
+    assert resp.headers.get("x-should-retry", "false") == "false"
+
+
+def body_with(stream: bool, **fields) -> dict:
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 2}
+    body.update(fields)
+    if stream:
+        body["stream"] = True
+    return body
+
+
+def post_raw(service: Service, content, headers=None, timeout: float = 60) -> httpx.Response:
+    return httpx.post(f"{service.base_url}/v1/chat/completions", content=content,
+                      headers=headers if headers is not None else JSON, timeout=timeout)
+
+
+def post_both(service: Service, body: dict) -> tuple[httpx.Response, httpx.Response]:
+    """The same body sent plain and with stream: true (S1)."""
+    plain = post_raw(service, json.dumps({**body, "stream": False}))
+    streamed = post_raw(service, json.dumps({**body, "stream": True}))
+    return plain, streamed
+
+
+def assert_same(plain: httpx.Response, streamed: httpx.Response) -> None:
+    """S1: a refused stream is an ordinary HTTP error, identical to the non-stream one."""
+    assert streamed.status_code == plain.status_code
+    assert not streamed.headers["content-type"].startswith("text/event-stream")
+    assert streamed.json() == plain.json()
+
+
+def sdk_error(client: openai.OpenAI, exc_type, **kwargs) -> httpx.Response:
+    """Sends through the official SDK; returns the HTTP response of the error it raised."""
+    with pytest.raises(exc_type) as ei:
+        result = client.chat.completions.create(**kwargs)
+        if kwargs.get("stream"):  # a refused stream must fail before the first chunk
+            for _ in result:
+                pass
+    return ei.value.response
+
+
+def sdk_both(client, exc_type, **kwargs) -> tuple[httpx.Response, httpx.Response]:
+    kwargs.setdefault("max_tokens", 2)
+    kwargs.setdefault("messages", MESSAGES)
+    kwargs.setdefault("model", MODEL)
+    return sdk_error(client, exc_type, **kwargs), sdk_error(client, exc_type, stream=True, **kwargs)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def log_mark(service):
+    """Where the shared service's log stood before this module (checked at the end)."""
+    return len(service.log())
+
+
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory):
+    """A second service whose model caps completions at 64 tokens (B8)."""
+    svc = Service(tmp_path_factory.mktemp("capped"), "capped", model_options="max_output_tokens = 64\n").start()
+    yield svc
+    svc.stop()
+
+
+# --- B1: bodies that are not a JSON object -----------------------------------------------
+
+@pytest.mark.parametrize("raw, streamish", [
+    (b"not json{{{", b'{"model": "genapi-tiny-chat", "stream": true, "messages": [{{{'),
+    (b"[]", b'[{"model": "genapi-tiny-chat", "stream": true}]'),
+    (b"42", b'{"stream": true} 42'),
+    (b"null", b'{"stream": true}{"stream": true}'),
+    (b"", b"   \n"),
+    (b"\xff\xfe{}", b'{"stream": true, "model": "\xff"}'),  # not UTF-8
+], ids=["garbage", "array", "number", "null", "empty", "not-utf8"])
+def test_b1_body_not_a_json_object(service, raw, streamish):
+    plain = post_raw(service, raw)
+    streamed = post_raw(service, streamish)
+    for resp in (plain, streamed):
+        err = assert_error(resp, 400, type_="invalid_request_error", param=None)
+        assert err["code"] in ("invalid_json", "invalid_type")
+    assert streamed.json()["error"]["code"] == plain.json()["error"]["code"]
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "application/json; charset=latin-1"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_b1_wrong_content_type(service, content_type, stream):
+    headers = {} if content_type is None else {"content-type": content_type}
+    resp = post_raw(service, json.dumps(body_with(stream)).encode(), headers=headers)
+    assert resp.status_code in (400, 415)
+    assert_error(resp, resp.status_code, type_="invalid_request_error")
+
+
+def test_b1_wrong_content_type_same_with_stream(service):
+    body = json.dumps(body_with(False)).encode()
+    plain = post_raw(service, body, headers={"content-type": "text/plain"})
+    streamed = post_raw(service, json.dumps(body_with(True)).encode(), headers={"content-type": "text/plain"})
+    assert_same(plain, streamed)
+
+
+# --- B2: required fields ------------------------------------------------------------------
+
+@pytest.mark.parametrize("drop, extra, param", [
+    ("model", {}, "model"),
+    ("messages", {}, "messages"),
+    (None, {"messages": []}, "messages"),
+    (None, {"model": ""}, "model"),
+], ids=["no-model", "no-messages", "empty-messages", "empty-model"])
+def test_b2_missing_required_field(service, drop, extra, param):
+    body = {**body_with(False), **extra}
+    body.pop(drop, None)
+    plain, streamed = post_both(service, body)
+    err = assert_error(plain, 400, param=param, type_="invalid_request_error")
+    assert err["code"] in ("missing_required_parameter", "invalid_value")
+    assert_same(plain, streamed)
+
+
+# --- B3: wrong JSON types (no silent coercion) ---------------------------------------------
+
+@pytest.mark.parametrize("field, value", [
+    ("max_tokens", "5"), ("max_tokens", 1.5), ("temperature", "hot"), ("n", True),
+    ("top_p", [1]), ("stream", "yes"), ("messages", "hi"), ("model", 7),
+], ids=["max_tokens-str", "max_tokens-float", "temperature-str", "n-bool", "top_p-list", "stream-str",
+        "messages-str", "model-int"])
+def test_b3_wrong_type_raw(service, field, value):
+    body = {**body_with(False), field: value}
+    resp = post_raw(service, json.dumps(body))
+    assert_error(resp, 400, code="invalid_type", param=field)
+    if field != "stream":
+        streamed = post_raw(service, json.dumps({**body, "stream": True}))
+        assert_same(resp, streamed)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("max_tokens", "5"), ("max_tokens", 1.5), ("temperature", "hot"), ("n", True),
+])
+def test_b3_wrong_type_sdk(client, field, value):
+    plain, streamed = sdk_both(client, openai.BadRequestError, **{field: value})
+    assert_error(plain, 400, code="invalid_type", param=field)
+    assert_same(plain, streamed)
+
+
+# --- B4: values out of range ---------------------------------------------------------------
+
+@pytest.mark.parametrize("fields, param", [
+    ({"temperature": -1}, "temperature"),
+    ({"temperature": 2.5}, "temperature"),
+    ({"top_p": 2}, "top_p"),
+    ({"top_p": 0}, "top_p"),
+    ({"n": 0}, "n"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"max_tokens": -1}, "max_tokens"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"presence_penalty": 3}, "presence_penalty"),
+], ids=lambda v: json.dumps(v) if isinstance(v, dict) else v)
+def test_b4_out_of_range(client, fields, param):
+    plain, streamed = sdk_both(client, openai.BadRequestError, **fields)
+    assert_error(plain, 400, code="invalid_value", param=param, type_="invalid_request_error")
+    assert_same(plain, streamed)
+
+
+# --- B5: unknown, unsupported and ignored fields ------------------------------------------
+
+def test_b5_unknown_field_is_rejected_like_openai(client):
+    plain, streamed = sdk_both(client, openai.BadRequestError, extra_body={"foo": 1})
+    err = assert_error(plain, 400, param="foo", code="unknown_parameter")
+    assert err["message"] == "Unrecognized request argument supplied: foo"
+    assert_same(plain, streamed)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("audio", {"voice": "alloy", "format": "wav"}),
+    ("tools", [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]),
+])
+def test_b5_known_but_unsupported_field(client, field, value):
+    plain, streamed = sdk_both(client, openai.BadRequestError, **{field: value})
+    err = assert_error(plain, 400, param=field, code="unsupported_parameter")
+    assert field in err["message"]
+    assert_same(plain, streamed)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("user", "user-1234"), ("metadata", {"team": "qa"}), ("store", False), ("service_tier", "auto"),
+])
+def test_b5_accepted_and_ignored_fields(client, field, value):
+    out = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2, **{field: value})
+    assert out.choices[0].finish_reason in ("length", "stop")
+    chunks = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2, stream=True,
+                                                 **{field: value}))
+    assert chunks and chunks[-1].choices[0].finish_reason in ("length", "stop")
+
+
+# --- B6: unknown model ---------------------------------------------------------------------
+
+def test_b6_unknown_model(client):
+    plain, streamed = sdk_both(client, openai.NotFoundError, model="no-such-model")
+    err = assert_error(plain, 404, code="model_not_found", param="model")
+    assert "no-such-model" in err["message"]
+    assert_same(plain, streamed)
+
+
+# --- B7 / B8: context and output limits ----------------------------------------------------
+
+def test_b7_prompt_longer_than_context(client):
+    messages = [{"role": "user", "content": "word " * 5000 + SENTINEL}]
+    plain, streamed = sdk_both(client, openai.BadRequestError, messages=messages)
+    err = assert_error(plain, 400, code="context_length_exceeded", type_="invalid_request_error")
+    assert "2048" in err["message"]  # the limit
+    counts = [int(w) for w in err["message"].replace(",", " ").split() if w.isdigit() and int(w) > 2048]
+    assert counts, err["message"]  # ... and the prompt's token count
+    assert "word word" not in err["message"]
+    assert_same(plain, streamed)
+
+
+def test_b8_prompt_plus_max_tokens_over_context(client):
+    plain, streamed = sdk_both(client, openai.BadRequestError, max_tokens=2040)
+    err = assert_error(plain, 400, param="max_tokens", code="context_length_exceeded")
+    assert "2048" in err["message"] and "2040" in err["message"]
+    assert_same(plain, streamed)
+    # The same prompt with a budget that fits is served.
+    assert client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2).choices
+
+
+def test_b8_max_tokens_over_model_output_cap(capped):
+    body = body_with(False, max_tokens=100)
+    plain, streamed = post_both(capped, body)
+    err = assert_error(plain, 400, param="max_tokens", code="invalid_value")
+    assert "64" in err["message"]
+    assert_same(plain, streamed)
+    ok = post_raw(capped, json.dumps(body_with(False, max_tokens=64, ignore_eos=True)))
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 64
+
+
+# --- B15: body over the 32 MiB cap -------------------------------------------------------
+
+def _oversized(stream: bool) -> bytes:
+    head = b'{"model": "genapi-tiny-chat", "stream": %s, "messages": [{"role": "user", "content": "' % (
+        b"true" if stream else b"false")
+    return head + b"a" * (32 * 1024 * 1024 + 1024) + b'"}]}'
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_b15_body_over_cap_with_content_length(service, stream):
+    resp = post_raw(service, _oversized(stream), timeout=120)
+    assert "content-length" in {k.lower() for k in resp.request.headers}
+    assert_error(resp, 413, code="request_too_large", param=None)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_b15_body_over_cap_chunked(service, stream):
+    data = _oversized(stream)
+
+    def chunks():
+        for i in range(0, len(data), 1 << 20):
+            yield data[i:i + (1 << 20)]
+
+    resp = post_raw(service, chunks(), timeout=120)
+    assert resp.request.headers.get("transfer-encoding") == "chunked"
+    assert "content-length" not in resp.request.headers
+    assert_error(resp, 413, code="request_too_large", param=None)
+
+
+def test_b15_body_just_under_cap_is_parsed(service):
+    # Same framing, small enough: the cap is not what refuses it (context length is).
+    body = json.dumps(body_with(False, messages=[{"role": "user", "content": "a " * 300_000}]))
+    resp = post_raw(service, body, timeout=120)
+    assert_error(resp, 400, code="context_length_exceeded")
+
+
+# --- B16: oversized headers ----------------------------------------------------------------
+
+def _assert_refused_by_http_layer(resp: httpx.Response) -> None:
+    assert 400 <= resp.status_code < 500, resp.status_code
+    assert_not_retryable(resp)
+    assert "Traceback" not in resp.text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_b16_too_many_headers(service, stream):
+    headers = {**JSON, **{f"x-filler-{i}": "v" for i in range(200)}}
+    resp = post_raw(service, json.dumps(body_with(stream)), headers=headers)
+    _assert_refused_by_http_layer(resp)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_b16_16kb_header_line(service, stream):
+    headers = {**JSON, "x-filler": "a" * 16 * 1024}
+    resp = post_raw(service, json.dumps(body_with(stream)), headers=headers)
+    _assert_refused_by_http_layer(resp)
+
+
+def test_b16_16kb_request_line(service):
+    resp = httpx.post(f"{service.base_url}/v1/chat/completions?q={'a' * 16 * 1024}",
+                      content=json.dumps(body_with(False)), headers=JSON, timeout=30)
+    _assert_refused_by_http_layer(resp)
+
+
+def test_b16_worker_still_serves_after_header_abuse(service):
+    # Several times, so that both gunicorn workers are exercised.
+    for _ in range(4):
+        post_raw(service, json.dumps(body_with(False)), headers={**JSON, "x-filler": "a" * 16 * 1024})
+        resp = post_raw(service, json.dumps(body_with(False)))
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["choices"][0]["finish_reason"] in ("length", "stop")
+
+
+# --- B17: Unicode edge cases ---------------------------------------------------------------
+
+def _json_text(content_literal: str, stream: bool) -> bytes:
+    """A request body whose message content is the given JSON string literal (escapes kept)."""
+    return ('{"model": "%s", "max_tokens": 2, "stream": %s, "messages": [{"role": "user", "content": %s}]}'
+            % (MODEL, "true" if stream else "false", content_literal)).encode("utf-8")
+
+
+def _assert_valid_answer(resp: httpx.Response) -> None:
+    """200 or 400 (never 5xx); the body is strict UTF-8 JSON (each SSE frame for a stream)."""
+    assert resp.status_code in (200, 400), resp.text
+    text = resp.content.decode("utf-8")
+    if resp.status_code == 400:
+        assert_error(resp, 400)
+        return
+    if resp.headers["content-type"].startswith("text/event-stream"):
+        frames = [f for f in text.split("\n\n") if f.strip()]
+        assert frames[-1] == "data: [DONE]"
+        for f in frames[:-1]:
+            assert f.startswith("data: ")
+            chunk = json.loads(f[len("data: "):])
+            assert "error" not in chunk
+            json.dumps(chunk, ensure_ascii=False).encode("utf-8")
+    else:
+        out = json.loads(text)
+        out["choices"][0]["message"]["content"].encode("utf-8")
+
+
+@pytest.mark.parametrize("literal", [
+    '"lone \\ud800 surrogate"',
+    '"low \\udc00 first \\udbff"',
+    '"nul \\u0000 in \\u0000 the middle"',
+    json.dumps("\u202eright-to-left\u200f mark \u200e \u061c", ensure_ascii=False),
+    json.dumps("\ufeff bom, \U0001F600 emoji, e\u0301 combining, \uffff noncharacter", ensure_ascii=False),
+    '"' + "x" * (1 << 20) + '"',
+], ids=["lone-high-surrogate", "lone-low-surrogates", "nul", "rtl-marks", "misc", "1mb-token"])
+def test_b17_unicode_edge_cases(service, literal):
+    plain = post_raw(service, _json_text(literal, False), timeout=120)
+    streamed = post_raw(service, _json_text(literal, True), timeout=120)
+    _assert_valid_answer(plain)
+    _assert_valid_answer(streamed)
+    assert streamed.status_code == plain.status_code
+    if plain.status_code == 400:
+        assert_same(plain, streamed)
+
+
+def test_b17_lone_surrogate_is_a_precise_400(service):
+    resp = post_raw(service, _json_text('"a\\ud800b"', False))
+    assert_error(resp, 400, code="invalid_value", param="messages[0].content")
+
+
+# --- after all of it: the service still serves ------------------------------------------
+
+def test_zz_service_still_serves(service, client, grpc_channel, log_mark):
+    out = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4)
+    assert out.choices[0].finish_reason in ("length", "stop") and out.usage.completion_tokens >= 1
+    chunks = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, stream=True))
+    assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+    health = health_pb2_grpc.HealthStub(grpc_channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert httpx.get(f"{service.base_url}/health", timeout=10).status_code == 200
+    new_log = service.log()[log_mark:]
+    assert "Traceback" not in new_log
+    assert "WORKER TIMEOUT" not in new_log and "unhandled error" not in new_log
+
+
+def test_zz_capped_service_still_serves(capped):
+    resp = post_raw(capped, json.dumps(body_with(False)))
+    assert resp.status_code == 200
+    assert "Traceback" not in capped.log()
+
+
+def _unused(_=socket):  # keep the import list honest for linters
+    return None
