@@ -30,7 +30,7 @@ class KeyChecker:
 
     def check_header(self, value: str | None) -> bool:
         """Validates an `Authorization: Bearer <key>` value."""
-        if not value or not value.startswith("Bearer "):
+        if not value or value[:7].lower() != "bearer ":  # the scheme is case-insensitive (RFC 9110)
             return False
         key = value[len("Bearer "):]
         return bool(key) and self.check(key)
