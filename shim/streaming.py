@@ -86,6 +86,17 @@ def socket_closed_by_peer(sock) -> bool:
         return True
 
 
+def send_immediately(environ: dict) -> None:
+    """Disables Nagle's algorithm on this request's socket: SSE frames are small writes,
+    and Nagle would hold each one back until the previous one is acknowledged."""
+    sock = environ.get("gunicorn.socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # not TCP (unix socket)
+            pass
+
+
 def client_gone(environ: dict) -> bool:
     """Whether the HTTP client of this WSGI request went away (gunicorn only)."""
     sock = environ.get("gunicorn.socket")

@@ -27,7 +27,11 @@ def free_port() -> int:
 class Service:
     """`genapi serve` running in a subprocess, with its log file."""
 
-    def __init__(self, tmp: Path, name: str, model_options: str = "", extra_toml: str = "", env: dict | None = None):
+    def __init__(self, tmp: Path, name: str, model_options: str = "", extra_toml: str = "", env: dict | None = None,
+                 max_batch: int = 32):
+        """`model_options`: TOML lines appended to the default model's [models.options]
+        (more [[models]] tables may follow); `extra_toml`: lines inside [shim] (a table
+        header there starts another section)."""
         self.port, self.grpc_port = free_port(), free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
@@ -43,7 +47,7 @@ class Service:
             name = "{MODEL}"
             path = "{TINY_MODEL}"
             [models.options]
-            max_batch = 32
+            max_batch = {max_batch}
             """) + textwrap.dedent(model_options))
         # The test decides every genapi setting: nothing leaks in from the caller's shell.
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GENAPI_")}

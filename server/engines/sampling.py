@@ -36,7 +36,8 @@ class SeqSampler:
         return cls(params, gen, torch.zeros(vocab, device=device), bias)
 
     def observe(self, token: int) -> None:
-        self.counts[token] += 1
+        if self.params.presence_penalty or self.params.frequency_penalty:  # the only readers
+            self.counts[token] += 1
 
 
 def process_logits(logits: torch.Tensor, samplers: list[SeqSampler]) -> torch.Tensor:

@@ -111,12 +111,16 @@ class SlotRunner:
         b = len(slots)
         x = torch.tensor(tokens, device=self.device).unsqueeze(1)
         pos = torch.tensor(positions, device=self.device)
-        span = max(positions) + 1
-        # Contiguous ascending slots let attention read a view instead of a gathered copy.
-        first = slots[0]
-        contiguous = slots == list(range(first, first + b))
         sl = torch.tensor(slots, device=self.device)
-        mask = (torch.arange(span, device=self.device).unsqueeze(0) <= pos.unsqueeze(1)).view(b, 1, 1, span)
+        span = max(positions) + 1
+        # Attention reads the cache as a view over the slot range [lo, hi), never a gathered
+        # copy: with holes in the range, queries are scattered into it (idle rows attend
+        # to position 0 and are dropped), which costs far less than copying the cache.
+        lo, hi = min(slots), max(slots) + 1
+        dense = hi - lo == b and slots == sorted(slots)
+        rows = sl - lo
+        range_pos = pos if dense else torch.zeros(hi - lo, dtype=pos.dtype, device=self.device).index_copy_(0, rows, pos)
+        mask = (torch.arange(span, device=self.device) <= range_pos.unsqueeze(1)).view(hi - lo, 1, 1, span)
         h = self.inner.embed_tokens(x)
         cos, sin = self.inner.rotary_emb(h, pos.unsqueeze(1))
         for li, layer in enumerate(self.layers):
@@ -124,13 +128,12 @@ class SlotRunner:
                 kc, vc = self.k[li], self.v[li]
                 kc[sl, :, pos] = k[:, :, 0]
                 vc[sl, :, pos] = v[:, :, 0]
-                if contiguous:
-                    ks, vs = kc[first:first + b, :, :span], vc[first:first + b, :, :span]
-                else:
-                    ks, vs = kc[sl, :, :span], vc[sl, :, :span]
-                return F.scaled_dot_product_attention(
-                    q, ks, vs, attn_mask=mask, scale=self.scale, enable_gqa=self.n_kv != self.n_heads
-                )
+                if not dense:
+                    q = q.new_zeros((hi - lo, *q.shape[1:])).index_copy_(0, rows, q)
+                out = F.scaled_dot_product_attention(
+                    q, kc[lo:hi, :, :span], vc[lo:hi, :, :span], attn_mask=mask, scale=self.scale,
+                    enable_gqa=self.n_kv != self.n_heads)
+                return out if dense else out[rows]
             h = self._layer(layer, h, attend, cos, sin)
         return self._logits(h[:, -1])
 

@@ -21,7 +21,7 @@ from shim.errors import APIError, GENERIC_MESSAGES, error_envelope, from_grpc_er
 from shim.protocol.chat import validate_chat_request
 from shim.request_id import current_request_id
 from shim.routes.common import config, core, metadata
-from shim.streaming import END, DisconnectWatch, EventPump
+from shim.streaming import END, DisconnectWatch, EventPump, send_immediately
 from shim.translate.chat import (
     ChatChunkBuilder,
     ChatCompletionAccumulator,
@@ -95,6 +95,7 @@ def create_chat_completion():
     n = body.get("n") or 1
     logprobs = body.get("logprobs") is True
     if body.get("stream"):
+        send_immediately(environ)
         builder = ChatChunkBuilder(model=body["model"], n=n, logprobs=logprobs,
                                    include_usage=include_usage_requested(body))
         events = _sse_events(pump, builder, first, watch, cfg.keepalive_s, request_id)

@@ -27,13 +27,8 @@ LONG = {"ignore_eos": True}
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):
-    svc = Service(tmp_path_factory.mktemp("overload"), "overload",
-                  model_options=f"max_queue = {MAX_QUEUE}\nmax_budget_tokens = {BUDGET}\n")
-    # conftest writes `max_batch = 32` itself; TOML refuses the key twice, so edit it in place.
-    text = svc.config.read_text()
-    assert "max_batch = 32" in text
-    svc.config.write_text(text.replace("max_batch = 32", f"max_batch = {MAX_BATCH}"))
-    svc.start()
+    svc = Service(tmp_path_factory.mktemp("overload"), "overload", max_batch=MAX_BATCH,
+                  model_options=f"max_queue = {MAX_QUEUE}\nmax_budget_tokens = {BUDGET}\n").start()
     yield svc
     svc.stop()
 
