@@ -50,11 +50,20 @@ class Config:
     @property
     def core_target(self) -> str:
         """gRPC target the shim dials: one address, or a dns:/// name for round-robin."""
-        if self.core_targets:
-            if len(self.core_targets) == 1:
-                return self.core_targets[0]
-            return "ipv4:" + ",".join(self.core_targets)
-        return f"{self.core_host}:{self.core_port}"
+        if not self.core_targets:
+            return f"{self.core_host}:{self.core_port}"
+        if len(self.core_targets) == 1:
+            return self.core_targets[0]
+        # gRPC takes a static list of replicas only as literal IPv4 addresses; names go
+        # through one dns:/// target whose records list the replicas.
+        for t in self.core_targets:
+            host = t.rpartition(":")[0]
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise ValueError(f"core address {t!r}: several core addresses must be IPv4 host:port; "
+                                 "for names use one dns:///name:port target") from None
+        return "ipv4:" + ",".join(self.core_targets)
 
 
 def hash_key(key: str) -> str:

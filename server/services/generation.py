@@ -20,6 +20,7 @@ from .generation_request import build_request
 
 log = logging.getLogger("genapi.generation")
 
+INTERNAL_ERROR = GenapiError(grpc.StatusCode.INTERNAL, "internal error", "internal_error")
 _FINISH = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
 
 
@@ -71,6 +72,10 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             log.info("request %s rejected: %s %s", rid, e.code.name, e.message)
             await abort(context, e)
             return
+        except Exception:  # a bug, not bad input: log it, tell the caller nothing internal
+            log.exception("request %s failed before generation", rid)
+            await abort(context, INTERNAL_ERROR)
+            return
         usage.prompt_tokens = usage.total_tokens = len(prompt_ids)
         log.info("request %s model=%s prompt_tokens=%d max_tokens=%d n=%d", rid, request.model,
                  len(prompt_ids), gen.max_tokens, gen.n)
@@ -93,6 +98,9 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         except EngineError as e:
             log.warning("request %s failed mid-stream: %s", rid, e)
             await abort(context, GenapiError(grpc.StatusCode.INTERNAL, str(e), "engine_error"))
+        except Exception:
+            log.exception("request %s failed mid-stream", rid)
+            await abort(context, INTERNAL_ERROR)
         finally:
             await events.aclose()
         log.info("request %s done: finish=%s completion_tokens=%d in %.3fs", rid, ",".join(finish),
