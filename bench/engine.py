@@ -57,13 +57,15 @@ def roofline(model_dir, tokens_per_s, context_tokens, bandwidth_gbs):
     weight_bytes = 0
     with safe_open(model_dir / "model.safetensors", "pt") as f:
         for k in f.keys():
+            if "embed_tokens" in k and not cfg.get("tie_word_embeddings"):
+                continue  # a decode step reads one row of the input embedding, not the table
             t = f.get_slice(k)
             n = 1
             for d in t.get_shape():
                 n *= d
-            weight_bytes += n * 2  # bfloat16
+            weight_bytes += n * {"F32": 4, "BF16": 2, "F16": 2}[t.get_dtype()]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    kv_bytes = 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * head_dim * 2 * context_tokens
+    kv_bytes = 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * head_dim * 2 * context_tokens  # bf16 K+V
     step_bytes = weight_bytes + kv_bytes
     ceiling = bandwidth_gbs * 1e9 / step_bytes
     return weight_bytes, kv_bytes, ceiling, tokens_per_s / ceiling

@@ -18,6 +18,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -62,7 +63,7 @@ class _Seq:
 @dataclass
 class _Req:
     gen: GenerationRequest
-    emit: callable  # thread-safe: emit(list_of_events or None-for-end)
+    emit: Callable  # thread-safe: emit(list of events | an exception | None at the end)
     budget: int
     seqs: list = field(default_factory=list)
     open_choices: int = 0
@@ -117,8 +118,7 @@ class TorchEngine(Engine):
             torch.set_num_threads(int(self.threads))
         t0 = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        attn = "sdpa"
-        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, attn_implementation=attn)
+        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, attn_implementation="sdpa")
         model.to(self.device).eval()
         cfg = model.config
         ctx = int(getattr(cfg, "max_position_embeddings", 0) or self.tokenizer.model_max_length)
