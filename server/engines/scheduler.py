@@ -1,0 +1,338 @@
+"""The torch engine's scheduler: runs in its own process, owns the model and its KV-cache
+slots, and does continuous batching.
+
+Each step it reads new requests and aborts from the pipe, admits waiting requests into
+free slots (batched prefill, first token), then decodes one token for every active
+sequence in a single batched forward pass, and sends one message back with every
+request's new events. Requests join and leave between steps; an aborted request leaves at
+the next step and frees its slots.
+
+It runs in a separate process because the forward pass issues hundreds of small torch
+calls per step, each of which must re-take the GIL: sharing a process with the gRPC
+event loop made every step wait on it (bench/RESULTS.md).
+"""
+from __future__ import annotations
+
+import collections
+import heapq
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from . import slot_runner
+from .base import FinishEvent, GenerationRequest, TextEvent, TokenLogprob, TopLogprob
+from .detokenizer import Detokenizer, token_bytes
+from .hf_runner import HFRunner
+from .sampling import SeqSampler, logprobs_of, process_logits, sample
+
+log = logging.getLogger("genapi.engine.torch")
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class _Seq:
+    """One choice of a request while it is generating."""
+
+    req: "_Req"
+    choice: int
+    slot: int
+    sampler: SeqSampler
+    detok: Detokenizer
+    length: int  # tokens in the slot (prompt + generated, excluding the pending token)
+    last: int = -1  # token to feed at the next decode step
+    generated: int = 0
+    unreported: int = 0  # tokens generated since the last event of this choice
+    logprobs: list = field(default_factory=list)
+    done: bool = False
+
+
+@dataclass
+class _Req:
+    gen: GenerationRequest
+    seqs: list = field(default_factory=list)
+    open_choices: int = 0
+    ended: bool = False
+
+
+class Scheduler:
+    """Child-process side of the torch engine. Messages on `conn`:
+    in:  ("request", GenerationRequest) | ("abort", request_id) | ("stop",)
+    out: ("ready", info) | ("fatal", message) |
+         ("step", events {id: [event]}, ended {id: "finished" | "aborted" | error text},
+          admitted [id], active_sequences, cache_slots_used)
+    """
+
+    def __init__(self, name: str, path: str, options: dict):
+        opts = dict(options)
+        self.name = name
+        self.path = path
+        self.device_name = opts.get("device", "auto")
+        self.dtype_name = opts.get("dtype", "auto")
+        self.max_batch = int(opts.get("max_batch", 32))
+        self.max_context_opt = opts.get("max_context")
+        self.max_prefill_tokens = int(opts.get("max_prefill_tokens", 4096))
+        self.threads = opts.get("threads")
+        self._waiting: collections.deque[_Req] = collections.deque()
+        self._aborts: dict[str, float] = {}  # request id -> when asked
+        self._free_slots = list(range(self.max_batch))  # a heap: lowest slot first
+        self._active: list[_Seq] = []
+        self._events: dict[str, list] = {}
+        self._ended: dict[str, str] = {}
+        self._admitted: list[str] = []
+
+    def load(self) -> dict:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self.device_name == "auto":
+            self.device_name = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(self.device_name)
+        if self.dtype_name == "auto":
+            self.dtype_name = "bfloat16" if self.device.type == "cuda" else "float32"
+        dtype = _DTYPES[self.dtype_name]
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+        t0 = time.perf_counter()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, attn_implementation="sdpa")
+        model.to(self.device).eval()
+        cfg = model.config
+        ctx = int(getattr(cfg, "max_position_embeddings", 0) or self.tokenizer.model_max_length)
+        if self.max_context_opt:
+            ctx = min(ctx, int(self.max_context_opt))
+        self.context_length = ctx
+        self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        runner_cls = slot_runner.SlotRunner if slot_runner.supports(model) else HFRunner
+        self.runner = runner_cls(model, self.max_batch, ctx, self.device, dtype)
+        self.eos_ids = _eos_ids(model, self.tokenizer)
+        log.info(
+            "loaded %s from %s: %s on %s/%s, context %d, %d slots, runner %s in %.1fs",
+            self.name, self.path, type(model).__name__, self.device, self.dtype_name, ctx,
+            self.max_batch, runner_cls.__name__, time.perf_counter() - t0,
+        )
+        return {"context_length": ctx, "vocab_size": self.vocab_size, "device": str(self.device),
+                "dtype": self.dtype_name}
+
+
+    # ---- the loop ------------------------------------------------------------
+    def run(self, conn) -> None:
+        """Steps until asked to stop or the parent goes away (closed pipe)."""
+        while True:
+            try:
+                if not self._drain(conn, block=not self._active and not self._waiting):
+                    return
+                self._apply_aborts()
+                self._admit()
+                if self._active:
+                    self._decode()
+            except (EOFError, OSError):
+                return
+            except Exception as e:  # a poison request must not take the engine down
+                log.exception("scheduler step failed; failing the active requests")
+                for req in {id(s.req): s.req for s in self._active}.values():
+                    self._end_request(req, f"generation failed: {type(e).__name__}")
+            self._send(conn)
+
+    def _drain(self, conn, block: bool) -> bool:
+        """Reads every pending message (waiting for one when idle); False on stop."""
+        if not conn.poll(0.5 if block else 0):
+            return True
+        while True:
+            msg = conn.recv()
+            if msg[0] == "request":
+                self._waiting.append(_Req(msg[1]))
+            elif msg[0] == "abort":
+                self._aborts[msg[1]] = time.monotonic()
+            elif msg[0] == "stop":
+                return False
+            if not conn.poll(0):
+                return True
+
+    def _send(self, conn) -> None:
+        if self._events or self._ended or self._admitted:
+            conn.send(("step", self._events, self._ended, self._admitted, len(self._active),
+                       self.max_batch - len(self._free_slots)))
+            self._events, self._ended, self._admitted = {}, {}, []
+
+    def _apply_aborts(self) -> None:
+        if not self._aborts:
+            return
+        ids = self._aborts
+        hit = set()
+        for req in [r for r in self._waiting if r.gen.request_id in ids]:
+            self._waiting.remove(req)
+            hit.add(req.gen.request_id)
+            self._end_request(req, "aborted")
+        for req in {id(s.req): s.req for s in self._active if s.req.gen.request_id in ids}.values():
+            hit.add(req.gen.request_id)
+            self._end_request(req, "aborted")
+        # An abort for a request that already ended (or never came) is dropped after a while.
+        now = time.monotonic()
+        self._aborts = {rid: t for rid, t in ids.items() if rid not in hit and now - t < 30}
+
+    def _admit(self) -> None:
+        """Moves waiting requests (FIFO) into free slots and prefills them together, up to
+        `max_prefill_tokens` padded prompt tokens per step so decoding is not starved."""
+        batch, free, longest = [], len(self._free_slots), 0
+        while self._waiting and self._waiting[0].gen.n <= free:
+            req = self._waiting[0]
+            size = max(longest, len(req.gen.prompt_ids))
+            if batch and size * (len(batch) + 1) > self.max_prefill_tokens:
+                break
+            self._waiting.popleft()
+            free -= req.gen.n
+            longest = size
+            batch.append(req)
+            self._admitted.append(req.gen.request_id)
+        if batch:
+            self._prefill(batch)
+
+    def _prefill(self, batch: list[_Req]) -> None:
+        # Lowest free slot first keeps the running batch contiguous, so decode attention
+        # reads a view of the cache instead of gathering a copy.
+        slots = [[heapq.heappop(self._free_slots) for _ in range(r.gen.n)] for r in batch]
+        logits = self.runner.prefill([s[0] for s in slots], [r.gen.prompt_ids for r in batch])
+        seqs, rows = [], []
+        for row, (req, req_slots) in enumerate(zip(batch, slots)):
+            g = req.gen
+            for s in req_slots[1:]:  # n > 1: the choices share the prompt's cache
+                self.runner.copy_slot(req_slots[0], s, len(g.prompt_ids))
+            seed = g.sampling.seed if g.sampling.seed is not None else int.from_bytes(os.urandom(7), "little")
+            for i, slot in enumerate(req_slots):
+                sampler = SeqSampler.create(g.sampling, seed + i, self.vocab_size, self.device)
+                detok = Detokenizer(self.tokenizer, g.prompt_ids, g.stop)
+                req.seqs.append(_Seq(req, i, slot, sampler, detok, len(g.prompt_ids)))
+                rows.append(row)
+            req.open_choices = g.n
+            seqs.extend(req.seqs)
+        self._active.extend(seqs)
+        self._advance(seqs, logits[torch.tensor(rows, device=logits.device)])
+
+    def _decode(self) -> None:
+        seqs = sorted(self._active, key=lambda s: s.slot)
+        logits = self.runner.decode([s.slot for s in seqs], [s.last for s in seqs], [s.length for s in seqs])
+        for s in seqs:
+            s.length += 1
+        self._advance(seqs, logits)
+
+    def _advance(self, seqs: list[_Seq], logits: torch.Tensor) -> None:
+        """Samples the next token of each sequence and turns it into events."""
+        samplers = [s.sampler for s in seqs]
+        processed = process_logits(logits, samplers)
+        tokens = sample(processed, samplers)
+        want_lp = [s for s in seqs if s.req.gen.logprobs]
+        lp = None
+        if want_lp:
+            k = max(s.req.gen.top_logprobs for s in want_lp)
+            lp = logprobs_of(processed, tokens, k)
+        by_req: dict[int, list] = {}
+        for i, (s, tok) in enumerate(zip(seqs, tokens)):
+            s.sampler.observe(tok)
+            s.generated += 1
+            s.unreported += 1
+            s.last = tok
+            if lp is not None and s.req.gen.logprobs:
+                s.logprobs.append(self._token_logprob(tok, lp, i, s.req.gen.top_logprobs))
+            events = by_req.setdefault(id(s.req), [s.req])
+            events.extend(self._events_for(s, tok))
+        for req, *events in by_req.values():
+            if events:
+                self._events.setdefault(req.gen.request_id, []).extend(events)
+            if req.open_choices == 0:
+                self._end_request(req, "finished")
+
+    def _events_for(self, s: _Seq, tok: int) -> list:
+        g = s.req.gen
+        is_eos = tok in self.eos_ids and not g.ignore_eos
+        if not is_eos:
+            s.detok.push(tok)
+        text, stop = s.detok.take()
+        if stop is not None:
+            return self._finish(s, text, "stop", stop)
+        if is_eos:
+            return self._finish(s, text + s.detok.flush(), "stop")
+        if s.generated >= g.max_tokens or s.length + 1 >= self.context_length:
+            return self._finish(s, text + s.detok.flush(), "length")
+        if text:
+            ev = TextEvent(s.choice, text, s.unreported, s.logprobs)
+            s.unreported, s.logprobs = 0, []
+            return [ev]
+        return []
+
+    def _finish(self, s: _Seq, text: str, reason: str, stop: str = "") -> list:
+        events = []
+        if text or s.logprobs:
+            events.append(TextEvent(s.choice, text, s.unreported, s.logprobs))
+            s.unreported, s.logprobs = 0, []
+        events.append(FinishEvent(s.choice, reason, s.unreported, stop))
+        s.done = True
+        s.req.open_choices -= 1
+        self._release(s)
+        return events
+
+    def _release(self, s: _Seq) -> None:
+        if s in self._active:
+            self._active.remove(s)
+            self.runner.free(s.slot)
+            heapq.heappush(self._free_slots, s.slot)
+
+    def _end_request(self, req: _Req, outcome: str) -> None:
+        """outcome: "finished", "aborted", or an error message."""
+        if req.ended:
+            return
+        req.ended = True
+        for s in req.seqs:
+            self._release(s)
+        self._ended[req.gen.request_id] = outcome
+
+    def _token_logprob(self, tok: int, lp, row: int, k: int) -> TokenLogprob:
+        chosen, top_vals, top_ids = lp
+        top = []
+        if k:
+            top = [
+                TopLogprob(self._piece(t), v, self._token_bytes(t))
+                for t, v in zip(top_ids[row][:k], top_vals[row][:k])
+            ]
+        piece = self._piece(tok)
+        return TokenLogprob(piece, chosen[row], self._token_bytes(tok), top)
+
+    def _piece(self, tok: int) -> str:
+        return self.tokenizer.decode([tok], skip_special_tokens=False)
+
+    def _token_bytes(self, tok: int) -> bytes:
+        return token_bytes(self.tokenizer, tok)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = set()
+    for src in (getattr(model, "generation_config", None), model.config):
+        e = getattr(src, "eos_token_id", None) if src is not None else None
+        if isinstance(e, int):
+            ids.add(e)
+        elif isinstance(e, (list, tuple)):
+            ids.update(e)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def worker_main(conn, name: str, path: str, options: dict) -> None:
+    """Entry point of the scheduler process."""
+    # Ctrl-C in a terminal reaches the whole process group; the parent decides when this
+    # process stops (a "stop" message, or its end of the pipe closing).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=os.environ.get("GENAPI_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
+    try:
+        scheduler = Scheduler(name, path, options)
+        info = scheduler.load()
+    except Exception as e:
+        log.exception("could not load %s", name)
+        conn.send(("fatal", f"could not load model {name!r} from {path}: {e}"))
+        return
+    conn.send(("ready", info))
+    scheduler.run(conn)
