@@ -131,6 +131,17 @@ def engine_stats(grpc_channel):
     return read
 
 
+def user_messages(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def chat_create(client, text: str, **kw):
+    """A chat completion for one user message; greedy and 16 tokens unless told otherwise."""
+    kw.setdefault("max_tokens", 16)
+    kw.setdefault("temperature", 0)
+    return client.chat.completions.create(model=MODEL, messages=user_messages(text), **kw)
+
+
 def wait_until(predicate, timeout_s: float = 5.0, interval_s: float = 0.05):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

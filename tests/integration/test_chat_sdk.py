@@ -11,19 +11,17 @@ import asyncio
 import openai
 import pytest
 
-from ..conftest import MODEL
+from ..conftest import MODEL, chat_create, user_messages
 
 PROMPT = "Tell me about the harbour."
 
 
 def msgs(text: str = PROMPT) -> list[dict]:
-    return [{"role": "user", "content": text}]
+    return user_messages(text)
 
 
 def create(client, text: str = PROMPT, **kw):
-    kw.setdefault("max_tokens", 16)
-    kw.setdefault("temperature", 0)
-    return client.chat.completions.create(model=MODEL, messages=msgs(text), **kw)
+    return chat_create(client, text, **kw)
 
 
 def stream(client, text: str = PROMPT, **kw) -> list:
