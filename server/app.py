@@ -39,6 +39,18 @@ def grpc_options(cfg: Config) -> list[tuple]:
     ]
 
 
+async def _watch_engines(registry: Registry, health, stop: asyncio.Event) -> None:
+    """Health follows the engines: NOT_SERVING as soon as one of them is gone."""
+    serving = True
+    while not stop.is_set():
+        await asyncio.sleep(1)
+        if serving and not registry.ready():
+            serving = False
+            log.error("an engine stopped: health NOT_SERVING")
+            for name in ("",) + SERVICES:
+                await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
 async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     registry = Registry(cfg.models)
     checker = KeyChecker(cfg.api_key_sha256)
@@ -69,7 +81,9 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(_watch_engines(registry, health, stop))
     await stop.wait()
+    watcher.cancel()
     log.info("draining: health NOT_SERVING, finishing in-flight requests (grace %.0fs)", grace_s)
     await health.enter_graceful_shutdown()
     await server.stop(grace_s)

@@ -68,6 +68,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                                   retry_after_s=e.retry_after_s)
             except EngineInvalidRequest as e:
                 raise GenapiError(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_value")
+            except EngineError as e:  # the engine is down (its process died)
+                raise GenapiError(grpc.StatusCode.UNAVAILABLE, str(e), "engine_unavailable", retry_after_s=5)
         except GenapiError as e:
             log.info("request %s rejected: %s %s", rid, e.code.name, e.message)
             await abort(context, e)
