@@ -48,7 +48,6 @@ class _Seq:
     generated: int = 0
     unreported: int = 0  # tokens generated since the last event of this choice
     logprobs: list = field(default_factory=list)
-    done: bool = False
 
 
 @dataclass
@@ -269,7 +268,6 @@ class Scheduler:
             events.append(TextEvent(s.choice, text, s.unreported, s.logprobs))
             s.unreported, s.logprobs = 0, []
         events.append(FinishEvent(s.choice, reason, s.unreported, stop))
-        s.done = True
         s.req.open_choices -= 1
         self._release(s)
         return events
