@@ -109,9 +109,8 @@ def main():
         for c in levels:
             n = max(2 * c, 4)
             toks, secs, ttft, itl = asyncio.run(run(target, "bench", prompts(n), c, args.tokens))
-            tps = toks / secs
-            if c == 1:
-                single_tps = 1 / (sum(itl) / len(itl)) if itl else tps
+            if c == 1:  # decode speed: the inverse of the mean inter-token gap
+                single_tps = len(itl) / sum(itl) if itl else toks / secs
             results.append((c, toks, secs, ttft, itl))
     hf_tps = (a_before + side_a("2")) / 2
     for c, toks, secs, ttft, itl in results:

@@ -39,6 +39,12 @@ def grpc_options(cfg: Config) -> list[tuple]:
     ]
 
 
+async def _set_health(health, status) -> None:
+    """The overall status ("") and every genapi service's status move together."""
+    for name in ("",) + SERVICES:
+        await health.set(name, status)
+
+
 async def _watch_engines(registry: Registry, health, stop: asyncio.Event) -> None:
     """Health follows the engines: NOT_SERVING as soon as one of them is gone."""
     serving = True
@@ -47,8 +53,7 @@ async def _watch_engines(registry: Registry, health, stop: asyncio.Event) -> Non
         if serving and not registry.ready():
             serving = False
             log.error("an engine stopped: health NOT_SERVING")
-            for name in ("",) + SERVICES:
-                await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await _set_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
 async def serve(cfg: Config, grace_s: float = 30.0) -> None:
@@ -67,13 +72,11 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     address = f"{cfg.core_host}:{cfg.core_port}"
     if server.add_insecure_port(address) == 0:
         raise SystemExit(f"genapi core: cannot listen on {address} (port in use?)")
-    for name in ("",) + SERVICES:
-        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await _set_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     log.info("gRPC core listening on %s; loading models", address)
     await registry.start()
-    for name in ("",) + SERVICES:
-        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await _set_health(health, health_pb2.HealthCheckResponse.SERVING)
     log.info("gRPC core serving %s on %s%s", ", ".join(registry.models), address,
              "" if checker.enabled else " (no API keys configured: auth disabled)")
 

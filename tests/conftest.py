@@ -73,6 +73,13 @@ class Service:
         self.stop()
         raise RuntimeError(f"genapi serve did not become healthy:\n{self.log()}")
 
+    def sdk(self, api_key: str = "unused", asynchronous: bool = False, timeout: float = 120):
+        """The official openai client for this service (no retries: tests see every error)."""
+        import openai
+
+        cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+        return cls(base_url=f"{self.base_url}/v1", api_key=api_key, max_retries=0, timeout=timeout)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -97,16 +104,12 @@ def service(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def client(service):
-    import openai
-
-    return openai.OpenAI(base_url=f"{service.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+    return service.sdk()
 
 
 @pytest.fixture
 def aclient(service):
-    import openai
-
-    return openai.AsyncOpenAI(base_url=f"{service.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+    return service.sdk(asynchronous=True)
 
 
 @pytest.fixture(scope="session")

@@ -113,9 +113,7 @@ class Scheduler:
             self.name, self.path, type(model).__name__, self.device, self.dtype_name, ctx,
             self.max_batch, runner_cls.__name__, time.perf_counter() - t0,
         )
-        return {"context_length": ctx, "vocab_size": self.vocab_size, "device": str(self.device),
-                "dtype": self.dtype_name}
-
+        return {"context_length": ctx, "vocab_size": self.vocab_size}
 
     # ---- the loop ------------------------------------------------------------
     def run(self, conn) -> None:
@@ -132,7 +130,7 @@ class Scheduler:
                 return
             except Exception as e:  # a poison request must not take the engine down
                 log.exception("scheduler step failed; failing the active requests")
-                for req in {id(s.req): s.req for s in self._active}.values():
+                for req in _requests_of(self._active):
                     self._end_request(req, f"generation failed: {type(e).__name__}")
             self._send(conn)
 
@@ -166,7 +164,7 @@ class Scheduler:
             self._waiting.remove(req)
             hit.add(req.gen.request_id)
             self._end_request(req, "aborted")
-        for req in {id(s.req): s.req for s in self._active if s.req.gen.request_id in ids}.values():
+        for req in [r for r in _requests_of(self._active) if r.gen.request_id in ids]:
             hit.add(req.gen.request_id)
             self._end_request(req, "aborted")
         # An abort for a request that already ended (or never came) is dropped after a while.
@@ -228,7 +226,6 @@ class Scheduler:
         if want_lp:
             k = max(s.req.gen.top_logprobs for s in want_lp)
             lp = logprobs_of(processed, tokens, k)
-        by_req: dict[int, list] = {}
         for i, (s, tok) in enumerate(zip(seqs, tokens)):
             s.sampler.observe(tok)
             s.generated += 1
@@ -236,11 +233,9 @@ class Scheduler:
             s.last = tok
             if lp is not None and s.req.gen.logprobs:
                 s.logprobs.append(self._token_logprob(tok, lp, i, s.req.gen.top_logprobs))
-            events = by_req.setdefault(id(s.req), [s.req])
-            events.extend(self._events_for(s, tok))
-        for req, *events in by_req.values():
-            if events:
-                self._events.setdefault(req.gen.request_id, []).extend(events)
+            if events := self._events_for(s, tok):
+                self._events.setdefault(s.req.gen.request_id, []).extend(events)
+        for req in _requests_of(seqs):
             if req.open_choices == 0:
                 self._end_request(req, "finished")
 
@@ -303,6 +298,11 @@ class Scheduler:
 
     def _token_bytes(self, tok: int) -> bytes:
         return token_bytes(self.tokenizer, tok)
+
+
+def _requests_of(seqs: list[_Seq]) -> list[_Req]:
+    """The distinct requests the sequences belong to (n choices share one), in order."""
+    return list({id(s.req): s.req for s in seqs}.values())
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

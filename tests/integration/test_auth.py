@@ -49,7 +49,7 @@ def secured(tmp_path_factory):
 
 
 def sdk(svc: Service, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{svc.base_url}/v1", api_key=key, max_retries=0, timeout=60)
+    return svc.sdk(api_key=key, timeout=60)
 
 
 def chat_body(stream: bool = False) -> bytes:

@@ -48,7 +48,7 @@ def stats(limited):
 
 @pytest.fixture(scope="module")
 def oa(limited):
-    return openai.OpenAI(base_url=f"{limited.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+    return limited.sdk()
 
 
 def idle(s) -> bool:

@@ -61,7 +61,7 @@ def faulty(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sdk(faulty):
-    return openai.OpenAI(base_url=f"{faulty.base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+    return faulty.sdk(timeout=60)
 
 
 @pytest.fixture(scope="module")
