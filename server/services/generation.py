@@ -81,9 +81,9 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         usage.prompt_tokens = usage.total_tokens = len(prompt_ids)
         log.info("request %s model=%s prompt_tokens=%d max_tokens=%d n=%d", rid, request.model,
                  len(prompt_ids), gen.max_tokens, gen.n)
-        yield pb.GenerateResponse(
-            usage=usage, started=pb.Started(request_id=rid, model=request.model, max_tokens=gen.max_tokens))
         try:
+            yield pb.GenerateResponse(
+                usage=usage, started=pb.Started(request_id=rid, model=request.model, max_tokens=gen.max_tokens))
             async for ev in events:
                 usage.completion_tokens += ev.num_tokens
                 usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
@@ -94,7 +94,9 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                         finished=pb.Finished(reason=_FINISH[ev.reason], stop_sequence=ev.stop_sequence))
                 else:
                     yield pb.GenerateResponse(choice_index=ev.choice, usage=usage, text=_text_delta(ev))
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # grpc.aio cancels the task when the handler is awaiting the engine, but closes
+            # the generator (GeneratorExit) when the cancel lands while it is parked at a yield.
             log.info("request %s cancelled by the client after %d tokens", rid, usage.completion_tokens)
             raise
         except EngineError as e:
