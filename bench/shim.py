@@ -58,6 +58,29 @@ async def run_http(base: str, texts: list[str], concurrency: int, tokens: int):
     return sum(r[0] for r in results), dt, [r[1] for r in results]
 
 
+async def idle_ttft(base: str, target: str, samples: int, tokens: int = 4):
+    """TTFT of one request at a time on an idle core, shim and gRPC alternating; returns
+    the two TTFT lists and the per-pair differences. With nothing else running this is
+    the latency the shim itself adds, free of how concurrent arrivals share prefills."""
+    from grpc_load import make_request, one_stream
+    import grpc
+    from genapi.v1 import generation_service_pb2_grpc as pb_grpc
+
+    h, g = [], []
+    url = f"{base}/v1/chat/completions"
+    async with aiohttp.ClientSession() as session, grpc.aio.insecure_channel(target) as ch:
+        stub = pb_grpc.GenerationServiceStub(ch)
+        texts = prompts(samples)
+        for i in range(samples + 3):  # the first 3 pairs warm up connections
+            p = texts[i % samples]
+            ht = (await sse_stream(session, url, p, tokens))[1]
+            gt = (await one_stream(stub, make_request("bench", p, tokens)))[1]
+            if i >= 3:
+                h.append(ht)
+                g.append(gt)
+    return h, g, [a - b for a, b in zip(h, g)]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -65,6 +88,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--levels", default="1,8,32")
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds per level (noise control)")
+    ap.add_argument("--idle-samples", type=int, default=40, help="one-at-a-time TTFT pairs (0 to skip)")
     args = ap.parse_args()
     dtype = "bfloat16" if args.device == "cuda" else "float32"
     model_dir = bench_model(args.preset, dtype)
@@ -80,6 +104,11 @@ def main():
     with running(argv, lambda: grpc_ready(target)() and http_ready(f"{base}/health")(), log_name="bench-shim.log"):
         asyncio.run(run_http(base, prompts(4), 4, 8))  # warm-up both paths
         asyncio.run(run_grpc(target, "bench", prompts(4), 4, 8))
+        if args.idle_samples:
+            h, g, d = asyncio.run(idle_ttft(base, target, args.idle_samples))
+            print(f"idle, one request at a time ({len(d)} pairs): TTFT p50 shim {pct(h, 50) * 1000:.1f} ms, "
+                  f"gRPC {pct(g, 50) * 1000:.1f} ms; shim adds p50 {pct(d, 50) * 1000:+.1f} ms "
+                  f"(p10 {pct(d, 10) * 1000:+.1f}, p90 {pct(d, 90) * 1000:+.1f})")
         for c in levels:
             texts = prompts(max(2 * c, 4))
             h_tok = h_s = g_tok = g_s = 0.0

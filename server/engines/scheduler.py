@@ -118,12 +118,21 @@ class Scheduler:
     # ---- the loop ------------------------------------------------------------
     def run(self, conn) -> None:
         """Steps until asked to stop or the parent goes away (closed pipe)."""
+        prefill_only = False  # the previous step prefilled and skipped its decode
         while True:
             try:
                 if not self._drain(conn, block=not self._active and not self._waiting):
                     return
                 self._apply_aborts()
-                self._admit()
+                if self._admit():
+                    self._send(conn)  # first tokens out now, not after the decode step
+                    # Requests that arrived during that prefill (HTTP arrivals trickle in a
+                    # few ms apart) are prefilled before decoding, once, so a burst costs
+                    # them one prefill instead of a prefill plus a decode step each.
+                    if not prefill_only and conn.poll(0):
+                        prefill_only = True
+                        continue
+                prefill_only = False
                 if self._active:
                     self._decode()
             except (EOFError, OSError):
@@ -171,7 +180,7 @@ class Scheduler:
         now = time.monotonic()
         self._aborts = {rid: t for rid, t in ids.items() if rid not in hit and now - t < 30}
 
-    def _admit(self) -> None:
+    def _admit(self) -> bool:
         """Moves waiting requests (FIFO) into free slots and prefills them together, up to
         `max_prefill_tokens` padded prompt tokens per step so decoding is not starved."""
         batch, free, longest = [], len(self._free_slots), 0
@@ -187,6 +196,7 @@ class Scheduler:
             self._admitted.append(req.gen.request_id)
         if batch:
             self._prefill(batch)
+        return bool(batch)
 
     def _prefill(self, batch: list[_Req]) -> None:
         # Lowest free slot first keeps the running batch contiguous, so decode attention
