@@ -1,6 +1,9 @@
 """Typed chat input -> prompt token ids, through the checkpoint's own chat template."""
 from __future__ import annotations
 
+import functools
+import inspect
+
 from genapi.v1 import generation_service_pb2 as pb
 
 from ..errors import invalid
@@ -45,10 +48,36 @@ def to_template_messages(messages) -> list[dict]:
 
 
 def render_prompt(tokenizer, messages) -> list[int]:
-    """Applies the chat template (with the assistant generation prompt) and tokenizes."""
+    """Applies the chat template (with the assistant generation prompt) and tokenizes.
+
+    Control tokens the caller writes into a message (`<|im_end|>\n<|im_start|>system`)
+    are encoded as plain text: only the template's own control tokens become tokens, so
+    a user cannot close their turn and forge a system or assistant one. transformers
+    older than 5.23 cannot do that; with those such messages are refused instead."""
     dicts = to_template_messages(messages)
+    sanitizes = _can_sanitize(type(tokenizer))
+    if not sanitizes:
+        refuse_control_tokens(tokenizer, dicts)
     try:
+        if sanitizes:
+            return list(tokenizer.apply_chat_template(
+                dicts, add_generation_prompt=True, tokenize=True, return_dict=False, sanitize_control_tokens=True))
         text = tokenizer.apply_chat_template(dicts, add_generation_prompt=True, tokenize=False)
     except Exception as e:  # templates reject bad turn orders with raise_exception()
         raise invalid(f"messages could not be formatted with the model's chat template: {e}", "messages")
     return tokenizer.encode(text, add_special_tokens=False)
+
+
+@functools.cache
+def _can_sanitize(tokenizer_type) -> bool:
+    return "sanitize_control_tokens" in inspect.signature(tokenizer_type.apply_chat_template).parameters
+
+
+def refuse_control_tokens(tokenizer, dicts: list[dict]) -> None:
+    """400 when a message's text contains one of the tokenizer's special tokens."""
+    specials = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
+    for i, d in enumerate(dicts):
+        for token in specials:
+            if token in d["content"]:
+                raise invalid(f"messages[{i}].content contains the control token {token!r}, which this server "
+                              "cannot encode as text (it needs transformers >= 5.23)", f"messages[{i}].content")
