@@ -49,3 +49,10 @@ proc_name = "genapi-shim"
 # gunicorn >= 24 opens a control socket at a fixed per-user path; several shims (or
 # test runs) on one host would fight over it. Ignored by older gunicorn versions.
 control_socket_disable = True
+
+
+def post_worker_init(worker):
+    """gunicorn's own refusals (malformed HTTP) in the OpenAI error shape."""
+    from shim import gunicorn_errors
+
+    gunicorn_errors.install()

@@ -195,19 +195,21 @@ class Scheduler:
             batch.append(req)
             self._admitted.append(req.gen.request_id)
         if batch:
-            self._prefill(batch)
+            try:
+                self._prefill(batch)
+            except Exception as e:  # fails the requests it was admitting, not the running batch
+                log.exception("prefill of %d request(s) failed", len(batch))
+                for req in batch:
+                    self._end_request(req, f"generation failed: {type(e).__name__}")
         return bool(batch)
 
     def _prefill(self, batch: list[_Req]) -> None:
         # Lowest free slot first keeps the running batch contiguous, so decode attention
         # reads a view of the cache instead of gathering a copy.
         slots = [[heapq.heappop(self._free_slots) for _ in range(r.gen.n)] for r in batch]
-        logits = self.runner.prefill([s[0] for s in slots], [r.gen.prompt_ids for r in batch])
         seqs, rows = [], []
         for row, (req, req_slots) in enumerate(zip(batch, slots)):
             g = req.gen
-            for s in req_slots[1:]:  # n > 1: the choices share the prompt's cache
-                self.runner.copy_slot(req_slots[0], s, len(g.prompt_ids))
             seed = g.sampling.seed if g.sampling.seed is not None else int.from_bytes(os.urandom(7), "little")
             for i, slot in enumerate(req_slots):
                 sampler = SeqSampler.create(g.sampling, seed + i, self.vocab_size, self.device)
@@ -216,7 +218,11 @@ class Scheduler:
                 rows.append(row)
             req.open_choices = g.n
             seqs.extend(req.seqs)
-        self._active.extend(seqs)
+        self._active.extend(seqs)  # from here on, ending a request frees its slots
+        logits = self.runner.prefill([s[0] for s in slots], [r.gen.prompt_ids for r in batch])
+        for req, req_slots in zip(batch, slots):
+            for s in req_slots[1:]:  # n > 1: the choices share the prompt's cache
+                self.runner.copy_slot(req_slots[0], s, len(req.gen.prompt_ids))
         self._advance(seqs, logits[torch.tensor(rows, device=logits.device)])
 
     def _decode(self) -> None:

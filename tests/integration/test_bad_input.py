@@ -8,6 +8,7 @@ carry no Retry-After (B18: the SDK would retry them), no stack trace, no prompt 
 from __future__ import annotations
 
 import json
+import socket
 
 import httpx
 import openai
@@ -323,9 +324,15 @@ def test_b15_body_just_under_cap_is_parsed(service):
 # --- B16: oversized headers ----------------------------------------------------------------
 
 def _assert_refused_by_http_layer(resp: httpx.Response) -> None:
+    """gunicorn refuses these before the app runs, in the same envelope as the app."""
     assert 400 <= resp.status_code < 500, resp.status_code
     assert_not_retryable(resp)
     assert "Traceback" not in resp.text
+    assert resp.headers["content-type"] == "application/json"
+    assert resp.headers["x-request-id"].startswith("req_")
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["type"] == "invalid_request_error" and err["message"] and err["code"]
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -346,6 +353,34 @@ def test_b16_16kb_request_line(service):
     resp = httpx.post(f"{service.base_url}/v1/chat/completions?q={'a' * 16 * 1024}",
                       content=json.dumps(body_with(False)), headers=JSON, timeout=30)
     _assert_refused_by_http_layer(resp)
+
+
+def _raw_exchange(service: Service, data: bytes) -> tuple[int, dict, bytes]:
+    """Sends raw bytes, reads until the server closes; returns (status, headers, body)."""
+    host, port = service.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(data)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize("data, code", [
+    (b"NOT HTTP AT ALL\r\n\r\n", "bad_request"),  # refused by gunicorn itself
+    # read by the app, which finds the chunk size broken
+    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", "invalid_body"),
+], ids=["request-line", "chunk-size"])
+def test_malformed_http_gets_the_error_envelope(service, data, code):
+    status, headers, body = _raw_exchange(service, data)
+    assert status == 400
+    assert headers["content-type"] == "application/json" and headers["x-request-id"].startswith("req_")
+    err = json.loads(body)["error"]
+    assert err["type"] == "invalid_request_error" and err["code"] == code and err["message"]
 
 
 def test_b16_worker_still_serves_after_header_abuse(service):

@@ -1,6 +1,8 @@
 """shim.errors: the gRPC -> HTTP/OpenAI error mapping table and ErrorInfo handling."""
 from __future__ import annotations
 
+import json
+
 import grpc
 import pytest
 from google.protobuf import any_pb2
@@ -182,3 +184,18 @@ def test_mismatched_rich_status_is_tolerated():
 def test_api_error_envelope_has_four_keys():
     env = APIError(400, "m").envelope()
     assert env == {"error": {"message": "m", "type": "invalid_request_error", "param": None, "code": None}}
+
+
+def test_gunicorn_refusal_is_a_complete_json_response():
+    from shim.gunicorn_errors import error_response
+
+    raw = error_response(431, "Request Header Fields Too Large", "Error parsing headers: 'limit'")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0] == "HTTP/1.1 431 Request Header Fields Too Large"
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    assert headers["Content-Type"] == "application/json"
+    assert int(headers["Content-Length"]) == len(body)
+    assert headers["x-request-id"].startswith("req_")
+    assert json.loads(body) == {"error": {"message": "Error parsing headers: 'limit'", "type": "invalid_request_error",
+                                          "param": None, "code": "request_header_fields_too_large"}}
