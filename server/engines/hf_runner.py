@@ -26,6 +26,18 @@ class HFRunner:
         return torch.stack(rows)
 
     @torch.inference_mode()
+    def extend(self, slot: int, tokens: list[int], start: int) -> torch.Tensor:
+        """Chunked prefill: `tokens` at positions start.. after the slot's cache."""
+        out = self.model(
+            input_ids=torch.tensor([tokens], device=self.device),
+            past_key_values=self.cache.get(slot) if start else None,
+            position_ids=torch.arange(start, start + len(tokens), device=self.device).unsqueeze(0),
+            use_cache=True,
+        )
+        self.cache[slot] = out.past_key_values
+        return out.logits[:, -1].float()
+
+    @torch.inference_mode()
     def decode(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor:
         rows = []
         for slot, tok, p in zip(slots, tokens, positions):

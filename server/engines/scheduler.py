@@ -48,6 +48,7 @@ class _Seq:
     generated: int = 0
     unreported: int = 0  # tokens generated since the last event of this choice
     logprobs: list = field(default_factory=list)
+    freed: bool = False  # its slot went back to the free list
 
 
 @dataclass
@@ -56,6 +57,7 @@ class _Req:
     seqs: list = field(default_factory=list)
     open_choices: int = 0
     ended: bool = False
+    prefilled: int = 0  # prompt tokens in the cache so far (chunked prefill)
 
 
 class Scheduler:
@@ -75,11 +77,13 @@ class Scheduler:
         self.max_batch = int(opts.get("max_batch", 32))
         self.max_context_opt = opts.get("max_context")
         self.max_prefill_tokens = int(opts.get("max_prefill_tokens", 4096))
+        self.prefill_chunk = int(opts.get("prefill_chunk", 512))  # 0: whole prompts at once
         self.threads = opts.get("threads")
         self._waiting: collections.deque[_Req] = collections.deque()
         self._aborts: dict[str, float] = {}  # request id -> when asked
         self._free_slots = list(range(self.max_batch))  # a heap: lowest slot first
         self._active: list[_Seq] = []
+        self._chunking: list[_Req] = []  # admitted, prompt being prefilled chunk by chunk
         self._events: dict[str, list] = {}
         self._ended: dict[str, str] = {}
         self._admitted: list[str] = []
@@ -121,10 +125,10 @@ class Scheduler:
         prefill_only = False  # the previous step prefilled and skipped its decode
         while True:
             try:
-                if not self._drain(conn, block=not self._active and not self._waiting):
+                if not self._drain(conn, block=not (self._active or self._waiting or self._chunking)):
                     return
                 self._apply_aborts()
-                if self._admit():
+                if self._admit() | self._prefill_chunk():  # `|`: both run every step
                     self._send(conn)  # first tokens out now, not after the decode step
                     # Requests that arrived during that prefill (HTTP arrivals trickle in a
                     # few ms apart) are prefilled before decoding, once, so a burst costs
@@ -173,7 +177,7 @@ class Scheduler:
             self._waiting.remove(req)
             hit.add(req.gen.request_id)
             self._end_request(req, "aborted")
-        for req in [r for r in _requests_of(self._active) if r.gen.request_id in ids]:
+        for req in [r for r in _requests_of(self._active) + self._chunking if r.gen.request_id in ids]:
             hit.add(req.gen.request_id)
             self._end_request(req, "aborted")
         # An abort for a request that already ended (or never came) is dropped after a while.
@@ -182,10 +186,19 @@ class Scheduler:
 
     def _admit(self) -> bool:
         """Moves waiting requests (FIFO) into free slots and prefills them together, up to
-        `max_prefill_tokens` padded prompt tokens per step so decoding is not starved."""
+        `max_prefill_tokens` padded prompt tokens per step so decoding is not starved.
+        Prompts longer than `prefill_chunk` get their slots now and are prefilled a chunk
+        per step (`_prefill_chunk`), between decode steps."""
         batch, free, longest = [], len(self._free_slots), 0
         while self._waiting and self._waiting[0].gen.n <= free:
             req = self._waiting[0]
+            if 0 < self.prefill_chunk < len(req.gen.prompt_ids):
+                self._waiting.popleft()
+                free -= req.gen.n
+                self._admitted.append(req.gen.request_id)
+                self._attach(req, [heapq.heappop(self._free_slots) for _ in range(req.gen.n)])
+                self._chunking.append(req)
+                continue
             size = max(longest, len(req.gen.prompt_ids))
             if batch and size * (len(batch) + 1) > self.max_prefill_tokens:
                 break
@@ -207,22 +220,53 @@ class Scheduler:
         # Lowest free slot first keeps the running batch contiguous, so decode attention
         # reads a view of the cache instead of gathering a copy.
         slots = [[heapq.heappop(self._free_slots) for _ in range(r.gen.n)] for r in batch]
-        seqs, rows = [], []
-        for row, (req, req_slots) in enumerate(zip(batch, slots)):
-            g = req.gen
-            seed = g.sampling.seed if g.sampling.seed is not None else int.from_bytes(os.urandom(7), "little")
-            for i, slot in enumerate(req_slots):
-                sampler = SeqSampler.create(g.sampling, seed + i, self.vocab_size, self.device)
-                detok = Detokenizer(self.tokenizer, g.prompt_ids, g.stop)
-                req.seqs.append(_Seq(req, i, slot, sampler, detok, len(g.prompt_ids)))
-                rows.append(row)
-            req.open_choices = g.n
-            seqs.extend(req.seqs)
-        self._active.extend(seqs)  # from here on, ending a request frees its slots
-        logits = self.runner.prefill([s[0] for s in slots], [r.gen.prompt_ids for r in batch])
         for req, req_slots in zip(batch, slots):
-            for s in req_slots[1:]:  # n > 1: the choices share the prompt's cache
-                self.runner.copy_slot(req_slots[0], s, len(req.gen.prompt_ids))
+            self._attach(req, req_slots)
+        logits = self.runner.prefill([s[0] for s in slots], [r.gen.prompt_ids for r in batch])
+        self._start(batch, logits)
+
+    def _prefill_chunk(self) -> bool:
+        """Prefills the next chunk of the oldest chunked prompt; True when that prompt is
+        done (its first tokens are out). A failure fails that request only."""
+        if not self._chunking:
+            return False
+        req = self._chunking[0]
+        ids = req.gen.prompt_ids
+        end = min(req.prefilled + self.prefill_chunk, len(ids))
+        try:
+            logits = self.runner.extend(req.seqs[0].slot, ids[req.prefilled:end], req.prefilled)
+            req.prefilled = end
+            if end < len(ids):
+                return False
+            self._chunking.pop(0)
+            self._start([req], logits)
+        except Exception as e:
+            log.exception("chunked prefill of %s failed", req.gen.request_id)
+            self._end_request(req, f"generation failed: {type(e).__name__}")
+        return True
+
+    def _attach(self, req: _Req, slots: list[int]) -> None:
+        """Gives each choice of `req` its slot, sampler and detokenizer; from here on,
+        ending the request frees those slots."""
+        g = req.gen
+        seed = g.sampling.seed if g.sampling.seed is not None else int.from_bytes(os.urandom(7), "little")
+        for i, slot in enumerate(slots):
+            sampler = SeqSampler.create(g.sampling, seed + i, self.vocab_size, self.device)
+            detok = Detokenizer(self.tokenizer, g.prompt_ids, g.stop)
+            req.seqs.append(_Seq(req, i, slot, sampler, detok, len(g.prompt_ids)))
+        req.open_choices = g.n
+
+    def _start(self, reqs: list[_Req], logits: torch.Tensor) -> None:
+        """Prefilled requests join the decode batch: each request's other choices copy its
+        first choice's prompt cache (n > 1), and every choice samples its first token from
+        its request's row of `logits`."""
+        seqs, rows = [], []
+        for row, req in enumerate(reqs):
+            for s in req.seqs[1:]:
+                self.runner.copy_slot(req.seqs[0].slot, s.slot, len(req.gen.prompt_ids))
+            seqs.extend(req.seqs)
+            rows.extend([row] * len(req.seqs))
+        self._active.extend(seqs)
         self._advance(seqs, logits[torch.tensor(rows, device=logits.device)])
 
     def _decode(self) -> None:
@@ -284,16 +328,21 @@ class Scheduler:
         return events
 
     def _release(self, s: _Seq) -> None:
+        if s.freed:
+            return
+        s.freed = True
         if s in self._active:
             self._active.remove(s)
-            self.runner.free(s.slot)
-            heapq.heappush(self._free_slots, s.slot)
+        self.runner.free(s.slot)
+        heapq.heappush(self._free_slots, s.slot)
 
     def _end_request(self, req: _Req, outcome: str) -> None:
         """outcome: "finished", "aborted", or an error message."""
         if req.ended:
             return
         req.ended = True
+        if req in self._chunking:
+            self._chunking.remove(req)
         for s in req.seqs:
             self._release(s)
         self._ended[req.gen.request_id] = outcome

@@ -1,7 +1,8 @@
 """Batched forward passes for Llama-family checkpoints over a slot KV cache.
 
 Each sequence owns one slot of a preallocated cache `[slots, kv_heads, max_len, head_dim]`
-per layer. Prefill runs one prompt causally and writes its keys/values into the slot;
+per layer. Prefill runs prompts causally and writes their keys/values into their slots (a long
+prompt can also be prefilled chunk by chunk with `extend`);
 decode runs one token for every active sequence in a single batched pass, attending over
 each slot up to that sequence's own length (a padding mask handles the ragged lengths).
 
@@ -104,6 +105,29 @@ class SlotRunner:
             h = self._layer(layer, h, attend, cos, sin)
         last = h[torch.arange(b, device=self.device), lens - 1]
         return self._logits(last)
+
+    @torch.inference_mode()
+    def extend(self, slot: int, tokens: list[int], start: int) -> torch.Tensor:
+        """Chunked prefill: runs `tokens` at positions start.. of `slot`, attending to the
+        slot's first `start` cached positions as well; returns the last token's logits
+        [1, vocab] (float32)."""
+        n, end = len(tokens), start + len(tokens)
+        x = torch.tensor([tokens], device=self.device)
+        pos = torch.arange(start, end, device=self.device).unsqueeze(0)
+        # Query i sits at position start + i and sees every key up to it.
+        mask = (torch.arange(end, device=self.device) <= pos.view(n, 1)).view(1, 1, n, end)
+        h = self.inner.embed_tokens(x)
+        cos, sin = self.inner.rotary_emb(h, pos)
+        for li, layer in enumerate(self.layers):
+            def attend(q, k, v, li=li):
+                kc, vc = self.k[li], self.v[li]
+                kc[slot, :, start:end] = k[0]
+                vc[slot, :, start:end] = v[0]
+                return F.scaled_dot_product_attention(
+                    q, kc[slot:slot + 1, :, :end], vc[slot:slot + 1, :, :end], attn_mask=mask, scale=self.scale,
+                    enable_gqa=self.n_kv != self.n_heads)
+            h = self._layer(layer, h, attend, cos, sin)
+        return self._logits(h[:, -1])
 
     @torch.inference_mode()
     def decode(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor:

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from server.engines.base import FinishEvent, GenerationRequest  # noqa: E402
+from server.engines.base import FinishEvent, GenerationRequest, SamplingParams, TextEvent  # noqa: E402
 from server.engines.scheduler import Scheduler  # noqa: E402
 
 from ..conftest import TINY_MODEL  # noqa: E402
@@ -39,8 +39,8 @@ class PoisonedPrefill:
 class Driver:
     """Runs a Scheduler on a thread; sends requests and collects step messages."""
 
-    def __init__(self):
-        self.scheduler = Scheduler("tiny", str(TINY_MODEL), {"max_batch": MAX_BATCH, "device": "cpu"})
+    def __init__(self, **options):
+        self.scheduler = Scheduler("tiny", str(TINY_MODEL), {"max_batch": MAX_BATCH, "device": "cpu", **options})
         self.scheduler.load()
         self.scheduler.runner = PoisonedPrefill(self.scheduler.runner)
         self.conn, child = multiprocessing.Pipe()
@@ -48,15 +48,21 @@ class Driver:
         self.thread.start()
         self.events: dict[str, list] = {}
         self.ended: dict[str, str] = {}
+        self.admitted_at: dict[str, int] = {}  # request id -> tokens of `watch` by then
+        self.watch = ""
 
-    def submit(self, request_id: str, prompt: list[int], max_tokens: int) -> None:
-        self.conn.send(("request", GenerationRequest(request_id, prompt, max_tokens, ignore_eos=True)))
+    def submit(self, request_id: str, prompt: list[int], max_tokens: int, n: int = 1) -> None:
+        greedy = SamplingParams(temperature=0.0)
+        self.conn.send(("request", GenerationRequest(request_id, prompt, max_tokens, n=n, ignore_eos=True,
+                                                     sampling=greedy)))
 
     def pump_until(self, done, timeout_s: float = 30) -> None:
         while not done():
             assert self.conn.poll(timeout_s), "the scheduler went quiet"
-            kind, events, ended, *_ = self.conn.recv()
+            kind, events, ended, admitted, *_ = self.conn.recv()
             assert kind == "step"
+            for rid in admitted:
+                self.admitted_at[rid] = self.completion_tokens(self.watch)
             for rid, evs in events.items():
                 self.events.setdefault(rid, []).extend(evs)
             self.ended.update(ended)
@@ -67,6 +73,17 @@ class Driver:
 
     def completion_tokens(self, request_id: str) -> int:
         return sum(e.num_tokens for e in self.events.get(request_id, []))
+
+    def texts(self, request_id: str) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for e in self.events[request_id]:
+            if isinstance(e, TextEvent):
+                out[e.choice] = out.get(e.choice, "") + e.text
+        return out
+
+    def idle(self) -> bool:
+        sch = self.scheduler
+        return not sch._active and not sch._chunking and sorted(sch._free_slots) == list(range(MAX_BATCH))
 
     def stop(self) -> None:
         self.conn.send(("stop",))
@@ -95,5 +112,55 @@ def test_the_engine_serves_and_holds_no_slot_afterwards(driver):
     driver.submit("after", [1, 30, 31], max_tokens=8)
     assert driver.wait_ended("after") == "finished"
     assert driver.completion_tokens("after") == 8
-    sch = driver.scheduler
-    assert sch._active == [] and sorted(sch._free_slots) == list(range(MAX_BATCH))
+    assert driver.idle()
+
+
+# ---- chunked prefill ------------------------------------------------------------------
+
+LONG_PROMPT = [3 + (37 * i) % 4000 for i in range(61)]
+CHUNK = 8
+
+
+@pytest.fixture(scope="module")
+def whole():
+    d = Driver(prefill_chunk=0)
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def chunked():
+    d = Driver(prefill_chunk=CHUNK)
+    yield d
+    d.stop()
+
+
+def test_chunked_prefill_generates_what_a_whole_prefill_does(whole, chunked):
+    whole.submit("w", LONG_PROMPT, max_tokens=12, n=2)
+    chunked.submit("c", LONG_PROMPT, max_tokens=12, n=2)
+    assert whole.wait_ended("w") == chunked.wait_ended("c") == "finished"
+    expected = whole.texts("w")
+    assert expected[0] and expected[0] == expected[1]  # greedy: both choices alike
+    assert chunked.texts("c") == expected
+    assert chunked.completion_tokens("c") == 24
+
+
+def test_running_streams_keep_decoding_between_chunks(chunked):
+    chunked.watch = "running"
+    chunked.submit("running", [1, 40, 41, 42], max_tokens=150)
+    chunked.pump_until(lambda: chunked.completion_tokens("running") >= 2)
+    chunked.submit("long", LONG_PROMPT, max_tokens=2)
+    chunked.pump_until(lambda: "long" in chunked.events)  # its first token
+    # 61 prompt tokens in chunks of 8: a decode step for "running" after each of the
+    # first 7 chunks (the 8th one ends in the long request's first token).
+    assert chunked.completion_tokens("running") - chunked.admitted_at["long"] >= 7
+    assert chunked.wait_ended("long") == chunked.wait_ended("running") == "finished"
+
+
+def test_an_abort_during_chunked_prefill_frees_its_slots(chunked):
+    chunked.submit("dropped", LONG_PROMPT * 16, max_tokens=5, n=2)  # 122 chunks
+    chunked.pump_until(lambda: "dropped" in chunked.admitted_at)
+    chunked.conn.send(("abort", "dropped"))
+    assert chunked.wait_ended("dropped") == "aborted"
+    assert "dropped" not in chunked.events  # aborted before its prompt was in
+    assert chunked.idle()

@@ -57,3 +57,18 @@ def test_copy_slot_shares_a_prefilled_prompt():
     logits = runner.decode([0, 2], [1, 2], [len(prompt), len(prompt)])
     torch.testing.assert_close(logits[0], _reference(model, prompt + [1])[-1], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(logits[1], _reference(model, prompt + [2])[-1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+@pytest.mark.parametrize("runner_cls", [SlotRunner, HFRunner])
+def test_chunked_prefill_matches_reference_and_decodes_on(kind, runner_cls):
+    model = _model(kind)
+    runner = runner_cls(model, slots=3, max_len=64, device=torch.device("cpu"), dtype=torch.float32)
+    prompt = [(11 * i + 3) % 97 for i in range(23)]
+    runner.prefill([0], [[1, 2, 3]])  # another sequence's cache must not leak in
+    for start in range(0, len(prompt), 8):  # chunks of 8, 8, 7
+        got = runner.extend(2, prompt[start:start + 8], start)
+        assert got.shape == (1, 97)
+        torch.testing.assert_close(got[0], _reference(model, prompt[:start + 8])[-1], atol=1e-4, rtol=1e-4)
+    logits = runner.decode([2], [5], [len(prompt)])
+    torch.testing.assert_close(logits[0], _reference(model, prompt + [5])[-1], atol=1e-4, rtol=1e-4)
