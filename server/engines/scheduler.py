@@ -2,9 +2,9 @@
 slots, and does continuous batching.
 
 Each step it reads new requests and aborts from the pipe, admits waiting requests into
-free slots (batched prefill, first token), then decodes one token for every active
-sequence in a single batched forward pass, and sends one message back with every
-request's new events. Requests join and leave between steps; an aborted request leaves at
+free slots (batched prefill, first token; a prompt longer than `prefill_chunk` instead
+gets one chunk prefilled per step), then decodes one token for every active sequence in
+a single batched forward pass, and sends back every request's new events. Requests join and leave between steps; an aborted request leaves at
 the next step and frees its slots.
 
 It runs in a separate process because the forward pass issues hundreds of small torch
@@ -226,8 +226,8 @@ class Scheduler:
         self._start(batch, logits)
 
     def _prefill_chunk(self) -> bool:
-        """Prefills the next chunk of the oldest chunked prompt; True when that prompt is
-        done (its first tokens are out). A failure fails that request only."""
+        """Prefills the next chunk of the oldest chunked prompt. True when that request has
+        news to send: its prompt is in (first tokens out), or it failed (alone)."""
         if not self._chunking:
             return False
         req = self._chunking[0]
