@@ -13,32 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from common import ROOT, bench_model, free_port, grpc_ready, pct, prompts, running
+from common import ROOT, bench_model, free_port, grpc_ready, pct, prompts, running, write_config
 
 sys.path.insert(0, str(ROOT))
 
 from grpc_load import make_request, one_stream  # noqa: E402
-
-
-def write_config(model_dir: Path, device: str, dtype: str, chunk: int) -> Path:
-    f = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-    for name, size in (("whole", 0), ("chunked", chunk)):
-        f.write(f"""
-[[models]]
-name = "{name}"
-path = "{model_dir}"
-[models.options]
-device = "{device}"
-dtype = "{dtype}"
-max_batch = 16
-prefill_chunk = {size}
-""")
-    f.close()
-    return Path(f.name)
 
 
 async def one_round(target: str, model: str, streams: int, tokens: int, long_prompt: str):
@@ -72,7 +53,8 @@ def main():
     args = ap.parse_args()
     dtype = "bfloat16" if args.device == "cuda" else "float32"
     model_dir = bench_model(args.preset, dtype)
-    cfg = write_config(model_dir, args.device, dtype, args.chunk)
+    cfg = write_config(model_dir, args.device, max_batch=16, dtype=dtype,
+                       models={"whole": {"prefill_chunk": 0}, "chunked": {"prefill_chunk": args.chunk}})
     port = free_port()
     target = f"127.0.0.1:{port}"
     long_prompt = prompts(1, words=args.long_words)[0]

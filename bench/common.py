@@ -3,6 +3,7 @@ the benchmark checkpoint, prompts, and latency statistics."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -41,21 +42,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(model_dir: Path, device: str, max_batch: int = 32, dtype: str = "auto") -> Path:
+def write_config(model_dir: Path, device: str, max_batch: int = 32, dtype: str = "auto",
+                 models: dict[str, dict] | None = None) -> Path:
+    """A genapi config serving `model_dir` under each name in `models` (default: "bench"),
+    each with the common options plus its own."""
     f = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-    f.write(f"""
-[shim]
-workers = 2
-threads = 64
-[[models]]
-name = "bench"
-path = "{model_dir}"
-[models.options]
-device = "{device}"
-dtype = "{dtype}"
-max_batch = {max_batch}
-max_queue = 1024
-""")
+    f.write("[shim]\nworkers = 2\nthreads = 64\n")
+    for name, extra in (models or {"bench": {}}).items():
+        options = {"device": device, "dtype": dtype, "max_batch": max_batch, "max_queue": 1024, **extra}
+        f.write(f'[[models]]\nname = "{name}"\npath = "{model_dir}"\n[models.options]\n')
+        f.writelines(f"{k} = {json.dumps(v)}\n" for k, v in options.items())
     f.close()
     return Path(f.name)
 

@@ -143,8 +143,7 @@ class Scheduler:
                 return
             except Exception as e:  # a poison request must not take the engine down
                 log.exception("scheduler step failed; failing the active requests")
-                for req in _requests_of(self._active):
-                    self._end_request(req, f"generation failed: {type(e).__name__}")
+                self._fail(_requests_of(self._active), e)
             self._send(conn)
 
     def _drain(self, conn, block: bool) -> bool:
@@ -192,28 +191,26 @@ class Scheduler:
         batch, free, longest = [], len(self._free_slots), 0
         while self._waiting and self._waiting[0].gen.n <= free:
             req = self._waiting[0]
-            if 0 < self.prefill_chunk < len(req.gen.prompt_ids):
-                self._waiting.popleft()
-                free -= req.gen.n
-                self._admitted.append(req.gen.request_id)
-                self._attach(req, [heapq.heappop(self._free_slots) for _ in range(req.gen.n)])
-                self._chunking.append(req)
-                continue
-            size = max(longest, len(req.gen.prompt_ids))
-            if batch and size * (len(batch) + 1) > self.max_prefill_tokens:
-                break
+            chunked = 0 < self.prefill_chunk < len(req.gen.prompt_ids)
+            if not chunked:
+                size = max(longest, len(req.gen.prompt_ids))
+                if batch and size * (len(batch) + 1) > self.max_prefill_tokens:
+                    break
+                longest = size
             self._waiting.popleft()
             free -= req.gen.n
-            longest = size
-            batch.append(req)
             self._admitted.append(req.gen.request_id)
+            if chunked:
+                self._attach(req, [heapq.heappop(self._free_slots) for _ in range(req.gen.n)])
+                self._chunking.append(req)
+            else:
+                batch.append(req)
         if batch:
             try:
                 self._prefill(batch)
             except Exception as e:  # fails the requests it was admitting, not the running batch
                 log.exception("prefill of %d request(s) failed", len(batch))
-                for req in batch:
-                    self._end_request(req, f"generation failed: {type(e).__name__}")
+                self._fail(batch, e)
         return bool(batch)
 
     def _prefill(self, batch: list[_Req]) -> None:
@@ -242,7 +239,7 @@ class Scheduler:
             self._start([req], logits)
         except Exception as e:
             log.exception("chunked prefill of %s failed", req.gen.request_id)
-            self._end_request(req, f"generation failed: {type(e).__name__}")
+            self._fail([req], e)
         return True
 
     def _attach(self, req: _Req, slots: list[int]) -> None:
@@ -346,6 +343,10 @@ class Scheduler:
         for s in req.seqs:
             self._release(s)
         self._ended[req.gen.request_id] = outcome
+
+    def _fail(self, reqs: list[_Req], error: Exception) -> None:
+        for req in reqs:
+            self._end_request(req, f"generation failed: {type(error).__name__}")
 
     def _token_logprob(self, tok: int, lp, row: int, k: int) -> TokenLogprob:
         chosen, top_vals, top_ids = lp
