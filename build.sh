@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install genapi into ./.venv, generate the gRPC stubs and the embedded tiny chat model.
+# Install genapi into ./.venv, generate the gRPC stubs and the embedded tiny chat model;
+# with npm, also the pinned buf (protos lint) into ./.tools/buf.
 #
 #   ./build.sh                  install (idempotent; fast when nothing changed)
 #   ./build.sh serve [args...]  install, then `genapi serve args...`
@@ -10,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 TORCH_VERSION=2.13.0
+BUF_VERSION=1.75.0
 VENV=.venv
 PY=$VENV/bin/python
 STAMP=$VENV/.genapi-install-stamp
@@ -18,7 +20,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 say() { printf '[build] %s\n' "$*"; }
 die() { printf '[build] error: %s\n' "$*" >&2; exit 1; }
 
-usage() { sed -n '2,8s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,9s/^# \{0,1\}//p' "$0"; }
 
 cmd=install
 if [ $# -gt 0 ]; then
@@ -42,7 +44,7 @@ if [ ! -x "$PY" ] || ! "$PY" -c '' 2>/dev/null; then
 fi
 
 # 2-3. dependencies, skipped while pyproject.toml and this script are unchanged ----------
-want=$(cat pyproject.toml build.sh | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py build.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$STAMP" 2>/dev/null || true)" = "$want" ]; then
   say "dependencies up to date"
 else
@@ -60,21 +62,14 @@ EOF
     say "installing torch==$TORCH_VERSION"
     "$PY" -m pip install -q "torch==$TORCH_VERSION"
   fi
-  # The stub package must exist before the editable install, or its import hook will not
-  # map `genapi` (and `genapi serve` from .venv/bin could not import the stubs).
-  mkdir -p genapi/v1 && touch genapi/__init__.py genapi/v1/__init__.py
-  say "installing genapi and its dependencies (pip install -e .[torch,test,bench])"
-  "$PY" -m pip install -q -e ".[torch,test,bench]"
+  say "installing genapi and its dependencies (pip install -e .[torch,test,bench,dev])"
+  "$PY" -m pip install -q -e ".[torch,test,bench,dev]"
   printf '%s\n' "$want" > "$STAMP"
 fi
 
 # 4. gRPC stubs (genapi/v1/*_pb2*.py, gitignored), regenerated when a proto changes -----
-shopt -s nullglob
-protos=(protos/genapi/v1/*.proto)
-shopt -u nullglob
-[ ${#protos[@]} -gt 0 ] || die "no .proto files in protos/genapi/v1"
 stale=0
-for proto in "${protos[@]}"; do
+for proto in protos/genapi/v1/*.proto; do
   name=$(basename "$proto" .proto)
   for stub in "genapi/v1/${name}_pb2.py" "genapi/v1/${name}_pb2.pyi" "genapi/v1/${name}_pb2_grpc.py"; do
     if [ ! -f "$stub" ] || [ "$proto" -nt "$stub" ]; then stale=1; fi
@@ -86,17 +81,24 @@ for stub in genapi/v1/*_pb2.py; do
   [ -f "protos/genapi/v1/$(basename "$stub" _pb2.py).proto" ] || stale=1
 done
 if [ "$stale" = 1 ]; then
-  say "generating gRPC stubs from ${#protos[@]} protos"
-  mkdir -p genapi/v1
-  rm -f genapi/v1/*_pb2.py genapi/v1/*_pb2.pyi genapi/v1/*_pb2_grpc.py
-  "$PY" -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. "${protos[@]}"
-  touch genapi/__init__.py genapi/v1/__init__.py
+  "$PY" -m tools.gen_stubs
 else
   say "gRPC stubs up to date"
 fi
 
-# 5. the embedded tiny chat model (prints "up to date" when nothing changed) -----------
-"$PY" -m server.tiny_models --out models/tiny-chat --preset tiny
+# 5. buf for `buf lint` of protos/ (tests/unit/test_protos.py skips without it): pinned,
+#    into .tools/buf (gitignored); skipped quietly without npm --------------------------
+BUF=.tools/buf/node_modules/.bin/buf
+if [ -x "$BUF" ] && [ "$("$BUF" --version 2>/dev/null || true)" = "$BUF_VERSION" ]; then
+  say "buf $BUF_VERSION up to date"
+elif command -v npm >/dev/null 2>&1; then
+  say "installing buf $BUF_VERSION into .tools/buf (npm @bufbuild/buf)"
+  npm install --prefix .tools/buf --no-audit --no-fund --silent "@bufbuild/buf@$BUF_VERSION" >/dev/null \
+    || say "warning: could not install buf; tests/unit/test_protos.py will skip buf lint"
+fi
+
+# 6. the embedded tiny chat model (prints "up to date" when nothing changed) -----------
+"$PY" -m tools.tiny_models --out models/tiny-chat --preset tiny
 
 case "$cmd" in
   serve)

@@ -58,7 +58,7 @@ def main():
     port = free_port()
     target = f"127.0.0.1:{port}"
     long_prompt = prompts(1, words=args.long_words)[0]
-    argv = [sys.executable, "-m", "server", "core", "--config", str(cfg), "--grpc-port", str(port)]
+    argv = [sys.executable, "-m", "genapi", "core", "--config", str(cfg), "--grpc-port", str(port)]
     print(f"model {model_dir.name}, device {args.device}, {args.streams} running streams x {args.tokens} tokens, "
           f"one long prompt of {args.long_words} words, chunk {args.chunk}")
     with running(argv, grpc_ready(target), log_name="bench-chunked.log"):

@@ -31,7 +31,7 @@ def prompts(count: int, words: int = 24) -> list[str]:
 
 
 def bench_model(preset: str, dtype: str = "float32") -> Path:
-    from server.tiny_models import build
+    from tools.tiny_models import build
 
     return build(ROOT / "bench" / ".models" / f"{preset}-{dtype}", preset=preset, dtype=dtype)
 

@@ -101,7 +101,7 @@ def main():
 
     port = free_port()
     cfg = write_config(model_dir, args.device, max_batch=max(levels), dtype=dtype)
-    argv = [sys.executable, "-m", "server", "core", "--config", str(cfg), "--grpc-port", str(port)]
+    argv = [sys.executable, "-m", "genapi", "core", "--config", str(cfg), "--grpc-port", str(port)]
     target = f"127.0.0.1:{port}"
     with running(argv, grpc_ready(target), log_name="bench-engine-core.log"):
         asyncio.run(run(target, "bench", prompts(2), 2, 8))  # warm-up

@@ -6,6 +6,7 @@ import time
 
 import grpc
 
+from genapi.v1 import content_pb2
 from genapi.v1 import generation_service_pb2 as pb
 from genapi.v1 import generation_service_pb2_grpc as pb_grpc
 
@@ -13,7 +14,7 @@ from genapi.v1 import generation_service_pb2_grpc as pb_grpc
 def make_request(model: str, prompt: str, max_tokens: int) -> pb.GenerateRequest:
     return pb.GenerateRequest(
         model=model,
-        messages=[pb.ChatMessage(role=pb.ROLE_USER, content=[pb.ContentPart(text=prompt)])],
+        messages=[content_pb2.ChatMessage(role=content_pb2.ROLE_USER, content=[content_pb2.ContentPart(text=prompt)])],
         sampling=pb.SamplingOptions(temperature=0.0),
         stopping=pb.StoppingOptions(max_tokens=max_tokens, ignore_eos=True),
     )

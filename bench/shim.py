@@ -96,7 +96,7 @@ def main():
     cfg = write_config(model_dir, args.device, max_batch=max(levels), dtype=dtype)
     port, gport = free_port(), free_port()
     base, target = f"http://127.0.0.1:{port}", f"127.0.0.1:{gport}"
-    argv = [sys.executable, "-m", "server", "serve", "--config", str(cfg), "--port", str(port),
+    argv = [sys.executable, "-m", "genapi", "serve", "--config", str(cfg), "--port", str(port),
             "--grpc-port", str(gport)]
     from grpc_load import run as run_grpc
 

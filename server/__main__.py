@@ -1,4 +1,5 @@
-from .cli import main
+"""`python -m server ...` is the same CLI as `genapi ...` (kept for existing scripts)."""
+from genapi.cli import main
 
 # Guarded: the engine's spawned child re-imports the main module under another name.
 if __name__ == "__main__":

@@ -11,11 +11,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from genapi.v1 import generation_service_pb2, generation_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
+from genapi.config import Config
+from genapi.keys import KeyChecker
+from genapi.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    generation_service_pb2,
+    generation_service_pb2_grpc,
+    model_service_pb2,
+    model_service_pb2_grpc,
+)
 
-from .auth import AuthInterceptor, KeyChecker
-from .config import Config
-from .models import Registry
+from .interceptors.auth import AuthInterceptor
+from .registry import Registry
+from .services.admin import AdminServicer
 from .services.generation import GenerationServicer
 from .services.models import ModelServicer
 
@@ -24,6 +33,7 @@ log = logging.getLogger("genapi.core")
 SERVICES = (
     generation_service_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name,
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 
 
@@ -58,13 +68,14 @@ async def _watch_engines(registry: Registry, health, stop: asyncio.Event) -> Non
 
 async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     registry = Registry(cfg.models)
-    checker = KeyChecker(cfg.api_key_sha256)
+    checker = KeyChecker(cfg.api_keys)
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(checker)] if checker.enabled else [],
         options=grpc_options(cfg) + [("grpc.so_reuseport", 0)],
     )
     generation_service_pb2_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(registry), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

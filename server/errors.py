@@ -8,6 +8,8 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from .engines.base import EngineError, EngineInvalidRequest, EngineOverloaded
+
 
 class GenapiError(Exception):
     def __init__(self, code: grpc.StatusCode, message: str, reason: str = "", param: str | None = None,
@@ -42,3 +44,27 @@ def not_found(message: str, param: str | None = None, reason: str = "not_found")
 
 async def abort(context: grpc.aio.ServicerContext, err: GenapiError):
     await context.abort_with_status(err.to_status())
+
+
+def from_engine_error(e: Exception) -> GenapiError:
+    """The one mapping of engine exceptions to gRPC status for every servicer.
+
+    EngineOverloaded   -> RESOURCE_EXHAUSTED engine_overloaded (+ retry_after_s); distinct
+                          from the rate_limit_exceeded of per-key limits, both HTTP 429
+    EngineInvalidRequest -> INVALID_ARGUMENT invalid_value
+    EngineUnavailable, other EngineError (the engine is down) -> UNAVAILABLE engine_unavailable
+    anything else      -> INTERNAL internal_error (a bug; nothing internal is told)
+    """
+    if isinstance(e, GenapiError):
+        return e
+    if isinstance(e, EngineOverloaded):
+        return GenapiError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), "engine_overloaded",
+                           retry_after_s=e.retry_after_s)
+    if isinstance(e, EngineInvalidRequest):
+        return GenapiError(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_value")
+    if isinstance(e, EngineError):
+        return GenapiError(grpc.StatusCode.UNAVAILABLE, str(e), "engine_unavailable", retry_after_s=5)
+    return INTERNAL_ERROR
+
+
+INTERNAL_ERROR = GenapiError(grpc.StatusCode.INTERNAL, "internal error", "internal_error")

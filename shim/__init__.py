@@ -22,9 +22,9 @@ def _configure_logging() -> None:
 
 
 def create_app(config=None) -> Flask:
-    """The Flask app. `config` is a server.config.Config; None loads it (GENAPI_CONFIG
+    """The Flask app. `config` is a genapi.config.Config; None loads it (GENAPI_CONFIG
     picks the file, environment variables override)."""
-    from server.config import load_config
+    from genapi.config import load_config
     from shim.auth import register_auth
     from shim.errors import register_error_handlers
     from shim.request_id import register_request_id

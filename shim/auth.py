@@ -1,13 +1,14 @@
 """API-key check: `Authorization: Bearer <key>` against stored SHA-256 digests.
 
-Off when no digests are configured. Matching (constant time, hashes only) is
-server.auth.KeyChecker, shared with the core; error messages show at most a masked key.
+Off when no keys are configured. Matching (constant time, hashes only) is
+genapi.keys.KeyChecker, shared with the core; error messages show at most a masked key.
+The matched key's name is kept in `flask.g.principal` (rate limits and ownership use it).
 """
 from __future__ import annotations
 
-from flask import Flask, request
+from flask import Flask, g, request
 
-from server.auth import KeyChecker, mask
+from genapi.keys import ANONYMOUS, KeyChecker, mask
 
 from shim.errors import APIError
 
@@ -23,10 +24,11 @@ def _auth_error(message: str) -> APIError:
     return APIError(401, message, "authentication_error", None, "invalid_api_key")
 
 
-def check_authorization(header: str | None, keys: KeyChecker) -> None:
-    """Raises a 401 APIError unless `header` carries an accepted bearer key."""
+def check_authorization(header: str | None, keys: KeyChecker) -> str:
+    """The principal (key name) of `header`'s bearer key; raises a 401 APIError unless it
+    is accepted. Without configured keys everyone is ANONYMOUS."""
     if not keys.enabled:
-        return
+        return ANONYMOUS
     if header is None or not header.strip():
         raise _auth_error(MISSING_MESSAGE)
     scheme, _, key = header.partition(" ")
@@ -38,15 +40,17 @@ def check_authorization(header: str | None, keys: KeyChecker) -> None:
     if not key.strip():
         raise _auth_error(MISSING_MESSAGE)
     # WSGI header values are latin-1 decoded: recover the raw bytes the client sent.
-    if not keys.check(key.encode("latin-1", "replace")):
+    name = keys.identify(key.encode("latin-1", "replace"))
+    if name is None:
         raise _auth_error(f"Incorrect API key provided: {mask(key)}.")
+    return name
 
 
 def register_auth(app: Flask) -> None:
-    keys = KeyChecker(app.config["GENAPI"].api_key_sha256)
+    keys = KeyChecker(app.config["GENAPI"].api_keys)
 
     @app.before_request
     def _require_api_key():
         if request.path in PUBLIC_PATHS:
             return
-        check_authorization(request.headers.get("Authorization"), keys)
+        g.principal = check_authorization(request.headers.get("Authorization"), keys)

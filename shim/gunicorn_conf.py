@@ -1,6 +1,6 @@
 """gunicorn settings for the shim, read from the genapi config (GENAPI_CONFIG + env).
 
-    GENAPI_CONFIG=config/default.toml gunicorn -c shim/gunicorn_conf.py
+    GENAPI_CONFIG=my.toml gunicorn -c python:shim.gunicorn_conf
 
 gthread workers: each worker process holds one gRPC channel (created after the fork)
 and serves `threads` requests at once; streams are plain iterators written by the
@@ -8,24 +8,15 @@ worker threads, and the worker's heartbeat runs in its main loop, so a long stre
 does not trigger WORKER TIMEOUT.
 """
 import os
-import sys
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from server.config import is_loopback, load_config  # noqa: E402
+from genapi.config import exposure_error, load_config
 
 _cfg = load_config()
 
-if not _cfg.api_key_sha256 and not is_loopback(_cfg.shim_host):
-    raise SystemExit(
-        f"genapi: refusing to listen on {_cfg.shim_host}:{_cfg.shim_port} without API keys; "
-        "configure [auth] api_key_sha256 (or GENAPI_API_KEYS) or bind to a loopback address"
-    )
+if _err := exposure_error(_cfg, _cfg.shim_host, "REST API"):
+    raise SystemExit(f"genapi: {_err}")
 
 wsgi_app = "shim:create_app()"
-chdir = _ROOT
 bind = [f"[{_cfg.shim_host}]:{_cfg.shim_port}" if ":" in _cfg.shim_host else f"{_cfg.shim_host}:{_cfg.shim_port}"]
 worker_class = "gthread"
 workers = _cfg.workers

@@ -3,6 +3,13 @@
 `EventPump` drains the call on a daemon thread into a queue, so the request thread can
 wait with a timeout (keep-alive frames, disconnect checks) instead of blocking inside
 grpc. `client_gone(environ)` tells whether the HTTP client has closed its socket.
+
+`CoreStream` is what a streaming endpoint uses on top of them: it awaits the first event
+(the HTTP status is decided before the first byte), then either drains the call into an
+accumulator (non-streaming JSON) or returns the SSE response. An endpoint supplies only
+its own parts: the RpcError -> APIError mapping, event -> SSE bytes, the bytes at END,
+and the accumulator. A client that goes away before the response is decided always gets
+the same 499 (`ClientClosed`); one that goes away mid-stream cancels the call.
 """
 from __future__ import annotations
 
@@ -12,12 +19,20 @@ import select
 import socket
 import threading
 import time
+from typing import Any, Callable, Iterator
 
 import grpc
+from flask import Response
+
+from shim import sse
+from shim.errors import GENERIC_MESSAGES, APIError, from_grpc_error
 
 log = logging.getLogger("genapi.shim")
 
 END = object()  # the stream finished (after its last event or its error)
+
+POLL_S = 0.25  # how often a waiting request checks for a vanished client
+MAX_EVENTS_PER_WRITE = 64  # events already queued are coalesced into one write
 
 
 class EventPump:
@@ -117,3 +132,188 @@ class DisconnectWatch:
             return False
         self._next = now + self._interval
         return client_gone(self._environ)
+
+
+# ---------------------------------------------------------------------------------------
+# CoreStream: one server-streaming core call served as JSON or SSE.
+
+class ClientClosed(APIError):
+    """The HTTP client closed the connection before the response was decided: the one
+    499 response of the shim (the Flask APIError handler renders it)."""
+
+    def __init__(self):
+        super().__init__(499, "The client closed the connection.", "invalid_request_error", None,
+                         "client_closed_request")
+
+
+def internal_error() -> APIError:
+    """The generic 500 (no details leak to the client)."""
+    return APIError(500, GENERIC_MESSAGES[500], "server_error")
+
+
+def error_frames(err: APIError) -> bytes:
+    """The default end of a failed stream: one `data: {"error": ...}` frame, then `data: [DONE]`."""
+    return sse.frame(err.envelope()) + sse.DONE
+
+
+# map_error(err, request_id=...) -> APIError; from_grpc_error (optionally partial()-ed) fits.
+ErrorMapper = Callable[..., APIError]
+
+
+class CoreStream:
+    """A server-streaming core call served to one HTTP request.
+
+    `call` is the grpc call (iterable of events, with cancel()); `environ` the WSGI
+    environ (its `gunicorn.socket` is watched for a vanished client); `map_error` turns
+    the RpcError that ended the call into an APIError, called as
+    `map_error(err, request_id=request_id)`.
+
+    Usage: `first = cs.first()`, then `cs.drain(first, acc.add)` (non-streaming) or
+    `return cs.sse_response(first, on_event, finish, keepalive_s)`. Every path that does
+    not hand the call to an SSE body cancels it (a no-op once it completed).
+    """
+
+    def __init__(self, call, *, environ: dict, request_id: str | None, map_error: ErrorMapper = from_grpc_error,
+                 poll_s: float = POLL_S):
+        self.request_id = request_id
+        self.environ = environ
+        self.poll_s = poll_s
+        self._map_error = map_error
+        self._pump = EventPump(call)
+        self._watch = DisconnectWatch(environ, poll_s)
+
+    def cancel(self) -> None:
+        """Cancels the call (no-op once it has finished)."""
+        self._pump.cancel()
+
+    def _error(self, item: BaseException) -> APIError:
+        if isinstance(item, grpc.RpcError):
+            return self._map_error(item, request_id=self.request_id)
+        return internal_error()
+
+    def _next(self):
+        """The next event or END; raises ClientClosed, or the APIError of a failed call."""
+        while True:
+            try:
+                item = self._pump.get(timeout=self.poll_s)
+            except queue.Empty:
+                if self._watch.gone(force=True):
+                    raise ClientClosed() from None
+                continue
+            if self._watch.gone():
+                raise ClientClosed()
+            if isinstance(item, BaseException):
+                raise self._error(item)
+            return item
+
+    def first(self):
+        """Waits for the first event and returns it.
+
+        Raises (after cancelling the call) ClientClosed (499) when the client went away,
+        the mapped APIError when the call failed, a 500 APIError when it ended without
+        any event or failed with something other than an RpcError."""
+        try:
+            item = self._next()
+            if item is END:
+                log.error("core ended the stream without events (request_id=%s)", self.request_id)
+                raise internal_error()
+            return item
+        except ClientClosed:
+            self.cancel()
+            log.info("client disconnected before the first event (request_id=%s)", self.request_id)
+            raise
+        except BaseException:
+            self.cancel()
+            raise
+
+    def drain(self, first, add: Callable[[Any], Any]) -> None:
+        """Non-streaming: calls `add(event)` for `first` and every later event until the
+        call completes. Raises ClientClosed (499) when the client went away, the mapped
+        APIError (or a 500) when the call failed; the call is cancelled on any exit."""
+        item = first
+        try:
+            while item is not END:
+                add(item)
+                item = self._next()
+        except ClientClosed:
+            log.info("client disconnected during generation (request_id=%s)", self.request_id)
+            raise
+        finally:
+            self.cancel()  # no-op when the call completed
+
+    def sse_response(self, first, on_event: Callable[[Any], bytes], finish: Callable[[], bytes],
+                     keepalive_s: float, on_error: Callable[[APIError], bytes] = error_frames) -> Response:
+        """Streaming: the 200 `text/event-stream` Response for this call.
+
+        Its body writes `on_event(event)` for `first` and every later event (events
+        already queued are coalesced, up to MAX_EVENTS_PER_WRITE per write), a keep-alive
+        comment after `keepalive_s` without a write, and ends with `finish()` when the
+        call completes, or with `on_error(api_error)` when it fails (default: an error
+        frame, then `data: [DONE]`). A client gone mid-stream ends the body without
+        more bytes; closing the body (gunicorn does, also on a failed write) cancels the
+        call even when it never started iterating."""
+        send_immediately(self.environ)
+        events = self._sse_events(first, on_event, finish, on_error, keepalive_s)
+        return Response(SSEBody(events, self._pump), status=200, content_type=sse.CONTENT_TYPE, headers=sse.HEADERS)
+
+    def _sse_events(self, first, on_event, finish, on_error, keepalive_s: float) -> Iterator[bytes]:
+        pump, watch = self._pump, self._watch
+        poll = max(0.01, min(self.poll_s, keepalive_s))
+        yield on_event(first)
+        last_write = time.monotonic()
+        while True:
+            try:
+                item = pump.get(timeout=poll)
+            except queue.Empty:
+                item = None
+            if watch.gone(force=item is None):
+                log.info("client disconnected mid-stream (request_id=%s)", self.request_id)
+                pump.cancel()
+                return
+            if item is None:
+                if time.monotonic() - last_write >= keepalive_s:
+                    yield sse.KEEPALIVE
+                    last_write = time.monotonic()
+                continue
+
+            out: list[bytes] = []
+            for count in range(1, MAX_EVENTS_PER_WRITE + 1):
+                if item is END:
+                    out.append(finish())
+                    yield b"".join(out)
+                    return
+                if isinstance(item, BaseException):
+                    if not isinstance(item, grpc.RpcError):
+                        log.error("core stream failed (request_id=%s): %r", self.request_id, item)
+                    out.append(on_error(self._error(item)))
+                    yield b"".join(out)
+                    return
+                out.append(on_event(item))
+                if count == MAX_EVENTS_PER_WRITE:
+                    break  # write now; the rest is picked up by the next get()
+                try:
+                    item = pump.get(timeout=0)
+                except queue.Empty:
+                    break
+            data = b"".join(out)
+            if data:
+                yield data
+                last_write = time.monotonic()
+
+
+class SSEBody:
+    """A streaming response body; closing it (gunicorn does, also on a failed write)
+    cancels the gRPC call even when the generator never started."""
+
+    def __init__(self, events: Iterator[bytes], pump: EventPump):
+        self._events = events
+        self._pump = pump
+
+    def __iter__(self):
+        return self._events
+
+    def close(self) -> None:
+        try:
+            self._events.close()
+        finally:
+            self._pump.cancel()

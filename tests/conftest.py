@@ -57,7 +57,7 @@ class Service:
     def start(self, timeout_s: float = 180) -> "Service":
         log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--config", str(self.config),
+            [sys.executable, "-m", "genapi", "serve", "--config", str(self.config),
              "--port", str(self.port), "--grpc-port", str(self.grpc_port)],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         import httpx
@@ -124,10 +124,10 @@ def grpc_channel(service):
 @pytest.fixture
 def engine_stats(grpc_channel):
     """Returns a function reading the tiny model's live engine counters."""
-    from genapi.v1 import generation_service_pb2 as pb
-    from genapi.v1 import generation_service_pb2_grpc as pb_grpc
+    from genapi.v1 import admin_service_pb2 as pb
+    from genapi.v1 import admin_service_pb2_grpc as pb_grpc
 
-    stub = pb_grpc.GenerationServiceStub(grpc_channel)
+    stub = pb_grpc.AdminServiceStub(grpc_channel)
 
     def read():
         return stub.GetEngineStats(pb.GetEngineStatsRequest(model=MODEL)).engines[0]

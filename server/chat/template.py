@@ -4,16 +4,16 @@ from __future__ import annotations
 import functools
 import inspect
 
-from genapi.v1 import generation_service_pb2 as pb
+from genapi.v1 import content_pb2
 
 from ..errors import invalid
 
 ROLE_NAMES = {
-    pb.ROLE_SYSTEM: "system",
-    pb.ROLE_DEVELOPER: "developer",
-    pb.ROLE_USER: "user",
-    pb.ROLE_ASSISTANT: "assistant",
-    pb.ROLE_TOOL: "tool",
+    content_pb2.ROLE_SYSTEM: "system",
+    content_pb2.ROLE_DEVELOPER: "developer",
+    content_pb2.ROLE_USER: "user",
+    content_pb2.ROLE_ASSISTANT: "assistant",
+    content_pb2.ROLE_TOOL: "tool",
 }
 
 

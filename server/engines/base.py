@@ -1,13 +1,18 @@
-"""The engine interface every backend implements, and the neutral types it speaks.
+"""The engine interface: a lifecycle base every backend implements, one protocol per
+capability (generate, embed, score, transcribe), and the neutral types they speak.
 
-Services translate proto requests into `GenerationRequest` (already templated and
-tokenized) and engine events back into proto events, so backends never see protobuf.
+Services translate proto requests into engine requests (`GenerationRequest`: already
+templated and tokenized) and engine events back into proto events, so backends never
+see protobuf. The registry picks a backend by the model's task and checks that it
+implements that task's capability protocol (`CAPABILITIES`).
 """
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Literal
+from typing import Any, AsyncIterator, Literal, Protocol, runtime_checkable
+
+from genapi.config import Task
 
 
 class EngineError(Exception):
@@ -41,6 +46,16 @@ class SamplingParams:
 
 
 @dataclass
+class MediaPart:
+    """An image or audio clip of a prompt, as bytes (already fetched); the engine's
+    processor decodes it. Media parts follow the order of their placeholders."""
+
+    kind: Literal["image", "audio"]
+    data: bytes
+    mime_type: str = ""
+
+
+@dataclass
 class GenerationRequest:
     request_id: str
     prompt_ids: list[int]
@@ -51,6 +66,7 @@ class GenerationRequest:
     logprobs: bool = False
     top_logprobs: int = 0
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    media: list[MediaPart] = field(default_factory=list)
 
 
 @dataclass
@@ -103,36 +119,80 @@ class EngineStats:
     budget_tokens_used: int = 0
 
 
-class Engine(abc.ABC):
-    """A loaded chat model. `generate` yields events until every choice finished;
-    closing the iterator early (or calling `abort`) removes the request from the batch."""
+class EngineBase(abc.ABC):
+    """Lifecycle every engine has, whatever it serves."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Load weights (in the engine's own process where it has one); called once inside
+        the event loop. Raises EngineUnavailable when it cannot."""
+
+    async def stop(self) -> None:
+        """Release resources at shutdown."""
+
+    def ready(self) -> bool:
+        """False once the engine can no longer serve (its process died)."""
+        return True
+
+    @abc.abstractmethod
+    def stats(self) -> EngineStats: ...
+
+
+@dataclass
+class ChatModelInfo:
+    """What callers of a chat engine need to know about its model, set by `start()`."""
 
     #: Hugging Face tokenizer (chat template, encode, decode).
-    tokenizer: object
+    tokenizer: Any
     #: Maximum prompt + completion tokens.
     context_length: int
     #: Size of the output distribution (valid token ids are below it).
     vocab_size: int
 
-    @abc.abstractmethod
-    async def start(self) -> None:
-        """Load weights and start the scheduler; called once inside the event loop."""
 
-    @abc.abstractmethod
+@runtime_checkable
+class Generator(Protocol):
+    """Chat / text generation. `generate` yields events until every choice finished;
+    closing the iterator early (or calling `abort`) removes the request from the batch."""
+
+    chat_info: ChatModelInfo | None
+
     def generate(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]:
         """Admit the request right away (raise EngineOverloaded when full; this is a plain
         method, not a coroutine) and return an async iterator of its events. Closing the
         iterator before the end aborts the request."""
 
-    @abc.abstractmethod
     async def abort(self, request_id: str) -> None:
         """Drop a request; its sequences leave the batch at the next step."""
 
-    @abc.abstractmethod
-    def stats(self) -> EngineStats: ...
 
-    def ready(self) -> bool:
-        return True
+@runtime_checkable
+class Embedder(Protocol):
+    """Text embeddings: many inputs per call, one vector each."""
 
-    async def stop(self) -> None:
-        """Release resources at shutdown."""
+    async def embed(self, request: Any) -> Any: ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Query/document relevance scores (rerank)."""
+
+    async def score(self, request: Any) -> Any: ...
+
+
+@runtime_checkable
+class Transcriber(Protocol):
+    """Speech to text: an async iterator of text, segment and word events."""
+
+    def transcribe(self, request: Any) -> AsyncIterator[Any]: ...
+
+
+#: The capability protocol an engine must implement to serve a task.
+CAPABILITIES: dict[Task, type] = {
+    Task.CHAT: Generator,
+    Task.EMBEDDING: Embedder,
+    Task.RERANK: Scorer,
+    Task.TRANSCRIPTION: Transcriber,
+}

@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import asyncio
 
-from .base import Engine, EngineError, GenerationRequest
+from .base import EngineBase, EngineError, GenerationRequest
 
 
 class InjectedFault(EngineError):
     """The failure a fault-injecting engine raises mid-stream (-> INTERNAL)."""
 
 
-class FaultInjectingEngine(Engine):
-    def __init__(self, inner: Engine, fault: dict):
+class FaultInjectingEngine(EngineBase):
+    def __init__(self, inner: EngineBase, fault: dict):
         self.inner = inner
         self.delay = float(fault.get("first_token_delay_s", 0))
         self.fail_after = fault.get("fail_after_events")
         self.message = str(fault.get("fail_message", "injected engine failure"))
 
-    def __getattr__(self, name):  # tokenizer, context_length, vocab_size, ...
+    def __getattr__(self, name):  # name, chat_info, ...
         return getattr(self.inner, name)
 
     async def start(self) -> None:

@@ -8,20 +8,22 @@ import uuid
 
 import grpc
 
-from genapi.v1 import common_pb2
+from genapi.v1 import admin_service_pb2, common_pb2, content_pb2
 from genapi.v1 import generation_service_pb2 as pb
 from genapi.v1 import generation_service_pb2_grpc as pb_grpc
 
+from genapi.config import Task
+
 from ..chat.template import render_prompt
-from ..engines.base import EngineError, EngineInvalidRequest, EngineOverloaded, FinishEvent
-from ..errors import GenapiError, abort, not_found
-from ..models import Registry
-from .generation_request import build_request
+from ..convert.generation import build_request
+from ..engines.base import EngineError, FinishEvent
+from ..errors import INTERNAL_ERROR, GenapiError, abort, from_engine_error, not_found
+from ..registry import Registry
+from .admin import get_engine_stats
 
 log = logging.getLogger("genapi.generation")
 
-INTERNAL_ERROR = GenapiError(grpc.StatusCode.INTERNAL, "internal error", "internal_error")
-_FINISH = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
+_FINISH = {"stop": content_pb2.FINISH_REASON_STOP, "length": content_pb2.FINISH_REASON_LENGTH}
 
 
 def request_id_of(context: grpc.aio.ServicerContext, request_id: str) -> str:
@@ -34,8 +36,8 @@ def request_id_of(context: grpc.aio.ServicerContext, request_id: str) -> str:
 
 
 def chat_model(registry: Registry, name: str):
-    sm = registry.get(name)
-    if sm is None or sm.config.task != "chat":
+    sm = registry.get_for(name, Task.CHAT)
+    if sm is None:
         raise not_found(f"The model `{name}` does not exist or is not a chat model.", "model", "model_not_found")
     return sm
 
@@ -53,23 +55,18 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         finish = []
         try:
             sm = chat_model(self.registry, request.model)
-            engine = sm.engine
-            prompt_ids = await asyncio.to_thread(render_prompt, engine.tokenizer, request.messages)
+            engine, info = sm.engine, sm.engine.chat_info
+            prompt_ids = await asyncio.to_thread(render_prompt, info.tokenizer, request.messages)
             gen = build_request(
                 request, engine_id, prompt_ids,
-                context=engine.context_length, vocab=engine.vocab_size,
-                max_output=int(sm.config.options.get("max_output_tokens", 0)),
-                max_n=min(128, int(sm.config.options.get("max_batch", 128))),
+                context=info.context_length, vocab=info.vocab_size,
+                max_output=sm.config.max_output_tokens,
+                max_n=min(128, sm.config.max_batch or 128),
             )
             try:
                 events = engine.generate(gen)
-            except EngineOverloaded as e:
-                raise GenapiError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), "rate_limit_exceeded",
-                                  retry_after_s=e.retry_after_s)
-            except EngineInvalidRequest as e:
-                raise GenapiError(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_value")
-            except EngineError as e:  # the engine is down (its process died)
-                raise GenapiError(grpc.StatusCode.UNAVAILABLE, str(e), "engine_unavailable", retry_after_s=5)
+            except EngineError as e:
+                raise from_engine_error(e) from e
         except GenapiError as e:
             log.info("request %s rejected: %s %s", rid, e.code.name, e.message)
             await abort(context, e)
@@ -110,16 +107,9 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         log.info("request %s done: finish=%s completion_tokens=%d in %.3fs", rid, ",".join(finish),
                  usage.completion_tokens, time.perf_counter() - t0)
 
-    async def GetEngineStats(self, request: pb.GetEngineStatsRequest, context):
-        out = pb.GetEngineStatsResponse()
-        for name, sm in self.registry.models.items():
-            if request.model and name != request.model:
-                continue
-            s = sm.engine.stats()
-            out.engines.add(model=name, **vars(s))
-        if request.model and not out.engines:
-            await abort(context, not_found(f"The model `{request.model}` does not exist.", "model", "model_not_found"))
-        return out
+    async def GetEngineStats(self, request: admin_service_pb2.GetEngineStatsRequest, context):
+        """Deprecated alias of AdminService.GetEngineStats, kept for one release."""
+        return await get_engine_stats(self.registry, request, context)
 
 
 def _text_delta(ev) -> pb.TextDelta:

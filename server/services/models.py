@@ -5,7 +5,7 @@ from genapi.v1 import model_service_pb2 as pb
 from genapi.v1 import model_service_pb2_grpc as pb_grpc
 
 from ..errors import abort, not_found
-from ..models import Registry
+from ..registry import Registry
 
 
 class ModelServicer(pb_grpc.ModelServiceServicer):

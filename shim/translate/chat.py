@@ -13,22 +13,22 @@ import time
 import uuid
 from typing import Iterable
 
-from genapi.v1 import common_pb2, generation_service_pb2 as gen_pb2
+from genapi.v1 import common_pb2, content_pb2, generation_service_pb2 as gen_pb2
 
 ROLE_TO_PROTO = {
-    "system": gen_pb2.ROLE_SYSTEM,
-    "developer": gen_pb2.ROLE_DEVELOPER,
-    "user": gen_pb2.ROLE_USER,
-    "assistant": gen_pb2.ROLE_ASSISTANT,
-    "tool": gen_pb2.ROLE_TOOL,
+    "system": content_pb2.ROLE_SYSTEM,
+    "developer": content_pb2.ROLE_DEVELOPER,
+    "user": content_pb2.ROLE_USER,
+    "assistant": content_pb2.ROLE_ASSISTANT,
+    "tool": content_pb2.ROLE_TOOL,
 }
 
 FINISH_REASONS = {
-    gen_pb2.FINISH_REASON_UNSPECIFIED: "stop",
-    gen_pb2.FINISH_REASON_STOP: "stop",
-    gen_pb2.FINISH_REASON_LENGTH: "length",
-    gen_pb2.FINISH_REASON_TOOL_CALLS: "tool_calls",
-    gen_pb2.FINISH_REASON_CONTENT_FILTER: "content_filter",
+    content_pb2.FINISH_REASON_UNSPECIFIED: "stop",
+    content_pb2.FINISH_REASON_STOP: "stop",
+    content_pb2.FINISH_REASON_LENGTH: "length",
+    content_pb2.FINISH_REASON_TOOL_CALLS: "tool_calls",
+    content_pb2.FINISH_REASON_CONTENT_FILTER: "content_filter",
 }
 
 # OpenAI's stand-in for "too unlikely to say"; JSON has no -Infinity.
@@ -45,22 +45,22 @@ def now() -> int:
 
 # --- request ---------------------------------------------------------------------------
 
-def _content_parts(content) -> list[gen_pb2.ContentPart]:
+def _content_parts(content) -> list[content_pb2.ContentPart]:
     if content is None:
         return []
     if isinstance(content, str):
-        return [gen_pb2.ContentPart(text=content)]
+        return [content_pb2.ContentPart(text=content)]
     parts = []
     for part in content:
         if part.get("type") == "refusal":
-            parts.append(gen_pb2.ContentPart(text=part["refusal"]))
+            parts.append(content_pb2.ContentPart(text=part["refusal"]))
         else:  # "text" (validation rejects every other type)
-            parts.append(gen_pb2.ContentPart(text=part["text"]))
+            parts.append(content_pb2.ContentPart(text=part["text"]))
     return parts
 
 
-def message_to_proto(msg: dict) -> gen_pb2.ChatMessage:
-    out = gen_pb2.ChatMessage(role=ROLE_TO_PROTO[msg["role"]], content=_content_parts(msg.get("content")))
+def message_to_proto(msg: dict) -> content_pb2.ChatMessage:
+    out = content_pb2.ChatMessage(role=ROLE_TO_PROTO[msg["role"]], content=_content_parts(msg.get("content")))
     if msg.get("name") is not None:
         out.name = msg["name"]
     if msg["role"] == "tool":

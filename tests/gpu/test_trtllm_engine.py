@@ -18,7 +18,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("tensorrt_llm", exc_type=ImportError)
 
 from server.engines.base import FinishEvent, GenerationRequest, SamplingParams, TextEvent  # noqa: E402
-from server.engines.trtllm import TrtllmEngine  # noqa: E402
+from server.engines.trtllm.adapter import TrtllmEngine  # noqa: E402
 
 OPTIONS = {"dtype": "bfloat16", "max_batch": 8, "max_queue": 8, "max_context": 1024,
            "free_gpu_memory_fraction": 0.2}
@@ -33,7 +33,7 @@ def loop():
 
 @pytest.fixture(scope="module")
 def engine(loop, tmp_path_factory):
-    from server import tiny_models
+    from tools import tiny_models
 
     path = tmp_path_factory.mktemp("trtllm") / "m"
     tiny_models.build(path, preset="tiny", dtype="bfloat16")

@@ -18,6 +18,7 @@ import openai
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from genapi.v1 import content_pb2
 from genapi.v1 import generation_service_pb2 as pb
 from genapi.v1 import generation_service_pb2_grpc as pb_grpc
 from genapi.v1 import model_service_pb2, model_service_pb2_grpc
@@ -30,7 +31,7 @@ MESSAGES = [{"role": "user", "content": "hello"}]
 
 
 def hash_key_cli(key: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "server", "hash-key", key], cwd=ROOT, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "genapi", "hash-key", key], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
@@ -201,7 +202,7 @@ def channel(secured):
 def _generate(channel, metadata=None):
     stub = pb_grpc.GenerationServiceStub(channel)
     req = pb.GenerateRequest(model=MODEL, stopping=pb.StoppingOptions(max_tokens=2), messages=[
-        pb.ChatMessage(role=pb.ROLE_USER, content=[pb.ContentPart(text="hello")])])
+        content_pb2.ChatMessage(role=content_pb2.ROLE_USER, content=[content_pb2.ContentPart(text="hello")])])
     return list(stub.Generate(req, metadata=metadata, timeout=60))
 
 

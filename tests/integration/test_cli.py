@@ -26,7 +26,7 @@ STOP_LIMIT_S = 45  # serve's own per-tier stop timeout is 40 s
 def run_cli(*args: str, env: dict | None = None, timeout: float = 60) -> tuple[subprocess.CompletedProcess, float]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("GENAPI_")}
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "server", *args], cwd=ROOT, env={**base, **(env or {})},
+    out = subprocess.run([sys.executable, "-m", "genapi", *args], cwd=ROOT, env={**base, **(env or {})},
                          capture_output=True, text=True, timeout=timeout)
     return out, time.monotonic() - t0
 

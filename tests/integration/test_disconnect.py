@@ -16,6 +16,7 @@ import uuid
 import grpc
 import pytest
 
+from genapi.v1 import content_pb2
 from genapi.v1 import generation_service_pb2 as pb
 from genapi.v1 import generation_service_pb2_grpc as pb_grpc
 
@@ -120,7 +121,8 @@ def test_cancelling_a_grpc_generate_call_aborts_it(service, grpc_channel, engine
     stub = pb_grpc.GenerationServiceStub(grpc_channel)
     req = pb.GenerateRequest(
         model=MODEL, request_id=request_id,
-        messages=[pb.ChatMessage(role=pb.ROLE_USER, content=[pb.ContentPart(text="A long story, please.")])],
+        messages=[content_pb2.ChatMessage(role=content_pb2.ROLE_USER,
+                                          content=[content_pb2.ContentPart(text="A long story, please.")])],
         stopping=pb.StoppingOptions(max_tokens=LONG, ignore_eos=True))
     call = stub.Generate(req)
     events = [next(call) for _ in range(5)]

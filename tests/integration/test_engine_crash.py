@@ -20,7 +20,7 @@ def children(pid: int) -> list[int]:
 
 def engine_pid(serve_pid: int) -> int:
     for core in children(serve_pid):
-        if b"server\x00core" in Path(f"/proc/{core}/cmdline").read_bytes():
+        if b"genapi\x00core" in Path(f"/proc/{core}/cmdline").read_bytes():
             for kid in children(core):
                 if b"spawn_main" in Path(f"/proc/{kid}/cmdline").read_bytes():  # not the resource tracker
                     return kid

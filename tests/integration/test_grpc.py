@@ -6,6 +6,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
+from genapi.v1 import admin_service_pb2, admin_service_pb2_grpc, content_pb2
 from genapi.v1 import generation_service_pb2 as pb
 from genapi.v1 import generation_service_pb2_grpc as pb_grpc
 from genapi.v1 import model_service_pb2, model_service_pb2_grpc
@@ -14,7 +15,7 @@ from ..conftest import MODEL
 
 
 def user(text):
-    return pb.ChatMessage(role=pb.ROLE_USER, content=[pb.ContentPart(text=text)])
+    return content_pb2.ChatMessage(role=content_pb2.ROLE_USER, content=[content_pb2.ContentPart(text=text)])
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def test_generate_stream_event_order_and_usage(gen):
     assert set(kinds[1:-1]) <= {"text"}
     assert events[0].started.max_tokens == 12 and events[0].usage.prompt_tokens > 0
     last = events[-1]
-    assert last.finished.reason == pb.FINISH_REASON_LENGTH
+    assert last.finished.reason == content_pb2.FINISH_REASON_LENGTH
     assert last.usage.completion_tokens == 12
     assert last.usage.total_tokens == last.usage.prompt_tokens + 12
     running = [e.usage.completion_tokens for e in events]
@@ -89,7 +90,8 @@ def test_models_list_and_get(grpc_channel):
     assert ei.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-@pytest.mark.parametrize("service_name", ["", "genapi.v1.GenerationService", "genapi.v1.ModelService"])
+@pytest.mark.parametrize("service_name", ["", "genapi.v1.GenerationService", "genapi.v1.ModelService",
+                                          "genapi.v1.AdminService"])
 def test_health_per_service(grpc_channel, service_name):
     stub = health_pb2_grpc.HealthStub(grpc_channel)
     resp = stub.Check(health_pb2.HealthCheckRequest(service=service_name))
@@ -100,9 +102,27 @@ def test_reflection_lists_the_services(grpc_channel):
     stub = reflection_pb2_grpc.ServerReflectionStub(grpc_channel)
     responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     names = {s.name for r in responses for s in r.list_services_response.service}
-    assert {"genapi.v1.GenerationService", "genapi.v1.ModelService", "grpc.health.v1.Health"} <= names
+    assert {"genapi.v1.GenerationService", "genapi.v1.ModelService", "genapi.v1.AdminService",
+            "grpc.health.v1.Health"} <= names
 
 
-def test_engine_stats_rpc(gen):
-    stats = gen.GetEngineStats(pb.GetEngineStatsRequest()).engines
+def test_engine_stats_rpc(grpc_channel):
+    admin = admin_service_pb2_grpc.AdminServiceStub(grpc_channel)
+    stats = admin.GetEngineStats(admin_service_pb2.GetEngineStatsRequest()).engines
     assert stats[0].model == MODEL and stats[0].cache_slots_total == 32
+    assert admin.GetEngineStats(admin_service_pb2.GetEngineStatsRequest(model=MODEL)).engines[0].model == MODEL
+    with pytest.raises(grpc.RpcError) as e:
+        admin.GetEngineStats(admin_service_pb2.GetEngineStatsRequest(model="nope"))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_deprecated_generation_engine_stats_still_answers(gen, grpc_channel):
+    """GenerationService.GetEngineStats is deprecated for one release: same path, same
+    messages, same answer as AdminService.GetEngineStats."""
+    method = pb.DESCRIPTOR.services_by_name["GenerationService"].methods_by_name["GetEngineStats"]
+    assert method.GetOptions().deprecated
+    old = gen.GetEngineStats(admin_service_pb2.GetEngineStatsRequest(model=MODEL)).engines
+    assert [e.model for e in old] == [MODEL] and old[0].cache_slots_total == 32
+    with pytest.raises(grpc.RpcError) as e:
+        gen.GetEngineStats(admin_service_pb2.GetEngineStatsRequest(model="nope"))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND

@@ -37,11 +37,11 @@ def limited(tmp_path_factory):
 def stats(limited):
     import grpc
 
-    from genapi.v1 import generation_service_pb2 as pb
-    from genapi.v1 import generation_service_pb2_grpc as pb_grpc
+    from genapi.v1 import admin_service_pb2 as pb
+    from genapi.v1 import admin_service_pb2_grpc as pb_grpc
 
     channel = grpc.insecure_channel(limited.grpc_target)
-    stub = pb_grpc.GenerationServiceStub(channel)
+    stub = pb_grpc.AdminServiceStub(channel)
     yield lambda: stub.GetEngineStats(pb.GetEngineStatsRequest(model=MODEL)).engines[0]
     channel.close()
 
@@ -67,7 +67,7 @@ def chat(oa, max_tokens: int, **kw):
 
 def assert_rate_limited(err: openai.RateLimitError, reason: str) -> None:
     assert err.status_code == 429
-    assert err.type == "rate_limit_error" and err.code == "rate_limit_exceeded"
+    assert err.type == "rate_limit_error" and err.code == "engine_overloaded"
     assert reason in err.message
     body = err.response.json()["error"]
     assert set(body) == {"message", "type", "param", "code"}

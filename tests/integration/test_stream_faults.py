@@ -18,6 +18,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from genapi.v1 import admin_service_pb2, admin_service_pb2_grpc, content_pb2
 from genapi.v1 import generation_service_pb2 as pb
 from genapi.v1 import generation_service_pb2_grpc as pb_grpc
 
@@ -168,9 +169,8 @@ def test_s2_non_stream_sdk_raises_internal_server_error(sdk):
 
 def test_s2_grpc_stream_fails_with_internal_after_events(channel):
     stub = pb_grpc.GenerationServiceStub(channel)
-    req = pb.GenerateRequest(model=FAIL, messages=[pb.ChatMessage(role=pb.ROLE_USER,
-                                                                  content=[pb.ContentPart(text="hello")])],
-                             stopping=pb.StoppingOptions(max_tokens=24, ignore_eos=True))
+    msg = content_pb2.ChatMessage(role=content_pb2.ROLE_USER, content=[content_pb2.ContentPart(text="hello")])
+    req = pb.GenerateRequest(model=FAIL, messages=[msg], stopping=pb.StoppingOptions(max_tokens=24, ignore_eos=True))
     events = []
     with pytest.raises(grpc.RpcError) as ei:
         for ev in stub.Generate(req, timeout=60):
@@ -199,10 +199,10 @@ def test_s2_service_keeps_serving_after_faults(faulty, sdk, channel):
     assert httpx.get(f"{faulty.base_url}/health", timeout=10).status_code == 200
 
     # The failed requests gave their batch slots back.
-    stats = pb_grpc.GenerationServiceStub(channel)
+    stats = admin_service_pb2_grpc.AdminServiceStub(channel)
 
     def idle():
-        s = stats.GetEngineStats(pb.GetEngineStatsRequest(model=FAIL), timeout=10).engines[0]
+        s = stats.GetEngineStats(admin_service_pb2.GetEngineStatsRequest(model=FAIL), timeout=10).engines[0]
         return s.active_sequences == 0 and s.cache_slots_used == 0 and s.queued_requests == 0
 
     assert wait_until(idle, timeout_s=10)

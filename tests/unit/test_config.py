@@ -1,6 +1,12 @@
+import subprocess
+import sys
+
 import pytest
 
-from server.config import Config, hash_key, is_loopback, load_config
+from genapi.config import (
+    DEFAULT_CONFIG, ApiKey, Config, ModelConfig, Task, exposure_error, hash_key, is_loopback, load_config,
+)
+from genapi.keys import KeyChecker, mask
 
 
 def test_core_target_forms():
@@ -18,12 +24,99 @@ def test_env_overrides_and_keys(tmp_path, monkeypatch):
     monkeypatch.setenv("GENAPI_PORT", "9001")
     monkeypatch.setenv("GENAPI_CORE", "10.0.0.1:1,10.0.0.2:2")
     cfg = load_config(cfg_file)
-    assert cfg.api_key_sha256 == [hash_key(k) for k in "abc"]
+    assert [k.sha256 for k in cfg.api_keys] == [hash_key(k) for k in "abc"]
     assert cfg.shim_port == 9001
     assert cfg.core_targets == ["10.0.0.1:1", "10.0.0.2:2"]
     assert cfg.models[0].path == str(tmp_path / "rel" / "dir")  # relative to the config file
 
 
+def test_every_size_limit_has_an_env_override(tmp_path, monkeypatch):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('[core]\nmax_message_mb = 8\n[shim]\nmax_body_mb = 4\n')
+    assert (load_config(cfg_file).max_message_mb, load_config(cfg_file).max_body_mb) == (8, 4)
+    monkeypatch.setenv("GENAPI_MAX_MESSAGE_MB", "128")
+    monkeypatch.setenv("GENAPI_MAX_BODY_MB", "2")
+    cfg = load_config(cfg_file)
+    assert (cfg.max_message_mb, cfg.max_body_mb) == (128, 2)
+    monkeypatch.setenv("GENAPI_MAX_BODY_MB", "lots")
+    with pytest.raises(ValueError, match="GENAPI_MAX_BODY_MB"):
+        load_config(cfg_file)
+
+
+def test_defaults_live_in_one_place(tmp_path, monkeypatch):
+    for var in ("GENAPI_PORT", "GENAPI_GRPC_PORT", "GENAPI_CORE", "GENAPI_API_KEYS"):
+        monkeypatch.delenv(var, raising=False)
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    loaded = load_config(empty)
+    assert (loaded.shim_port, loaded.core_port, loaded.workers, loaded.max_body_mb) == \
+        (Config().shim_port, Config().core_port, Config().workers, Config().max_body_mb)
+
+
+def test_typed_model_fields(tmp_path):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('[[models]]\nname = "e"\ntask = "embedding"\n'
+                        '[[models]]\nname = "c"\n[models.options]\nmax_batch = 8\nmax_output_tokens = 64\n'
+                        'owned_by = "team"\n')
+    e, c = load_config(cfg_file).models
+    assert e.task is Task.EMBEDDING and c.task is Task.CHAT
+    assert (c.max_batch, c.max_output_tokens, c.owned_by) == (8, 64, "team")
+    assert (e.max_batch, e.max_output_tokens, e.owned_by) == (None, 0, "genapi")
+    with pytest.raises(ValueError, match="max_batch"):
+        ModelConfig("x", options={"max_batch": "8"}).max_batch
+    cfg_file.write_text('[[models]]\nname = "x"\ntask = "painting"\n')
+    with pytest.raises(ValueError, match="unknown task 'painting'"):
+        load_config(cfg_file)
+
+
+def test_bundled_default_config_is_package_data_and_finds_the_model(monkeypatch):
+    assert DEFAULT_CONFIG.parent.name == "genapi" and DEFAULT_CONFIG.is_file()
+    monkeypatch.delenv("GENAPI_CONFIG", raising=False)
+    monkeypatch.setenv("GENAPI_HOME", "/srv/genapi")
+    (model,) = load_config().models
+    assert model.path == "/srv/genapi/models/tiny-chat"
+
+
 def test_loopback_detection():
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1") and not is_loopback("example.com")
+
+
+def test_exposure_rule():
+    assert exposure_error(Config(), "127.0.0.1", "REST API") is None
+    assert "refusing" in exposure_error(Config(), "0.0.0.0", "REST API")
+    assert exposure_error(Config(api_keys=[ApiKey("k", hash_key("s"))]), "0.0.0.0", "REST API") is None
+
+
+def test_key_checker_identifies_named_keys(tmp_path):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('[auth]\napi_key_sha256 = ["%s"]\n[[auth.keys]]\nname = "team-a"\nsha256 = "%s"\n'
+                        % (hash_key("old"), hash_key("secret-a")))
+    keys = KeyChecker(load_config(cfg_file).api_keys)
+    assert keys.enabled
+    assert keys.identify("secret-a") == "team-a"
+    assert keys.identify("old") == f"key-{hash_key('old')[:8]}"
+    assert keys.identify("nope") is None
+    assert keys.identify_header("bEaReR secret-a") == "team-a"
+    assert keys.identify_header("Basic secret-a") is None and keys.identify_header("Bearer ") is None
+    assert not KeyChecker([]).enabled
+    assert mask("sk-0123456789abcdef") == "sk-0****cdef" and mask("short") == "****"
+    cfg_file.write_text('[[auth.keys]]\nname = "bad"\nsha256 = "abc"\n')
+    with pytest.raises(ValueError, match="64 hex digits"):
+        load_config(cfg_file)
+
+
+def _packages_loaded_by(*modules: str) -> set[str]:
+    """Top-level packages a fresh interpreter holds after importing `modules`."""
+    code = ("import importlib, sys\n"
+            f"for m in {modules!r}: importlib.import_module(m)\n"
+            "print(' '.join(sorted({n.partition('.')[0] for n in sys.modules})))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return set(out.stdout.split())
+
+
+def test_neither_tier_imports_the_other():
+    shim_side = _packages_loaded_by("genapi.cli", "genapi.keys", "shim", "shim.routes.chat", "shim.gunicorn_errors")
+    assert "shim" in shim_side and "server" not in shim_side
+    core_side = _packages_loaded_by("server.app", "server.registry", "server.engines.torch.engine")
+    assert "server" in core_side and "shim" not in core_side and "flask" not in core_side

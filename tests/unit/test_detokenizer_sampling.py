@@ -2,7 +2,7 @@ import torch
 
 from server.engines.base import SamplingParams
 from server.engines.detokenizer import Detokenizer, token_bytes
-from server.engines.sampling import SeqSampler, logprobs_of, process_logits, sample
+from server.engines.torch.sampling import SeqSampler, logprobs_of, process_logits, sample
 
 
 class CharTokenizer:

@@ -13,7 +13,8 @@ import pytest
 pytest.importorskip("torch")
 
 from server.engines.base import FinishEvent, GenerationRequest, SamplingParams, TextEvent  # noqa: E402
-from server.engines.scheduler import Scheduler  # noqa: E402
+from server.engines.torch.scheduler import Scheduler  # noqa: E402
+from server.engines.worker import Abort, Step, Stop, Submit  # noqa: E402
 
 from ..conftest import TINY_MODEL  # noqa: E402
 
@@ -53,19 +54,19 @@ class Driver:
 
     def submit(self, request_id: str, prompt: list[int], max_tokens: int, n: int = 1) -> None:
         greedy = SamplingParams(temperature=0.0)
-        self.conn.send(("request", GenerationRequest(request_id, prompt, max_tokens, n=n, ignore_eos=True,
-                                                     sampling=greedy)))
+        self.conn.send(Submit(GenerationRequest(request_id, prompt, max_tokens, n=n, ignore_eos=True,
+                                                sampling=greedy)))
 
     def pump_until(self, done, timeout_s: float = 30) -> None:
         while not done():
             assert self.conn.poll(timeout_s), "the scheduler went quiet"
-            kind, events, ended, admitted, *_ = self.conn.recv()
-            assert kind == "step"
-            for rid in admitted:
+            step = self.conn.recv()
+            assert isinstance(step, Step)
+            for rid in step.admitted:
                 self.admitted_at[rid] = self.completion_tokens(self.watch)
-            for rid, evs in events.items():
+            for rid, evs in step.events.items():
                 self.events.setdefault(rid, []).extend(evs)
-            self.ended.update(ended)
+            self.ended.update(step.ended)
 
     def wait_ended(self, request_id: str) -> str:
         self.pump_until(lambda: request_id in self.ended)
@@ -86,7 +87,7 @@ class Driver:
         return not sch._active and not sch._chunking and sorted(sch._free_slots) == list(range(MAX_BATCH))
 
     def stop(self) -> None:
-        self.conn.send(("stop",))
+        self.conn.send(Stop())
         self.thread.join(10)
         assert not self.thread.is_alive()
 
@@ -160,7 +161,7 @@ def test_running_streams_keep_decoding_between_chunks(chunked):
 def test_an_abort_during_chunked_prefill_frees_its_slots(chunked):
     chunked.submit("dropped", LONG_PROMPT * 16, max_tokens=5, n=2)  # 122 chunks
     chunked.pump_until(lambda: "dropped" in chunked.admitted_at)
-    chunked.conn.send(("abort", "dropped"))
+    chunked.conn.send(Abort("dropped"))
     assert chunked.wait_ended("dropped") == "aborted"
     assert "dropped" not in chunked.events  # aborted before its prompt was in
     assert chunked.idle()

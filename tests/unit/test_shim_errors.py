@@ -10,45 +10,9 @@ from google.rpc import error_details_pb2, status_pb2
 
 from shim.errors import GRPC_STATUS_MAP, APIError, error_envelope, from_grpc_error
 
+from .shim_fakes import FakeRpcError
+
 ENVELOPE_KEYS = {"message", "type", "param", "code"}
-
-
-class FakeRpcError(grpc.RpcError, grpc.Call):
-    """What grpcio raises for a failed call: an RpcError that is also a Call."""
-
-    def __init__(self, code: grpc.StatusCode, details: str = "", info: error_details_pb2.ErrorInfo | None = None,
-                 trailing=None):
-        self._code, self._details = code, details
-        self._trailing = list(trailing or [])
-        if info is not None:
-            detail = any_pb2.Any()
-            detail.Pack(info)
-            status = status_pb2.Status(code=code.value[0], message=details, details=[detail])
-            self._trailing.append(("grpc-status-details-bin", status.SerializeToString()))
-
-    def code(self):
-        return self._code
-
-    def details(self):
-        return self._details
-
-    def trailing_metadata(self):
-        return tuple(self._trailing)
-
-    def initial_metadata(self):
-        return ()
-
-    def is_active(self):
-        return False
-
-    def time_remaining(self):
-        return None
-
-    def cancel(self):
-        return False
-
-    def add_callback(self, callback):
-        return False
 
 
 def info(reason, **metadata):

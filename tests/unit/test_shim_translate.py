@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from genapi.v1 import common_pb2, generation_service_pb2 as gen_pb2, model_service_pb2
+from genapi.v1 import common_pb2, content_pb2, generation_service_pb2 as gen_pb2, model_service_pb2
 from shim.translate.chat import (
     ChatChunkBuilder,
     build_chat_completion,
@@ -33,7 +33,7 @@ def test_minimal_request_leaves_every_knob_unset():
     assert not req.HasField("tool_choice")
     assert not req.HasField("response_format")
     assert len(req.tools) == 0
-    assert req.messages[0].role == gen_pb2.ROLE_USER
+    assert req.messages[0].role == content_pb2.ROLE_USER
     assert [p.text for p in req.messages[0].content] == ["hi"]
 
 
@@ -102,8 +102,8 @@ def test_roles_names_content_parts_and_tool_history():
     ]
     req = chat_request_to_proto({"model": "m", "messages": messages})
     roles = [m.role for m in req.messages]
-    assert roles == [gen_pb2.ROLE_SYSTEM, gen_pb2.ROLE_DEVELOPER, gen_pb2.ROLE_USER, gen_pb2.ROLE_ASSISTANT,
-                     gen_pb2.ROLE_TOOL, gen_pb2.ROLE_ASSISTANT]
+    assert roles == [content_pb2.ROLE_SYSTEM, content_pb2.ROLE_DEVELOPER, content_pb2.ROLE_USER,
+                     content_pb2.ROLE_ASSISTANT, content_pb2.ROLE_TOOL, content_pb2.ROLE_ASSISTANT]
     assert req.messages[1].content[0].text == "dev"
     assert req.messages[2].name == "alice"
     assert [p.text for p in req.messages[2].content] == ["a", "b"]
@@ -148,7 +148,7 @@ def tool(i, index, c, id="", name="", args=""):
 
 
 def test_completion_single_choice():
-    events = [started(), text(0, "Hel", 1), text(0, "lo", 2), finished(0, gen_pb2.FINISH_REASON_STOP, 2)]
+    events = [started(), text(0, "Hel", 1), text(0, "lo", 2), finished(0, content_pb2.FINISH_REASON_STOP, 2)]
     out = build_chat_completion(events, model="m", completion_id="chatcmpl-x", created=123)
     assert out == {
         "id": "chatcmpl-x",
@@ -167,8 +167,8 @@ def test_completion_single_choice():
 
 def test_completion_n2_interleaved_and_finish_reasons():
     events = [started(), text(1, "b", 1), text(0, "a", 2), text(1, "B", 3),
-              finished(1, gen_pb2.FINISH_REASON_LENGTH, 3), text(0, "A", 4),
-              finished(0, gen_pb2.FINISH_REASON_CONTENT_FILTER, 4)]
+              finished(1, content_pb2.FINISH_REASON_LENGTH, 3), text(0, "A", 4),
+              finished(0, content_pb2.FINISH_REASON_CONTENT_FILTER, 4)]
     out = build_chat_completion(events, model="m", n=2)
     assert [c["index"] for c in out["choices"]] == [0, 1]
     assert [c["message"]["content"] for c in out["choices"]] == ["aA", "bB"]
@@ -182,7 +182,7 @@ def test_completion_logprobs_shape_and_non_finite_values():
                               top_logprobs=[gen_pb2.TopLogprob(token="é", logprob=-0.25, bytes="é".encode()),
                                             gen_pb2.TopLogprob(token="x", logprob=float("-inf"))])
     out = build_chat_completion([started(), text(0, "é", 1, logprobs=[lp]),
-                                 finished(0, gen_pb2.FINISH_REASON_STOP, 1)], model="m", logprobs=True)
+                                 finished(0, content_pb2.FINISH_REASON_STOP, 1)], model="m", logprobs=True)
     logprobs = out["choices"][0]["logprobs"]
     assert logprobs == {"content": [{
         "token": "é", "logprob": -0.25, "bytes": [195, 169],
@@ -194,7 +194,7 @@ def test_completion_logprobs_shape_and_non_finite_values():
 
 def test_completion_tool_calls():
     events = [started(), tool(0, 0, 1, id="call_a", name="f", args="{\"x\""), tool(0, 0, 2, args=": 1}"),
-              tool(0, 1, 3, id="call_b", name="g", args="{}"), finished(0, gen_pb2.FINISH_REASON_TOOL_CALLS, 3)]
+              tool(0, 1, 3, id="call_b", name="g", args="{}"), finished(0, content_pb2.FINISH_REASON_TOOL_CALLS, 3)]
     choice = build_chat_completion(events, model="m")["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
     assert choice["message"]["content"] is None
@@ -205,7 +205,7 @@ def test_completion_tool_calls():
 
 
 def test_completion_empty_text_is_empty_string():
-    out = build_chat_completion([started(), finished(0, gen_pb2.FINISH_REASON_STOP, 0)], model="m")
+    out = build_chat_completion([started(), finished(0, content_pb2.FINISH_REASON_STOP, 0)], model="m")
     assert out["choices"][0]["message"]["content"] == ""
 
 
@@ -227,7 +227,7 @@ def run_chunks(events, **kw):
 
 
 def test_chunks_running_usage_by_default():
-    chunks = run_chunks([started(), text(0, "a", 1), text(0, "b", 2), finished(0, gen_pb2.FINISH_REASON_STOP, 2)])
+    chunks = run_chunks([started(), text(0, "a", 1), text(0, "b", 2), finished(0, content_pb2.FINISH_REASON_STOP, 2)])
     assert [c["choices"][0]["delta"] for c in chunks] == [
         {"role": "assistant", "content": "", "refusal": None}, {"content": "a"}, {"content": "b"}, {}]
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, None, "stop"]
@@ -240,7 +240,7 @@ def test_chunks_running_usage_by_default():
 
 
 def test_chunks_include_usage_final_chunk():
-    chunks = run_chunks([started(), text(0, "a", 1), finished(0, gen_pb2.FINISH_REASON_LENGTH, 1)],
+    chunks = run_chunks([started(), text(0, "a", 1), finished(0, content_pb2.FINISH_REASON_LENGTH, 1)],
                         include_usage=True)
     assert all(c["usage"] is None for c in chunks[:-1])
     final = chunks[-1]
@@ -251,8 +251,8 @@ def test_chunks_include_usage_final_chunk():
 
 
 def test_chunks_n2_interleaved_one_role_and_one_finish_per_choice():
-    events = [started(), text(1, "b", 1), text(0, "a", 2), finished(0, gen_pb2.FINISH_REASON_STOP, 2),
-              text(1, "c", 3), finished(1, gen_pb2.FINISH_REASON_LENGTH, 3)]
+    events = [started(), text(1, "b", 1), text(0, "a", 2), finished(0, content_pb2.FINISH_REASON_STOP, 2),
+              text(1, "c", 3), finished(1, content_pb2.FINISH_REASON_LENGTH, 3)]
     chunks = run_chunks(events, n=2)
     assert all(len(c["choices"]) == 1 for c in chunks)
     by_choice: dict[int, list[dict]] = {0: [], 1: []}
@@ -280,7 +280,7 @@ def test_chunks_logprobs():
 
 def test_chunks_tool_call_deltas_carry_index():
     chunks = run_chunks([started(), tool(0, 0, 1, id="call_a", name="f", args="{"), tool(0, 0, 2, args="}"),
-                         finished(0, gen_pb2.FINISH_REASON_TOOL_CALLS, 2)])
+                         finished(0, content_pb2.FINISH_REASON_TOOL_CALLS, 2)])
     calls = [c["choices"][0]["delta"]["tool_calls"][0] for c in chunks[1:3]]
     assert calls[0] == {"index": 0, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": "{"}}
     assert calls[1] == {"index": 0, "function": {"arguments": "}"}}

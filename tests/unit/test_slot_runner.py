@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from server.engines.hf_runner import HFRunner
-from server.engines.slot_runner import SlotRunner, supports
+from server.engines.torch.hf_runner import HFRunner
+from server.engines.torch.slot_runner import SlotRunner, supports
 
 transformers = pytest.importorskip("transformers")
 

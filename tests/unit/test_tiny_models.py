@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from server import tiny_models  # noqa: E402
+from tools import tiny_models  # noqa: E402
 
 TEXTS = [
     "Hello, world!",

@@ -1,12 +1,12 @@
 """TensorRT-LLM backend: a thin adapter over `tensorrt_llm.LLM` (the LLM API).
 
-Follows the TensorRT-LLM 1.2 LLM API (1.2.0rc2; see trtllm_mapping's docstring for the
+Follows the TensorRT-LLM 1.2 LLM API (1.2.0rc2; see mapping.py's docstring for the
 fields used and the 1.0 differences): `LLM(model=<HF dir>, ...)`,
 `llm.generate_async({"prompt_token_ids": ids}, SamplingParams(...), streaming=True)`
 returning a RequestOutput that is async-iterated (one cumulative snapshot per step)
 and has `.abort()`, and `llm.shutdown()`.
 
-Everything that decides *what* to send or emit is in `trtllm_mapping` (pure, unit
+Everything that decides *what* to send or emit is in `mapping` (pure, unit
 tested); this module only moves data between it and TensorRT-LLM. `tensorrt_llm` is
 imported in `start()`, so the module imports fine where the extra is not installed.
 """
@@ -17,8 +17,9 @@ import logging
 import weakref
 from typing import Any, AsyncIterator, Callable
 
-from server.engines.base import (
-    Engine,
+from ..base import (
+    ChatModelInfo,
+    EngineBase,
     EngineError,
     EngineEvent,
     EngineOverloaded,
@@ -26,8 +27,8 @@ from server.engines.base import (
     EngineUnavailable,
     GenerationRequest,
 )
-from server.engines.detokenizer import token_bytes
-from server.engines.trtllm_mapping import (
+from ..detokenizer import token_bytes
+from .mapping import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_QUEUE,
     OPTION_KEYS,
@@ -51,7 +52,7 @@ MISSING_EXTRA = ("TensorRT-LLM backend needs the 'trtllm' extra: pip install 'ge
                  "on a machine with an NVIDIA GPU and CUDA")
 
 
-class TrtllmEngine(Engine):
+class TrtllmEngine(EngineBase):
     """A chat model served by TensorRT-LLM. Options: see README "TensorRT-LLM backend"."""
 
     def __init__(self, name: str, path: str, options: dict | None = None):
@@ -67,6 +68,7 @@ class TrtllmEngine(Engine):
         self.context_length = 0
         self.vocab_size: int | None = None
         self.eos_token_ids: list[int] = []
+        self.chat_info: ChatModelInfo | None = None
         self._trt: Any = None  # the tensorrt_llm module
         self._llm: Any = None
         self._results: dict[str, Any] = {}  # request_id -> RequestOutput
@@ -138,6 +140,7 @@ class TrtllmEngine(Engine):
             if int(i) not in eos:
                 eos.append(int(i))
         self.eos_token_ids = eos
+        self.chat_info = ChatModelInfo(self.tokenizer, self.context_length, self.vocab_size)
 
     def ready(self) -> bool:
         return self._llm is not None

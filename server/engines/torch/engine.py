@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import threading
 from dataclasses import dataclass
 
-from .base import Engine, EngineError, EngineOverloaded, EngineStats, EngineUnavailable, GenerationRequest
-from .scheduler import worker_main
+from ..base import ChatModelInfo, EngineBase, EngineError, EngineOverloaded, EngineStats, GenerationRequest
+from ..worker import Abort, Step, Submit, WorkerProcess
+from .scheduler import Scheduler
 
 log = logging.getLogger("genapi.engine.torch")
 
@@ -30,7 +30,9 @@ class _Stream:
     admitted: bool = False
 
 
-class TorchEngine(Engine):
+class TorchEngine(EngineBase):
+    """Chat (the Generator capability) on a Hugging Face causal LM."""
+
     def __init__(self, name: str, path: str, options: dict | None = None):
         self.name = name
         self.path = path
@@ -38,56 +40,27 @@ class TorchEngine(Engine):
         self.max_batch = int(self.options.get("max_batch", 32))
         self.max_queue = int(self.options.get("max_queue", 256))
         self.max_budget = int(self.options.get("max_budget_tokens", 1_000_000))
-        self.tokenizer = None
-        self.context_length = 0
-        self.vocab_size = 0
+        self.chat_info: ChatModelInfo | None = None
         self._stats = EngineStats(cache_slots_total=self.max_batch)
         self._lock = threading.Lock()  # guards the counters and _streams
-        self._send_lock = threading.Lock()  # one writer at a time on the pipe
         self._streams: dict[str, _Stream] = {}
         self._pending = 0  # admitted here, not yet holding slots in the scheduler
         self._budget_used = 0
-        self._proc = None
-        self._conn = None
-        self._reader: threading.Thread | None = None
+        self._worker = WorkerProcess(name, path, self.options, Scheduler, self._on_step, self._on_exit)
 
     # ---- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
         from transformers import AutoTokenizer
 
-        # Spawn, not fork: the core already runs gRPC threads, which a fork would copy.
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=worker_main, args=(child, self.name, self.path, self.options),
-                                 name=f"genapi-engine-{self.name}", daemon=True)
-        self._proc.start()
-        child.close()
-        self.tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, self.path)
-        try:
-            kind, info = await asyncio.to_thread(self._conn.recv)
-        except EOFError:
-            raise EngineUnavailable(f"the engine process for {self.name!r} died while loading") from None
-        if kind != "ready":
-            raise EngineUnavailable(info)
-        self.context_length, self.vocab_size = info["context_length"], info["vocab_size"]
-        self._reader = threading.Thread(target=self._read, name=f"engine-reader-{self.name}", daemon=True)
-        self._reader.start()
+        info, tokenizer = await asyncio.gather(
+            self._worker.start(), asyncio.to_thread(AutoTokenizer.from_pretrained, self.path))
+        self.chat_info = ChatModelInfo(tokenizer, info["context_length"], info["vocab_size"])
 
     async def stop(self) -> None:
-        if self._proc is None:
-            return
-        try:
-            self._send(("stop",))
-        except OSError:
-            pass
-        await asyncio.to_thread(self._proc.join, 10)
-        if self._proc.is_alive():
-            self._proc.kill()
+        await self._worker.stop()
 
     def ready(self) -> bool:
-        return self._proc is not None and self._proc.is_alive() and self._reader is not None \
-            and self._reader.is_alive()
-
+        return self._worker.alive()
     # ---- requests --------------------------------------------------------------
     def generate(self, request: GenerationRequest):
         """Admits the request now (EngineOverloaded when the queue or the token budget is
@@ -108,7 +81,7 @@ class TorchEngine(Engine):
             self._pending += 1
             self._budget_used += budget
             self._streams[request.request_id] = stream
-        self._send(("request", request))
+        self._send(Submit(request))
         return self._events(request.request_id, stream.queue)
 
     async def _events(self, request_id: str, queue: asyncio.Queue):
@@ -126,7 +99,7 @@ class TorchEngine(Engine):
 
     async def abort(self, request_id: str) -> None:
         try:
-            self._send(("abort", request_id))
+            self._send(Abort(request_id))
         except OSError:  # engine gone: nothing left to abort
             pass
 
@@ -137,20 +110,16 @@ class TorchEngine(Engine):
             s.budget_tokens_used = self._budget_used
         return s
 
-    # ---- the pipe --------------------------------------------------------------
+    # ---- the engine process ------------------------------------------------------
     def _send(self, msg) -> None:
-        with self._send_lock:
-            self._conn.send(msg)
+        self._worker.send(msg)
 
-    def _read(self) -> None:
+    def _on_step(self, step: Step) -> None:
         """Reader thread: one message per scheduler step."""
-        try:
-            while True:
-                _, events, ended, admitted, active, slots_used = self._conn.recv()
-                self._dispatch(events, ended, admitted, active, slots_used)
-        except (EOFError, OSError):
-            pass
-        log.error("engine process for %s exited (code %s); failing its requests", self.name, self._proc.exitcode)
+        self._dispatch(step.events, step.ended, step.admitted, step.active_sequences, step.cache_slots_used)
+
+    def _on_exit(self) -> None:
+        log.error("engine process for %s exited (code %s); failing its requests", self.name, self._worker.exitcode)
         with self._lock:
             lost = list(self._streams)
         self._dispatch({}, {rid: "the engine process exited" for rid in lost}, [], 0, 0)

@@ -17,15 +17,15 @@ import collections
 import heapq
 import logging
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 
 import torch
 
+from ..base import FinishEvent, GenerationRequest, TextEvent, TokenLogprob, TopLogprob
+from ..detokenizer import Detokenizer, token_bytes
+from ..worker import Abort, Step, Stop, Submit
 from . import slot_runner
-from .base import FinishEvent, GenerationRequest, TextEvent, TokenLogprob, TopLogprob
-from .detokenizer import Detokenizer, token_bytes
 from .hf_runner import HFRunner
 from .sampling import SeqSampler, logprobs_of, process_logits, sample
 
@@ -61,12 +61,9 @@ class _Req:
 
 
 class Scheduler:
-    """Child-process side of the torch engine. Messages on `conn`:
-    in:  ("request", GenerationRequest) | ("abort", request_id) | ("stop",)
-    out: ("ready", info) | ("fatal", message) |
-         ("step", events {id: [event]}, ended {id: "finished" | "aborted" | error text},
-          admitted [id], active_sequences, cache_slots_used)
-    """
+    """Child-process side of the torch engine (the loop object of `worker.child_main`).
+    Messages on `conn` (worker.py): in Submit(GenerationRequest) | Abort | Stop;
+    out Step, one per step that produced events, ends or admissions."""
 
     def __init__(self, name: str, path: str, options: dict):
         opts = dict(options)
@@ -152,19 +149,19 @@ class Scheduler:
             return True
         while True:
             msg = conn.recv()
-            if msg[0] == "request":
-                self._waiting.append(_Req(msg[1]))
-            elif msg[0] == "abort":
-                self._aborts[msg[1]] = time.monotonic()
-            elif msg[0] == "stop":
+            if isinstance(msg, Submit):
+                self._waiting.append(_Req(msg.request))
+            elif isinstance(msg, Abort):
+                self._aborts[msg.request_id] = time.monotonic()
+            elif isinstance(msg, Stop):
                 return False
             if not conn.poll(0):
                 return True
 
     def _send(self, conn) -> None:
         if self._events or self._ended or self._admitted:
-            conn.send(("step", self._events, self._ended, self._admitted, len(self._active),
-                       self.max_batch - len(self._free_slots)))
+            conn.send(Step(self._events, self._ended, self._admitted, len(self._active),
+                           self.max_batch - len(self._free_slots)))
             self._events, self._ended, self._admitted = {}, {}, []
 
     def _apply_aborts(self) -> None:
@@ -382,21 +379,3 @@ def _eos_ids(model, tokenizer) -> set[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
-
-
-def worker_main(conn, name: str, path: str, options: dict) -> None:
-    """Entry point of the scheduler process."""
-    # Ctrl-C in a terminal reaches the whole process group; the parent decides when this
-    # process stops (a "stop" message, or its end of the pipe closing).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=os.environ.get("GENAPI_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
-    try:
-        scheduler = Scheduler(name, path, options)
-        info = scheduler.load()
-    except Exception as e:
-        log.exception("could not load %s", name)
-        conn.send(("fatal", f"could not load model {name!r} from {path}: {e}"))
-        return
-    conn.send(("ready", info))
-    scheduler.run(conn)

@@ -1,7 +1,7 @@
 """Pure mapping between our neutral engine types and TensorRT-LLM's LLM API.
 
 No `tensorrt_llm` import here, so all of it is unit-tested on machines without a GPU.
-`server/engines/trtllm.py` feeds these functions real TensorRT-LLM objects.
+`adapter.py` beside it feeds these functions real TensorRT-LLM objects.
 
 API followed: TensorRT-LLM 1.2 (`tensorrt_llm/version.py` 1.2.0rc2, commit b35ac1b6),
 cross-checked against 1.0.0rc4 (commit 000a01de):
@@ -27,8 +27,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
-from server.engines.base import (
-    EngineError,
+from ..base import (
     EngineInvalidRequest,
     EngineEvent,
     FinishEvent,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import grpc
 
+from genapi.v1 import content_pb2
 from genapi.v1 import generation_service_pb2 as pb
 
 from ..engines.base import GenerationRequest, SamplingParams
@@ -25,9 +26,10 @@ def check_unsupported(req: pb.GenerateRequest) -> None:
         raise invalid("tools are not supported yet", "tools", "unsupported_parameter")
     if req.HasField("tool_choice") and req.tool_choice.WhichOneof("choice") == "function_name":
         raise invalid("tool_choice is not supported yet", "tool_choice", "unsupported_parameter")
-    if req.tool_choice.mode in (pb.TOOL_CHOICE_MODE_AUTO, pb.TOOL_CHOICE_MODE_REQUIRED):
+    if req.tool_choice.mode in (content_pb2.TOOL_CHOICE_MODE_AUTO, content_pb2.TOOL_CHOICE_MODE_REQUIRED):
         raise invalid("tool_choice is not supported yet", "tool_choice", "unsupported_parameter")
-    if req.response_format.type in (pb.RESPONSE_FORMAT_TYPE_JSON_OBJECT, pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA):
+    if req.response_format.type in (content_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT,
+                                   content_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA):
         raise invalid("response_format json_object/json_schema is not supported yet", "response_format",
                       "unsupported_parameter")
 

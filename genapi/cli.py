@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from .config import REPO_ROOT, Config, hash_key, is_loopback, load_config
+from .config import Config, exposure_error, hash_key, load_config
 
 
 def _setup_logging() -> None:
@@ -39,11 +39,10 @@ def _fail(msg: str) -> None:
 
 def _check_exposure(cfg: Config, host: str, what: str) -> None:
     """Without API keys the service may only listen on loopback."""
-    if cfg.api_key_sha256:
+    if cfg.auth_enabled:
         return
-    if not is_loopback(host):
-        _fail(f"refusing to expose the {what} on {host} without API keys: set GENAPI_API_KEYS or "
-              "[auth] api_key_sha256 in the config, or listen on 127.0.0.1")
+    if err := exposure_error(cfg, host, what):
+        _fail(err)
     print(f"genapi: no API keys configured: auth is off and the {what} listens on loopback only ({host})",
           file=sys.stderr)
 
@@ -67,7 +66,7 @@ def cmd_core(args) -> None:
     if not port_free(cfg.core_host, cfg.core_port):
         _fail(f"gRPC port {cfg.core_host}:{cfg.core_port} is already in use (choose another with --grpc-port)")
     _setup_logging()
-    from .app import serve
+    from server.app import serve  # the core's modules load only in the core's process
 
     asyncio.run(serve(cfg))
 
@@ -87,7 +86,7 @@ def _shim_env(cfg: Config, args) -> dict:
 
 
 def _shim_argv() -> list[str]:
-    return [sys.executable, "-m", "gunicorn", "-c", str(REPO_ROOT / "shim" / "gunicorn_conf.py"), "shim:create_app()"]
+    return [sys.executable, "-m", "gunicorn", "-c", "python:shim.gunicorn_conf", "shim:create_app()"]
 
 
 def cmd_shim(args) -> None:
@@ -95,7 +94,6 @@ def cmd_shim(args) -> None:
     _check_exposure(cfg, cfg.shim_host, "REST API")
     if not port_free(cfg.shim_host, cfg.shim_port):
         _fail(f"HTTP port {cfg.shim_host}:{cfg.shim_port} is already in use (choose another with --port)")
-    os.chdir(REPO_ROOT)
     os.execve(sys.executable, _shim_argv(), _shim_env(cfg, args))
 
 
@@ -126,7 +124,7 @@ def cmd_serve(args) -> None:
         if not port_free(host, port):
             _fail(f"port {host}:{port} is already in use (choose another with {flag})")
     env = _shim_env(cfg, args)
-    core_argv = [sys.executable, "-m", "server", "core", "--host", cfg.core_host, "--grpc-port", str(cfg.core_port)]
+    core_argv = [sys.executable, "-m", "genapi", "core", "--host", cfg.core_host, "--grpc-port", str(cfg.core_port)]
     if args.config:
         core_argv += ["--config", os.path.abspath(args.config)]
     procs: list[subprocess.Popen] = []
@@ -139,11 +137,11 @@ def cmd_serve(args) -> None:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        procs.append(subprocess.Popen(core_argv, cwd=REPO_ROOT, env=env))
+        procs.append(subprocess.Popen(core_argv, env=env))
         _wait_core(env["GENAPI_CORE"].split(",")[0], procs[0], args.start_timeout)
         if stopping:
             return
-        procs.append(subprocess.Popen(_shim_argv(), cwd=REPO_ROOT, env=env))
+        procs.append(subprocess.Popen(_shim_argv(), env=env))
         print(f"genapi: serving http://{cfg.shim_host}:{cfg.shim_port}/v1 (gRPC {cfg.core_host}:{cfg.core_port})",
               file=sys.stderr, flush=True)
         while not stopping:
@@ -175,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     def common(p, rest=True, grpc=True):
-        p.add_argument("--config", help="TOML config file (default: config/default.toml or $GENAPI_CONFIG)")
+        p.add_argument("--config", help="TOML config file (default: $GENAPI_CONFIG, else the bundled genapi/default.toml)")
         p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
         if rest:
             p.add_argument("--port", type=int, help="REST port (default 8000)")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import SamplingParams
+from ..base import SamplingParams
 
 
 @dataclass

@@ -1,0 +1,52 @@
+"""API keys: stored and compared as SHA-256 digests, in constant time. Shared by the shim
+(HTTP Authorization header) and the core (gRPC `authorization` metadata); no grpc or
+Flask import here.
+
+`identify` returns the key's *name* (a principal), not a bool: rate limits and per-key
+object ownership are keyed by it. Raw keys never leave this module; `mask` is what may
+be shown of one.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from .config import ApiKey
+
+BEARER = "bearer "
+ANONYMOUS = "anonymous"  # the one principal (owner) when no keys are configured
+
+
+class KeyChecker:
+    def __init__(self, keys: list[ApiKey]):
+        self._keys = [(k.name, bytes.fromhex(k.sha256)) for k in keys]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def identify(self, key: str | bytes) -> str | None:
+        """The name of the key whose digest matches, or None. Every digest is compared
+        (no early exit), so timing does not depend on which key, or how much of it,
+        matched."""
+        raw = key if isinstance(key, bytes) else key.encode("utf-8", "surrogatepass")
+        digest = hashlib.sha256(raw).digest()
+        found = None
+        for name, d in self._keys:
+            if hmac.compare_digest(digest, d) and found is None:
+                found = name
+        return found
+
+    def identify_header(self, value: str | None) -> str | None:
+        """The key name for an `Authorization: Bearer <key>` value, or None."""
+        if not value or value[:len(BEARER)].lower() != BEARER:  # the scheme is case-insensitive (RFC 9110)
+            return None
+        key = value[len(BEARER):]
+        return self.identify(key) if key else None
+
+
+def mask(key: str) -> str:
+    """What may be shown of a presented key: `sk-1****cdef` for long printable keys."""
+    if len(key) >= 16 and key.isascii() and key.isprintable():
+        return f"{key[:4]}****{key[-4:]}"
+    return "****"

@@ -1,0 +1,1 @@
+"""Pure proto -> engine request functions (validation included); no I/O, no engine."""

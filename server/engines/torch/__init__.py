@@ -1,0 +1,1 @@
+"""The default engine: Hugging Face checkpoints on PyTorch (CPU or CUDA)."""

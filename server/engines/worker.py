@@ -1,0 +1,167 @@
+"""An engine's own process: spawn, pipe, typed messages, and the reader thread.
+
+Heavy engines (the torch chat scheduler; embeddings and transcription next) run their
+model in a child process, so their many small torch calls never share a GIL with the
+core's gRPC event loop (bench/RESULTS.md). Both sides speak the dataclasses below over a
+`multiprocessing` pipe:
+
+    parent -> child   Submit(request) | Abort(request_id) | Stop()
+    child -> parent   Ready(info) | Fatal(message) | Step(events, ended, admitted, ...)
+
+The child side is a *loop object* built in the child by a picklable factory
+(`factory(name, path, options)`): it has `load() -> dict` (the info sent in `Ready`) and
+`run(conn)` (reads requests, sends steps, returns on `Stop` or a closed pipe).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .base import EngineUnavailable
+
+log = logging.getLogger("genapi.engine.worker")
+
+
+# ---- messages ----------------------------------------------------------------
+@dataclass
+class Submit:
+    """A new request for the child (an engine request dataclass)."""
+
+    request: Any
+
+
+@dataclass
+class Abort:
+    request_id: str
+
+
+@dataclass
+class Stop:
+    """Finish the current step and exit."""
+
+
+@dataclass
+class Ready:
+    """The model is loaded; `info` describes it (context length, vocabulary, ...)."""
+
+    info: dict
+
+
+@dataclass
+class Fatal:
+    """Loading failed; the child exits after sending it."""
+
+    message: str
+
+
+@dataclass
+class Step:
+    """What one engine step produced.
+
+    events:   request id -> events of that request, in order
+    ended:    request id -> "finished" | "aborted" | the error text that failed it
+    admitted: request ids that got their slots in this step
+    """
+
+    events: dict[str, list] = field(default_factory=dict)
+    ended: dict[str, str] = field(default_factory=dict)
+    admitted: list[str] = field(default_factory=list)
+    active_sequences: int = 0
+    cache_slots_used: int = 0
+
+
+# ---- child side ----------------------------------------------------------------
+def child_main(conn, factory: Callable, name: str, path: str, options: dict) -> None:
+    """Entry point of the engine process: build and load the loop, then run it."""
+    # Ctrl-C in a terminal reaches the whole process group; the parent decides when this
+    # process stops (a Stop message, or its end of the pipe closing).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=os.environ.get("GENAPI_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
+    try:
+        loop = factory(name, path, options)
+        info = loop.load()
+    except Exception as e:
+        log.exception("could not load %s", name)
+        conn.send(Fatal(f"could not load model {name!r} from {path}: {e}"))
+        return
+    conn.send(Ready(info))
+    loop.run(conn)
+
+
+# ---- parent side ---------------------------------------------------------------
+class WorkerProcess:
+    """The parent's handle on an engine process. `on_message` is called on the reader
+    thread for every message after Ready; `on_exit` once, when the pipe closes (the child
+    stopped or died)."""
+
+    def __init__(self, name: str, path: str, options: dict, factory: Callable,
+                 on_message: Callable[[Any], None], on_exit: Callable[[], None]):
+        self.name = name
+        self._args = (factory, name, path, options)
+        self._on_message = on_message
+        self._on_exit = on_exit
+        self._send_lock = threading.Lock()  # one writer at a time on the pipe
+        self._proc = None
+        self._conn = None
+        self._reader: threading.Thread | None = None
+
+    async def start(self) -> dict:
+        """Spawns the process and waits for its Ready info; EngineUnavailable otherwise."""
+        # Spawn, not fork: the core already runs gRPC threads, which a fork would copy.
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=child_main, args=(child, *self._args),
+                                 name=f"genapi-engine-{self.name}", daemon=True)
+        self._proc.start()
+        child.close()
+        return await asyncio.to_thread(self._await_ready)
+
+    def _await_ready(self) -> dict:
+        try:
+            msg = self._conn.recv()
+        except EOFError:
+            raise EngineUnavailable(f"the engine process for {self.name!r} died while loading") from None
+        if not isinstance(msg, Ready):
+            raise EngineUnavailable(msg.message if isinstance(msg, Fatal) else f"unexpected message {msg!r}")
+        self._reader = threading.Thread(target=self._read, name=f"engine-reader-{self.name}", daemon=True)
+        self._reader.start()
+        return msg.info
+
+    def send(self, msg) -> None:
+        """Raises OSError when the process is gone."""
+        with self._send_lock:
+            self._conn.send(msg)
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive() and self._reader is not None \
+            and self._reader.is_alive()
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._proc.exitcode if self._proc is not None else None
+
+    async def stop(self, timeout_s: float = 10) -> None:
+        if self._proc is None:
+            return
+        try:
+            self.send(Stop())
+        except OSError:
+            pass
+        await asyncio.to_thread(self._proc.join, timeout_s)
+        if self._proc.is_alive():
+            self._proc.kill()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                self._on_message(self._conn.recv())
+        except (EOFError, OSError):
+            pass
+        self._on_exit()

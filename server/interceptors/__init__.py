@@ -1,0 +1,2 @@
+"""gRPC server interceptors: the one place every RPC passes (auth today; rate limits and
+metrics next)."""

@@ -1,0 +1,102 @@
+"""Model registry: which served name is backed by which engine and task.
+
+Backends are found by (task, backend) in `BACKENDS` and imported lazily, so a missing
+optional one only matters when a model uses it; the engine built must implement the
+task's capability protocol (engines.base.CAPABILITIES).
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from dataclasses import dataclass
+
+from genapi.config import ModelConfig, Task
+from genapi.v1 import common_pb2, model_service_pb2
+
+from .engines.base import CAPABILITIES, EngineBase
+
+log = logging.getLogger("genapi.registry")
+
+TASK_PROTO = {
+    Task.CHAT: common_pb2.MODEL_TASK_CHAT,
+    Task.EMBEDDING: common_pb2.MODEL_TASK_EMBEDDING,
+    Task.RERANK: common_pb2.MODEL_TASK_RERANK,
+    Task.TRANSCRIPTION: common_pb2.MODEL_TASK_TRANSCRIPTION,
+}
+
+#: (task, backend) -> "module:class" of the engine serving it.
+BACKENDS: dict[tuple[Task, str], str] = {
+    (Task.CHAT, "torch"): "server.engines.torch.engine:TorchEngine",
+    (Task.CHAT, "trtllm"): "server.engines.trtllm.adapter:TrtllmEngine",
+}
+
+
+def make_engine(mc: ModelConfig) -> EngineBase:
+    """The engine for one model; ValueError for a task or backend nothing serves."""
+    target = BACKENDS.get((mc.task, mc.backend))
+    if target is None:
+        backends = sorted(b for t, b in BACKENDS if t == mc.task)
+        if not backends:
+            served = sorted({t.value for t, _ in BACKENDS})
+            raise ValueError(f"model {mc.name!r}: task {mc.task.value!r} is not served yet "
+                             f"(supported: {', '.join(served)})")
+        raise ValueError(f"model {mc.name!r}: unknown backend {mc.backend!r} for task {mc.task.value!r} "
+                         f"({' or '.join(backends)})")
+    module, _, cls = target.partition(":")
+    engine = getattr(importlib.import_module(module), cls)(mc.name, mc.path, mc.options)
+    if not isinstance(engine, CAPABILITIES[mc.task]):
+        raise TypeError(f"{target} does not implement {CAPABILITIES[mc.task].__name__}")
+    if fault := mc.options.get("fault"):
+        from .engines.faults import FaultInjectingEngine
+
+        engine = FaultInjectingEngine(engine, fault)
+    return engine
+
+
+@dataclass
+class ServedModel:
+    config: ModelConfig
+    engine: EngineBase
+    created: int
+
+    def proto(self) -> model_service_pb2.Model:
+        info = getattr(self.engine, "chat_info", None)
+        return model_service_pb2.Model(
+            id=self.config.name,
+            task=TASK_PROTO[self.config.task],
+            backend=self.config.backend,
+            context_length=info.context_length if info else 0,
+            created=self.created,
+            owned_by=self.config.owned_by,
+            max_output_tokens=self.config.max_output_tokens,
+        )
+
+
+class Registry:
+    def __init__(self, configs: list[ModelConfig]):
+        if not configs:
+            raise ValueError("no models configured: add a [[models]] table to the config")
+        names = [m.name for m in configs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate model names in config: {names}")
+        self.models = {m.name: ServedModel(m, make_engine(m), int(time.time())) for m in configs}
+
+    async def start(self) -> None:
+        for sm in self.models.values():
+            await sm.engine.start()
+
+    async def stop(self) -> None:
+        for sm in self.models.values():
+            await sm.engine.stop()
+
+    def get(self, name: str) -> ServedModel | None:
+        return self.models.get(name)
+
+    def get_for(self, name: str, task: Task) -> ServedModel | None:
+        """The model named `name` when it is served for `task`, else None."""
+        sm = self.models.get(name)
+        return sm if sm is not None and sm.config.task == task else None
+
+    def ready(self) -> bool:
+        return all(sm.engine.ready() for sm in self.models.values())

@@ -1,0 +1,42 @@
+"""AdminService: live engine counters for operators, monitoring and tests.
+
+`get_engine_stats` is the one implementation; it also answers the deprecated
+GenerationService.GetEngineStats (same messages) until that RPC is removed.
+"""
+from __future__ import annotations
+
+from genapi.v1 import admin_service_pb2 as pb
+from genapi.v1 import admin_service_pb2_grpc as pb_grpc
+
+from ..errors import GenapiError, abort, not_found
+from ..registry import Registry
+
+
+def engine_stats(registry: Registry, model: str = "") -> pb.GetEngineStatsResponse:
+    """Counters of every served model's engine, or of `model` only; NOT_FOUND (raised as
+    GenapiError) when `model` is set and not served."""
+    out = pb.GetEngineStatsResponse()
+    for name, sm in registry.models.items():
+        if model and name != model:
+            continue
+        out.engines.add(model=name, **vars(sm.engine.stats()))
+    if model and not out.engines:
+        raise not_found(f"The model `{model}` does not exist.", "model", "model_not_found")
+    return out
+
+
+async def get_engine_stats(registry: Registry, request: pb.GetEngineStatsRequest, context):
+    """The GetEngineStats handler shared by AdminService and the deprecated
+    GenerationService RPC."""
+    try:
+        return engine_stats(registry, request.model)
+    except GenapiError as e:
+        await abort(context, e)
+
+
+class AdminServicer(pb_grpc.AdminServiceServicer):
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+    async def GetEngineStats(self, request: pb.GetEngineStatsRequest, context):
+        return await get_engine_stats(self.registry, request, context)

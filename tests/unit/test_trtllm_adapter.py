@@ -1,0 +1,344 @@
+"""The TensorRT-LLM adapter without TensorRT-LLM: driven by a fake `tensorrt_llm` module
+scripted per request."""
+from __future__ import annotations
+
+import asyncio
+import sys
+import types
+from types import SimpleNamespace
+
+import pytest
+
+from server.engines.base import (
+    EngineError,
+    EngineOverloaded,
+    EngineUnavailable,
+    FinishEvent,
+    TextEvent,
+    TokenLogprob,
+    TopLogprob,
+)
+from server.engines.trtllm import mapping as m
+from server.engines.trtllm.adapter import MISSING_EXTRA, TrtllmEngine
+
+from .trtllm_support import LP, TRTLLM_SAMPLING_FIELDS, finishes, req, sp
+
+
+def test_start_without_tensorrt_llm_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt_llm", None)  # import raises ImportError
+    engine = TrtllmEngine("m", "/nonexistent", {})
+    with pytest.raises(EngineUnavailable) as err:
+        asyncio.run(engine.start())
+    assert "genapi[trtllm]" in str(err.value)
+    assert "'trtllm' extra" in str(err.value)
+    assert str(err.value) == MISSING_EXTRA
+    assert not engine.ready()
+
+
+def test_start_refuses_cpu_device():
+    with pytest.raises(EngineUnavailable, match="CUDA"):
+        asyncio.run(TrtllmEngine("m", "/x", {"device": "cpu"}).start())
+
+
+def test_generate_before_start_is_unavailable():
+    with pytest.raises(EngineUnavailable):
+        TrtllmEngine("m", "/x", {}).generate(req())
+
+
+# ---- a fake tensorrt_llm, scripted per request
+
+
+class FakeResult:
+    def __init__(self, steps):
+        self.steps = steps  # list of lists of (text, n_tokens, finish, stop_reason)
+        self.aborted = False
+        self.finished = False
+
+    def abort(self):
+        self.aborted = True
+
+    def _outputs(self, step):
+        return [SimpleNamespace(index=i, text=t, token_ids=list(range(n)), finish_reason=f,
+                                stop_reason=s, logprobs=[])
+                for i, (t, n, f, s) in enumerate(step)]
+
+    async def _gen(self):
+        last = None
+        for step in self.steps:
+            await asyncio.sleep(0)
+            if self.aborted:
+                break
+            last = step
+            yield SimpleNamespace(outputs=self._outputs(step))
+        if self.aborted and last is not None:
+            yield SimpleNamespace(outputs=self._outputs(
+                [(t, n, "cancelled", None) for t, n, _, _ in last]))
+        self.finished = True
+
+    def __aiter__(self):
+        return self._gen()
+
+
+class FakeLLM:
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+        self.submitted = []  # (inputs, params)
+        self.script = []  # FakeResult per submission, in order
+        self.shut = False
+
+    def generate_async(self, inputs, params, streaming=False):
+        assert streaming is True
+        self.submitted.append((inputs, params))
+        return self.script.pop(0)
+
+    def shutdown(self):
+        self.shut = True
+
+
+class FakeSamplingParams:
+    def __init__(self, **kwargs):
+        unknown = set(kwargs) - TRTLLM_SAMPLING_FIELDS
+        assert not unknown, unknown
+        if kwargs.get("temperature", 1.0) < 0:
+            raise ValueError("require temperature >= 0")
+        self.kwargs = kwargs
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    mod = types.ModuleType("tensorrt_llm")
+    mod.LLM = FakeLLM
+    mod.SamplingParams = FakeSamplingParams
+    mod.__version__ = "fake"
+    llmapi = types.ModuleType("tensorrt_llm.llmapi")
+    llmapi.KvCacheConfig = lambda **kw: ("KvCacheConfig", kw)
+    mod.llmapi = llmapi
+    monkeypatch.setitem(sys.modules, "tensorrt_llm", mod)
+    monkeypatch.setitem(sys.modules, "tensorrt_llm.llmapi", llmapi)
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def load_hf(self):
+        self.tokenizer = SimpleNamespace(
+            decode=lambda ids, skip_special_tokens=True: f"<{ids[0]}>",
+            convert_ids_to_tokens=lambda i: f"<{i}>", all_special_ids=[2])
+        self.context_length = 128
+        self.vocab_size = 10
+        self.eos_token_ids = [2, 3]
+
+    monkeypatch.setattr(TrtllmEngine, "_load_hf", load_hf)
+    return mod
+
+
+def started(options=None) -> TrtllmEngine:
+    engine = TrtllmEngine("m", "/models/x", options or {})
+    asyncio.run(engine.start())
+    return engine
+
+
+async def drain(it):
+    return [ev async for ev in it]
+
+
+def test_start_builds_llm_from_options(fake_trt):
+    engine = started({"max_batch": 4, "free_gpu_memory_fraction": 0.3, "dtype": "float16"})
+    assert engine.ready()
+    assert engine._llm.kwargs == {"model": "/models/x", "max_batch_size": 4, "dtype": "float16",
+                                  "kv_cache_config": ("KvCacheConfig",
+                                                      {"free_gpu_memory_fraction": 0.3})}
+    assert engine.stats().cache_slots_total == 4
+    asyncio.run(engine.stop())
+    assert not engine.ready()
+
+
+def test_generate_streams_and_maps(fake_trt):
+    engine = started()
+    engine._llm.script.append(FakeResult([[("Hel", 1, None, None)],
+                                          [("Hello", 2, "stop", None)]]))
+    r = req(stop=["x"], sampling=sp(temperature=0.5, seed=1))
+    events = asyncio.run(drain(engine.generate(r)))
+    assert events == [TextEvent(0, "Hel", 1), TextEvent(0, "lo", 1), FinishEvent(0, "stop", 0)]
+    inputs, params = engine._llm.submitted[0]
+    assert inputs == {"prompt_token_ids": [1, 2, 3]}
+    assert params.kwargs["end_id"] == 2 and params.kwargs["stop_token_ids"] == [3]
+    assert params.kwargs["stop"] == ["x"] and params.kwargs["seed"] == 1
+    s = engine.stats()
+    assert s.requests_finished == 1 and s.active_sequences == 0 and s.budget_tokens_used == 0
+
+
+def test_greedy_n_is_replicated(fake_trt):
+    engine = started()
+    engine._llm.script.append(FakeResult([[("ok", 2, "length", None)]]))
+    events = asyncio.run(drain(engine.generate(req(n=2, sampling=sp(temperature=0)))))
+    assert events == [TextEvent(0, "ok", 2), TextEvent(1, "ok", 2),
+                      FinishEvent(0, "length", 0), FinishEvent(1, "length", 0)]
+    kw = engine._llm.submitted[0][1].kwargs
+    assert kw["n"] == 1 and kw["top_k"] == 1
+
+
+def test_logit_bias_becomes_embedding_bias(fake_trt):
+    engine = started()
+    engine._llm.script.append(FakeResult([[("a", 1, "length", None)]]))
+    asyncio.run(drain(engine.generate(req(sampling=sp(logit_bias={1: 2.0, 9: -100.0})))))
+    bias = engine._llm.submitted[0][1].kwargs["embedding_bias"]
+    assert bias.tolist() == [0, 2.0, 0, 0, 0, 0, 0, 0, 0, -100.0]
+    assert str(bias.dtype) == "torch.float32"
+    with pytest.raises(m.UnsupportedRequest):  # outside the 10-token vocabulary
+        engine.generate(req(sampling=sp(logit_bias={10: 1.0})))
+
+
+def test_logprobs_are_converted(fake_trt):
+    engine = started()
+
+    class WithLogprobs(FakeResult):
+        async def _gen(self):
+            yield SimpleNamespace(outputs=[SimpleNamespace(
+                index=0, text="ab", token_ids=[4, 5], finish_reason="length",
+                stop_reason=None,
+                logprobs=[{4: LP(-0.5, 1), 6: LP(-1.5, 2)}, {5: LP(-0.1, 1)}])])
+
+    engine._llm.script.append(WithLogprobs([]))
+    events = asyncio.run(drain(engine.generate(req(logprobs=True, top_logprobs=2))))
+    assert events[0].logprobs == [
+        TokenLogprob("<4>", -0.5, b"<4>", [TopLogprob("<4>", -0.5, b"<4>"),
+                                           TopLogprob("<6>", -1.5, b"<6>")]),
+        TokenLogprob("<5>", -0.1, b"<5>", [TopLogprob("<5>", -0.1, b"<5>")]),
+    ]
+    assert events[1] == FinishEvent(0, "length", 0)
+
+
+def test_admission_control(fake_trt):
+    engine = started({"max_batch": 1, "max_queue": 1})
+
+    async def scenario():
+        engine._llm.script += [FakeResult([[("a", 1, "length", None)]]) for _ in range(3)]
+        a = engine.generate(req(request_id="a"))
+        b = engine.generate(req(request_id="b"))
+        with pytest.raises(EngineOverloaded):
+            engine.generate(req(request_id="c"))
+        assert engine.stats().requests_rejected == 1
+        assert engine.stats().queued_requests == 1
+        await drain(a)
+        await drain(b)
+        assert engine.stats().active_sequences == 0
+        await drain(engine.generate(req(request_id="c")))  # room again
+        return engine.stats()
+
+    s = asyncio.run(scenario())
+    assert s.requests_finished == 3 and s.requests_rejected == 1
+
+
+def test_dropped_stream_releases_its_slot(fake_trt):
+    engine = started({"max_batch": 1, "max_queue": 0})
+    it = engine.generate(req(request_id="a"))
+    with pytest.raises(EngineOverloaded):
+        engine.generate(req(request_id="b"))
+    del it  # never iterated
+    engine._llm.script.append(FakeResult([[("a", 1, "length", None)]]))
+    asyncio.run(drain(engine.generate(req(request_id="b"))))
+
+
+def test_token_budget(fake_trt):
+    engine = started({"max_budget_tokens": 30})
+    a = engine.generate(req(request_id="a", max_tokens=20))  # 3 + 20
+    with pytest.raises(EngineOverloaded, match="budget"):
+        engine.generate(req(request_id="b", max_tokens=20))
+    assert engine.stats().budget_tokens_used == 23
+    del a
+
+
+def test_closing_the_stream_aborts_the_request(fake_trt):
+    engine = started()
+    result = FakeResult([[("a", 1, None, None)], [("ab", 2, None, None)],
+                         [("abc", 3, "length", None)]])
+    engine._llm.script.append(result)
+
+    async def scenario():
+        it = engine.generate(req())
+        first = await it.__anext__()
+        await it.aclose()
+        return first
+
+    assert asyncio.run(scenario()) == TextEvent(0, "a", 1)
+    assert result.aborted
+    s = engine.stats()
+    assert s.requests_aborted == 1 and s.requests_finished == 0 and s.active_sequences == 0
+
+
+def test_abort_by_request_id_ends_the_stream(fake_trt):
+    engine = started()
+    result = FakeResult([[("a", 1, None, None)], [("ab", 2, None, None)],
+                         [("abc", 3, "length", None)]])
+    engine._llm.script.append(result)
+
+    async def scenario():
+        got = []
+        async for ev in engine.generate(req(request_id="r9")):
+            got.append(ev)
+            await engine.abort("r9")
+            await engine.abort("r9")  # idempotent
+        return got
+
+    events = asyncio.run(scenario())
+    assert events == [TextEvent(0, "a", 1)]  # no FinishEvent after an abort
+    assert result.aborted
+    assert engine.stats().requests_aborted == 1
+    asyncio.run(engine.abort("unknown"))
+
+
+def test_sampling_params_value_error_is_invalid_argument(fake_trt, monkeypatch):
+    engine = started()
+
+    def boom(**kw):
+        raise ValueError("prompt too long")
+
+    monkeypatch.setattr(fake_trt, "SamplingParams", boom)
+    with pytest.raises(m.UnsupportedRequest, match="prompt too long"):
+        asyncio.run(drain(engine.generate(req())))
+    assert engine.stats().active_sequences == 0
+
+
+def test_executor_error_becomes_engine_error(fake_trt):
+    engine = started()
+
+    class Broken(FakeResult):
+        async def _gen(self):
+            yield SimpleNamespace(outputs=self._outputs([("a", 1, None, None)]))
+            raise RuntimeError("CUDA error")
+
+    engine._llm.script.append(Broken([]))
+    with pytest.raises(EngineError, match="CUDA error"):
+        asyncio.run(drain(engine.generate(req())))
+    assert engine.stats().requests_aborted == 1
+
+
+def test_request_cancelled_by_trtllm_is_an_error(fake_trt):
+    engine = started()
+    engine._llm.script.append(FakeResult([[("a", 1, "cancelled", None)]]))
+    with pytest.raises(EngineError, match="without finishing"):
+        asyncio.run(drain(engine.generate(req())))
+
+
+def test_siblings_of_a_stopped_choice_are_closed(fake_trt):
+    engine = started()
+    engine._llm.script.append(FakeResult([[("x", 1, "stop", "END"), ("yy", 2, None, None)]]))
+    events = asyncio.run(drain(engine.generate(req(n=2, stop=["END"],
+                                                   sampling=sp(temperature=1.0)))))
+    assert finishes(events) == [FinishEvent(0, "stop", 0, "END"), FinishEvent(1, "length", 0)]
+
+
+@pytest.mark.slow
+def test_load_hf_reads_the_tiny_checkpoint(tmp_path):
+    """Tokenizer, context length, vocabulary and EOS ids from a real HF directory."""
+    from tools import tiny_models
+
+    tiny_models.build(tmp_path / "m", preset="tiny")
+    engine = TrtllmEngine("m", str(tmp_path / "m"), {"max_context": 512})
+    engine._load_hf()
+    assert engine.context_length == 512
+    assert engine.vocab_size == 4096
+    assert engine.eos_token_ids == [engine.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    assert engine._token_text(engine.eos_token_ids[0]) == ("<|im_end|>", b"<|im_end|>")
+    other = TrtllmEngine("m", str(tmp_path / "m"), {})
+    other._load_hf()
+    assert other.context_length == tiny_models.PRESETS["tiny"].context
