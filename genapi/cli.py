@@ -48,7 +48,12 @@ def _check_exposure(cfg: Config, host: str, what: str) -> None:
 
 
 def _load(args) -> Config:
-    cfg = load_config(args.config)
+    """The config with command-line overrides; one line and exit 2 when it is unusable."""
+    try:
+        cfg = load_config(args.config)
+    except (OSError, ValueError, KeyError) as e:  # tomllib.TOMLDecodeError is a ValueError
+        where = args.config or os.environ.get("GENAPI_CONFIG") or "the bundled config"
+        _fail(f"cannot use the config {where}: {e if not isinstance(e, KeyError) else f'missing key {e}'}")
     if getattr(args, "host", None):
         cfg.shim_host = cfg.core_host = args.host
     if getattr(args, "port", None):
@@ -57,6 +62,10 @@ def _load(args) -> Config:
         cfg.core_port = args.grpc_port
     if getattr(args, "core", None):
         cfg.core_targets = args.core
+    try:
+        cfg.core_target  # several --core addresses must be literal IPv4 (or one dns:/// target)
+    except ValueError as e:
+        _fail(str(e))
     return cfg
 
 

@@ -120,3 +120,22 @@ def test_neither_tier_imports_the_other():
     assert "shim" in shim_side and "server" not in shim_side
     core_side = _packages_loaded_by("server.app", "server.registry", "server.engines.torch.engine")
     assert "server" in core_side and "shim" not in core_side and "flask" not in core_side
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["shim", "--core", "a.internal:1", "--core", "b.internal:2"], ["a.internal:1", "dns:///"]),
+    (["core", "--config", "/nonexistent/genapi.toml"], ["/nonexistent/genapi.toml", "No such file"]),
+])
+def test_unusable_config_is_one_line_and_exit_2(argv, words, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "genapi", *argv], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert all(w in out.stderr for w in words), out.stderr
+
+
+def test_toml_syntax_error_names_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[shim\n")
+    out = subprocess.run([sys.executable, "-m", "genapi", "core", "--config", str(bad)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and str(bad) in out.stderr and "Traceback" not in out.stderr

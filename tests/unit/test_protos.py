@@ -92,7 +92,8 @@ def test_shared_types_live_in_content_proto(name):
     t = getattr(content_pb2, name)
     assert t.DESCRIPTOR.full_name == f"genapi.v1.{name}"  # same name on the wire
     assert t.DESCRIPTOR.file.name == "genapi/v1/content.proto"
-    assert not hasattr(gen_pb2, name)
+    assert not any(m.name == name for m in gen_pb2.DESCRIPTOR.message_types_by_name.values())
+    assert name not in gen_pb2.DESCRIPTOR.enum_types_by_name
 
 
 def test_engine_stats_moved_to_admin_service_and_old_rpc_is_deprecated():
@@ -195,3 +196,13 @@ def dump_shape(shape: dict) -> str:
 
 if __name__ == "__main__":
     sys.stdout.write(dump_shape(wire_shape()))
+
+
+def test_moved_types_stay_importable_from_generation_service_for_one_release():
+    """Code written against the previous release (types in generation_service_pb2) still
+    runs: the public imports re-export the very same classes and enum values."""
+    assert gen_pb2.ChatMessage is content_pb2.ChatMessage
+    assert gen_pb2.ContentPart is content_pb2.ContentPart
+    assert gen_pb2.ROLE_USER == content_pb2.ROLE_USER
+    assert gen_pb2.FinishReason.Name(gen_pb2.FINISH_REASON_STOP) == "FINISH_REASON_STOP"
+    assert gen_pb2.GetEngineStatsRequest is admin_service_pb2.GetEngineStatsRequest
