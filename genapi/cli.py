@@ -37,14 +37,15 @@ def _fail(msg: str) -> None:
     sys.exit(2)
 
 
-def _check_exposure(cfg: Config, host: str, what: str) -> None:
+def _check_exposure(cfg: Config, host: str, what: str, notice: bool = True) -> None:
     """Without API keys the service may only listen on loopback."""
     if cfg.auth_enabled:
         return
     if err := exposure_error(cfg, host, what):
         _fail(err)
-    print(f"genapi: no API keys configured: auth is off and the {what} listens on loopback only ({host})",
-          file=sys.stderr)
+    if notice:
+        print(f"genapi: no API keys configured: auth is off and the {what} listens on loopback only ({host})",
+              file=sys.stderr)
 
 
 def _load(args) -> Config:
@@ -69,15 +70,47 @@ def _load(args) -> Config:
     return cfg
 
 
+# ---- `genapi serve` supervises the two tiers ---------------------------------------------
+#
+# serve starts the core and the shim in sessions of their own, so a signal sent to serve's
+# process group (Ctrl-C in a terminal, a process manager signalling the group) reaches
+# serve alone, and serve stops the tiers in order: the core drains first (health
+# NOT_SERVING, new requests 503 with Retry-After, in-flight ones run to their end), then
+# the shim, which has nothing left in flight. Each tier asks the kernel for SIGTERM when
+# serve dies, so a killed serve leaves no orphan behind.
+
+SUPERVISOR_ENV = "GENAPI_SUPERVISOR_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def _follow_supervisor() -> bool:
+    """In a tier started by `genapi serve`: stop (SIGTERM) when serve goes away. True when
+    supervised."""
+    parent = os.environ.pop(SUPERVISOR_ENV, None)  # not inherited by our own children
+    if not parent:
+        return False
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != int(parent):  # serve died before we could ask
+        sys.exit(0)
+    return True
+
+
 def cmd_core(args) -> None:
+    supervised = _follow_supervisor()
     cfg = _load(args)
-    _check_exposure(cfg, cfg.core_host, "gRPC core")
+    _check_exposure(cfg, cfg.core_host, "gRPC core", notice=not supervised)
     if not port_free(cfg.core_host, cfg.core_port):
         _fail(f"gRPC port {cfg.core_host}:{cfg.core_port} is already in use (choose another with --grpc-port)")
     _setup_logging()
     from server.app import serve  # the core's modules load only in the core's process
 
-    asyncio.run(serve(cfg))
+    asyncio.run(serve(cfg, grace_s=args.drain_grace))
 
 
 def _shim_env(cfg: Config, args) -> dict:
@@ -99,21 +132,22 @@ def _shim_argv() -> list[str]:
 
 
 def cmd_shim(args) -> None:
+    supervised = _follow_supervisor()
     cfg = _load(args)
-    _check_exposure(cfg, cfg.shim_host, "REST API")
+    _check_exposure(cfg, cfg.shim_host, "REST API", notice=not supervised)
     if not port_free(cfg.shim_host, cfg.shim_port):
         _fail(f"HTTP port {cfg.shim_host}:{cfg.shim_port} is already in use (choose another with --port)")
     os.execve(sys.executable, _shim_argv(), _shim_env(cfg, args))
 
 
-def _wait_core(target: str, proc: subprocess.Popen, timeout_s: float) -> None:
+def _wait_core(target: str, proc: subprocess.Popen, timeout_s: float, stopping=lambda: False) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(target) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stopping():
             if proc.poll() is not None:
                 _fail(f"the gRPC core exited during start-up (code {proc.returncode}); see its log above")
             try:
@@ -122,21 +156,25 @@ def _wait_core(target: str, proc: subprocess.Popen, timeout_s: float) -> None:
             except grpc.RpcError:
                 pass
             time.sleep(0.2)
-    _fail(f"the gRPC core did not become ready within {timeout_s:.0f}s")
+    if not stopping():
+        _fail(f"the gRPC core did not become ready within {timeout_s:.0f}s")
 
 
 def cmd_serve(args) -> None:
-    """Core and shim as two child processes; Ctrl-C / SIGTERM stops both."""
+    """Core and shim as two supervised child processes; SIGTERM or SIGINT (Ctrl-C) drains
+    the core, then stops the shim."""
     cfg = _load(args)
     _check_exposure(cfg, cfg.shim_host, "service")
     for host, port, flag in ((cfg.shim_host, cfg.shim_port, "--port"), (cfg.core_host, cfg.core_port, "--grpc-port")):
         if not port_free(host, port):
             _fail(f"port {host}:{port} is already in use (choose another with {flag})")
     env = _shim_env(cfg, args)
-    core_argv = [sys.executable, "-m", "genapi", "core", "--host", cfg.core_host, "--grpc-port", str(cfg.core_port)]
-    if args.config:
-        core_argv += ["--config", os.path.abspath(args.config)]
-    procs: list[subprocess.Popen] = []
+    env[SUPERVISOR_ENV] = str(os.getpid())
+    config = ["--config", os.path.abspath(args.config)] if args.config else []
+    core_argv = [sys.executable, "-m", "genapi", "core", "--host", cfg.core_host, "--grpc-port", str(cfg.core_port),
+                 "--drain-grace", str(args.drain_grace), *config]
+    shim_argv = [sys.executable, "-m", "genapi", "shim", *config]  # its address comes from env
+    core = shim = None
     stopping = False
 
     def stop(*_):
@@ -146,31 +184,39 @@ def cmd_serve(args) -> None:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        procs.append(subprocess.Popen(core_argv, env=env))
-        _wait_core(env["GENAPI_CORE"].split(",")[0], procs[0], args.start_timeout)
+        core = subprocess.Popen(core_argv, env=env, start_new_session=True)
+        _wait_core(env["GENAPI_CORE"].split(",")[0], core, args.start_timeout, lambda: stopping)
         if stopping:
             return
-        procs.append(subprocess.Popen(_shim_argv(), env=env))
+        shim = subprocess.Popen(shim_argv, env=env, start_new_session=True)
         print(f"genapi: serving http://{cfg.shim_host}:{cfg.shim_port}/v1 (gRPC {cfg.core_host}:{cfg.core_port})",
               file=sys.stderr, flush=True)
         while not stopping:
-            for p in procs:
+            for p, name in ((core, "core"), (shim, "shim")):
                 if p.poll() is not None:
-                    print(f"genapi: {'core' if p is procs[0] else 'shim'} exited with code {p.returncode}; stopping",
-                          file=sys.stderr)
+                    print(f"genapi: {name} exited with code {p.returncode}; stopping", file=sys.stderr, flush=True)
                     stopping = True
             time.sleep(0.2)
     finally:
-        for p in reversed(procs):  # shim first, so no new requests reach a draining core
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=args.stop_timeout)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-    if any(p.returncode not in (0, -signal.SIGTERM) for p in procs):
+        # The core first: it drains while the shim still answers (503 for new requests,
+        # /health 503), then the shim, whose requests have all ended by then.
+        _stop_tier(core, "core", args.drain_grace + 10)
+        _stop_tier(shim, "shim", args.stop_timeout)
+    if any(p is not None and p.returncode not in (0, -signal.SIGTERM) for p in (core, shim)):
         sys.exit(1)
+
+
+def _stop_tier(p: subprocess.Popen | None, name: str, timeout_s: float) -> None:
+    if p is None:
+        return
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        print(f"genapi: the {name} did not stop within {timeout_s:.0f}s; killing it", file=sys.stderr, flush=True)
+        p.kill()
+        p.wait()
 
 
 def cmd_hash_key(args) -> None:
@@ -189,13 +235,19 @@ def main(argv: list[str] | None = None) -> None:
         if grpc:
             p.add_argument("--grpc-port", type=int, help="gRPC port (default 50051)")
 
+    def drain_grace(p):
+        p.add_argument("--drain-grace", type=float, default=30,
+                       help="on SIGTERM/SIGINT, seconds in-flight requests get to finish (default 30)")
+
     p = sub.add_parser("serve", help="start the gRPC core and the REST shim together")
     common(p)
     p.add_argument("--start-timeout", type=float, default=600, help="seconds to wait for models to load")
-    p.add_argument("--stop-timeout", type=float, default=40, help="seconds to wait for each tier to drain")
+    p.add_argument("--stop-timeout", type=float, default=40, help="seconds to wait for the shim to stop")
+    drain_grace(p)
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("core", help="start the gRPC core only")
     common(p, rest=False)
+    drain_grace(p)
     p.set_defaults(func=cmd_core)
     p = sub.add_parser("shim", help="start the REST shim only (gunicorn)")
     common(p, grpc=False)

@@ -4,7 +4,7 @@ Layout (every key optional; see README "Configuration"):
 
     [core]   host, port, max_message_mb
     [shim]   host, port, core (list of addresses), workers, threads,
-             request_timeout_s, max_body_mb, keepalive_s
+             request_timeout_s, read_timeout_s, max_body_mb, keepalive_s
     [auth]   api_key_sha256 = ["<hex digest>", ...]   (unnamed keys)
              [[auth.keys]] name, sha256                (named keys)
     [[models]] name, task, backend, path, [models.options]
@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import ipaddress
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -63,6 +64,20 @@ class ModelConfig:
         return _int_option(self, "max_batch", None, minimum=1)
 
     @property
+    def max_queue(self) -> int | None:
+        """Admitted requests waiting for a slot (None: the engine's default)."""
+        return _int_option(self, "max_queue", None, minimum=0)
+
+    @property
+    def request_capacity(self) -> int:
+        """How many requests the core holds for this model at once (max_batch running +
+        max_queue waiting, with the backend's defaults); beyond it the core answers 429."""
+        if self.task is not Task.CHAT:
+            return 0
+        batch, queue = ENGINE_ADMISSION_DEFAULTS.get(self.backend, ENGINE_ADMISSION_DEFAULTS["torch"])
+        return (self.max_batch or batch) + (queue if self.max_queue is None else self.max_queue)
+
+    @property
     def max_output_tokens(self) -> int:
         """Cap on max_tokens per request; 0 = up to the context."""
         return _int_option(self, "max_output_tokens", 0, minimum=0)
@@ -71,6 +86,15 @@ class ModelConfig:
     def owned_by(self) -> str:
         """Owner shown in /v1/models."""
         return str(self.options.get("owned_by", "genapi"))
+
+
+# The engines' own defaults for max_batch and max_queue (server/engines/torch/engine.py,
+# server/engines/trtllm/mapping.py; a unit test keeps them equal). The shim sizes its thread
+# pool from them: it must hold at least what the core holds, so the core's admission decides.
+ENGINE_ADMISSION_DEFAULTS = {"torch": (32, 256), "trtllm": (64, 256)}
+# Request threads per worker when `threads = 0` (auto): each worker's share of the core's
+# capacity plus this much room (requests routed unevenly between workers, /health, /v1/models).
+AUTO_THREADS_HEADROOM = 32
 
 
 def _int_option(mc: ModelConfig, key: str, default, minimum: int):
@@ -100,8 +124,9 @@ class Config:
     shim_port: int = 8000
     core_targets: list[str] = field(default_factory=list)
     workers: int = 2
-    threads: int = 32
+    threads: int = 0  # per worker; 0 = auto (see shim_threads)
     request_timeout_s: float = 600.0
+    read_timeout_s: float = 30.0  # request head + body must arrive within it; also each blocked send
     max_body_mb: int = 32
     keepalive_s: float = 10.0
     api_keys: list[ApiKey] = field(default_factory=list)
@@ -111,6 +136,19 @@ class Config:
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_keys)
+
+    @property
+    def core_capacity(self) -> int:
+        """Requests the core holds at once over the models of this config (running + waiting)."""
+        return sum(m.request_capacity for m in self.models)
+
+    @property
+    def shim_threads(self) -> int:
+        """Request threads per gunicorn worker: `threads`, or when 0 (auto) enough that the
+        workers together hold everything the core can hold, plus headroom."""
+        if self.threads > 0:
+            return self.threads
+        return math.ceil(self.core_capacity / max(1, self.workers)) + AUTO_THREADS_HEADROOM
 
     @property
     def core_target(self) -> str:
@@ -141,6 +179,7 @@ _SETTINGS = (
     ("shim", "workers", "workers", int, "GENAPI_WORKERS"),
     ("shim", "threads", "threads", int, "GENAPI_THREADS"),
     ("shim", "request_timeout_s", "request_timeout_s", float, "GENAPI_REQUEST_TIMEOUT_S"),
+    ("shim", "read_timeout_s", "read_timeout_s", float, "GENAPI_READ_TIMEOUT_S"),
     ("shim", "max_body_mb", "max_body_mb", int, "GENAPI_MAX_BODY_MB"),
     ("shim", "keepalive_s", "keepalive_s", float, "GENAPI_KEEPALIVE_S"),
 )
@@ -200,6 +239,10 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         if key in raw.get(table, {}):
             setattr(cfg, attr, conv(raw[table][key]))
     _apply_env(cfg, os.environ)
+    if cfg.threads < 0:
+        raise ValueError(f"[shim] threads must be >= 0 (0 = auto), got {cfg.threads}")
+    if not cfg.read_timeout_s > 0:
+        raise ValueError(f"[shim] read_timeout_s must be > 0, got {cfg.read_timeout_s}")
     return cfg
 
 

@@ -1,8 +1,14 @@
 """Builds and runs the grpc.aio core: services, health per service, reflection, auth,
-graceful drain on SIGTERM."""
+graceful drain on SIGTERM or SIGINT.
+
+Drain: health turns NOT_SERVING (every service), new Generate calls are refused with
+UNAVAILABLE `server_shutting_down` + retry_after_s (the shim's 503 with Retry-After),
+the calls in flight run to their end within the grace period (then they are cancelled),
+and only then do the server and the engines stop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -23,6 +29,7 @@ from genapi.v1 import (
 )
 
 from .interceptors.auth import AuthInterceptor
+from .drain import Drain
 from .registry import Registry
 from .services.admin import AdminServicer
 from .services.generation import GenerationServicer
@@ -73,7 +80,8 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
         interceptors=[AuthInterceptor(checker)] if checker.enabled else [],
         options=grpc_options(cfg) + [("grpc.so_reuseport", 0)],
     )
-    generation_service_pb2_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(registry), server)
+    drain = Drain()
+    generation_service_pb2_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(registry, drain), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry), server)
     health = health_aio.HealthServicer()
@@ -85,21 +93,46 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
         raise SystemExit(f"genapi core: cannot listen on {address} (port in use?)")
     await _set_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
-    log.info("gRPC core listening on %s; loading models", address)
-    await registry.start()
-    await _set_health(health, health_pb2.HealthCheckResponse.SERVING)
-    log.info("gRPC core serving %s on %s%s", ", ".join(registry.models), address,
-             "" if checker.enabled else " (no API keys configured: auth disabled)")
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    log.info("gRPC core listening on %s; loading models", address)
+    if not await _load_unless_stopped(registry, stop):
+        log.info("stopped while loading models")
+        await server.stop(0)
+        await registry.stop()
+        return
+    await _set_health(health, health_pb2.HealthCheckResponse.SERVING)
+    log.info("gRPC core serving %s on %s%s", ", ".join(registry.models), address,
+             "" if checker.enabled else " (no API keys configured: auth disabled)")
+
     watcher = asyncio.create_task(_watch_engines(registry, health, stop))
     await stop.wait()
     watcher.cancel()
-    log.info("draining: health NOT_SERVING, finishing in-flight requests (grace %.0fs)", grace_s)
-    await health.enter_graceful_shutdown()
-    await server.stop(grace_s)
+    await health.enter_graceful_shutdown()  # NOT_SERVING everywhere first, and it stays so
+    drain.start()
+    log.info("draining: health NOT_SERVING, new requests refused, %d in flight (grace %.0fs)",
+             drain.in_flight, grace_s)
+    if await drain.wait_idle(grace_s):
+        log.info("drained: no request in flight")
+    else:
+        log.warning("grace period over: cancelling %d request(s) still in flight", drain.in_flight)
+    await server.stop(0)
     await registry.stop()
     log.info("gRPC core stopped")
+
+
+async def _load_unless_stopped(registry: Registry, stop: asyncio.Event) -> bool:
+    """Starts the engines; False when a stop signal came first (loading is abandoned)."""
+    load = asyncio.create_task(registry.start())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({load, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if load.done():
+        load.result()  # a model that cannot load stops the core with its error
+        return True
+    load.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await load
+    return False

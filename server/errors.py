@@ -1,6 +1,11 @@
 """Errors of the core: canonical gRPC codes plus a google.rpc.ErrorInfo detail whose
 `reason` is the OpenAI error code and whose metadata names the offending `param`.
-The shim maps these once to HTTP; gRPC callers read the same details."""
+The shim maps these once to HTTP; gRPC callers read the same details.
+
+A status travels in the trailers (its message twice: grpc-message and inside
+grpc-status-details-bin), which gRPC caps at 16 KiB: messages are cut to
+MAX_STATUS_MESSAGE_BYTES and `param` to QUOTE_CHARS, and client values quoted in a
+message go through `genapi.untrusted.clip` (see `quote`)."""
 from __future__ import annotations
 
 import grpc
@@ -8,17 +13,20 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from genapi.untrusted import MAX_STATUS_MESSAGE_BYTES, QUOTE_CHARS, cap_utf8, clip
+
 from .engines.base import EngineError, EngineInvalidRequest, EngineOverloaded
 
 
 class GenapiError(Exception):
     def __init__(self, code: grpc.StatusCode, message: str, reason: str = "", param: str | None = None,
                  retry_after_s: float | None = None):
+        message = cap_utf8(message, MAX_STATUS_MESSAGE_BYTES)
         super().__init__(message)
         self.code = code
         self.message = message
         self.reason = reason
-        self.param = param
+        self.param = clip(param, QUOTE_CHARS) if param else param
         self.retry_after_s = retry_after_s
 
     def to_status(self) -> grpc.Status:
@@ -34,8 +42,18 @@ class GenapiError(Exception):
                                                       details=[detail]))
 
 
+def quote(value: str, limit: int = QUOTE_CHARS) -> str:
+    """A client value for an error message: escaped and cut (genapi.untrusted.clip)."""
+    return clip(value, limit)
+
+
 def invalid(message: str, param: str | None = None, reason: str = "invalid_value") -> GenapiError:
     return GenapiError(grpc.StatusCode.INVALID_ARGUMENT, message, reason, param)
+
+
+def too_long(param: str, limit: int, length: int) -> GenapiError:
+    return invalid(f"Invalid '{param}': string too long. Expected a string with maximum length {limit}, but got "
+                   f"a string with length {length} instead.", param, "string_above_max_length")
 
 
 def not_found(message: str, param: str | None = None, reason: str = "not_found") -> GenapiError:

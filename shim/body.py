@@ -90,6 +90,9 @@ def read_capped(environ: dict, content_length: int | None, cap: int) -> bytes:
                 raise _too_large(cap)
     except APIError:
         raise
+    except TimeoutError:  # the body did not arrive by the read deadline (shim/gunicorn_http.py)
+        raise APIError(408, "The request body was not received in time.", "invalid_request_error", None,
+                       "request_timeout") from None
     except Exception:  # client went away mid-body, malformed chunking
         raise _unreadable() from None
 

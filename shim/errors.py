@@ -5,6 +5,10 @@ four keys present. The core reports failures as canonical gRPC codes, optionally
 `google.rpc.ErrorInfo` detail (domain "genapi") whose `reason` is the OpenAI `code` and
 whose metadata may carry `param`, `retry_after_s` and `should_retry` ("false" marks a
 429/503 the client must not retry: no Retry-After, `x-should-retry: false`).
+
+Only the core's own RESOURCE_EXHAUSTED (with its ErrorInfo) is a 429: the same code
+raised by the gRPC transport between shim and core (a message over the size limit:
+413; trailers over the metadata limit, a memory quota, ...) is never a rate limit.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import grpc
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
+from genapi.untrusted import clip
 from shim.jsonutil import dumps_bytes
 
 log = logging.getLogger("genapi.shim")
@@ -168,16 +173,19 @@ def from_grpc_error(
     meta = dict(info.metadata) if from_core else {}
 
     mapping = GRPC_STATUS_MAP.get(code, INTERNAL_MAPPING)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not from_core:
+        # A message over the gRPC size limit is the caller's request being too large,
+        # not a rate limit (F6): report it as 413.
+        if "larger than max" in details:
+            return APIError(413, "The request is too large to be processed.", "invalid_request_error",
+                            None, "request_too_large")
+        # Any other transport-level exhaustion (trailers over the metadata limit, ...) is
+        # a failure between shim and core, not the client's rate: 500, details only logged.
+        mapping = INTERNAL_MAPPING
     status = mapping.http_status
     err_type = mapping.type
     err_code = mapping.code
     param = None
-
-    # A message over the gRPC size limit is the caller's request being too large,
-    # not a rate limit (F6): report it as 413.
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not from_core and "larger than max" in details:
-        return APIError(413, "The request is too large to be processed.", "invalid_request_error",
-                        None, "request_too_large")
 
     if code == grpc.StatusCode.NOT_FOUND:
         param, err_code = not_found_param, not_found_code or err_code
@@ -203,8 +211,8 @@ def from_grpc_error(
             headers["Retry-After"] = _retry_after(meta.get("retry_after_s"))
 
     if status >= 500:
-        log.warning("core call failed: %s %s (request_id=%s)", code.name, details[:500],
-                    request_id or _request_id())
+        log.warning("core call failed: %s %s (request_id=%s)", code.name, clip(details, 500),
+                    clip(request_id or _request_id() or "-"))
     return APIError(status, message, err_type, param, err_code, headers)
 
 

@@ -2,10 +2,15 @@
 
     GENAPI_CONFIG=my.toml gunicorn -c python:shim.gunicorn_conf
 
-gthread workers: each worker process holds one gRPC channel (created after the fork)
-and serves `threads` requests at once; streams are plain iterators written by the
-worker threads, and the worker's heartbeat runs in its main loop, so a long stream
-does not trigger WORKER TIMEOUT.
+gthread workers with a buffering front (shim/worker.py): each worker process holds one
+gRPC channel (created after the fork) and serves `threads` requests at once; its event
+loop gathers each request before a thread takes it (slow clients hold no thread), answers
+429 at once when every thread is busy and 408 when a request does not arrive within
+`read_timeout_s`. `threads = 0` (the default) sizes the pool so that the workers together
+hold at least what the core holds (every model's max_batch + max_queue): the core's
+admission control decides, and its 429 comes back at once. Streams are plain iterators
+written by the worker threads, and the worker's heartbeat runs in its main loop, so a
+long stream does not trigger WORKER TIMEOUT.
 """
 import os
 
@@ -18,9 +23,10 @@ if _err := exposure_error(_cfg, _cfg.shim_host, "REST API"):
 
 wsgi_app = "shim:create_app()"
 bind = [f"[{_cfg.shim_host}]:{_cfg.shim_port}" if ":" in _cfg.shim_host else f"{_cfg.shim_host}:{_cfg.shim_port}"]
-worker_class = "gthread"
+worker_class = "shim.worker.ShimWorker"
 workers = _cfg.workers
-threads = _cfg.threads
+threads = _cfg.shim_threads
+worker_connections = max(1000, threads + 100)  # busy threads, plus requests arriving and kept alive
 # gthread's timeout is the worker heartbeat (sent from the main loop), not a request
 # limit; request length is bounded by request_timeout_s (the gRPC deadline).
 timeout = 120
@@ -40,6 +46,16 @@ proc_name = "genapi-shim"
 # gunicorn >= 24 opens a control socket at a fixed per-user path; several shims (or
 # test runs) on one host would fight over it. Ignored by older gunicorn versions.
 control_socket_disable = True
+
+
+def on_starting(server):
+    """A shim that admits fewer requests than its core holds refuses the difference itself."""
+    if _cfg.core_capacity > workers * threads:
+        server.log.warning(
+            "genapi: the shim serves %d requests at once (workers %d x threads %d) but the core holds %d "
+            "(max_batch + max_queue of every model); beyond %d the shim answers 429 itself. "
+            "Leave [shim] threads = 0 (auto) to size it from the models.",
+            workers * threads, workers, threads, _cfg.core_capacity, workers * threads)
 
 
 def post_worker_init(worker):

@@ -6,7 +6,7 @@ import inspect
 
 from genapi.v1 import content_pb2
 
-from ..errors import invalid
+from ..errors import invalid, quote
 
 ROLE_NAMES = {
     content_pb2.ROLE_SYSTEM: "system",
@@ -64,7 +64,7 @@ def render_prompt(tokenizer, messages) -> list[int]:
                 dicts, add_generation_prompt=True, tokenize=True, return_dict=False, sanitize_control_tokens=True))
         text = tokenizer.apply_chat_template(dicts, add_generation_prompt=True, tokenize=False)
     except Exception as e:  # templates reject bad turn orders with raise_exception()
-        raise invalid(f"messages could not be formatted with the model's chat template: {e}", "messages")
+        raise invalid(f"messages could not be formatted with the model's chat template: {quote(e)}", "messages")
     return tokenizer.encode(text, add_special_tokens=False)
 
 

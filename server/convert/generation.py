@@ -1,23 +1,63 @@
-"""Pure translation and validation: GenerateRequest proto -> engine GenerationRequest."""
+"""Pure translation and validation: GenerateRequest proto -> engine GenerationRequest.
+
+`check_identifiers` runs first, before the model is looked up: every identifier a
+caller sends (request id, model, message and tool names, call ids) is bounded
+(genapi.untrusted), so none reaches an error message, the trailers or a log unbounded.
+"""
 from __future__ import annotations
 
 import grpc
 
+from genapi.untrusted import MAX_ID_CHARS, MAX_REQUEST_ID_CHARS, MAX_STOP_CHARS
 from genapi.v1 import content_pb2
 from genapi.v1 import generation_service_pb2 as pb
 
 from ..engines.base import GenerationRequest, SamplingParams
-from ..errors import GenapiError, invalid
+from ..errors import GenapiError, invalid, too_long
 
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
 MAX_N = 128
+# Below this temperature sampling is greedy (as in vLLM): dividing logits by a tiny or
+# subnormal temperature overflows float32 to inf, and the engine's softmax to NaN.
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 def _range(value, lo, hi, param, lo_open=False):
     if value != value or value < lo or value > hi or (lo_open and value == lo):
         bound = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
         raise invalid(f"{param} must be in {bound}, got {value:g}", param)
+
+
+def _bound(value: str, param: str, limit: int = MAX_ID_CHARS) -> None:
+    if len(value) > limit:
+        raise too_long(param, limit, len(value))
+
+
+def check_request_id(request_id: str, param: str = "request_id") -> None:
+    """At most MAX_REQUEST_ID_CHARS printable characters (it is logged and echoed)."""
+    _bound(request_id, param, MAX_REQUEST_ID_CHARS)
+    if not request_id.isprintable():
+        raise invalid(f"Invalid '{param}': it may only contain printable characters", param)
+
+
+def check_identifiers(req: pb.GenerateRequest, request_id: str = "") -> None:
+    """INVALID_ARGUMENT string_above_max_length for any identifier over its bound,
+    including those of features refused as unsupported (tools, tool_choice)."""
+    check_request_id(req.request_id)
+    if request_id and request_id != req.request_id:  # from x-request-id metadata
+        check_request_id(request_id, "x-request-id")
+    _bound(req.model, "model")
+    for i, m in enumerate(req.messages):
+        _bound(m.name, f"messages[{i}].name")
+        _bound(m.tool_call_id, f"messages[{i}].tool_call_id")
+        for k, call in enumerate(m.tool_calls):
+            _bound(call.id, f"messages[{i}].tool_calls[{k}].id")
+            _bound(call.name, f"messages[{i}].tool_calls[{k}].function.name")
+    for i, tool in enumerate(req.tools):
+        _bound(tool.name, f"tools[{i}].function.name")
+    _bound(req.tool_choice.function_name, "tool_choice.function.name")
+    _bound(req.response_format.name, "response_format.json_schema.name")
 
 
 def check_unsupported(req: pb.GenerateRequest) -> None:
@@ -39,7 +79,7 @@ def sampling_params(req: pb.GenerateRequest, vocab: int) -> SamplingParams:
     p = SamplingParams()
     if s.HasField("temperature"):
         _range(s.temperature, 0.0, 2.0, "temperature")
-        p.temperature = s.temperature
+        p.temperature = s.temperature if s.temperature >= GREEDY_BELOW_TEMPERATURE else 0.0
     if s.HasField("top_p"):
         _range(s.top_p, 0.0, 1.0, "top_p", lo_open=True)
         p.top_p = s.top_p
@@ -88,12 +128,15 @@ def resolve_max_tokens(req: pb.GenerateRequest, prompt_len: int, context: int, m
 
 def build_request(req: pb.GenerateRequest, request_id: str, prompt_ids: list[int], *, context: int,
                   vocab: int, max_output: int = 0, max_n: int = MAX_N) -> GenerationRequest:
+    check_identifiers(req)
     check_unsupported(req)
     stop = list(req.stopping.stop)
     if len(stop) > MAX_STOP:
         raise invalid(f"stop accepts at most {MAX_STOP} sequences, got {len(stop)}", "stop")
-    if any(not s for s in stop):
-        raise invalid("stop sequences must be non-empty strings", "stop")
+    for i, s in enumerate(stop):
+        if not s:
+            raise invalid("stop sequences must be non-empty strings", "stop")
+        _bound(s, f"stop[{i}]", MAX_STOP_CHARS)
     out = req.output
     n = out.n if out.HasField("n") else 1
     if not 1 <= n <= max_n:

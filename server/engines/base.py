@@ -155,17 +155,31 @@ class ChatModelInfo:
 @runtime_checkable
 class Generator(Protocol):
     """Chat / text generation. `generate` yields events until every choice finished;
-    closing the iterator early (or calling `abort`) removes the request from the batch."""
+    closing the stream early (or calling `abort`) removes the request from the batch."""
 
     chat_info: ChatModelInfo | None
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]:
         """Admit the request right away (raise EngineOverloaded when full; this is a plain
-        method, not a coroutine) and return an async iterator of its events. Closing the
-        iterator before the end aborts the request."""
+        method, not a coroutine) and return an async iterator of its events. The caller
+        must end it with `close_events()` whatever happens (finished, cancelled, failed,
+        never iterated): closing it before the end aborts the request, so a request
+        lives exactly as long as its caller wants it."""
 
     async def abort(self, request_id: str) -> None:
         """Drop a request; its sequences leave the batch at the next step."""
+
+
+async def close_events(events: Any) -> None:
+    """Ends a `generate()` stream, aborting its request unless it already ended. Streams
+    with a synchronous `close()` are closed before anything is awaited, so the abort
+    happens even in a `finally` that a second cancellation interrupts."""
+    close = getattr(events, "close", None)
+    if callable(close):
+        close()
+    aclose = getattr(events, "aclose", None)
+    if callable(aclose):
+        await aclose()
 
 
 @runtime_checkable

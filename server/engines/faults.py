@@ -4,6 +4,9 @@ Enabled per model with `[models.options.fault]`:
     first_token_delay_s = 3.0   # hold the first event back (keep-alive tests)
     fail_after_events = 4       # raise after this many events (mid-stream error tests)
     fail_message = "injected"   # message of the injected failure
+    pause_decode_file = "/tmp/x" # no decode step while this file exists (torch scheduler):
+                                 # requests stay admitted, holding their slots, as long as
+                                 # a test needs them in flight
 """
 from __future__ import annotations
 
@@ -33,20 +36,17 @@ class FaultInjectingEngine(EngineBase):
         await self.inner.stop()
 
     def generate(self, request: GenerationRequest):
-        return self._wrap(self.inner.generate(request))
+        return _FaultyStream(self, self.inner.generate(request))
 
     async def _wrap(self, events):
-        try:
-            if self.delay:
-                await asyncio.sleep(self.delay)
-            count = 0
-            async for ev in events:
-                if self.fail_after is not None and count >= int(self.fail_after):
-                    raise InjectedFault(self.message)
-                count += 1
-                yield ev
-        finally:
-            await events.aclose()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        count = 0
+        async for ev in events:
+            if self.fail_after is not None and count >= int(self.fail_after):
+                raise InjectedFault(self.message)
+            count += 1
+            yield ev
 
     async def abort(self, request_id: str) -> None:
         await self.inner.abort(request_id)
@@ -56,3 +56,28 @@ class FaultInjectingEngine(EngineBase):
 
     def ready(self) -> bool:
         return self.inner.ready()
+
+
+class _FaultyStream:
+    """The inner engine's stream seen through the faults. Closing it closes the inner
+    stream (which aborts the request) even when iteration never started."""
+
+    def __init__(self, engine: FaultInjectingEngine, inner):
+        self._inner = inner
+        self._events = engine._wrap(inner)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        return await self._events.__anext__()
+
+    def close(self) -> None:
+        if hasattr(self._inner, "close"):
+            self._inner.close()
+
+    async def aclose(self) -> None:
+        try:
+            await self._events.aclose()
+        finally:
+            await self._inner.aclose()

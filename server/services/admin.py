@@ -8,20 +8,24 @@ from __future__ import annotations
 from genapi.v1 import admin_service_pb2 as pb
 from genapi.v1 import admin_service_pb2_grpc as pb_grpc
 
-from ..errors import GenapiError, abort, not_found
+from genapi.untrusted import MAX_ID_CHARS
+
+from ..errors import GenapiError, abort, not_found, quote, too_long
 from ..registry import Registry
 
 
 def engine_stats(registry: Registry, model: str = "") -> pb.GetEngineStatsResponse:
     """Counters of every served model's engine, or of `model` only; NOT_FOUND (raised as
     GenapiError) when `model` is set and not served."""
+    if len(model) > MAX_ID_CHARS:
+        raise too_long("model", MAX_ID_CHARS, len(model))
     out = pb.GetEngineStatsResponse()
     for name, sm in registry.models.items():
         if model and name != model:
             continue
         out.engines.add(model=name, **vars(sm.engine.stats()))
     if model and not out.engines:
-        raise not_found(f"The model `{model}` does not exist.", "model", "model_not_found")
+        raise not_found(f"The model `{quote(model)}` does not exist.", "model", "model_not_found")
     return out
 
 

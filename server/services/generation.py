@@ -13,11 +13,13 @@ from genapi.v1 import generation_service_pb2 as pb
 from genapi.v1 import generation_service_pb2_grpc as pb_grpc
 
 from genapi.config import Task
+from genapi.untrusted import clip
 
 from ..chat.template import render_prompt
-from ..convert.generation import build_request
-from ..engines.base import EngineError, FinishEvent
-from ..errors import INTERNAL_ERROR, GenapiError, abort, from_engine_error, not_found
+from ..convert.generation import build_request, check_identifiers
+from ..drain import Drain, shutting_down
+from ..engines.base import EngineError, FinishEvent, close_events
+from ..errors import INTERNAL_ERROR, GenapiError, abort, from_engine_error, not_found, quote
 from ..registry import Registry
 from .admin import get_engine_stats
 
@@ -38,22 +40,38 @@ def request_id_of(context: grpc.aio.ServicerContext, request_id: str) -> str:
 def chat_model(registry: Registry, name: str):
     sm = registry.get_for(name, Task.CHAT)
     if sm is None:
-        raise not_found(f"The model `{name}` does not exist or is not a chat model.", "model", "model_not_found")
+        raise not_found(f"The model `{quote(name)}` does not exist or is not a chat model.", "model",
+                        "model_not_found")
     return sm
 
 
 class GenerationServicer(pb_grpc.GenerationServiceServicer):
-    def __init__(self, registry: Registry):
+    def __init__(self, registry: Registry, drain: Drain | None = None):
         self.registry = registry
+        self.drain = drain or Drain()
 
-    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> None:
+        """Writes the events with `context.write` from a coroutine (not an async generator):
+        grpc.aio cancels this coroutine wherever it waits when the caller goes away
+        (cancel, deadline, disconnect), so the `finally` that ends the engine request
+        always runs, at once. An async generator parked at a `yield` would only be closed
+        whenever it got garbage-collected, leaving its request generating."""
         rid = request_id_of(context, request.request_id)
+        if self.drain.draining:
+            log.info("request %s refused: the core is draining", clip(rid))
+            await abort(context, shutting_down())
+            return
+        with self.drain.track():
+            await self._generate(request, context, rid)
+
+    async def _generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext, rid: str) -> None:
         # Engine ids are unique even when clients reuse an x-request-id.
         engine_id = f"{rid}#{uuid.uuid4().hex[:8]}"
         t0 = time.perf_counter()
         usage = common_pb2.Usage()
         finish = []
         try:
+            check_identifiers(request, rid)  # bounded before anything echoes or logs them
             sm = chat_model(self.registry, request.model)
             engine, info = sm.engine, sm.engine.chat_info
             prompt_ids = await asyncio.to_thread(render_prompt, info.tokenizer, request.messages)
@@ -68,44 +86,54 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             except EngineError as e:
                 raise from_engine_error(e) from e
         except GenapiError as e:
-            log.info("request %s rejected: %s %s", rid, e.code.name, e.message)
+            log.info("request %s rejected: %s %s", clip(rid), e.code.name, clip(e.message, 1024))
             await abort(context, e)
             return
         except Exception:  # a bug, not bad input: log it, tell the caller nothing internal
-            log.exception("request %s failed before generation", rid)
+            log.exception("request %s failed before generation", clip(rid))
             await abort(context, INTERNAL_ERROR)
             return
-        usage.prompt_tokens = usage.total_tokens = len(prompt_ids)
-        log.info("request %s model=%s prompt_tokens=%d max_tokens=%d n=%d", rid, request.model,
-                 len(prompt_ids), gen.max_tokens, gen.n)
+        # From here on the engine request exists: every way out goes through `finally`.
         try:
-            yield pb.GenerateResponse(
-                usage=usage, started=pb.Started(request_id=rid, model=request.model, max_tokens=gen.max_tokens))
+            usage.prompt_tokens = usage.total_tokens = len(prompt_ids)
+            log.info("request %s model=%s prompt_tokens=%d max_tokens=%d n=%d", rid, request.model,
+                     len(prompt_ids), gen.max_tokens, gen.n)
+            await context.write(pb.GenerateResponse(
+                usage=usage, started=pb.Started(request_id=rid, model=request.model, max_tokens=gen.max_tokens)))
             async for ev in events:
                 usage.completion_tokens += ev.num_tokens
                 usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
                 if isinstance(ev, FinishEvent):
                     finish.append(ev.reason)
-                    yield pb.GenerateResponse(
+                    await context.write(pb.GenerateResponse(
                         choice_index=ev.choice, usage=usage,
-                        finished=pb.Finished(reason=_FINISH[ev.reason], stop_sequence=ev.stop_sequence))
+                        finished=pb.Finished(reason=_FINISH[ev.reason], stop_sequence=ev.stop_sequence)))
                 else:
-                    yield pb.GenerateResponse(choice_index=ev.choice, usage=usage, text=_text_delta(ev))
-        except (asyncio.CancelledError, GeneratorExit):
-            # grpc.aio cancels the task when the handler is awaiting the engine, but closes
-            # the generator (GeneratorExit) when the cancel lands while it is parked at a yield.
-            log.info("request %s cancelled by the client after %d tokens", rid, usage.completion_tokens)
+                    await context.write(pb.GenerateResponse(choice_index=ev.choice, usage=usage,
+                                                            text=_text_delta(ev)))
+        except asyncio.CancelledError:  # the caller left (cancel, deadline, disconnect), or shutdown
+            if self.drain.expired:
+                log.info("request %s cancelled after %d tokens: the drain grace period is over", rid,
+                         usage.completion_tokens)
+            else:
+                log.info("request %s cancelled by the client after %d tokens", rid, usage.completion_tokens)
             raise
         except EngineError as e:
-            log.warning("request %s failed mid-stream: %s", rid, e)
+            log.warning("request %s failed mid-stream: %s", rid, clip(e, 1024))
             await abort(context, GenapiError(grpc.StatusCode.INTERNAL, str(e), "engine_error"))
+        except grpc.aio.AbortError:
+            raise
         except Exception:
+            if context.cancelled() or context.done():  # a write raced the caller leaving
+                log.info("request %s cancelled by the client after %d tokens", rid, usage.completion_tokens)
+                return  # the call is over: nothing to report to anyone
             log.exception("request %s failed mid-stream", rid)
             await abort(context, INTERNAL_ERROR)
+        else:
+            log.info("request %s done: finish=%s completion_tokens=%d in %.3fs", rid, ",".join(finish),
+                     usage.completion_tokens, time.perf_counter() - t0)
         finally:
-            await events.aclose()
-        log.info("request %s done: finish=%s completion_tokens=%d in %.3fs", rid, ",".join(finish),
-                 usage.completion_tokens, time.perf_counter() - t0)
+            await close_events(events)  # aborts the engine request unless it ended
 
     async def GetEngineStats(self, request: admin_service_pb2.GetEngineStatsRequest, context):
         """Deprecated alias of AdminService.GetEngineStats, kept for one release."""

@@ -20,20 +20,30 @@ Policy for the spec's fields:
   anything else      -> 400 unknown_parameter "Unrecognized request argument supplied: x"
 Null means "not set" for every optional field. Unknown keys inside messages and
 content parts are ignored (clients add bookkeeping fields there).
+
+Bounds (400 string_above_max_length naming the field), checked even on fields that are
+ignored or refused as unsupported: identifiers (model, message and function names, tool
+call ids, user, prompt_cache_key) at most MAX_ID_CHARS, safety_identifier 64 (the spec's),
+stop strings MAX_STOP_CHARS, metadata at most 16 pairs of 64-character keys and
+512-character values (the spec's). Client text quoted in a message is clipped.
 """
 from __future__ import annotations
 
 from typing import Any
 
+from genapi.untrusted import MAX_ID_CHARS, MAX_STOP_CHARS
+from shim.errors import APIError
 from shim.protocol.common import (
     INT32_MAX,
     INT64_MAX,
     INT64_MIN,
     UINT32_MAX,
+    check_max_length,
     check_range,
     check_text,
     expect_array,
     expect_bool,
+    expect_id,
     expect_int,
     expect_number,
     expect_object,
@@ -42,6 +52,7 @@ from shim.protocol.common import (
     invalid_value,
     is_number,
     missing,
+    quote,
     unknown_parameter,
     unsupported,
 )
@@ -66,6 +77,8 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_N = 128
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
+MAX_SAFETY_IDENTIFIER = 64  # OpenAI's spec: maxLength 64
+MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512  # OpenAI's Metadata
 
 # Content part types each role may use, and those this server does not implement yet.
 PART_TYPES = {
@@ -106,7 +119,7 @@ def _present(body: dict, key: str) -> bool:
 def _validate_model(body: dict) -> None:
     if "model" not in body:
         raise missing("model")
-    expect_str(body["model"], "model", non_empty=True)
+    expect_id(body["model"], "model", non_empty=True)
 
 
 def _validate_messages(body: dict) -> None:
@@ -130,11 +143,11 @@ def validate_message(message: Any, param: str) -> None:
     if role == "function":
         raise unsupported(f"{param}.role", "The 'function' role (deprecated; use 'tool')")
     if role not in ROLES:
-        raise invalid_value(f"{param}.role", f"Invalid value for '{param}.role': {role[:64]!r}. Supported values are: "
+        raise invalid_value(f"{param}.role", f"Invalid value for '{param}.role': {quote(role)}. Supported values are: "
                                              + ", ".join(repr(r) for r in ROLES) + ".")
 
     if msg.get("name") is not None:
-        expect_str(msg["name"], f"{param}.name")
+        expect_id(msg["name"], f"{param}.name")
 
     if role == "assistant":
         if msg.get("content") is not None:
@@ -154,7 +167,7 @@ def validate_message(message: Any, param: str) -> None:
     if role == "tool":
         if "tool_call_id" not in msg:
             raise missing(f"{param}.tool_call_id")
-        expect_str(msg["tool_call_id"], f"{param}.tool_call_id")
+        expect_id(msg["tool_call_id"], f"{param}.tool_call_id")
 
 
 def _validate_content(content: Any, param: str, role: str) -> None:
@@ -176,7 +189,7 @@ def _validate_content(content: Any, param: str, role: str) -> None:
         if not isinstance(ptype, str):
             raise invalid_type(f"{p}.type", "a string", ptype)
         if ptype not in allowed:
-            raise invalid_value(f"{p}.type", f"Invalid value for '{p}.type': {ptype[:64]!r}. Supported values for "
+            raise invalid_value(f"{p}.type", f"Invalid value for '{p}.type': {quote(ptype)}. Supported values for "
                                              f"role '{role}' are: " + ", ".join(repr(t) for t in sorted(allowed)) + ".")
         if ptype in UNSUPPORTED_PART_TYPES:
             raise unsupported(p, f"Content parts of type '{ptype}'")
@@ -190,7 +203,9 @@ def _validate_tool_calls(tool_calls: Any, param: str) -> None:
     for k, call in enumerate(expect_array(tool_calls, param)):
         p = f"{param}[{k}]"
         expect_object(call, p)
-        ctype = call.get("type", "function")
+        if "type" not in call:  # required by OpenAI's spec (found by schemathesis, negative mode)
+            raise missing(f"{p}.type")
+        ctype = call["type"]
         if ctype == "custom":
             raise unsupported(f"{p}.type", "Custom tool calls")
         if ctype != "function":
@@ -198,12 +213,13 @@ def _validate_tool_calls(tool_calls: Any, param: str) -> None:
         for key in ("id", "function"):
             if key not in call:
                 raise missing(f"{p}.{key}")
-        expect_str(call["id"], f"{p}.id")
+        expect_id(call["id"], f"{p}.id")
         fn = expect_object(call["function"], f"{p}.function")
         for key in ("name", "arguments"):
             if key not in fn:
                 raise missing(f"{p}.function.{key}")
-            expect_str(fn[key], f"{p}.function.{key}")
+        expect_id(fn["name"], f"{p}.function.name")
+        expect_str(fn["arguments"], f"{p}.function.arguments")
 
 
 # --- optional knobs --------------------------------------------------------------------
@@ -220,9 +236,8 @@ def _validate_sampling(body: dict) -> None:
         expect_int(body["seed"], "seed", minimum=INT64_MIN, maximum=INT64_MAX)
     if _present(body, "logit_bias"):
         for key, value in expect_object(body["logit_bias"], "logit_bias").items():
-            if not (key.isascii() and key.isdigit()) or int(key) > INT32_MAX:
-                shown = key if len(key) <= 32 else key[:32] + "..."
-                raise invalid_value("logit_bias", f"Invalid key in 'logit_bias': {shown!r} is not a token id "
+            if not (key.isascii() and key.isdigit()) or len(key) > 10 or int(key) > INT32_MAX:
+                raise invalid_value("logit_bias", f"Invalid key in 'logit_bias': {quote(key, 32)} is not a token id "
                                                   "(a non-negative integer).")
             if not is_number(value):
                 raise invalid_type(f"logit_bias.{key}", "a number", value)
@@ -242,13 +257,13 @@ def _validate_stopping(body: dict) -> None:
     if _present(body, "stop"):
         stop = body["stop"]
         if isinstance(stop, str):
-            expect_str(stop, "stop", non_empty=True)
+            expect_str(stop, "stop", non_empty=True, max_length=MAX_STOP_CHARS)
         elif isinstance(stop, list):
             if len(stop) > MAX_STOP:
                 raise invalid_value("stop", f"Invalid 'stop': array too long. Expected an array with maximum length "
                                             f"{MAX_STOP}, but got an array with length {len(stop)} instead.")
             for i, s in enumerate(stop):
-                expect_str(s, f"stop[{i}]", non_empty=True)
+                expect_str(s, f"stop[{i}]", non_empty=True, max_length=MAX_STOP_CHARS)
         else:
             raise invalid_type("stop", "a string or an array of strings", stop)
 
@@ -281,23 +296,62 @@ def _validate_stream(body: dict) -> None:
                 expect_bool(value, f"stream_options.{key}")
 
 
+IGNORED_ID_BOUNDS = {"user": MAX_ID_CHARS, "prompt_cache_key": MAX_ID_CHARS,
+                     "safety_identifier": MAX_SAFETY_IDENTIFIER}
+
+
 def _validate_ignored(body: dict) -> None:
     for key in ("user", "service_tier", "safety_identifier", "prompt_cache_key", "prompt_cache_retention",
                 "verbosity", "reasoning_effort"):
         if _present(body, key) and not isinstance(body[key], str):
             raise invalid_type(key, "a string", body[key])
+        if key in IGNORED_ID_BOUNDS and _present(body, key):
+            check_max_length(body[key], key, IGNORED_ID_BOUNDS[key])
     for key in ("store", "parallel_tool_calls"):
         if _present(body, key):
             expect_bool(body[key], key)
     if _present(body, "prompt_cache_options"):
         expect_object(body["prompt_cache_options"], "prompt_cache_options")
     if _present(body, "metadata"):
-        for key, value in expect_object(body["metadata"], "metadata").items():
+        metadata = expect_object(body["metadata"], "metadata")
+        if len(metadata) > MAX_METADATA_PAIRS:
+            raise invalid_value("metadata", f"Invalid 'metadata': too many properties. Expected an object with at most "
+                                            f"{MAX_METADATA_PAIRS} properties, but got an object with {len(metadata)} "
+                                            "properties instead.")
+        for key, value in metadata.items():
+            if len(key) > MAX_METADATA_KEY:
+                raise APIError(400, f"Invalid 'metadata': key too long. Expected keys with maximum length "
+                                    f"{MAX_METADATA_KEY}, but got a key with length {len(key)} instead.",
+                               "invalid_request_error", "metadata", "string_above_max_length")
             if not isinstance(value, str):
-                raise invalid_type(f"metadata.{key[:64]}", "a string", value)
+                raise invalid_type(f"metadata.{key}", "a string", value)
+            check_max_length(value, f"metadata.{key}", MAX_METADATA_VALUE)
+
+
+def _bound_name(obj: Any, path: tuple[str, ...], param: str) -> None:
+    """Bounds the identifier at `obj[path...]` when it is a string (the shape is otherwise
+    left to the feature's own validation, or its 'unsupported' refusal)."""
+    for key in path:
+        if not isinstance(obj, dict):
+            return
+        obj = obj.get(key)
+    if isinstance(obj, str):
+        check_max_length(obj, param, MAX_ID_CHARS)
 
 
 def _validate_not_implemented(body: dict) -> None:
+    # Names are bounded even though these features are refused below.
+    for key, path in (("tools", ("function", "name")), ("functions", ("name",))):
+        if _present(body, key) and isinstance(body[key], list):
+            for i, item in enumerate(body[key]):
+                _bound_name(item, path, f"{key}[{i}].{'.'.join(path)}")
+                if key == "tools":
+                    _bound_name(item, ("custom", "name"), f"tools[{i}].custom.name")
+    for key, path in (("tool_choice", ("function", "name")), ("tool_choice", ("custom", "name")),
+                      ("function_call", ("name",))):
+        _bound_name(body.get(key), path, f"{key}.{'.'.join(path)}")
+    _bound_name(body.get("response_format"), ("json_schema", "name"), "response_format.json_schema.name")
+
     if _present(body, "tools") and expect_array(body["tools"], "tools"):
         raise unsupported("tools", "Tool calling ('tools')")
     if _present(body, "functions"):
@@ -311,7 +365,7 @@ def _validate_not_implemented(body: dict) -> None:
                     continue
                 if key == "tool_choice" and value == "required":
                     raise unsupported(key, f"'{key}': 'required'")
-                raise invalid_value(key, f"Invalid value for '{key}': {value[:64]!r}.")
+                raise invalid_value(key, f"Invalid value for '{key}': {quote(value)}.")
             if isinstance(value, dict):
                 raise unsupported(key, f"Forcing a tool with '{key}'")
             raise invalid_type(key, "a string or an object", value)
@@ -325,7 +379,7 @@ def _validate_not_implemented(body: dict) -> None:
         if ftype in ("json_object", "json_schema"):
             raise unsupported("response_format", f"'response_format' of type '{ftype}'")
         if ftype != "text":
-            raise invalid_value("response_format.type", f"Invalid value for 'response_format.type': {ftype[:64]!r}. "
+            raise invalid_value("response_format.type", f"Invalid value for 'response_format.type': {quote(ftype)}. "
                                                         "Supported values are: 'text', 'json_object', 'json_schema'.")
     for key in ("audio", "prediction", "web_search_options", "moderation"):
         if _present(body, key):

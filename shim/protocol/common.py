@@ -6,11 +6,16 @@ Codes used (the `code` of the error envelope):
   invalid_value               right type, value out of range / not allowed
   unknown_parameter           a field the endpoint does not know
   unsupported_parameter       a known OpenAI field (or value) this server does not implement
+  string_above_max_length     a string longer than its bound (identifiers, stop strings, ...)
+
+Client-supplied text quoted in a message (or used as `param`) always goes through
+`genapi.untrusted.clip`: escaped and cut, so an error never echoes unbounded input.
 """
 from __future__ import annotations
 
 from typing import Any
 
+from genapi.untrusted import MAX_ID_CHARS, clip
 from shim.errors import APIError
 
 INT32_MAX = 2**31 - 1
@@ -36,9 +41,13 @@ def json_type_name(value: Any) -> str:
     return "an unsupported value"
 
 
+def quote(value: str, limit: int = 64) -> str:
+    """Client text for an error message: escaped, cut to `limit` characters, in quotes."""
+    return f"'{clip(value, limit)}'"
+
+
 def _show(value: Any, limit: int = 64) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
-    return text if len(text) <= limit else text[:limit] + "..."
+    return quote(value, limit) if isinstance(value, str) else clip(value, limit)
 
 
 def missing(param: str) -> APIError:
@@ -56,9 +65,21 @@ def invalid_value(param: str, message: str) -> APIError:
 
 
 def unknown_parameter(param: str) -> APIError:
-    shown = param if len(param) <= 100 else param[:100] + "..."
+    shown = clip(param, 100)
     return APIError(400, f"Unrecognized request argument supplied: {shown}",
-                    "invalid_request_error", param, "unknown_parameter")
+                    "invalid_request_error", shown, "unknown_parameter")
+
+
+def too_long(param: str, limit: int, length: int) -> APIError:
+    return APIError(400, f"Invalid '{param}': string too long. Expected a string with maximum length {limit}, "
+                         f"but got a string with length {length} instead.",
+                    "invalid_request_error", param, "string_above_max_length")
+
+
+def check_max_length(value: str, param: str, limit: int) -> str:
+    if len(value) > limit:
+        raise too_long(param, limit, len(value))
+    return value
 
 
 def unsupported(param: str, what: str | None = None) -> APIError:
@@ -115,12 +136,20 @@ def check_text(value: str, param: str) -> str:
     return value
 
 
-def expect_str(value: Any, param: str, *, non_empty: bool = False) -> str:
+def expect_str(value: Any, param: str, *, non_empty: bool = False, max_length: int | None = None) -> str:
     if not isinstance(value, str):
         raise invalid_type(param, "a string", value)
     if non_empty and not value:
         raise invalid_value(param, f"Invalid '{param}': expected a non-empty string.")
+    if max_length is not None:
+        check_max_length(value, param, max_length)
     return check_text(value, param)
+
+
+def expect_id(value: Any, param: str, *, non_empty: bool = False, max_length: int = MAX_ID_CHARS) -> str:
+    """An identifier (model, name, call id, user, ...): a string of at most `max_length`
+    characters (genapi.untrusted.MAX_ID_CHARS unless the spec says less)."""
+    return expect_str(value, param, non_empty=non_empty, max_length=max_length)
 
 
 def expect_object(value: Any, param: str) -> dict:

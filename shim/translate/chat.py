@@ -34,6 +34,11 @@ FINISH_REASONS = {
 # OpenAI's stand-in for "too unlikely to say"; JSON has no -Infinity.
 VERY_UNLIKELY_LOGPROB = -9999.0
 
+# The smallest positive proto `float` (float32): a top_p the shim accepts (> 0) that
+# float32 would round to 0 (which the core refuses) is sent as this, keeping its meaning
+# (only the most likely token).
+MIN_POSITIVE_FLOAT32 = 1.401298464324817e-45
+
 
 def new_completion_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex
@@ -88,6 +93,8 @@ def chat_request_to_proto(body: dict, request_id: str = "") -> gen_pb2.GenerateR
     for key in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         if present(key):
             setattr(req.sampling, key, float(body[key]))
+    if present("top_p") and req.sampling.top_p == 0.0:
+        req.sampling.top_p = MIN_POSITIVE_FLOAT32
     if present("seed"):
         req.sampling.seed = body["seed"]
     if body.get("logit_bias"):

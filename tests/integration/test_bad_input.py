@@ -1,4 +1,4 @@
-"""Bad input to POST /v1/chat/completions (reliability plan B1-B8, B15-B18, S1).
+"""Bad input to POST /v1/chat/completions (reliability plan B1-B8, B15-B18, S1) and bounded identifiers.
 
 Every case is sent twice, plain and with `"stream": true`: a refused request must get the
 same status and the same error body either way (S1), never `200` plus an error event.
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
+import grpc
 import httpx
 import openai
 import pytest
@@ -441,6 +443,156 @@ def test_b17_unicode_edge_cases(service, literal):
 def test_b17_lone_surrogate_is_a_precise_400(service):
     resp = post_raw(service, _json_text('"a\\ud800b"', False))
     assert_error(resp, 400, code="invalid_value", param="messages[0].content")
+
+
+# --- identifiers are bounded and never echoed without bound (issue 18, item 5) ----------
+
+LONG = "m" * 8000  # twice this in the core's trailers broke gRPC's 16 KiB metadata limit
+_TOOL_CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
+def _tool_turns(call=None, tool_call_id="call_1") -> list[dict]:
+    return [{"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "tool_calls": [call or _TOOL_CALL]},
+            {"role": "tool", "content": "42", "tool_call_id": tool_call_id}]
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"model": LONG}, "model"),
+    ({"model": "m" * 257}, "model"),
+    ({"messages": [{"role": "user", "content": "hi", "name": LONG}]}, "messages[0].name"),
+    ({"messages": _tool_turns(call={**_TOOL_CALL, "id": LONG})}, "messages[1].tool_calls[0].id"),
+    ({"messages": _tool_turns(call={**_TOOL_CALL, "function": {"name": LONG, "arguments": "{}"}})},
+     "messages[1].tool_calls[0].function.name"),
+    ({"messages": _tool_turns(tool_call_id=LONG)}, "messages[2].tool_call_id"),
+    ({"user": LONG}, "user"),
+    ({"prompt_cache_key": LONG}, "prompt_cache_key"),
+    ({"safety_identifier": "s" * 65}, "safety_identifier"),  # the spec's own maxLength
+    ({"metadata": {"k" * 65: "v"}}, "metadata"),  # spec: keys <= 64, values <= 512
+    ({"metadata": {"k": "v" * 513}}, "metadata.k"),
+    ({"stop": "s" * 1025}, "stop"),
+    ({"stop": ["ok", "s" * 1025]}, "stop[1]"),
+    # bounded even where the feature itself is refused as unsupported
+    ({"tools": [{"type": "function", "function": {"name": LONG}}]}, "tools[0].function.name"),
+    ({"tool_choice": {"type": "function", "function": {"name": LONG}}}, "tool_choice.function.name"),
+], ids=["model-8000", "model-257", "name", "tool_call.id", "tool_call.name", "tool_call_id", "user",
+        "prompt_cache_key", "safety_identifier", "metadata-key", "metadata-value", "stop", "stop[1]",
+        "tools.name", "tool_choice.name"])
+def test_ident_overlong_identifier_is_a_clear_400(service, fields, param):
+    plain, streamed = post_both(service, body_with(False, **fields))
+    err = assert_error(plain, 400, code="string_above_max_length", param=param, type_="invalid_request_error")
+    assert "maximum length" in err["message"]
+    assert len(plain.content) < 1000 and "mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm" not in plain.text
+    assert_same(plain, streamed)
+
+
+def test_ident_too_many_metadata_pairs(service):
+    plain, streamed = post_both(service, body_with(False, metadata={f"k{i}": "v" for i in range(17)}))
+    assert_error(plain, 400, code="invalid_value", param="metadata")
+    assert_same(plain, streamed)
+
+
+def test_ident_identifiers_at_the_bound_are_served(service):
+    body = body_with(False, messages=[{"role": "user", "content": "hi", "name": "n" * 256}], user="u" * 256,
+                     safety_identifier="s" * 64, metadata={"k" * 64: "v" * 512}, stop=["s" * 1024])
+    resp = post_raw(service, json.dumps(body))
+    assert resp.status_code == 200, resp.text
+
+
+def test_ident_unknown_field_with_a_huge_name_is_not_echoed(service):
+    plain, streamed = post_both(service, body_with(False, **{LONG: 1}))
+    err = assert_error(plain, 400, code="unknown_parameter")
+    assert len(err["param"]) < 300 and len(err["message"]) < 400
+    assert_same(plain, streamed)
+
+
+def test_ident_unknown_model_is_echoed_in_full_when_bounded(service):
+    name = "no-such-model-" + "x" * 200
+    plain, streamed = post_both(service, body_with(False, model=name))
+    err = assert_error(plain, 404, code="model_not_found", param="model")
+    assert name in err["message"]
+    assert_same(plain, streamed)
+
+
+@pytest.mark.parametrize("length, status", [(8000, 400), (257, 400), (256, 404)])
+def test_ident_retrieve_model_with_overlong_id(service, length, status):
+    resp = httpx.get(f"{service.base_url}/v1/models/{'m' * length}", timeout=30)
+    err = assert_error(resp, status, param="model")
+    assert err["code"] == ("string_above_max_length" if status == 400 else "model_not_found")
+    assert len(resp.content) < 1000
+
+
+FORGED = "FORGED-LOG-LINE-4711 INFO [genapi.generation] request admin done"
+
+
+def test_ident_client_text_cannot_forge_a_log_line(service, grpc_channel):
+    resp = post_raw(service, json.dumps(body_with(False, model=f"nope\n{FORGED}\r\n{FORGED}\u2028{FORGED}")))
+    assert_error(resp, 404, code="model_not_found")
+    gen = _generation_stub(grpc_channel)
+    with pytest.raises(grpc.RpcError):  # a gRPC caller's request id goes to the log as well
+        list(gen.Generate(_grpc_request(model=f"nope\n{FORGED}", request_id=f"rid\n{FORGED}"), timeout=30))
+    with pytest.raises(grpc.RpcError):
+        list(gen.Generate(_grpc_request(model=f"nope\n{FORGED}"), timeout=30,
+                          metadata=[("x-request-id", "r" * 5000)]))
+    time.sleep(0.5)
+    lines = service.log().splitlines()
+    assert [ln for ln in lines if FORGED in ln], "the attempt is logged (escaped)"
+    assert not [ln for ln in lines if ln.startswith("FORGED") or "\u2028" in ln], "a forged log line"
+    assert not [ln for ln in lines if "r" * 1000 in ln], "an unbounded value in the log"
+    assert "\n" not in resp.json()["error"]["message"]  # the echo in the message is escaped too
+
+
+def _generation_stub(channel):
+    from genapi.v1 import generation_service_pb2_grpc as pb_grpc
+
+    return pb_grpc.GenerationServiceStub(channel)
+
+
+def _grpc_request(**fields):
+    from genapi.v1 import content_pb2
+    from genapi.v1 import generation_service_pb2 as pb
+
+    req = pb.GenerateRequest(model=MODEL, messages=[content_pb2.ChatMessage(
+        role=content_pb2.ROLE_USER, content=[content_pb2.ContentPart(text="hi")])],
+        stopping=pb.StoppingOptions(max_tokens=2))
+    for key, value in fields.items():
+        if key == "name":
+            req.messages[0].name = value
+        elif key == "stop":
+            req.stopping.stop.append(value)
+        else:
+            setattr(req, key, value)
+    return req
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"model": LONG}, "model"),
+    ({"request_id": "r" * 129}, "request_id"),
+    ({"request_id": "r\nforged"}, "request_id"),
+    ({"name": LONG}, "messages[0].name"),
+    ({"stop": "s" * 1025}, "stop[0]"),
+], ids=["model", "request_id", "request_id-newline", "name", "stop"])
+def test_ident_grpc_overlong_identifier_is_invalid_argument(grpc_channel, fields, param):
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    with pytest.raises(grpc.RpcError) as ei:
+        list(_generation_stub(grpc_channel).Generate(_grpc_request(**fields), timeout=30))
+    err = ei.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.code(), err.details()[:300])
+    assert len(err.details()) < 1000
+    info = error_details_pb2.ErrorInfo()
+    assert rpc_status.from_call(err).details[0].Unpack(info)
+    assert info.reason in ("string_above_max_length", "invalid_value") and info.metadata["param"] == param
+
+
+def test_ident_grpc_get_model_with_overlong_id(grpc_channel):
+    from genapi.v1 import model_service_pb2, model_service_pb2_grpc
+
+    with pytest.raises(grpc.RpcError) as ei:
+        model_service_pb2_grpc.ModelServiceStub(grpc_channel).GetModel(
+            model_service_pb2.GetModelRequest(id=LONG), timeout=30)
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT and len(ei.value.details()) < 1000
 
 
 # --- after all of it: the service still serves ------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ..conftest import MODEL, ROOT, Service, free_port
+from ..conftest import MODEL, ROOT, Service, free_port, wait_until
 
 STOP_LIMIT_S = 45  # serve's own per-tier stop timeout is 40 s
 
@@ -93,8 +93,7 @@ def assert_stops_cleanly(svc: Service, send) -> None:
     rc = svc.proc.wait(STOP_LIMIT_S)
     assert rc == 0, svc.log()[-3000:]
     assert time.monotonic() - t0 < STOP_LIMIT_S
-    time.sleep(0.2)
-    assert [k for k in kids if alive(k)] == [], svc.log()[-3000:]
+    assert wait_until(lambda: not [k for k in kids if alive(k)], 5), svc.log()[-3000:]
     assert group_members(pid) == set()
     assert port_free(svc.port) and port_free(svc.grpc_port)
     assert "Traceback" not in svc.log()
@@ -198,17 +197,23 @@ def _stream_in_background(svc: Service, result: dict, first_chunk: threading.Eve
 
 
 def test_sigterm_stops_core_and_shim_and_finishes_the_stream_in_flight(tmp_path):
-    svc = Service(tmp_path, "sigterm").start()
+    # The stream is held in flight (test-only decode pause) until the signal has gone out,
+    # then released: it has to finish during the drain, however fast the machine is.
+    pause = tmp_path / "pause"
+    svc = Service(tmp_path, "sigterm",
+                  model_options=f'threads = 1\n[models.options.fault]\npause_decode_file = "{pause}"\n').start()
     try:
         result: dict = {}
         started = threading.Event()
         t = _stream_in_background(svc, result, started)
         assert started.wait(60)
+        pause.touch()
         sent_at = []
 
         def term(pid):
             sent_at.append(time.monotonic())
             os.kill(pid, signal.SIGTERM)
+            pause.unlink()
 
         assert_stops_cleanly(svc, term)
         t.join(30)
@@ -223,6 +228,7 @@ def test_sigterm_stops_core_and_shim_and_finishes_the_stream_in_flight(tmp_path)
         assert sum(1 for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")) >= 900
         assert result["ended_at"] > sent_at[0]  # it really was in flight when the signal came
     finally:
+        pause.unlink(missing_ok=True)
         svc.stop()
 
 

@@ -252,10 +252,11 @@ def read_response(sock) -> bytes:
 
 
 def fill_thread_pools(service, connections: int = 72) -> None:
-    """gthread workers grow their thread pool on demand and never shrink it; hold more
-    requests than the pools can take at once (headers sent, body incomplete) so both
-    pools reach full size before the baseline is taken. The bodies then complete as an
-    invalid request (400), which never reaches the engine."""
+    """gthread workers grow their thread pool on demand and never shrink it; complete more
+    requests at once than the pools can take (headers sent, then the bodies' last bytes
+    together) so both pools reach full size before the baseline is taken. Each is refused
+    without reaching the engine: an invalid request (400), or, past a worker's last free
+    thread, the front's 429 (shim/worker.py)."""
     body = json.dumps({"model": MODEL}).encode()
     host, port = service.base_url.removeprefix("http://").split(":")
     socks = []
@@ -269,7 +270,7 @@ def fill_thread_pools(service, connections: int = 72) -> None:
         for s in socks:
             s.sendall(body[-1:])
         for s in socks:
-            assert read_response(s).startswith(b"HTTP/1.1 400")
+            assert read_response(s)[:12] in (b"HTTP/1.1 400", b"HTTP/1.1 429")
     finally:
         for s in socks:
             s.close()

@@ -41,7 +41,8 @@ EXPECTED = {
 
 @pytest.mark.parametrize("code", list(grpc.StatusCode)[1:], ids=lambda c: c.name)
 def test_every_code_maps(code):
-    err = from_grpc_error(FakeRpcError(code, "some detail"))
+    # The core's statuses carry ErrorInfo (RESOURCE_EXHAUSTED is only a 429 with it).
+    err = from_grpc_error(FakeRpcError(code, "some detail", info(code.name.lower())))
     assert (err.status, err.type) == EXPECTED[code]
     body = err.envelope()
     assert set(body) == {"error"} and set(body["error"]) == ENVELOPE_KEYS
@@ -115,9 +116,34 @@ def test_resource_exhausted_retry_after(value, header):
     assert err.message == "queue full"
 
 
-def test_resource_exhausted_without_error_info_still_has_retry_after():
-    err = from_grpc_error(FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full"))
-    assert err.status == 429 and err.headers["Retry-After"] == "1" and err.code == "rate_limit_exceeded"
+def test_resource_exhausted_from_the_core_has_retry_after():
+    err = from_grpc_error(FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full", info("engine_overloaded")))
+    assert err.status == 429 and err.headers["Retry-After"] == "1" and err.code == "engine_overloaded"
+    assert err.type == "rate_limit_error"
+
+
+@pytest.mark.parametrize("details", [
+    "Stream removed (received metadata size exceeds hard limit (16440 vs. 16384);  :status:42B "
+    "grpc-message:8095B grpc-status-details-bin:8198B)",
+    "received trailing metadata size exceeds limit",
+    "",
+])
+def test_transport_resource_exhausted_is_never_a_rate_limit(details, caplog):
+    """Issue 18 item 5: RESOURCE_EXHAUSTED that the gRPC transport raises between shim and
+    core (no genapi ErrorInfo) is a server-side failure, not a 429 with Retry-After."""
+    err = from_grpc_error(FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, details))
+    assert (err.status, err.type, err.code) == (500, "server_error", None)
+    assert err.message == "internal error" and err.headers == {}
+    foreign = error_details_pb2.ErrorInfo(reason="RATE", domain="googleapis.com")
+    assert from_grpc_error(FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, details, foreign)).status == 500
+
+
+def test_core_call_failure_log_line_is_escaped_and_bounded(caplog):
+    forged = "x\nFORGED 2026-01-01 ERROR admin logged in " + "y" * 5000
+    with caplog.at_level("WARNING", logger="genapi.shim"):
+        from_grpc_error(FakeRpcError(grpc.StatusCode.INTERNAL, forged), request_id="r\nFORGED")
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "\n" not in line and "\\nFORGED" in line and len(line) < 700
 
 
 def test_non_retryable_429():

@@ -121,6 +121,27 @@ INVALID = [
     (base(moderation={"model": "x"}), "unsupported_parameter", "moderation"),
     (base(modalities=["text", "audio"]), "unsupported_parameter", "modalities"),
     (base(response_format={}), "missing_required_parameter", "response_format.type"),
+    # issue 18 item 5: identifiers are bounded (also where the feature is refused)
+    (base(model="m" * 257), "string_above_max_length", "model"),
+    (base(user="u" * 257), "string_above_max_length", "user"),
+    (base(prompt_cache_key="k" * 257), "string_above_max_length", "prompt_cache_key"),
+    (base(safety_identifier="s" * 65), "string_above_max_length", "safety_identifier"),
+    (base(metadata={"k" * 65: "v"}), "string_above_max_length", "metadata"),
+    (base(metadata={"k": "v" * 513}), "string_above_max_length", "metadata.k"),
+    (base(metadata={str(i): "v" for i in range(17)}), "invalid_value", "metadata"),
+    (base(stop="s" * 1025), "string_above_max_length", "stop"),
+    (base(stop=["s" * 1025]), "string_above_max_length", "stop[0]"),
+    (base(tools=[{"type": "function", "function": {"name": "f" * 257}}]), "string_above_max_length",
+     "tools[0].function.name"),
+    (base(tools=[{"type": "custom", "custom": {"name": "f" * 257}}]), "string_above_max_length",
+     "tools[0].custom.name"),
+    (base(functions=[{"name": "f" * 257}]), "string_above_max_length", "functions[0].name"),
+    (base(tool_choice={"type": "function", "function": {"name": "f" * 257}}), "string_above_max_length",
+     "tool_choice.function.name"),
+    (base(function_call={"name": "f" * 257}), "string_above_max_length", "function_call.name"),
+    (base(response_format={"type": "json_schema", "json_schema": {"name": "x" * 257}}), "string_above_max_length",
+     "response_format.json_schema.name"),
+    (base(logit_bias={"0" * 5000 + "1": 1}), "invalid_value", "logit_bias"),
 ]
 
 
@@ -170,6 +191,9 @@ INVALID_MESSAGES = [
     (msgs({"role": "assistant", "tool_calls": {}}), "invalid_type", "messages[0].tool_calls"),
     (msgs({"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]}),
      "missing_required_parameter", "messages[0].tool_calls[0].id"),
+    # found by schemathesis (negative mode): `type` is required, as in OpenAI's spec
+    (msgs({"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{}"}}]}),
+     "missing_required_parameter", "messages[0].tool_calls[0].type"),
     (msgs({"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f"}}]}),
      "missing_required_parameter", "messages[0].tool_calls[0].function.arguments"),
     (msgs({"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
@@ -187,6 +211,16 @@ INVALID_MESSAGES = [
      "messages[0].content[0].text"),
     (base(stop="\ud800"), "invalid_value", "stop"),
     (base(model="m\ud800"), "invalid_value", "model"),
+    # issue 18 item 5: identifiers inside messages are bounded
+    (msgs({"role": "user", "content": "x", "name": "n" * 257}), "string_above_max_length", "messages[0].name"),
+    (msgs({"role": "tool", "content": "r", "tool_call_id": "c" * 257}), "string_above_max_length",
+     "messages[0].tool_call_id"),
+    (msgs({"role": "assistant", "tool_calls": [{"id": "c" * 257, "type": "function",
+                                                "function": {"name": "f", "arguments": "{}"}}]}),
+     "string_above_max_length", "messages[0].tool_calls[0].id"),
+    (msgs({"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                                                "function": {"name": "f" * 257, "arguments": "{}"}}]}),
+     "string_above_max_length", "messages[0].tool_calls[0].function.name"),
 ]
 
 
@@ -199,6 +233,29 @@ def test_invalid_messages(body, code, param):
 
 def test_unknown_field_message_text_is_exact():
     assert error_of(base(foo=1)).message == "Unrecognized request argument supplied: foo"
+
+
+def test_too_long_message_is_openai_like():
+    err = error_of(base(model="m" * 300))
+    assert err.message == ("Invalid 'model': string too long. Expected a string with maximum length 256, "
+                           "but got a string with length 300 instead.")
+
+
+@pytest.mark.parametrize("body", [
+    base(**{"k" * 8000: 1}),
+    base(stream=True, stream_options={"k" * 8000: True}),
+    msgs({"role": "r" * 8000 + "\nFORGED", "content": "x"}),
+    msgs({"role": "user", "content": [{"type": "t" * 8000}]}),
+    base(tool_choice="c" * 8000),
+    base(response_format={"type": "t" * 8000}),
+    base(logit_bias={"x" * 8000: 1}),
+    base(temperature=10 ** 5000),
+], ids=["unknown", "stream_options", "role", "part-type", "tool_choice", "response_format", "logit_bias",
+        "huge-number"])
+def test_client_values_are_never_echoed_unbounded(body):
+    err = error_of(body)
+    assert len(err.message) < 400 and (err.param is None or len(err.param) < 300), err.message
+    assert "\n" not in err.message
 
 
 def test_type_error_message_is_precise():
@@ -229,6 +286,13 @@ VALID = [
     # explicit nulls everywhere
     {**base(), **{k: None for k in KNOWN_FIELDS - {"model", "messages"}}},
     # accepted and ignored
+    base(model="m" * 256, user="u" * 256, prompt_cache_key="k" * 256, safety_identifier="s" * 64,
+         metadata={str(i) * 64: "v" * 512 for i in range(10)} | {f"k{i}": "" for i in range(6)},
+         stop=["s" * 1024] * 4),
+    msgs({"role": "user", "content": "x", "name": "n" * 256},
+         {"role": "assistant", "tool_calls": [{"id": "c" * 256, "type": "function",
+                                               "function": {"name": "f" * 256, "arguments": "{}"}}]},
+         {"role": "tool", "content": "r", "tool_call_id": "c" * 256}),
     base(user="u", metadata={"a": "b"}, store=False, service_tier="auto", safety_identifier="s",
          prompt_cache_key="k", prompt_cache_retention="24h", prompt_cache_options={"ttl": "5m"},
          verbosity="low", reasoning_effort="high", parallel_tool_calls=True),

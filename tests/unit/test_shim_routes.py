@@ -7,6 +7,7 @@ import time
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 
 from shim import create_app, grpc_client
@@ -98,10 +99,24 @@ def test_unknown_model_is_404_before_any_byte(client, core, stream):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_overload_before_first_event_is_429_with_retry_after(client, core, stream):
-    core.generation.items = [FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")]
+    overloaded = error_details_pb2.ErrorInfo(reason="engine_overloaded", domain="genapi",
+                                             metadata={"retry_after_s": "1"})
+    core.generation.items = [FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full", overloaded)]
     resp = client.post(URL, json={**CHAT, "stream": stream}, headers=AUTH)
-    assert_envelope(resp, 429, code="rate_limit_exceeded")
+    assert_envelope(resp, 429, code="engine_overloaded")
     assert resp.headers["Retry-After"] == "1"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_transport_resource_exhausted_is_not_a_rate_limit(client, core, stream):
+    """Issue 18 item 5: trailers over gRPC's metadata limit broke the call with
+    RESOURCE_EXHAUSTED, which was answered as a 429 rate limit with Retry-After."""
+    core.generation.items = [FakeRpcError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "Stream removed (received metadata size exceeds hard limit "
+        "(16440 vs. 16384);  :status:42B content-type:60B grpc-status:44B grpc-message:8095B)")]
+    resp = client.post(URL, json={**CHAT, "stream": stream}, headers=AUTH)
+    err = assert_envelope(resp, 500, type="server_error")
+    assert "Retry-After" not in resp.headers and "metadata" not in err["message"]
 
 
 def test_core_down_is_503(client, core):

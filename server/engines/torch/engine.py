@@ -9,6 +9,7 @@ the requests' asyncio queues from one reader thread.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 from dataclasses import dataclass
@@ -28,6 +29,47 @@ class _Stream:
     queue: asyncio.Queue
     budget: int
     admitted: bool = False
+    abort_sent: bool = False
+
+
+class RequestStream:
+    """The events of one engine request (an async iterator), tied to the request's life:
+    `close()` (or `aclose()`) aborts the request unless it already ended, whether or not
+    iteration ever started, and at most once. The caller closes it when it is done with
+    the request, however it got there (finished, cancelled, failed)."""
+
+    def __init__(self, engine: "TorchEngine", request_id: str, queue: asyncio.Queue):
+        self._engine = engine
+        self.request_id = request_id
+        self._queue = queue
+        self._ready: collections.deque = collections.deque()
+        self._ended = False  # the engine said the request ended (finished or failed)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        while not self._ready:
+            if self._ended:
+                raise StopAsyncIteration
+            item = await self._queue.get()
+            if item is None:
+                self._ended = True
+            elif isinstance(item, Exception):
+                self._ended = True
+                raise item
+            else:
+                self._ready.extend(item)
+        return self._ready.popleft()
+
+    def close(self) -> None:
+        """Synchronous, so it also runs in a `finally` under cancellation."""
+        if not self._ended:
+            self._ended = True
+            self._engine.abort_now(self.request_id)
+
+    async def aclose(self) -> None:
+        self.close()
 
 
 class TorchEngine(EngineBase):
@@ -46,6 +88,7 @@ class TorchEngine(EngineBase):
         self._streams: dict[str, _Stream] = {}
         self._pending = 0  # admitted here, not yet holding slots in the scheduler
         self._budget_used = 0
+        self._stopping = False  # stop() was called: the process exiting is expected
         self._worker = WorkerProcess(name, path, self.options, Scheduler, self._on_step, self._on_exit)
 
     # ---- lifecycle -------------------------------------------------------------
@@ -57,14 +100,17 @@ class TorchEngine(EngineBase):
         self.chat_info = ChatModelInfo(tokenizer, info["context_length"], info["vocab_size"])
 
     async def stop(self) -> None:
+        self._stopping = True
         await self._worker.stop()
 
     def ready(self) -> bool:
         return self._worker.alive()
+
     # ---- requests --------------------------------------------------------------
-    def generate(self, request: GenerationRequest):
+    def generate(self, request: GenerationRequest) -> RequestStream:
         """Admits the request now (EngineOverloaded when the queue or the token budget is
-        full) and returns the async iterator of its events."""
+        full), sends it to the scheduler and returns its RequestStream. The request lives
+        until the scheduler ends it or the stream is closed (which aborts it)."""
         if not self.ready():
             raise EngineError(f"the engine process for {self.name!r} is not running")
         budget = len(request.prompt_ids) + request.max_tokens * request.n
@@ -81,27 +127,32 @@ class TorchEngine(EngineBase):
             self._pending += 1
             self._budget_used += budget
             self._streams[request.request_id] = stream
-        self._send(Submit(request))
-        return self._events(request.request_id, stream.queue)
-
-    async def _events(self, request_id: str, queue: asyncio.Queue):
-        finished = False
         try:
-            while (events := await queue.get()) is not None:
-                if isinstance(events, Exception):
-                    raise events
-                for ev in events:
-                    yield ev
-            finished = True
-        finally:
-            if not finished:  # consumer went away (cancelled RPC, closed iterator)
-                await self.abort(request_id)
+            self._send(Submit(request))
+        except OSError:  # the process died just now: take the request back
+            with self._lock:
+                if self._streams.pop(request.request_id, None) is not None:
+                    self._pending -= 1
+                    self._budget_used -= budget
+            raise EngineError(f"the engine process for {self.name!r} is not running") from None
+        return RequestStream(self, request.request_id, stream.queue)
 
-    async def abort(self, request_id: str) -> None:
+    def abort_now(self, request_id: str) -> None:
+        """Asks the scheduler to drop the request (its slots are freed at the next step).
+        Sends one Abort per live request, however often it is called; nothing for a
+        request that already ended."""
+        with self._lock:
+            st = self._streams.get(request_id)
+            if st is None or st.abort_sent:
+                return
+            st.abort_sent = True
         try:
             self._send(Abort(request_id))
-        except OSError:  # engine gone: nothing left to abort
+        except OSError:  # engine gone: its exit fails the request
             pass
+
+    async def abort(self, request_id: str) -> None:
+        self.abort_now(request_id)
 
     def stats(self) -> EngineStats:
         with self._lock:
@@ -119,9 +170,13 @@ class TorchEngine(EngineBase):
         self._dispatch(step.events, step.ended, step.admitted, step.active_sequences, step.cache_slots_used)
 
     def _on_exit(self) -> None:
-        log.error("engine process for %s exited (code %s); failing its requests", self.name, self._worker.exitcode)
         with self._lock:
             lost = list(self._streams)
+        if self._stopping:
+            log.info("engine process for %s stopped (%d request(s) still open)", self.name, len(lost))
+        else:
+            log.error("engine process for %s exited (code %s); failing its requests",
+                      self.name, self._worker.exitcode)
         self._dispatch({}, {rid: "the engine process exited" for rid in lost}, [], 0, 0)
 
     def _dispatch(self, events: dict, ended: dict, admitted: list, active: int, slots_used: int) -> None:

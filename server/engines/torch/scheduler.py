@@ -76,6 +76,9 @@ class Scheduler:
         self.max_prefill_tokens = int(opts.get("max_prefill_tokens", 4096))
         self.prefill_chunk = int(opts.get("prefill_chunk", 512))  # 0: whole prompts at once
         self.threads = opts.get("threads")
+        # Reliability tests only (engines/faults.py): no decode step while this file exists,
+        # so a test can hold requests in flight (admitted, first token out) as long as it needs.
+        self.pause_file = (opts.get("fault") or {}).get("pause_decode_file")
         self._waiting: collections.deque[_Req] = collections.deque()
         self._aborts: dict[str, float] = {}  # request id -> when asked
         self._free_slots = list(range(self.max_batch))  # a heap: lowest slot first
@@ -87,6 +90,12 @@ class Scheduler:
 
     def load(self) -> dict:
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        # No progress bars: they are noise in a service log, and tqdm's lock is a named
+        # semaphore that the resource tracker reports as leaked whenever this process is
+        # stopped before it could release it (a stop during loading).
+        hf_logging.disable_progress_bar()
 
         if self.device_name == "auto":
             self.device_name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -122,7 +131,10 @@ class Scheduler:
         prefill_only = False  # the previous step prefilled and skipped its decode
         while True:
             try:
-                if not self._drain(conn, block=not (self._active or self._waiting or self._chunking)):
+                paused = self.pause_file is not None and os.path.exists(self.pause_file)
+                can_admit = bool(self._waiting) and self._waiting[0].gen.n <= len(self._free_slots)
+                busy = can_admit or bool(self._chunking) or (bool(self._active) and not paused)
+                if not self._drain(conn, wait_s=0 if busy else 0.05 if paused else 0.5):
                     return
                 self._apply_aborts()
                 if self._admit() | self._prefill_chunk():  # `|`: both run every step
@@ -134,7 +146,7 @@ class Scheduler:
                         prefill_only = True
                         continue
                 prefill_only = False
-                if self._active:
+                if self._active and not paused:
                     self._decode()
             except (EOFError, OSError):
                 return
@@ -143,9 +155,9 @@ class Scheduler:
                 self._fail(_requests_of(self._active), e)
             self._send(conn)
 
-    def _drain(self, conn, block: bool) -> bool:
-        """Reads every pending message (waiting for one when idle); False on stop."""
-        if not conn.poll(0.5 if block else 0):
+    def _drain(self, conn, wait_s: float) -> bool:
+        """Reads every pending message (waiting up to `wait_s` for one); False on stop."""
+        if not conn.poll(wait_s):
             return True
         while True:
             msg = conn.recv()
