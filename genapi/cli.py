@@ -101,12 +101,20 @@ def _follow_supervisor() -> bool:
     return True
 
 
-def cmd_core(args) -> None:
+def _prepare_tier(args, what: str, address, flag: str) -> Config:
+    """Config for one tier started alone (or by serve): exposure rule, port check.
+    `address(cfg)` gives the (host, port) this tier listens on."""
     supervised = _follow_supervisor()
     cfg = _load(args)
-    _check_exposure(cfg, cfg.core_host, "gRPC core", notice=not supervised)
-    if not port_free(cfg.core_host, cfg.core_port):
-        _fail(f"gRPC port {cfg.core_host}:{cfg.core_port} is already in use (choose another with --grpc-port)")
+    host, port = address(cfg)
+    _check_exposure(cfg, host, what, notice=not supervised)
+    if not port_free(host, port):
+        _fail(f"{what} port {host}:{port} is already in use (choose another with {flag})")
+    return cfg
+
+
+def cmd_core(args) -> None:
+    cfg = _prepare_tier(args, "gRPC core", lambda c: (c.core_host, c.core_port), "--grpc-port")
     _setup_logging()
     from server.app import serve  # the core's modules load only in the core's process
 
@@ -132,11 +140,7 @@ def _shim_argv() -> list[str]:
 
 
 def cmd_shim(args) -> None:
-    supervised = _follow_supervisor()
-    cfg = _load(args)
-    _check_exposure(cfg, cfg.shim_host, "REST API", notice=not supervised)
-    if not port_free(cfg.shim_host, cfg.shim_port):
-        _fail(f"HTTP port {cfg.shim_host}:{cfg.shim_port} is already in use (choose another with --port)")
+    cfg = _prepare_tier(args, "REST API", lambda c: (c.shim_host, c.shim_port), "--port")
     os.execve(sys.executable, _shim_argv(), _shim_env(cfg, args))
 
 

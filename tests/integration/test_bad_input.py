@@ -17,7 +17,7 @@ import openai
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ..conftest import MODEL, Service
+from ..conftest import MODEL, Service, wait_until
 
 SENTINEL = "zq-prompt-sentinel-4711"  # put in every prompt; must never come back in an error
 MESSAGES = [{"role": "user", "content": f"Say hi. {SENTINEL}"}]
@@ -534,7 +534,8 @@ def test_ident_client_text_cannot_forge_a_log_line(service, grpc_channel):
     with pytest.raises(grpc.RpcError):
         list(gen.Generate(_grpc_request(model=f"nope\n{FORGED}"), timeout=30,
                           metadata=[("x-request-id", "r" * 5000)]))
-    time.sleep(0.5)
+    # The core logs the last attempt after it answered: wait for its oversized request id line.
+    assert wait_until(lambda: service.log().count(FORGED) >= 3, timeout_s=10)
     lines = service.log().splitlines()
     assert [ln for ln in lines if FORGED in ln], "the attempt is logged (escaped)"
     assert not [ln for ln in lines if ln.startswith("FORGED") or "\u2028" in ln], "a forged log line"

@@ -190,7 +190,9 @@ def core_stream(call, environ=None, calls=None, poll_s=0.02):
 def closed_client_environ():
     client, conn = tcp_pair()
     client.close()
-    time.sleep(0.05)
+    deadline = time.monotonic() + 5
+    while not socket_closed_by_peer(conn) and time.monotonic() < deadline:  # the FIN has arrived
+        time.sleep(0.01)
     return {"gunicorn.socket": conn}, conn
 
 
