@@ -28,7 +28,15 @@ class EngineOverloaded(EngineError):
 
 
 class EngineInvalidRequest(EngineError):
-    """The backend cannot serve this request as asked (-> INVALID_ARGUMENT)."""
+    """The backend cannot serve this request as asked (-> INVALID_ARGUMENT).
+
+    `reason` is the OpenAI error code (ErrorInfo.reason, e.g. "context_length_exceeded")
+    and `param` the request field at fault, when the backend knows them."""
+
+    def __init__(self, message: str, param: str | None = None, reason: str = "invalid_value"):
+        super().__init__(message)
+        self.param = param
+        self.reason = reason
 
 
 class EngineUnavailable(EngineError):

@@ -21,7 +21,16 @@ from server.engines.base import (
 from server.engines.trtllm import mapping as m
 from server.engines.trtllm.adapter import MISSING_EXTRA, TrtllmEngine
 
-from .trtllm_support import LP, TRTLLM_SAMPLING_FIELDS, finishes, req, sp
+from .trtllm_support import (
+    LP,
+    RequestError,
+    TrtLLM,
+    TrtResult as FakeResult,
+    TrtSamplingParams,
+    finishes,
+    req,
+    sp,
+)
 
 
 def test_start_without_tensorrt_llm_names_the_extra(monkeypatch):
@@ -45,70 +54,14 @@ def test_generate_before_start_is_unavailable():
         TrtllmEngine("m", "/x", {}).generate(req())
 
 
-# ---- a fake tensorrt_llm, scripted per request
-
-
-class FakeResult:
-    def __init__(self, steps):
-        self.steps = steps  # list of lists of (text, n_tokens, finish, stop_reason)
-        self.aborted = False
-        self.finished = False
-
-    def abort(self):
-        self.aborted = True
-
-    def _outputs(self, step):
-        return [SimpleNamespace(index=i, text=t, token_ids=list(range(n)), finish_reason=f,
-                                stop_reason=s, logprobs=[])
-                for i, (t, n, f, s) in enumerate(step)]
-
-    async def _gen(self):
-        last = None
-        for step in self.steps:
-            await asyncio.sleep(0)
-            if self.aborted:
-                break
-            last = step
-            yield SimpleNamespace(outputs=self._outputs(step))
-        if self.aborted and last is not None:
-            yield SimpleNamespace(outputs=self._outputs(
-                [(t, n, "cancelled", None) for t, n, _, _ in last]))
-        self.finished = True
-
-    def __aiter__(self):
-        return self._gen()
-
-
-class FakeLLM:
-    def __init__(self, **kwargs):
-        self.kwargs = kwargs
-        self.submitted = []  # (inputs, params)
-        self.script = []  # FakeResult per submission, in order
-        self.shut = False
-
-    def generate_async(self, inputs, params, streaming=False):
-        assert streaming is True
-        self.submitted.append((inputs, params))
-        return self.script.pop(0)
-
-    def shutdown(self):
-        self.shut = True
-
-
-class FakeSamplingParams:
-    def __init__(self, **kwargs):
-        unknown = set(kwargs) - TRTLLM_SAMPLING_FIELDS
-        assert not unknown, unknown
-        if kwargs.get("temperature", 1.0) < 0:
-            raise ValueError("require temperature >= 0")
-        self.kwargs = kwargs
+# ---- a fake tensorrt_llm module made of the stand-ins in trtllm_support
 
 
 @pytest.fixture
 def fake_trt(monkeypatch):
     mod = types.ModuleType("tensorrt_llm")
-    mod.LLM = FakeLLM
-    mod.SamplingParams = FakeSamplingParams
+    mod.LLM = TrtLLM
+    mod.SamplingParams = TrtSamplingParams
     mod.__version__ = "fake"
     llmapi = types.ModuleType("tensorrt_llm.llmapi")
     llmapi.KvCacheConfig = lambda **kw: ("KvCacheConfig", kw)
@@ -155,13 +108,15 @@ def test_generate_streams_and_maps(fake_trt):
     engine = started()
     engine._llm.script.append(FakeResult([[("Hel", 1, None, None)],
                                           [("Hello", 2, "stop", None)]]))
-    r = req(stop=["x"], sampling=sp(temperature=0.5, seed=1))
+    r = req(stop=["x"], sampling=sp(temperature=0.5))
     events = asyncio.run(drain(engine.generate(r)))
     assert events == [TextEvent(0, "Hel", 1), TextEvent(0, "lo", 1), FinishEvent(0, "stop", 0)]
     inputs, params = engine._llm.submitted[0]
     assert inputs == {"prompt_token_ids": [1, 2, 3]}
-    assert params.kwargs["end_id"] == 2 and params.kwargs["stop_token_ids"] == [3]
-    assert params.kwargs["stop"] == ["x"] and params.kwargs["seed"] == 1
+    # end_id is left to TensorRT-LLM's _setup, which also tokenizes the stop strings
+    assert "end_id" not in params.kwargs and params.end_id == TrtLLM.tokenizer.eos_token_id
+    assert params._get_stop_words() == [[2], [3], TrtLLM.tokenizer.encode("x")]
+    assert params.kwargs["stop_token_ids"] == [2, 3] and params.kwargs["stop"] == ["x"]
     s = engine.stats()
     assert s.requests_finished == 1 and s.active_sequences == 0 and s.budget_tokens_used == 0
 
@@ -189,22 +144,32 @@ def test_logit_bias_becomes_embedding_bias(fake_trt):
 
 def test_logprobs_are_converted(fake_trt):
     engine = started()
-
-    class WithLogprobs(FakeResult):
-        async def _gen(self):
-            yield SimpleNamespace(outputs=[SimpleNamespace(
-                index=0, text="ab", token_ids=[4, 5], finish_reason="length",
-                stop_reason=None,
-                logprobs=[{4: LP(-0.5, 1), 6: LP(-1.5, 2)}, {5: LP(-0.1, 1)}])])
-
-    engine._llm.script.append(WithLogprobs([]))
-    events = asyncio.run(drain(engine.generate(req(logprobs=True, top_logprobs=2))))
+    # Sampled tokens 4 (rank 1) and 5 (rank 3): with top_logprobs=2 the mapping asks for
+    # 3 per position, so the PyTorch sampler's top-k still holds token 5.
+    dists = [(4, {4: -0.5, 6: -1.5, 7: -3.0, 8: -4.0}),
+             (5, {6: -0.2, 7: -0.9, 5: -1.1, 8: -5.0})]
+    engine._llm.script.append(FakeResult([[("ab", 2, "length", None)]], dists))
+    events = asyncio.run(drain(engine.generate(
+        req(logprobs=True, top_logprobs=2, sampling=sp(temperature=1.0)))))
     assert events[0].logprobs == [
         TokenLogprob("<4>", -0.5, b"<4>", [TopLogprob("<4>", -0.5, b"<4>"),
                                            TopLogprob("<6>", -1.5, b"<6>")]),
-        TokenLogprob("<5>", -0.1, b"<5>", [TopLogprob("<5>", -0.1, b"<5>")]),
+        TokenLogprob("<5>", -1.1, b"<5>", [TopLogprob("<6>", -0.2, b"<6>"),
+                                           TopLogprob("<7>", -0.9, b"<7>")]),
     ]
     assert events[1] == FinishEvent(0, "length", 0)
+
+
+def test_sampled_token_outside_the_top_k_gets_an_upper_bound(fake_trt):
+    engine = started()
+    # Sampled token 5 ranks 4th; top_logprobs=1 asks for 2: it is not in the mapping.
+    engine._llm.script.append(FakeResult([[("a", 1, "length", None)]],
+                                         [(5, {6: -0.2, 7: -0.9, 8: -1.0, 5: -2.5})]))
+    events = asyncio.run(drain(engine.generate(
+        req(logprobs=True, top_logprobs=1, sampling=sp(temperature=1.0)))))
+    (lp,) = events[0].logprobs
+    assert lp.token == "<5>" and lp.top == [TopLogprob("<6>", -0.2, b"<6>")]
+    assert lp.logprob == -0.9  # the lowest logprob listed: the sampled one is at most that
 
 
 def test_admission_control(fake_trt):
@@ -284,6 +249,68 @@ def test_abort_by_request_id_ends_the_stream(fake_trt):
     assert result.aborted
     assert engine.stats().requests_aborted == 1
     asyncio.run(engine.abort("unknown"))
+
+
+def test_llm_args_backend_other_than_pytorch_is_refused_at_load(fake_trt):
+    with pytest.raises(EngineUnavailable, match="llm_args.backend"):
+        started({"llm_args": {"backend": "tensorrt"}})
+    assert started({"llm_args": {"backend": "pytorch"}}).ready()
+
+
+def test_seeded_sampling_is_refused_with_param_seed(fake_trt):
+    from server.errors import from_engine_error
+
+    engine = started()
+    with pytest.raises(m.UnsupportedRequest) as err:
+        engine.generate(req(sampling=sp(temperature=0.7, seed=3)))
+    status = from_engine_error(err.value)
+    assert status.code.name == "INVALID_ARGUMENT"
+    assert (status.reason, status.param) == ("unsupported_parameter", "seed")
+    assert not engine._llm.submitted and engine.stats().active_sequences == 0
+    # greedy output is deterministic anyway: a seed there is accepted
+    engine._llm.script.append(FakeResult([[("a", 1, "length", None)]]))
+    asyncio.run(drain(engine.generate(req(sampling=sp(temperature=0, seed=3)))))
+
+
+@pytest.mark.parametrize("prompt_len, max_tokens, param", [
+    (128, 1, "messages"),  # at the context length: no room for a completion
+    (200, 1, "messages"),
+    (120, 9, "max_tokens"),
+])
+def test_prompt_at_or_past_the_context_is_refused_before_submission(fake_trt, prompt_len,
+                                                                    max_tokens, param):
+    engine = started()  # context 128, the stand-in LLM's max_seq_len
+    with pytest.raises(m.UnsupportedRequest) as err:
+        engine.generate(req(prompt_ids=[1] * prompt_len, max_tokens=max_tokens))
+    assert (err.value.reason, err.value.param) == ("context_length_exceeded", param)
+    assert not engine._llm.submitted
+    engine._llm.script.append(FakeResult([[("a", 1, "length", None)]]))
+    asyncio.run(drain(engine.generate(req(prompt_ids=[1] * 127, max_tokens=1))))
+
+
+def test_prompt_longer_than_max_num_tokens_is_refused_without_chunked_prefill(fake_trt):
+    engine = started({"max_num_tokens": 16})
+    with pytest.raises(m.UnsupportedRequest) as err:
+        engine.generate(req(prompt_ids=[1] * 17, max_tokens=1))
+    assert err.value.reason == "context_length_exceeded"
+    chunked = started({"max_num_tokens": 16, "llm_args": {"enable_chunked_prefill": True}})
+    chunked._llm.script.append(FakeResult([[("a", 1, "length", None)]]))
+    asyncio.run(drain(chunked.generate(req(prompt_ids=[1] * 17, max_tokens=1))))
+
+
+def test_sampled_n_above_max_batch_is_refused(fake_trt):
+    # The PyTorch-backend LLM does not check n against max_batch_size: we must.
+    engine = started({"max_batch": 2})
+    with pytest.raises(m.UnsupportedRequest, match="max_batch"):
+        engine.generate(req(n=3, sampling=sp(temperature=1.0)))
+
+
+def test_worker_error_becomes_engine_error(fake_trt):
+    engine = started()
+    engine._llm.script.append(FakeResult([], error=RequestError("enqueue failed")))
+    with pytest.raises(EngineError, match="enqueue failed"):
+        asyncio.run(drain(engine.generate(req())))
+    assert engine.stats().active_sequences == 0
 
 
 def test_sampling_params_value_error_is_invalid_argument(fake_trt, monkeypatch):

@@ -17,7 +17,17 @@ from server.engines.base import (
 from server.engines.trtllm import mapping as m
 from server.engines.trtllm.mapping import ChoiceSnapshot as Snap
 
-from .trtllm_support import LP, TRTLLM_SAMPLING_FIELDS, finishes, req, sp
+from .trtllm_support import (
+    LP,
+    TRTLLM_SAMPLING_FIELDS,
+    RequestError,
+    TrtLLM,
+    TrtResult,
+    TrtSamplingParams,
+    finishes,
+    req,
+    sp,
+)
 
 # ------------------------------------------------------------------ sampling_kwargs
 
@@ -27,14 +37,14 @@ def test_sampling_kwargs_defaults():
     assert kw == {
         "max_tokens": 16, "n": 1, "presence_penalty": 0.0, "frequency_penalty": 0.0,
         "ignore_eos": False, "include_stop_str_in_output": False, "detokenize": True,
-        "temperature": 1.0, "top_p": 1.0, "end_id": 2,
+        "temperature": 1.0, "top_p": 1.0, "stop_token_ids": [2],
     }
     assert set(kw) <= TRTLLM_SAMPLING_FIELDS
 
 
 def test_sampling_kwargs_every_field():
     r = req(max_tokens=7, n=2, stop=["\n\n", "END"], logprobs=True, top_logprobs=3,
-            sampling=sp(temperature=0.7, top_p=0.9, seed=42, presence_penalty=0.5,
+            sampling=sp(temperature=0.7, top_p=0.9, presence_penalty=0.5,
                         frequency_penalty=-0.25, logit_bias={5: 1.0}))
     kw = m.sampling_kwargs(r, 0)
     assert kw["max_tokens"] == 7
@@ -42,11 +52,11 @@ def test_sampling_kwargs_every_field():
     assert kw["temperature"] == pytest.approx(0.7)
     assert kw["top_p"] == pytest.approx(0.9)
     assert "top_k" not in kw
-    assert kw["seed"] == 42
+    assert "seed" not in kw
     assert kw["presence_penalty"] == 0.5 and kw["frequency_penalty"] == -0.25
     assert kw["stop"] == ["\n\n", "END"]
-    assert kw["logprobs"] == 3
-    assert kw["end_id"] == 0
+    assert kw["logprobs"] == 4  # one more than top_logprobs: see token_logprob
+    assert "end_id" not in kw and kw["stop_token_ids"] == [0]
     assert kw["include_stop_str_in_output"] is False and kw["detokenize"] is True
     assert "logit_bias" not in kw and "embedding_bias" not in kw  # separate spec
     assert set(kw) <= TRTLLM_SAMPLING_FIELDS
@@ -91,10 +101,11 @@ def test_seed_mapping():
 
 def test_logprobs_mapping():
     assert "logprobs" not in m.sampling_kwargs(req(), 2)
-    # chosen token only: TensorRT-LLM needs logprobs >= 1 to return anything
-    assert m.sampling_kwargs(req(logprobs=True), 2)["logprobs"] == 1
-    assert m.sampling_kwargs(req(logprobs=True, top_logprobs=5), 2)["logprobs"] == 5
-    assert m.sampling_kwargs(req(logprobs=True, top_logprobs=20), 2)["logprobs"] == 20
+    # TensorRT-LLM needs logprobs >= 1 to return anything; one more than the client's
+    # top_logprobs, so that the sampled token is more often among them
+    assert m.sampling_kwargs(req(logprobs=True), 2)["logprobs"] == 2
+    assert m.sampling_kwargs(req(logprobs=True, top_logprobs=5), 2)["logprobs"] == 6
+    assert m.sampling_kwargs(req(logprobs=True, top_logprobs=20), 2)["logprobs"] == 21
     # top_logprobs without logprobs asks for nothing
     assert "logprobs" not in m.sampling_kwargs(req(top_logprobs=5), 2)
 
@@ -107,21 +118,35 @@ def test_stop_strings():
     assert isinstance(kw["stop"], list)
 
 
-def test_ignore_eos_and_end_id():
+def test_end_id_is_left_to_tensorrt_llm():
+    # LLM._prepare_sampling_params runs SamplingParams._setup (which tokenizes `stop`)
+    # only when end_id is unset: never set it.
+    for eos in (2, [2, 7], None, []):
+        for r in (req(), req(stop=["x"]), req(ignore_eos=True)):
+            assert "end_id" not in m.sampling_kwargs(r, eos)
     kw = m.sampling_kwargs(req(ignore_eos=True), 2)
-    assert kw["ignore_eos"] is True and kw["end_id"] == 2
-    assert "end_id" not in m.sampling_kwargs(req(), None)
-    assert "end_id" not in m.sampling_kwargs(req(), [])
+    assert kw["ignore_eos"] is True and "stop_token_ids" not in kw
+    assert "stop_token_ids" not in m.sampling_kwargs(req(), None)
 
 
-def test_several_eos_ids_become_end_id_and_stop_token_ids():
-    kw = m.sampling_kwargs(req(), [2, 7, 2, 9])
-    assert kw["end_id"] == 2
-    assert kw["stop_token_ids"] == [7, 9]
-    # ignore_eos must not be defeated by the extra EOS ids
-    kw = m.sampling_kwargs(req(ignore_eos=True), [2, 7])
-    assert kw["end_id"] == 2 and "stop_token_ids" not in kw
-    assert "stop_token_ids" not in m.sampling_kwargs(req(), [5])
+def test_every_eos_id_is_a_stop_token_id():
+    assert m.sampling_kwargs(req(), [2, 7, 2, 9])["stop_token_ids"] == [2, 7, 9]
+    assert m.sampling_kwargs(req(), 5)["stop_token_ids"] == [5]
+    # ignore_eos must not be defeated by the EOS ids
+    assert "stop_token_ids" not in m.sampling_kwargs(req(ignore_eos=True), [2, 7])
+
+
+def test_stand_in_setup_rule_catches_a_set_end_id():
+    """The stand-in follows TensorRT-LLM: stop strings are only tokenized when end_id is
+    unset, so params carrying end_id and stop fail when the worker builds stop words."""
+    params = TrtSamplingParams(**m.sampling_kwargs(req(stop=["x"]), [2]))
+    llm = TrtLLM()
+    llm.script.append(TrtResult([]))
+    assert llm.generate_async({"prompt_token_ids": [1]}, params, streaming=True).error is None
+    bad = TrtSamplingParams(end_id=2, stop=["x"])
+    llm.script.append(TrtResult([]))
+    assert isinstance(llm.generate_async({"prompt_token_ids": [1]}, bad, streaming=True).error,
+                      RequestError)
 
 
 # ------------------------------------------------------------------------ logit bias
@@ -161,18 +186,36 @@ def test_logit_bias_is_an_invalid_argument_error():
     dict(sampling=sp(logit_bias={-1: 1.0})),
     dict(sampling=sp(logit_bias={100: 1.0})),  # vocab_size 100
     dict(n=9, sampling=sp(temperature=1.0)),  # max_batch 8
+    dict(sampling=sp(temperature=0.5, seed=1)),  # the PyTorch sampler ignores seeds
+    dict(prompt_ids=[1] * 16),  # context_length 16
+    dict(prompt_ids=[1] * 10, max_tokens=7),
+    dict(prompt_ids=[1] * 11, max_tokens=1),  # max_prompt_tokens 10
 ])
 def test_validate_rejects(bad):
     with pytest.raises(m.UnsupportedRequest):
-        m.validate(req(**bad), vocab_size=100, max_batch=8)
+        m.validate(req(**bad), vocab_size=100, max_batch=8, context_length=16,
+                   max_prompt_tokens=10)
+
+
+@pytest.mark.parametrize("bad, reason, param", [
+    (dict(sampling=sp(temperature=0.5, seed=1)), "unsupported_parameter", "seed"),
+    (dict(prompt_ids=[1] * 64), "context_length_exceeded", "messages"),
+    (dict(prompt_ids=[1] * 50, max_tokens=15), "context_length_exceeded", "max_tokens"),
+    (dict(sampling=sp(top_p=0.0)), "invalid_value", "top_p"),
+])
+def test_validate_names_reason_and_param(bad, reason, param):
+    with pytest.raises(m.UnsupportedRequest) as err:
+        m.validate(req(**bad), context_length=64)
+    assert (err.value.reason, err.value.param) == (reason, param)
 
 
 def test_validate_accepts():
     m.validate(req(), vocab_size=100, max_batch=8)
     m.validate(req(n=9, sampling=sp(temperature=0)), vocab_size=100, max_batch=8)  # 1 seq
     m.validate(req(logprobs=True, top_logprobs=20, stop=["x"],
-                   sampling=sp(logit_bias={99: -100.0, 0: 100.0}, seed=-5)),
+                   sampling=sp(logit_bias={99: -100.0, 0: 100.0}, seed=-5, temperature=0)),
                vocab_size=100, max_batch=8)
+    m.validate(req(prompt_ids=[1] * 10, max_tokens=6), context_length=16, max_prompt_tokens=10)
     m.validate(req(sampling=sp(logit_bias={10**6: 1.0})))  # vocab unknown: not checked
 
 
@@ -185,15 +228,27 @@ def test_llm_kwargs():
     kw, kv = m.llm_kwargs("/m", {
         "max_batch": 8, "dtype": "bfloat16", "max_context": 4096, "max_num_tokens": 2048,
         "tensor_parallel_size": 2, "free_gpu_memory_fraction": 0.5, "trust_remote_code": True,
-        "max_queue": 3, "llm_args": {"backend": "tensorrt", "max_batch_size": 4},
+        "max_queue": 3, "llm_args": {"max_batch_size": 4, "enable_chunked_prefill": True},
     })
     assert kw == {"model": "/m", "max_batch_size": 4, "dtype": "bfloat16", "max_seq_len": 4096,
                   "max_num_tokens": 2048, "tensor_parallel_size": 2, "trust_remote_code": True,
-                  "backend": "tensorrt"}
+                  "enable_chunked_prefill": True}
     assert kv == {"free_gpu_memory_fraction": 0.5}
     assert "dtype" not in m.llm_kwargs("/m", {"dtype": "auto"})[0]
     with pytest.raises(ValueError):
         m.llm_kwargs("/m", {"llm_args": "backend=tensorrt"})
+    # tensorrt_llm.LLM is the PyTorch-backend class: it cannot load TensorRT engines
+    assert m.llm_kwargs("/m", {"llm_args": {"backend": "pytorch"}})[0]["backend"] == "pytorch"
+    with pytest.raises(ValueError, match="llm_args.backend"):
+        m.llm_kwargs("/m", {"llm_args": {"backend": "tensorrt"}})
+
+
+def test_prompt_token_limit():
+    assert m.prompt_token_limit({}) is None
+    assert m.prompt_token_limit({"max_num_tokens": 512}) == 512
+    assert m.prompt_token_limit({"max_num_tokens": 512, "llm_args": {"max_num_tokens": 256}}) == 256
+    assert m.prompt_token_limit({"max_num_tokens": 512,
+                                 "llm_args": {"enable_chunked_prefill": True}}) is None
 
 
 # -------------------------------------------------------------------------- logprobs
@@ -221,7 +276,9 @@ def test_token_logprob_from_dict_without_ranks_sorts_by_logprob():
 def test_token_logprob_edge_cases():
     assert m.token_logprob(4, -0.25, 3, tt) == TokenLogprob("<4>", -0.25, b"<4>", [])
     assert m.token_logprob(4, {4: LP(-1.0, 1)}, 0, tt).top == []
-    assert m.token_logprob(4, {5: LP(-1.0, 1)}, 1, tt).logprob == m.MIN_LOGPROB  # absent
+    # sampled token outside the top-k (PyTorch sampler): the lowest listed, an upper bound
+    assert m.token_logprob(4, {5: LP(-1.0, 1), 6: LP(-2.5, 2)}, 1, tt).logprob == -2.5
+    assert m.token_logprob(4, {}, 1, tt).logprob == m.MIN_LOGPROB
     assert m.token_logprob(4, -math.inf, 0, tt).logprob == m.MIN_LOGPROB
 
 

@@ -1,7 +1,8 @@
-"""TensorRT-LLM backend: a thin adapter over `tensorrt_llm.LLM` (the LLM API).
+"""TensorRT-LLM backend: a thin adapter over `tensorrt_llm.LLM` (the LLM API, PyTorch
+backend).
 
 Follows the TensorRT-LLM 1.2 LLM API (1.2.0rc2; see mapping.py's docstring for the
-fields used and the 1.0 differences): `LLM(model=<HF dir>, ...)`,
+fields used, the rules relied on and the 1.0 differences): `LLM(model=<HF dir>, ...)`,
 `llm.generate_async({"prompt_token_ids": ids}, SamplingParams(...), streaming=True)`
 returning a RequestOutput that is async-iterated (one cumulative snapshot per step)
 and has `.abort()`, and `llm.shutdown()`.
@@ -40,6 +41,7 @@ from .mapping import (
     events_from_output,
     llm_kwargs,
     logit_bias_spec,
+    prompt_token_limit,
     replicate,
     sampling_kwargs,
     token_logprob,
@@ -101,9 +103,12 @@ class TrtllmEngine(EngineBase):
         if not has_cuda:
             raise EngineUnavailable("TensorRT-LLM backend needs an NVIDIA GPU with CUDA; "
                                     "none is visible")
+        try:
+            kwargs, kv = llm_kwargs(self.path, self.options)
+        except ValueError as e:
+            raise EngineUnavailable(f"model {self.name}: {e}") from e
         self._trt = tensorrt_llm
         self._load_hf()
-        kwargs, kv = llm_kwargs(self.path, self.options)
         if kv:
             from tensorrt_llm.llmapi import KvCacheConfig
             kwargs["kv_cache_config"] = KvCacheConfig(**kv)
@@ -162,7 +167,9 @@ class TrtllmEngine(EngineBase):
         EngineOverloaded), then returns the event stream."""
         if self._llm is None:
             raise EngineUnavailable(f"model {self.name} is not loaded")
-        validate(request, vocab_size=self.vocab_size, max_batch=self.max_batch)
+        validate(request, vocab_size=self.vocab_size, max_batch=self.max_batch,
+                 context_length=self.context_length,
+                 max_prompt_tokens=prompt_token_limit(self.options))
         release = self._admit(request)
         stream = self._stream(request, release)
         weakref.finalize(stream, release)  # dropped without being iterated
@@ -257,8 +264,10 @@ class TrtllmEngine(EngineBase):
             params = self._trt.SamplingParams(**kwargs)
             return self._llm.generate_async({"prompt_token_ids": list(req.prompt_ids)},
                                             params, streaming=True)
-        except ValueError as e:  # SamplingParams._validate, prompt longer than max_seq_len
+        except ValueError as e:  # SamplingParams._validate, BaseLLM._check_arguments
             raise UnsupportedRequest(str(e)) from e
+        except Exception as e:  # RequestError from an in-process executor, shutting down
+            raise EngineError(f"TensorRT-LLM refused request {req.request_id}: {e}") from e
 
     def _snapshot(self, output: Any, logprobs: list[list], req: GenerationRequest):
         converted = logprobs[output.index]

@@ -4,22 +4,50 @@ No `tensorrt_llm` import here, so all of it is unit-tested on machines without a
 `adapter.py` beside it feeds these functions real TensorRT-LLM objects.
 
 API followed: TensorRT-LLM 1.2 (`tensorrt_llm/version.py` 1.2.0rc2, commit b35ac1b6),
-cross-checked against 1.0.0rc4 (commit 000a01de):
+cross-checked against 1.0.0rc4 (commit 000a01de). The rules this module relies on, with
+the file each comes from (paths in that tree; `tests/unit/trtllm_support.py` holds
+stand-ins that follow the same rules):
 
-* `tensorrt_llm.SamplingParams` keyword fields used: max_tokens, temperature, top_p,
-  top_k, seed, presence_penalty, frequency_penalty, stop, stop_token_ids, n, logprobs
-  (int: top-k per position), ignore_eos, end_id, include_stop_str_in_output, detokenize,
+* `tensorrt_llm.LLM` is the PyTorch-backend class (`llmapi/llm.py`: `class LLM(_TorchLLM)`,
+  whose `_build_model` asserts there is no engine directory). The TensorRT-engine class,
+  `_TrtLLM`, is exported only from the private `tensorrt_llm._tensorrt_engine` and has
+  other request rules (prompt + max_tokens <= max_seq_len, logprobs only with
+  gather_generation_logits), so `llm_args.backend` other than "pytorch" is refused.
+* `SamplingParams` keyword fields used (`sampling_params.py`): max_tokens, temperature,
+  top_p, top_k, presence_penalty, frequency_penalty, stop, stop_token_ids, n, logprobs
+  (int: top-k per position), ignore_eos, include_stop_str_in_output, detokenize,
   embedding_bias (float32 tensor [vocab_size], added to the logits).
+* `end_id` is never sent: `BaseLLM._prepare_sampling_params` (`llmapi/llm.py`) runs
+  `SamplingParams._setup` only when end_id is None, `_setup` is the one place that
+  tokenizes `stop` strings, and `BaseWorker._enqueue_request` (`executor/base_worker.py`)
+  calls `_get_stop_words()`, which raises when `stop` was not tokenized. `_setup` takes
+  end_id from the tokenizer; every EOS id of the model also goes into stop_token_ids.
 * Greedy: 1.2 documents `temperature=0` and `top_k=1` as greedy; 1.0's PyTorch sampler
   ignores temperature and only looks at top_p/top_k. `top_k=1` with temperature and
   top_p unset is greedy in both, so that is what we send.
 * `SamplingParams._validate` refuses best_of > 1 with greedy decoding (unless the env var
   TLLM_ALLOW_N_GREEDY_DECODING is set). Greedy choices are identical anyway, so for
   greedy n > 1 we run one sequence and copy its events to every choice (`replicate`).
-* Streaming outputs (`RequestOutput.outputs[i]`, a `CompletionOutput`): cumulative
-  `.text`, `.token_ids`, `.finish_reason` in {None, 'stop', 'length', 'timeout',
-  'cancelled'}, `.stop_reason` (the stop string, or the stop token id), `.logprobs`
-  (per position either a float or a dict token_id -> Logprob(logprob, rank)).
+* Seed: the PyTorch backend's default sampler (`TorchSampler`,
+  `_torch/pyexecutor/sampler.py`; `sampler_type="auto"` picks it unless beam search is
+  asked for) draws from one generator seeded 42 for all requests and never reads
+  `SamplingParams.seed`, so a seed does not reproduce sampled output: `validate` refuses
+  seed with temperature > 0.
+* Request checks of the PyTorch path (`BaseLLM._check_arguments`): only prompt length >
+  max_num_tokens without chunked prefill; no max_seq_len check (a prompt at or past it
+  fails later in the worker, `_deduce_max_tokens`) and no n <= max_batch_size check
+  (that one is on the TensorRT-engine path only). `validate` makes all three checks.
+* Logprobs (`TorchSampler.handle_logprobs`): per position a dict token_id ->
+  Logprob(logprob, rank) of exactly the top-k of log_softmax(logits) (after
+  embedding_bias, before temperature/top_p), ranks 1..k; the sampled token is not added
+  when it is outside them (the TensorRT-engine path's `executor/result.py`
+  `compute_logprobs` does add it). We ask for one more than the client's top_logprobs;
+  see `token_logprob` for the rest.
+* Streaming outputs (`RequestOutput.outputs[i]`, a `CompletionOutput`,
+  `executor/result.py`): cumulative `.text`, `.token_ids`, `.finish_reason` in {None,
+  'stop', 'length', 'timeout', 'cancelled'}, `.stop_reason` (the stop string, or the stop
+  token id, which is then cut from token_ids), `.logprobs` (per position a dict as
+  above, or a float).
 """
 from __future__ import annotations
 
@@ -73,7 +101,9 @@ def llm_kwargs(path: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], d
     `tensorrt_llm.llmapi.KvCacheConfig`, empty when the defaults apply).
 
     `llm_args` (a table) is passed to LLM verbatim and wins over the derived keys, for
-    anything not mapped here (e.g. backend = "tensorrt", enable_chunked_prefill)."""
+    anything not mapped here (e.g. enable_chunked_prefill, sampler_type). Raises
+    ValueError when it is not a table or names a backend other than "pytorch" (see the
+    module docstring: `tensorrt_llm.LLM` cannot load TensorRT engines)."""
     kw: dict[str, Any] = {
         "model": path,
         "max_batch_size": int(options.get("max_batch", DEFAULT_MAX_BATCH)),
@@ -94,6 +124,11 @@ def llm_kwargs(path: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], d
     extra = options.get("llm_args") or {}
     if not isinstance(extra, Mapping):
         raise ValueError("options.llm_args must be a table of tensorrt_llm.LLM arguments")
+    if extra.get("backend", "pytorch") != "pytorch":
+        raise ValueError(
+            f"options.llm_args.backend = {extra['backend']!r} is not supported: the trtllm "
+            "backend drives tensorrt_llm.LLM, TensorRT-LLM's PyTorch backend, which does not "
+            "load TensorRT engines; leave llm_args.backend unset")
     kw.update(extra)
     return kw, kv
 
@@ -114,49 +149,92 @@ def engine_choices(req: GenerationRequest) -> tuple[int, int]:
     return req.n, 1
 
 
+def prompt_token_limit(options: Mapping[str, Any]) -> int | None:
+    """The longest prompt TensorRT-LLM's PyTorch backend admits, when the options fix it:
+    `BaseLLM._check_arguments` refuses prompts longer than max_num_tokens unless chunked
+    prefill is on (None: no such limit known here)."""
+    extra = options.get("llm_args") or {}
+    if extra.get("enable_chunked_prefill"):
+        return None
+    limit = extra.get("max_num_tokens", options.get("max_num_tokens"))
+    return int(limit) if limit else None
+
+
 def validate(req: GenerationRequest, vocab_size: int | None = None,
-             max_batch: int | None = None) -> None:
-    """Raise UnsupportedRequest for requests TensorRT-LLM cannot (or must not) run."""
+             max_batch: int | None = None, context_length: int | None = None,
+             max_prompt_tokens: int | None = None) -> None:
+    """Raise UnsupportedRequest for requests TensorRT-LLM cannot (or must not) run.
+
+    `context_length`: the model's max_seq_len (prompt + completion tokens); prompts at or
+    past it, or prompt + max_tokens past it, are refused as context_length_exceeded
+    (TensorRT-LLM's PyTorch path would fail them in the worker, mid-stream).
+    `max_prompt_tokens`: see `prompt_token_limit`."""
     s = req.sampling
     if not req.prompt_ids:
-        raise UnsupportedRequest("the prompt is empty")
+        raise UnsupportedRequest("the prompt is empty", "messages")
     if req.max_tokens < 1:
-        raise UnsupportedRequest(f"max_tokens must be at least 1, got {req.max_tokens}")
+        raise UnsupportedRequest(f"max_tokens must be at least 1, got {req.max_tokens}", "max_tokens")
+    prompt_len = len(req.prompt_ids)
+    if context_length:
+        if prompt_len >= context_length:
+            raise UnsupportedRequest(
+                f"This model's maximum context length is {context_length} tokens, but the "
+                f"messages are {prompt_len} tokens, leaving no room for a completion.",
+                "messages", "context_length_exceeded")
+        if prompt_len + req.max_tokens > context_length:
+            raise UnsupportedRequest(
+                f"This model's maximum context length is {context_length} tokens. However, "
+                f"you requested {prompt_len + req.max_tokens} tokens ({prompt_len} in the "
+                f"messages, {req.max_tokens} in the completion).",
+                "max_tokens", "context_length_exceeded")
+    if max_prompt_tokens and prompt_len > max_prompt_tokens:
+        raise UnsupportedRequest(
+            f"The messages are {prompt_len} tokens; this model takes prompts of at most "
+            f"{max_prompt_tokens} tokens (max_num_tokens, without chunked prefill).",
+            "messages", "context_length_exceeded")
     if req.n < 1:
-        raise UnsupportedRequest(f"n must be at least 1, got {req.n}")
+        raise UnsupportedRequest(f"n must be at least 1, got {req.n}", "n")
     if math.isnan(s.temperature) or s.temperature < 0:
-        raise UnsupportedRequest(f"temperature must be >= 0, got {s.temperature}")
+        raise UnsupportedRequest(f"temperature must be >= 0, got {s.temperature}", "temperature")
     # TensorRT-LLM documents top_p == 0 as "currently disallowed in the backend".
     if math.isnan(s.top_p) or not 0.0 < s.top_p <= 1.0:
-        raise UnsupportedRequest(f"top_p must be in (0, 1], got {s.top_p}")
+        raise UnsupportedRequest(f"top_p must be in (0, 1], got {s.top_p}", "top_p")
     for name in ("presence_penalty", "frequency_penalty"):
         if not math.isfinite(getattr(s, name)):
-            raise UnsupportedRequest(f"{name} must be a finite number")
+            raise UnsupportedRequest(f"{name} must be a finite number", name)
     if not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
         raise UnsupportedRequest(
-            f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {req.top_logprobs}")
+            f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {req.top_logprobs}", "top_logprobs")
     for token_id, bias in s.logit_bias.items():
         if not isinstance(token_id, int) or token_id < 0 or (
                 vocab_size is not None and token_id >= vocab_size):
             raise UnsupportedRequest(
                 f"logit_bias token id {token_id} is outside the vocabulary"
-                + (f" [0, {vocab_size})" if vocab_size is not None else ""))
+                + (f" [0, {vocab_size})" if vocab_size is not None else ""), "logit_bias")
         if not (math.isfinite(bias) and -LOGIT_BIAS_LIMIT <= bias <= LOGIT_BIAS_LIMIT):
             raise UnsupportedRequest(
-                f"logit_bias for token {token_id} must be in [-100, 100], got {bias}")
+                f"logit_bias for token {token_id} must be in [-100, 100], got {bias}", "logit_bias")
+    if s.seed is not None and not is_greedy(req):
+        raise UnsupportedRequest(
+            "seed is not supported with temperature > 0 on the TensorRT-LLM backend: its "
+            "PyTorch sampler draws from one generator shared by all requests, so a seed "
+            "would not reproduce the output", "seed", "unsupported_parameter")
     seqs, _ = engine_choices(req)
     if max_batch is not None and seqs > max_batch:
-        # LLM.generate_async refuses n > max_batch_size.
-        raise UnsupportedRequest(f"n={req.n} exceeds this model's max_batch ({max_batch})")
+        # The LLM API checks n against max_batch_size only on the TensorRT-engine path
+        # (BaseLLM._check_arguments returns early for the PyTorch backend), so we do.
+        raise UnsupportedRequest(f"n={req.n} exceeds this model's max_batch ({max_batch})", "n")
 
 
 def sampling_kwargs(req: GenerationRequest,
-                    eos_token_id: int | Sequence[int] | None) -> dict[str, Any]:
+                    eos_token_ids: int | Sequence[int] | None) -> dict[str, Any]:
     """Keyword arguments for `tensorrt_llm.SamplingParams(**kwargs)`.
 
-    `eos_token_id`: the model's end-of-sequence id, or a list of them (generation_config
-    often has several, e.g. <|im_end|> and <|endoftext|>): the first is `end_id`, the
-    others become `stop_token_ids`. Logit bias is not in here: see `logit_bias_spec`."""
+    `eos_token_ids`: the model's end-of-sequence id, or a list of them (generation_config
+    often has several, e.g. <|im_end|> and <|endoftext|>); they become `stop_token_ids`
+    (unless ignore_eos). `end_id` stays unset so that TensorRT-LLM runs
+    `SamplingParams._setup`, which sets it from the tokenizer and tokenizes `stop` (see
+    the module docstring). Logit bias is not in here: see `logit_bias_spec`."""
     s = req.sampling
     seqs, _ = engine_choices(req)
     kw: dict[str, Any] = {
@@ -178,22 +256,20 @@ def sampling_kwargs(req: GenerationRequest,
         kw["temperature"] = float(s.temperature)
         kw["top_p"] = float(s.top_p)
     if s.seed is not None:
+        # Greedy only (validate refuses seeded sampling), where it changes nothing.
         # The C++ runtime's seed is uint64; fold negative int64 seeds onto it.
         kw["seed"] = int(s.seed) & _U64
     stops = [x for x in dict.fromkeys(req.stop) if x]  # dedupe; "" would match anywhere
     if stops:
         kw["stop"] = stops
     if req.logprobs:
-        # logprobs=k returns the sampled token's logprob plus the top-k alternatives;
-        # at least 1, or TensorRT-LLM returns nothing.
-        kw["logprobs"] = max(1, int(req.top_logprobs))
-    eos_ids = ([eos_token_id] if isinstance(eos_token_id, int)
-               else list(eos_token_id or []))
-    if eos_ids:
-        kw["end_id"] = int(eos_ids[0])
-        extra = [int(i) for i in dict.fromkeys(eos_ids[1:]) if i != eos_ids[0]]
-        if extra and not req.ignore_eos:
-            kw["stop_token_ids"] = extra
+        # logprobs=k returns the top-k of each position (at least 1, or TensorRT-LLM
+        # returns nothing); one more than the client shows, so that the sampled token
+        # is more often among them (the PyTorch sampler does not add it).
+        kw["logprobs"] = max(1, int(req.top_logprobs)) + 1
+    eos_ids = [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids or [])
+    if eos_ids and not req.ignore_eos:
+        kw["stop_token_ids"] = [int(i) for i in dict.fromkeys(eos_ids)]
     # Structured outputs would map here: response_format -> `guided_decoding=
     # GuidedDecodingParams(json=schema | json_object=True | regex=... | grammar=...)`.
     return kw
@@ -270,21 +346,27 @@ def token_logprob(token_id: int, entry: Any, top_n: int,
                   token_text: Callable[[int], tuple[str, bytes]]) -> TokenLogprob:
     """Converts one position of CompletionOutput.logprobs.
 
-    `entry` is a float (sampled token only) or a mapping token_id -> Logprob/float
-    holding the top-k alternatives and, normally, the sampled token.
+    `entry` is a float (sampled token only) or a mapping token_id -> Logprob/float of the
+    top-k alternatives (k = top_n + 1, see `sampling_kwargs`); the `top_n` best are
+    reported. TensorRT-LLM's PyTorch sampler leaves the sampled token out of the mapping
+    when it ranks below k (possible only with temperature > 0): its log probability is
+    then not known, and the lowest one listed, an upper bound of it, is reported.
     `token_text(id)` returns the token's (text, UTF-8 bytes)."""
     text, raw = token_text(token_id)
-    if isinstance(entry, Mapping):
-        ranked = sorted(entry.items(), key=lambda kv: (
-            getattr(kv[1], "rank", None) or math.inf, -_logprob_value(kv[1])))
-        chosen = entry.get(token_id)
-        value = _logprob_value(chosen) if chosen is not None else MIN_LOGPROB
-        top = []
-        for tid, lp in ranked[:top_n]:
-            t, b = token_text(int(tid))
-            top.append(TopLogprob(token=t, logprob=_logprob_value(lp), bytes=b))
-        return TokenLogprob(token=text, logprob=value, bytes=raw, top=top)
-    return TokenLogprob(token=text, logprob=_logprob_value(entry), bytes=raw)
+    if not isinstance(entry, Mapping):
+        return TokenLogprob(token=text, logprob=_logprob_value(entry), bytes=raw)
+    ranked = sorted(entry.items(), key=lambda kv: (
+        getattr(kv[1], "rank", None) or math.inf, -_logprob_value(kv[1])))
+    chosen = entry.get(token_id)
+    if chosen is not None:
+        value = _logprob_value(chosen)
+    else:
+        value = min((_logprob_value(lp) for lp in entry.values()), default=MIN_LOGPROB)
+    top = []
+    for tid, lp in ranked[:top_n]:
+        t, b = token_text(int(tid))
+        top.append(TopLogprob(token=t, logprob=_logprob_value(lp), bytes=b))
+    return TokenLogprob(token=text, logprob=value, bytes=raw, top=top)
 
 
 @dataclass(frozen=True)
