@@ -19,6 +19,7 @@ pytest.importorskip("tensorrt_llm", exc_type=ImportError)
 
 from server.engines.base import FinishEvent, GenerationRequest, SamplingParams, TextEvent  # noqa: E402
 from server.engines.trtllm.adapter import TrtllmEngine  # noqa: E402
+from server.engines.trtllm.mapping import UnsupportedRequest  # noqa: E402
 
 OPTIONS = {"dtype": "bfloat16", "max_batch": 8, "max_queue": 8, "max_context": 1024,
            "free_gpu_memory_fraction": 0.2}
@@ -100,13 +101,34 @@ def test_stop_string(loop, engine):
 
 def test_sampled_choices_and_logprobs(loop, engine):
     req = request(engine, n=2, logprobs=True, top_logprobs=2, max_tokens=8,
-                  sampling=SamplingParams(temperature=1.0, seed=7))
+                  sampling=SamplingParams(temperature=1.0))
     events = collect(loop, engine, req)
     for choice in (0, 1):
         assert len(finishes(events, choice)) == 1
         lps = [lp for e in events if isinstance(e, TextEvent) and e.choice == choice
                for lp in e.logprobs]
         assert lps and all(lp.logprob <= 0 and len(lp.top) <= 2 for lp in lps)
+
+
+def test_greedy_logprobs_are_exact(loop, engine):
+    # Greedy picks the top-1 of the distribution TensorRT-LLM reports logprobs from.
+    events = collect(loop, engine, request(engine, logprobs=True, top_logprobs=1, max_tokens=8))
+    lps = [lp for e in events if isinstance(e, TextEvent) for lp in e.logprobs]
+    assert lps and all(lp.top and lp.top[0].token == lp.token and lp.top[0].logprob == lp.logprob
+                       for lp in lps)
+
+
+def test_refused_before_submission(loop, engine):
+    with pytest.raises(UnsupportedRequest) as err:  # the sampler ignores per-request seeds
+        engine.generate(request(engine, sampling=SamplingParams(temperature=1.0, seed=7)))
+    assert err.value.param == "seed"
+    long_prompt = request(engine, max_tokens=1)
+    copies = OPTIONS["max_context"] // len(long_prompt.prompt_ids) + 1
+    long_prompt.prompt_ids = long_prompt.prompt_ids * copies  # past the context length
+    with pytest.raises(UnsupportedRequest) as err:
+        engine.generate(long_prompt)
+    assert err.value.reason == "context_length_exceeded"
+    assert finishes(collect(loop, engine, request(engine, max_tokens=4)))
 
 
 def test_abort(loop, engine):

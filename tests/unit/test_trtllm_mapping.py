@@ -199,6 +199,9 @@ def test_validate_rejects(bad):
 
 @pytest.mark.parametrize("bad, reason, param", [
     (dict(sampling=sp(temperature=0.5, seed=1)), "unsupported_parameter", "seed"),
+    # the PyTorch sampler applies neither penalty
+    (dict(sampling=sp(presence_penalty=0.5)), "unsupported_parameter", "presence_penalty"),
+    (dict(sampling=sp(frequency_penalty=-0.1)), "unsupported_parameter", "frequency_penalty"),
     (dict(prompt_ids=[1] * 64), "context_length_exceeded", "messages"),
     (dict(prompt_ids=[1] * 50, max_tokens=15), "context_length_exceeded", "max_tokens"),
     (dict(sampling=sp(top_p=0.0)), "invalid_value", "top_p"),

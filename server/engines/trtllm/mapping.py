@@ -14,7 +14,8 @@ stand-ins that follow the same rules):
   other request rules (prompt + max_tokens <= max_seq_len, logprobs only with
   gather_generation_logits), so `llm_args.backend` other than "pytorch" is refused.
 * `SamplingParams` keyword fields used (`sampling_params.py`): max_tokens, temperature,
-  top_p, top_k, presence_penalty, frequency_penalty, stop, stop_token_ids, n, logprobs
+  top_p, top_k, presence_penalty, frequency_penalty (0 only, see below), seed (greedy
+  only, see below), stop, stop_token_ids, n, logprobs
   (int: top-k per position), ignore_eos, include_stop_str_in_output, detokenize,
   embedding_bias (float32 tensor [vocab_size], added to the logits).
 * `end_id` is never sent: `BaseLLM._prepare_sampling_params` (`llmapi/llm.py`) runs
@@ -33,6 +34,10 @@ stand-ins that follow the same rules):
   asked for) draws from one generator seeded 42 for all requests and never reads
   `SamplingParams.seed`, so a seed does not reproduce sampled output: `validate` refuses
   seed with temperature > 0.
+* Penalties: `TorchSampler` samples with temperature, top_p and top_k only
+  (`_request_get_sampling_params` in the same file); presence_penalty and
+  frequency_penalty are accepted by SamplingParams and not applied, so `validate` refuses
+  non-zero values.
 * Request checks of the PyTorch path (`BaseLLM._check_arguments`): only prompt length >
   max_num_tokens without chunked prefill; no max_seq_len check (a prompt at or past it
   fails later in the worker, `_deduce_max_tokens`) and no n <= max_batch_size check
@@ -214,6 +219,11 @@ def validate(req: GenerationRequest, vocab_size: int | None = None,
         if not (math.isfinite(bias) and -LOGIT_BIAS_LIMIT <= bias <= LOGIT_BIAS_LIMIT):
             raise UnsupportedRequest(
                 f"logit_bias for token {token_id} must be in [-100, 100], got {bias}", "logit_bias")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(s, name) != 0.0:
+            raise UnsupportedRequest(
+                f"{name} is not supported on the TensorRT-LLM backend: its PyTorch sampler "
+                "does not apply it", name, "unsupported_parameter")
     if s.seed is not None and not is_greedy(req):
         raise UnsupportedRequest(
             "seed is not supported with temperature > 0 on the TensorRT-LLM backend: its "
