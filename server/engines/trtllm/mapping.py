@@ -14,10 +14,10 @@ stand-ins that follow the same rules):
   other request rules (prompt + max_tokens <= max_seq_len, logprobs only with
   gather_generation_logits), so `llm_args.backend` other than "pytorch" is refused.
 * `SamplingParams` keyword fields used (`sampling_params.py`): max_tokens, temperature,
-  top_p, top_k, presence_penalty, frequency_penalty (0 only, see below), seed (greedy
-  only, see below), stop, stop_token_ids, n, logprobs
-  (int: top-k per position), ignore_eos, include_stop_str_in_output, detokenize,
-  embedding_bias (float32 tensor [vocab_size], added to the logits).
+  top_p, top_k, presence_penalty and frequency_penalty (0 only, see below), seed (greedy
+  only, see below), stop, stop_token_ids, n, logprobs (int: top-k per position),
+  ignore_eos, include_stop_str_in_output, detokenize, embedding_bias (float32 tensor
+  [vocab_size], added to the logits).
 * `end_id` is never sent: `BaseLLM._prepare_sampling_params` (`llmapi/llm.py`) runs
   `SamplingParams._setup` only when end_id is None, `_setup` is the one place that
   tokenizes `stop` strings, and `BaseWorker._enqueue_request` (`executor/base_worker.py`)
@@ -207,6 +207,10 @@ def validate(req: GenerationRequest, vocab_size: int | None = None,
     for name in ("presence_penalty", "frequency_penalty"):
         if not math.isfinite(getattr(s, name)):
             raise UnsupportedRequest(f"{name} must be a finite number", name)
+        if getattr(s, name) != 0.0:
+            raise UnsupportedRequest(
+                f"{name} is not supported on the TensorRT-LLM backend: its PyTorch sampler "
+                "does not apply it", name, "unsupported_parameter")
     if not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
         raise UnsupportedRequest(
             f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {req.top_logprobs}", "top_logprobs")
@@ -219,11 +223,6 @@ def validate(req: GenerationRequest, vocab_size: int | None = None,
         if not (math.isfinite(bias) and -LOGIT_BIAS_LIMIT <= bias <= LOGIT_BIAS_LIMIT):
             raise UnsupportedRequest(
                 f"logit_bias for token {token_id} must be in [-100, 100], got {bias}", "logit_bias")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(s, name) != 0.0:
-            raise UnsupportedRequest(
-                f"{name} is not supported on the TensorRT-LLM backend: its PyTorch sampler "
-                "does not apply it", name, "unsupported_parameter")
     if s.seed is not None and not is_greedy(req):
         raise UnsupportedRequest(
             "seed is not supported with temperature > 0 on the TensorRT-LLM backend: its "
@@ -281,7 +280,9 @@ def sampling_kwargs(req: GenerationRequest,
     if eos_ids and not req.ignore_eos:
         kw["stop_token_ids"] = [int(i) for i in dict.fromkeys(eos_ids)]
     # Structured outputs would map here: response_format -> `guided_decoding=
-    # GuidedDecodingParams(json=schema | json_object=True | regex=... | grammar=...)`.
+    # GuidedDecodingParams(json=schema | json_object=True | regex=... | grammar=...)`
+    # (sampling_params.py; one guide per request), enforced only when the LLM was built
+    # with guided_decoding_backend="xgrammar" (or "llguidance", PyTorch backend only).
     return kw
 
 
