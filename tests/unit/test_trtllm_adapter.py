@@ -22,7 +22,6 @@ from server.engines.trtllm import mapping as m
 from server.engines.trtllm.adapter import MISSING_EXTRA, TrtllmEngine
 
 from .trtllm_support import (
-    LP,
     RequestError,
     TrtLLM,
     TrtResult as FakeResult,
