@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Install genapi into ./.venv, generate the gRPC stubs and the embedded tiny chat model;
-# with npm, also the pinned buf (protos lint) into ./.tools/buf.
+# with npm, also the pinned buf (protos lint and breaking) into ./.tools/buf; then the
+# example clients in clients/ (TypeScript, Go, C++), installing their Debian toolchains
+# with apt-get when run as root.
 #
 #   ./build.sh                  install (idempotent; fast when nothing changed)
 #   ./build.sh serve [args...]  install, then `genapi serve args...`
 #   ./build.sh test [args...]   install, then `python -m pytest args...`
 #
-# Environment: PYTHON (interpreter used to create the venv, default python3).
+# Environment: PYTHON (interpreter used to create the venv, default python3);
+# GENAPI_SKIP_CLIENTS=1 skips the client toolchains and clients (their tests then skip).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -20,7 +23,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 say() { printf '[build] %s\n' "$*"; }
 die() { printf '[build] error: %s\n' "$*" >&2; exit 1; }
 
-usage() { sed -n '2,9s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,12s/^# \{0,1\}//p' "$0"; }
 
 cmd=install
 if [ $# -gt 0 ]; then
@@ -86,19 +89,52 @@ else
   say "gRPC stubs up to date"
 fi
 
-# 5. buf for `buf lint` of protos/ (tests/unit/test_protos.py skips without it): pinned,
-#    into .tools/buf (gitignored); skipped quietly without npm --------------------------
+# 5. Debian toolchains of the example clients (protoc, grpc++, Go with Debian's gRPC
+#    sources; npm when missing), installed non-interactively when root; quiet when present.
+CLIENT_PKGS="protobuf-compiler protobuf-compiler-grpc libgrpc++-dev libprotobuf-dev pkg-config g++ make
+  golang-go golang-google-grpc-dev golang-github-golang-protobuf-1-5-dev golang-google-protobuf-dev
+  golang-google-genproto-dev protoc-gen-go protoc-gen-go-grpc"
+if [ "${GENAPI_SKIP_CLIENTS:-0}" != 1 ]; then
+  command -v npm >/dev/null 2>&1 || CLIENT_PKGS="$CLIENT_PKGS nodejs npm"
+  missing=$(for p in $CLIENT_PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || printf '%s ' "$p"
+  done)
+  if [ -z "$missing" ]; then
+    :
+  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing the client toolchains: apt-get install ${missing% }"
+    mkdir -p .tools
+    apt_log=.tools/apt-clients.log
+    export DEBIAN_FRONTEND=noninteractive
+    apt_install() { apt-get install -y -q --no-install-recommends $missing >>"$apt_log" 2>&1; }
+    : > "$apt_log"
+    apt_install || { apt-get update -q >>"$apt_log" 2>&1 && apt_install; } \
+      || say "warning: apt-get could not install them (see $apt_log); the client tests will skip"
+  else
+    say "warning: the example clients need Debian packages (as root: apt-get install ${missing% })"
+  fi
+fi
+
+# 6. buf for `buf lint` / `buf breaking` of protos/ (tests/unit/test_protos.py skips
+#    without it): pinned, into .tools/buf (gitignored); skipped quietly without npm ------
 BUF=.tools/buf/node_modules/.bin/buf
 if [ -x "$BUF" ] && [ "$("$BUF" --version 2>/dev/null || true)" = "$BUF_VERSION" ]; then
   say "buf $BUF_VERSION up to date"
 elif command -v npm >/dev/null 2>&1; then
   say "installing buf $BUF_VERSION into .tools/buf (npm @bufbuild/buf)"
   npm install --prefix .tools/buf --no-audit --no-fund --silent "@bufbuild/buf@$BUF_VERSION" >/dev/null \
-    || say "warning: could not install buf; tests/unit/test_protos.py will skip buf lint"
+    || say "warning: could not install buf; tests/unit/test_protos.py will skip the buf checks"
 fi
 
-# 6. the embedded tiny chat model (prints "up to date" when nothing changed) -----------
+# 7. the embedded tiny chat model (prints "up to date" when nothing changed) -----------
 "$PY" -m tools.tiny_models --out models/tiny-chat --preset tiny
+
+# 8. example clients: stubs from protos/buf.gen.yaml, then each client, when changed ----
+if [ "${GENAPI_SKIP_CLIENTS:-0}" = 1 ]; then
+  say "skipping the example clients (GENAPI_SKIP_CLIENTS=1)"
+else
+  PY="$PY" BUF="$BUF" clients/build.sh
+fi
 
 case "$cmd" in
   serve)

@@ -1,6 +1,7 @@
-"""The protos: buf lint passes, the shared messages live in content.proto, and the wire
-format did not change when they moved (message names, field numbers and types, RPC
-paths, and the bytes of a sample request).
+"""The protos: buf lint passes, `buf breaking` finds no incompatible change against the
+released baseline image (and does find one made on purpose), the shared messages live in
+content.proto, and the wire format did not change when they moved (message names, field
+numbers and types, RPC paths, and the bytes of a sample request).
 
 `protos_wire_snapshot.json` records the wire shape of every released message, enum and
 RPC; this test fails when one of them changes or disappears (adding is always fine).
@@ -25,9 +26,13 @@ from google.protobuf.descriptor import FieldDescriptor
 import genapi.v1
 from genapi.v1 import admin_service_pb2, content_pb2, generation_service_pb2 as gen_pb2
 
+from ..conftest import missing_tool
+
 ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = Path(__file__).with_name("protos_wire_snapshot.json")
 LOCAL_BUF = ROOT / ".tools" / "buf" / "node_modules" / ".bin" / "buf"
+# The released contract, `buf build` of protos/ at the last release (see protos/README.md).
+BASELINE = ROOT / "protos" / "baseline" / "genapi-v1.binpb"
 
 _TYPE_NAMES = {v: k[len("TYPE_"):].lower() for k, v in vars(FieldDescriptor).items() if k.startswith("TYPE_")}
 
@@ -70,17 +75,58 @@ def wire_shape() -> dict:
     return out
 
 
-def buf_binary() -> str | None:
-    """The buf pinned by build.sh (.tools/buf), else one on PATH."""
-    return str(LOCAL_BUF) if LOCAL_BUF.exists() else shutil.which("buf")
+def buf(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Runs the buf pinned by build.sh (.tools/buf), else one on PATH."""
+    binary = str(LOCAL_BUF) if LOCAL_BUF.exists() else shutil.which("buf")
+    if binary is None:
+        missing_tool("buf is not installed (build.sh installs it into .tools/buf when npm is available)")
+    return subprocess.run([binary, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
 def test_buf_lint_passes():
-    buf = buf_binary()
-    if buf is None:
-        pytest.skip("buf is not installed (build.sh installs it into .tools/buf when npm is available)")
-    r = subprocess.run([buf, "lint"], cwd=ROOT / "protos", capture_output=True, text=True, timeout=120)
+    r = buf("lint", cwd=ROOT / "protos")
     assert r.returncode == 0, f"buf lint failed:\n{r.stdout}{r.stderr}"
+
+
+def breaking(protos: Path) -> tuple[int, list[dict]]:
+    """`buf breaking` of the module at `protos` against BASELINE: exit code and the
+    reported violations ({"type": rule, "message", "path", ...})."""
+    r = buf("breaking", str(protos), "--against", str(BASELINE), "--error-format", "json")
+    assert r.returncode in (0, 100), f"buf breaking did not run:\n{r.stdout}{r.stderr}"  # 100: violations
+    return r.returncode, [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def test_protos_are_compatible_with_the_released_baseline():
+    code, violations = breaking(ROOT / "protos")
+    assert code == 0 and not violations, violations
+
+
+def edited_copy(tmp_path: Path, file: str, old: str, new: str) -> Path:
+    """A copy of protos/ (buf.yaml and the .proto files) with `old` replaced in one file."""
+    copy = tmp_path / "protos"
+    shutil.copytree(ROOT / "protos", copy, ignore=shutil.ignore_patterns("baseline", "*.md"))
+    path = copy / "genapi" / "v1" / file
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    return copy
+
+
+@pytest.mark.parametrize("file, old, new, rule", [
+    ("common.proto", "uint32 prompt_tokens = 1;", "uint32 prompt_tokens = 9;", "FIELD_NO_DELETE"),
+    ("common.proto", "uint32 total_tokens = 3;", "string total_tokens = 3;", "FIELD_SAME_TYPE"),
+    ("model_service.proto", "string owned_by = 6;", "string owner = 6;", "FIELD_SAME_NAME"),
+    ("model_service.proto", "  rpc GetModel(GetModelRequest) returns (GetModelResponse);\n", "", "RPC_NO_DELETE"),
+], ids=["renumbered-field", "retyped-field", "renamed-field", "removed-rpc"])
+def test_buf_breaking_fails_on_an_incompatible_change(tmp_path, file, old, new, rule):
+    code, violations = breaking(edited_copy(tmp_path, file, old, new))
+    assert code == 100 and rule in {v["type"] for v in violations}, violations
+
+
+def test_buf_breaking_accepts_an_added_field(tmp_path):
+    added = "  uint32 total_tokens = 3;\n  // Tokens read from a prompt cache.\n  uint32 cached_tokens = 4;\n"
+    code, violations = breaking(edited_copy(tmp_path, "common.proto", "  uint32 total_tokens = 3;\n", added))
+    assert code == 0 and not violations, violations
 
 
 MOVED = ["Role", "ImageDetail", "ImagePart", "AudioPart", "ContentPart", "ToolCall", "ChatMessage", "Tool",
