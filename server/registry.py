@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from genapi.config import ModelConfig, Task
 from genapi.v1 import common_pb2, model_service_pb2
 
-from .engines.base import CAPABILITIES, EngineBase
+from .engines.base import CAPABILITIES, EngineBase, EngineUnavailable
 
 log = logging.getLogger("genapi.registry")
 
@@ -83,8 +83,15 @@ class Registry:
         self.models = {m.name: ServedModel(m, make_engine(m), int(time.time())) for m in configs}
 
     async def start(self) -> None:
+        """Loads every model; EngineUnavailable naming the model when one cannot load."""
         for sm in self.models.values():
-            await sm.engine.start()
+            try:
+                await sm.engine.start()
+            except EngineUnavailable:
+                raise
+            except Exception as e:  # e.g. the core's own tokenizer load, before the worker's
+                raise EngineUnavailable(f"could not load model {sm.config.name!r} from {sm.config.path}: "
+                                        f"{type(e).__name__}: {e}") from e
 
     async def stop(self) -> None:
         for sm in self.models.values():

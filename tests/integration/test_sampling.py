@@ -179,6 +179,13 @@ def test_seed_reproducible_under_concurrent_load(client, aclient):
                 assert c.logprobs is None
 
 
+@pytest.mark.parametrize("other", [424242 - 2**63, 424242 + 2**32])
+def test_seeds_differing_only_in_high_bits_give_distinct_streams(client, other):
+    kw = dict(temperature=1.0, max_tokens=16)
+    assert text_of(create(client, seed=other, **kw)) == text_of(create(client, seed=other, **kw))
+    assert text_of(create(client, seed=other, **kw)) != text_of(create(client, seed=424242, **kw))
+
+
 def test_every_sampling_knob_is_per_request_inside_a_shared_batch(client, aclient, vocab):
     """Requests with different knobs give, when batched together, exactly what each gives
     alone: no knob leaks to batch neighbours."""

@@ -100,6 +100,9 @@ class Scheduler:
         if self.device_name == "auto":
             self.device_name = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(self.device_name)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"option device = {self.device_name!r}: no CUDA device is available "
+                             "(use \"cpu\" or \"auto\")")
         if self.dtype_name == "auto":
             self.dtype_name = "bfloat16" if self.device.type == "cuda" else "float32"
         dtype = _DTYPES[self.dtype_name]
