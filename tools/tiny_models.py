@@ -942,6 +942,30 @@ def _write_readme(out: Path, preset: str, p: Preset, dtype: str, n_params: int,
     )
 
 
+TEMPLATE_VARIANTS_DIR = ASSETS_DIR / "templates"
+
+
+def template_variants() -> list[str]:
+    """Names of the bundled test chat templates (tools/assets/templates/NAME.jinja),
+    written for genapi in the manner of other model families' templates."""
+    return sorted(p.stem for p in TEMPLATE_VARIANTS_DIR.glob("*.jinja"))
+
+
+def write_template_variant(src: str | os.PathLike, out: str | os.PathLike, variant: str) -> Path:
+    """A copy of the checkpoint `src` whose chat template is the test template `variant`
+    (tools/assets/templates/): same weights and tokenizer, another family's roles and
+    turn rules. Cheap (a file copy); the weights are not trained for the new format."""
+    src, out = Path(src), Path(out)
+    template = (TEMPLATE_VARIANTS_DIR / f"{variant}.jinja").read_text(encoding="utf-8")
+    shutil.copytree(src, out, dirs_exist_ok=True)
+    (out / FINGERPRINT_FILE).unlink(missing_ok=True)  # not the build it was copied from
+    config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["chat_template"] = template
+    _write_json(out / "tokenizer_config.json", config)
+    (out / "chat_template.jinja").write_text(template, encoding="utf-8")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.tiny_models", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="models/tiny-chat", help="output directory (default: %(default)s)")
@@ -950,7 +974,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="rebuild even if up to date")
     ap.add_argument("--no-reuse", action="store_true",
                     help="train even if an up-to-date build of the same preset is under models/")
+    ap.add_argument("--template-variant", choices=template_variants(),
+                    help="instead of building: copy the checkpoint --from into --out with this test chat template")
+    ap.add_argument("--from", dest="src", default="models/tiny-chat", help="with --template-variant (default: %(default)s)")
     args = ap.parse_args(argv)
+    if args.template_variant:
+        write_template_variant(args.src, args.out, args.template_variant)
+        return 0
     build(args.out, preset=args.preset, dtype=args.dtype, force=args.force, reuse=not args.no_reuse)
     return 0
 
