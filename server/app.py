@@ -15,7 +15,7 @@ import signal
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from genapi.config import Config
 from genapi.keys import KeyChecker
@@ -67,6 +67,24 @@ def grpc_options(cfg: Config) -> list[tuple]:
     ]
 
 
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _enable_reflection(server: grpc.aio.Server, names: tuple[str, ...]) -> None:
+    """Server reflection as v1alpha (grpcio-reflection's) and as v1, which current clients
+    (grpcurl, Postman) ask for. grpcio-reflection ships only v1alpha; the two protos are
+    wire-identical (same messages and field numbers in another package), so v1 is the
+    same servicer under the v1 service name."""
+    servicer = reflection.aio.ReflectionServicer(names + (reflection.SERVICE_NAME,))
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString),
+    }),))
+
+
 async def _set_health(health, status) -> None:
     """The overall status ("") and every genapi service's status move together."""
     for name in ("",) + SERVICES:
@@ -100,8 +118,7 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    _enable_reflection(server, SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,))
     address = f"{cfg.core_host}:{cfg.core_port}"
     if server.add_insecure_port(address) == 0:
         raise StartupError(f"the gRPC core cannot listen on {address} (port in use?)")

@@ -105,5 +105,13 @@ class Registry:
         sm = self.models.get(name)
         return sm if sm is not None and sm.config.task == task else None
 
+    def available(self, task: Task | None = None, limit: int = 20) -> str:
+        """For a not-found message: the served names (of `task`, when given), at most
+        `limit` of them, e.g. "Available models: `a`, `b`." """
+        names = [n for n, sm in self.models.items() if task is None or sm.config.task == task]
+        shown = ", ".join(f"`{n}`" for n in names[:limit])
+        more = f" and {len(names) - limit} more (GET /v1/models lists them)" if len(names) > limit else ""
+        return f"Available models: {shown}{more}." if names else "No model is served for this task."
+
     def ready(self) -> bool:
         return all(sm.engine.ready() for sm in self.models.values())
