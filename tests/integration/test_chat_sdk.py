@@ -7,7 +7,9 @@ sequential.
 from __future__ import annotations
 
 import asyncio
+import json
 
+import httpx
 import openai
 import pytest
 
@@ -161,6 +163,26 @@ def test_streamed_text_and_usage_equal_non_streamed(client, sampling):
     assert streamed_text(chunks) == full.choices[0].message.content
     assert usage_tuple(chunks[-1].usage) == usage_tuple(full.usage)
     assert chunks[-1].choices[0].finish_reason == full.choices[0].finish_reason
+
+
+def _raw_stream_payloads(service, **body) -> list[bytes]:
+    body = {"model": MODEL, "messages": msgs(), "max_tokens": 6, "temperature": 0, "stream": True, **body}
+    with httpx.stream("POST", f"{service.base_url}/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        return [line[len(b"data: "):] for line in r.iter_bytes() for line in line.split(b"\n\n")
+                if line.startswith(b"data: {")]
+
+
+def test_stream_obfuscation_pads_every_chunk_to_a_block_unless_turned_off(service):
+    """OpenAI's stream_options.include_obfuscation (default on): chunk sizes do not tell the
+    length of their text."""
+    default = _raw_stream_payloads(service)
+    assert len(default) >= 3
+    assert all(len(p) % 64 == 0 and len(json.loads(p)["obfuscation"]) >= 16 for p in default)
+    plain = _raw_stream_payloads(service, stream_options={"include_obfuscation": False})
+    assert [json.loads(p).get("obfuscation") for p in plain] == [None] * len(plain)
+    strip = [{k: v for k, v in json.loads(p).items() if k not in ("obfuscation", "id", "created")} for p in default]
+    assert strip == [{k: v for k, v in json.loads(p).items() if k not in ("id", "created")} for p in plain]
 
 
 # --- stop strings ----------------------------------------------------------------------
