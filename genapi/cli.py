@@ -1,4 +1,4 @@
-"""`genapi` command: serve (core + shim together), core, shim, hash-key."""
+"""`genapi` command: serve (core + shim together), core, shim, chat, hash-key."""
 from __future__ import annotations
 
 import argparse
@@ -306,6 +306,11 @@ def main(argv: list[str] | None = None) -> None:
     common(p, grpc=False)
     p.add_argument("--core", action="append", help="core address host:port (repeat for several replicas)")
     p.set_defaults(func=cmd_shim)
+    p = sub.add_parser("chat", help="ask a running server a question and stream the answer")
+    from . import chat_cli
+
+    chat_cli.add_arguments(p)
+    p.set_defaults(func=chat_cli.main)
     p = sub.add_parser("hash-key", help="print the SHA-256 digest of an API key for the config")
     p.add_argument("key")
     p.set_defaults(func=cmd_hash_key)
