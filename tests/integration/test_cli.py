@@ -338,6 +338,11 @@ def test_sigint_to_serve_stops_core_and_shim(tmp_path):
     svc = Service(tmp_path, "sigint").start()
     try:
         assert httpx.get(f"{svc.base_url}/health", timeout=10).status_code == 200
+        # The start-up output: the no-keys notice once, "serving" once the shim listens.
+        assert wait_until(lambda: "genapi: serving http://" in svc.log(), 10), svc.log()
+        log = svc.log()
+        assert log.count("no API keys configured") == 1, log
+        assert log.index("Listening at: http://") < log.index("genapi: serving http://"), log
         assert_stops_cleanly(svc, lambda pid: os.kill(pid, signal.SIGINT))
     finally:
         svc.stop()
