@@ -48,6 +48,7 @@ def one_line(e: BaseException, limit: int = 600) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
+
 SERVICES = (
     generation_service_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name,
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,

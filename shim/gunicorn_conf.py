@@ -12,7 +12,6 @@ admission control decides, and its 429 comes back at once. Streams are plain ite
 written by the worker threads, and the worker's heartbeat runs in its main loop, so a
 long stream does not trigger WORKER TIMEOUT.
 """
-
 from genapi.config import exposure_error, load_config, log_level
 
 _cfg = load_config()
