@@ -1,4 +1,4 @@
-"""`genapi` command: serve (core + shim together), core, shim, hash-key."""
+"""`genapi` command: serve (core + shim together), core, shim, chat, hash-key."""
 from __future__ import annotations
 
 import argparse
@@ -11,14 +11,11 @@ import subprocess
 import sys
 import time
 
-from .config import Config, exposure_error, hash_key, load_config
+from .config import DEFAULT_CONFIG, Config, check_model_paths, exposure_error, hash_key, load_config, log_level
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("GENAPI_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s [%(name)s] %(message)s",
-    )
+    logging.basicConfig(level=log_level(), format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
 
 
 def port_free(host: str, port: int) -> bool:
@@ -51,10 +48,11 @@ def _check_exposure(cfg: Config, host: str, what: str, notice: bool = True) -> N
 def _load(args) -> Config:
     """The config with command-line overrides; one line and exit 2 when it is unusable."""
     try:
+        log_level()  # checked in every tier before anything starts
         cfg = load_config(args.config)
     except (OSError, ValueError, KeyError) as e:  # tomllib.TOMLDecodeError is a ValueError
-        where = args.config or os.environ.get("GENAPI_CONFIG") or "the bundled config"
-        _fail(f"cannot use the config {where}: {e if not isinstance(e, KeyError) else f'missing key {e}'}")
+        _fail(f"cannot use the config {_config_file(args)}: "
+              f"{e if not isinstance(e, KeyError) else f'missing key {e}'}")
     if getattr(args, "host", None):
         cfg.shim_host = cfg.core_host = args.host
     if getattr(args, "port", None):
@@ -68,6 +66,18 @@ def _load(args) -> Config:
     except ValueError as e:
         _fail(str(e))
     return cfg
+
+
+def _config_file(args) -> str:
+    return os.path.abspath(args.config or os.environ.get("GENAPI_CONFIG") or DEFAULT_CONFIG)
+
+
+def _check_models(cfg: Config, args) -> None:
+    """Where the models load (core, serve): every checkpoint directory exists."""
+    try:
+        check_model_paths(cfg)
+    except ValueError as e:
+        _fail(f"cannot use the config {_config_file(args)}: {e}")
 
 
 # ---- `genapi serve` supervises the two tiers ---------------------------------------------
@@ -101,11 +111,14 @@ def _follow_supervisor() -> bool:
     return True
 
 
-def _prepare_tier(args, what: str, address, flag: str) -> Config:
-    """Config for one tier started alone (or by serve): exposure rule, port check.
-    `address(cfg)` gives the (host, port) this tier listens on."""
+def _prepare_tier(args, what: str, address, flag: str, loads_models: bool = False) -> Config:
+    """Config for one tier started alone (or by serve): model directories (where they
+    load), exposure rule, port check. `address(cfg)` gives the (host, port) this tier
+    listens on."""
     supervised = _follow_supervisor()
     cfg = _load(args)
+    if loads_models:
+        _check_models(cfg, args)
     host, port = address(cfg)
     _check_exposure(cfg, host, what, notice=not supervised)
     if not port_free(host, port):
@@ -114,11 +127,14 @@ def _prepare_tier(args, what: str, address, flag: str) -> Config:
 
 
 def cmd_core(args) -> None:
-    cfg = _prepare_tier(args, "gRPC core", lambda c: (c.core_host, c.core_port), "--grpc-port")
+    cfg = _prepare_tier(args, "gRPC core", lambda c: (c.core_host, c.core_port), "--grpc-port", loads_models=True)
     _setup_logging()
-    from server.app import serve  # the core's modules load only in the core's process
+    from server.app import StartupError, serve  # the core's modules load only in the core's process
 
-    asyncio.run(serve(cfg, grace_s=args.drain_grace))
+    try:
+        asyncio.run(serve(cfg, grace_s=args.drain_grace))
+    except StartupError as e:  # a model that cannot load, a port taken meanwhile: one line
+        _fail(f"{e} (config {_config_file(args)})")
 
 
 def _shim_env(cfg: Config, args) -> dict:
@@ -145,6 +161,7 @@ def cmd_shim(args) -> None:
 
 
 def _wait_core(target: str, proc: subprocess.Popen, timeout_s: float, stopping=lambda: False) -> None:
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # no C-core INFO lines (GOAWAY) in serve's output
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -153,6 +170,8 @@ def _wait_core(target: str, proc: subprocess.Popen, timeout_s: float, stopping=l
         stub = health_pb2_grpc.HealthStub(ch)
         while time.monotonic() < deadline and not stopping():
             if proc.poll() is not None:
+                if proc.returncode == 2:  # a start-up error, which the core has said in one line
+                    sys.exit(2)
                 _fail(f"the gRPC core exited during start-up (code {proc.returncode}); see its log above")
             try:
                 if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
@@ -164,10 +183,35 @@ def _wait_core(target: str, proc: subprocess.Popen, timeout_s: float, stopping=l
         _fail(f"the gRPC core did not become ready within {timeout_s:.0f}s")
 
 
+def _wait_shim(cfg: Config, proc: subprocess.Popen, timeout_s: float, stopping) -> bool:
+    """Waits until the shim answers GET /health (any status: it listens). False when it
+    exited or a stop came first."""
+    import http.client
+
+    host = "127.0.0.1" if cfg.shim_host in ("0.0.0.0", "") else "::1" if cfg.shim_host == "::" else cfg.shim_host
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not stopping() and proc.poll() is None:
+        conn = http.client.HTTPConnection(host, cfg.shim_port, timeout=2)
+        try:
+            conn.request("GET", "/health")
+            conn.getresponse().read()
+            return True
+        except OSError:
+            time.sleep(0.2)
+        finally:
+            conn.close()
+    if proc.poll() is not None:
+        print(f"genapi: the shim exited during start-up (code {proc.returncode})", file=sys.stderr, flush=True)
+    elif not stopping():
+        print(f"genapi: the shim did not answer within {timeout_s:.0f}s", file=sys.stderr, flush=True)
+    return False
+
+
 def cmd_serve(args) -> None:
     """Core and shim as two supervised child processes; SIGTERM or SIGINT (Ctrl-C) drains
     the core, then stops the shim."""
     cfg = _load(args)
+    _check_models(cfg, args)
     _check_exposure(cfg, cfg.shim_host, "service")
     for host, port, flag in ((cfg.shim_host, cfg.shim_port, "--port"), (cfg.core_host, cfg.core_port, "--grpc-port")):
         if not port_free(host, port):
@@ -193,8 +237,11 @@ def cmd_serve(args) -> None:
         if stopping:
             return
         shim = subprocess.Popen(shim_argv, env=env, start_new_session=True)
-        print(f"genapi: serving http://{cfg.shim_host}:{cfg.shim_port}/v1 (gRPC {cfg.core_host}:{cfg.core_port})",
-              file=sys.stderr, flush=True)
+        if _wait_shim(cfg, shim, args.start_timeout, lambda: stopping):
+            print(f"genapi: serving http://{cfg.shim_host}:{cfg.shim_port}/v1 (gRPC {cfg.core_host}:{cfg.core_port})",
+                  file=sys.stderr, flush=True)
+        else:
+            stopping = True
         while not stopping:
             for p, name in ((core, "core"), (shim, "shim")):
                 if p.poll() is not None:
@@ -224,6 +271,8 @@ def _stop_tier(p: subprocess.Popen | None, name: str, timeout_s: float) -> None:
 
 
 def cmd_hash_key(args) -> None:
+    if not args.key:
+        _fail("hash-key: the key is empty (an empty key would let any empty bearer token in)")
     print(hash_key(args.key))
 
 
@@ -257,6 +306,11 @@ def main(argv: list[str] | None = None) -> None:
     common(p, grpc=False)
     p.add_argument("--core", action="append", help="core address host:port (repeat for several replicas)")
     p.set_defaults(func=cmd_shim)
+    p = sub.add_parser("chat", help="ask a running server a question and stream the answer")
+    from . import chat_cli
+
+    chat_cli.add_arguments(p)
+    p.set_defaults(func=chat_cli.main)
     p = sub.add_parser("hash-key", help="print the SHA-256 digest of an API key for the config")
     p.add_argument("key")
     p.set_defaults(func=cmd_hash_key)

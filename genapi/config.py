@@ -19,6 +19,7 @@ import hashlib
 import ipaddress
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +67,7 @@ class ModelConfig:
     @property
     def max_queue(self) -> int | None:
         """Admitted requests waiting for a slot (None: the engine's default)."""
-        return _int_option(self, "max_queue", None, minimum=0)
+        return _int_option(self, "max_queue", None, minimum=_INT_OPTIONS["max_queue"])
 
     @property
     def request_capacity(self) -> int:
@@ -102,8 +103,57 @@ def _int_option(mc: ModelConfig, key: str, default, minimum: int):
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"model {mc.name!r}: option {key} must be an integer >= {minimum}, got {value!r}")
+        raise ValueError(f"model {mc.name!r}: option {key} = {value!r}: must be an integer >= {minimum}")
     return value
+
+
+# Engine options checked when the config loads (both backends read them; see README
+# "Configuration"): integer options and their smallest value, and the choices of the others.
+_INT_OPTIONS = {"max_batch": 1, "max_queue": 1, "max_budget_tokens": 0, "max_output_tokens": 0,
+                "max_context": 1, "prefill_chunk": 0, "max_prefill_tokens": 1, "threads": 1}
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+BACKEND_NAMES = ("torch", "trtllm")  # server/registry.py BACKENDS serves these
+
+
+def _check_model(mc: ModelConfig) -> None:
+    """ValueError naming the setting and its value for an unusable [[models]] table."""
+    if mc.backend not in BACKEND_NAMES:
+        raise ValueError(f"model {mc.name!r}: backend = {mc.backend!r}: unknown ({' or '.join(BACKEND_NAMES)})")
+    for key, minimum in _INT_OPTIONS.items():
+        if key in mc.options:
+            _int_option(mc, key, None, minimum)
+    if (dtype := mc.options.get("dtype", "auto")) not in DTYPES:
+        raise ValueError(f"model {mc.name!r}: option dtype = {dtype!r}: unknown ({', '.join(DTYPES)})")
+    device = mc.options.get("device", "auto")
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise ValueError(f"model {mc.name!r}: option device = {device!r}: unknown (auto, cpu, cuda or cuda:N)")
+
+
+def check_model_paths(cfg: "Config") -> None:
+    """For the core (which loads them): ValueError when a model directory is missing.
+    The shim never needs the checkpoints, so load_config does not check them."""
+    for mc in cfg.models:
+        if not mc.path:
+            raise ValueError(f"model {mc.name!r}: path is not set (a checkpoint directory)")
+        if not Path(mc.path).is_dir():
+            raise ValueError(f"model {mc.name!r}: path {mc.path!r} is not a directory "
+                             f"(relative paths are resolved against {_path_base(cfg)})")
+        if not (Path(mc.path) / "config.json").is_file():
+            raise ValueError(f"model {mc.name!r}: path {mc.path!r} has no config.json "
+                             "(not a Hugging Face checkpoint directory)")
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def log_level(env=os.environ) -> str:
+    """GENAPI_LOG_LEVEL in any case (default info), upper-cased for `logging`;
+    ValueError for a name that is not a level."""
+    value = env.get("GENAPI_LOG_LEVEL", "info")
+    if value.strip().lower() not in LOG_LEVELS:
+        raise ValueError(f"GENAPI_LOG_LEVEL={value!r} is not a log level ({', '.join(LOG_LEVELS)})")
+    return value.strip().upper()
 
 
 @dataclass(frozen=True)
@@ -189,6 +239,12 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _path_base(cfg: "Config") -> str:
+    if cfg.path is None or cfg.path.resolve() == DEFAULT_CONFIG:
+        return f"{home_dir()} (the genapi home: $GENAPI_HOME, else the checkout)"
+    return f"{cfg.path.resolve().parent} (the config file's directory)"
+
+
 def _resolve_model_path(path: str, base: Path) -> str:
     p = Path(os.path.expanduser(path))
     return str(p if p.is_absolute() else (base / p).resolve())
@@ -211,6 +267,20 @@ def _api_keys(auth: dict) -> list[ApiKey]:
     return keys
 
 
+def _model(m: dict, base: Path) -> ModelConfig:
+    name = m.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"[[models]] name = {name!r}: every model needs a non-empty name")
+    for key in ("task", "backend", "path"):
+        if not isinstance(m.get(key, ""), str):
+            raise ValueError(f"model {name!r}: {key} = {m[key]!r}: must be a string")
+    if not isinstance(m.get("options", {}), dict):
+        raise ValueError(f"model {name!r}: options = {m['options']!r}: must be a table ([models.options])")
+    return ModelConfig(name=name, task=_task(name, m.get("task", "chat")), backend=m.get("backend", "torch"),
+                       path=_resolve_model_path(m["path"], base) if m.get("path") else "",
+                       options=dict(m.get("options", {})))
+
+
 def load_config(path: str | os.PathLike | None = None) -> Config:
     """Reads the TOML file (GENAPI_CONFIG or the bundled default) and applies environment
     overrides. Raises OSError for an unreadable file, ValueError for a bad value."""
@@ -223,27 +293,33 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     cfg = Config(
         core_targets=list(raw.get("shim", {}).get("core", [])),
         api_keys=_api_keys(raw.get("auth", {})),
-        models=[
-            ModelConfig(
-                name=m["name"],
-                task=_task(m["name"], m.get("task", "chat")),
-                backend=m.get("backend", "torch"),
-                path=_resolve_model_path(m["path"], base) if m.get("path") else "",
-                options=dict(m.get("options", {})),
-            )
-            for m in raw.get("models", [])
-        ],
+        models=[_model(m, base) for m in raw.get("models", [])],
         path=path,
     )
     for table, key, attr, conv, _ in _SETTINGS:
         if key in raw.get(table, {}):
-            setattr(cfg, attr, conv(raw[table][key]))
+            value = raw[table][key]
+            if isinstance(value, bool) or not isinstance(value, (int, float) if conv is float else conv):
+                raise ValueError(f"[{table}] {key} = {value!r}: must be {_KIND[conv]}")
+            setattr(cfg, attr, conv(value))
     _apply_env(cfg, os.environ)
-    if cfg.threads < 0:
-        raise ValueError(f"[shim] threads must be >= 0 (0 = auto), got {cfg.threads}")
-    if not cfg.read_timeout_s > 0:
-        raise ValueError(f"[shim] read_timeout_s must be > 0, got {cfg.read_timeout_s}")
+    for table, key, attr, _, var in _SETTINGS:
+        value = getattr(cfg, attr)
+        if (minimum := _MINIMUM.get(key)) is not None and not (minimum <= value <= _MAXIMUM.get(key, math.inf)):
+            source = f"[{table}] {key} = {value!r}" + (f" (from {var}={os.environ[var]!r})" if var in os.environ else "")
+            bound = f"between {minimum} and {_MAXIMUM[key]}" if key in _MAXIMUM else f">= {minimum}"
+            raise ValueError(f"{source}: must be {bound}{_MINIMUM_NOTE.get(key, '')}")
+    for mc in cfg.models:
+        _check_model(mc)
     return cfg
+
+
+_KIND = {str: "a string", int: "an integer", float: "a number"}
+# Smallest accepted value of the numeric settings (ports also at most 65535).
+_MINIMUM = {"port": 1, "max_message_mb": 1, "workers": 1, "threads": 0, "request_timeout_s": 0.001,
+            "read_timeout_s": 0.001, "max_body_mb": 1, "keepalive_s": 0}
+_MAXIMUM = {"port": 65535}
+_MINIMUM_NOTE = {"threads": " (0 = auto)"}
 
 
 def _apply_env(cfg: Config, env) -> None:

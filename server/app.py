@@ -15,7 +15,7 @@ import signal
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from genapi.config import Config
 from genapi.keys import KeyChecker
@@ -37,6 +37,18 @@ from .services.models import ModelServicer
 
 log = logging.getLogger("genapi.core")
 
+
+class StartupError(Exception):
+    """The core cannot start (a model that does not load, an address it cannot listen on);
+    its text is one line for the operator (the CLI prints it and exits 2)."""
+
+
+def one_line(e: BaseException, limit: int = 600) -> str:
+    """An exception's text on one line (library errors often span several), cut at limit."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 SERVICES = (
     generation_service_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name,
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
@@ -54,6 +66,24 @@ def grpc_options(cfg: Config) -> list[tuple]:
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _enable_reflection(server: grpc.aio.Server, names: tuple[str, ...]) -> None:
+    """Server reflection as v1alpha (grpcio-reflection's) and as v1, which current clients
+    (grpcurl, Postman) ask for. grpcio-reflection ships only v1alpha; the two protos are
+    wire-identical (same messages and field numbers in another package), so v1 is the
+    same servicer under the v1 service name."""
+    servicer = reflection.aio.ReflectionServicer(names + (reflection.SERVICE_NAME,))
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString),
+    }),))
 
 
 async def _set_health(health, status) -> None:
@@ -74,7 +104,10 @@ async def _watch_engines(registry: Registry, health, stop: asyncio.Event) -> Non
 
 
 async def serve(cfg: Config, grace_s: float = 30.0) -> None:
-    registry = Registry(cfg.models)
+    try:
+        registry = Registry(cfg.models)
+    except (ValueError, TypeError, ImportError) as e:  # unknown task/backend, a backend not installed
+        raise StartupError(one_line(e)) from None
     checker = KeyChecker(cfg.api_keys)
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(checker)] if checker.enabled else [],
@@ -86,11 +119,10 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    _enable_reflection(server, SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,))
     address = f"{cfg.core_host}:{cfg.core_port}"
     if server.add_insecure_port(address) == 0:
-        raise SystemExit(f"genapi core: cannot listen on {address} (port in use?)")
+        raise StartupError(f"the gRPC core cannot listen on {address} (port in use?)")
     await _set_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     stop = asyncio.Event()
@@ -98,14 +130,19 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("gRPC core listening on %s; loading models", address)
-    if not await _load_unless_stopped(registry, stop):
+    try:
+        loaded = await _load_unless_stopped(registry, stop)
+    except StartupError:
+        await server.stop(0)
+        await registry.stop()
+        raise
+    if not loaded:
         log.info("stopped while loading models")
         await server.stop(0)
         await registry.stop()
         return
     await _set_health(health, health_pb2.HealthCheckResponse.SERVING)
-    log.info("gRPC core serving %s on %s%s", ", ".join(registry.models), address,
-             "" if checker.enabled else " (no API keys configured: auth disabled)")
+    log.info("gRPC core serving %s on %s", ", ".join(registry.models), address)
 
     watcher = asyncio.create_task(_watch_engines(registry, health, stop))
     await stop.wait()
@@ -130,7 +167,9 @@ async def _load_unless_stopped(registry: Registry, stop: asyncio.Event) -> bool:
     await asyncio.wait({load, stopped}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
     if load.done():
-        load.result()  # a model that cannot load stops the core with its error
+        if (error := load.exception()) is not None:  # a model that cannot load stops the core
+            log.debug("loading failed", exc_info=error)
+            raise StartupError(one_line(error))
         return True
     load.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):

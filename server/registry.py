@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from genapi.config import ModelConfig, Task
 from genapi.v1 import common_pb2, model_service_pb2
 
-from .engines.base import CAPABILITIES, EngineBase
+from .engines.base import CAPABILITIES, EngineBase, EngineUnavailable
 
 log = logging.getLogger("genapi.registry")
 
@@ -83,8 +83,15 @@ class Registry:
         self.models = {m.name: ServedModel(m, make_engine(m), int(time.time())) for m in configs}
 
     async def start(self) -> None:
+        """Loads every model; EngineUnavailable naming the model when one cannot load."""
         for sm in self.models.values():
-            await sm.engine.start()
+            try:
+                await sm.engine.start()
+            except EngineUnavailable:
+                raise
+            except Exception as e:  # e.g. the core's own tokenizer load, before the worker's
+                raise EngineUnavailable(f"could not load model {sm.config.name!r} from {sm.config.path}: "
+                                        f"{type(e).__name__}: {e}") from e
 
     async def stop(self) -> None:
         for sm in self.models.values():
@@ -97,6 +104,14 @@ class Registry:
         """The model named `name` when it is served for `task`, else None."""
         sm = self.models.get(name)
         return sm if sm is not None and sm.config.task == task else None
+
+    def available(self, task: Task | None = None, limit: int = 20) -> str:
+        """For a not-found message: the served names (of `task`, when given), at most
+        `limit` of them, e.g. "Available models: `a`, `b`." """
+        names = [n for n, sm in self.models.items() if task is None or sm.config.task == task]
+        shown = ", ".join(f"`{n}`" for n in names[:limit])
+        more = f" and {len(names) - limit} more (GET /v1/models lists them)" if len(names) > limit else ""
+        return f"Available models: {shown}{more}." if names else "No model is served for this task."
 
     def ready(self) -> bool:
         return all(sm.engine.ready() for sm in self.models.values())

@@ -12,9 +12,7 @@ admission control decides, and its 429 comes back at once. Streams are plain ite
 written by the worker threads, and the worker's heartbeat runs in its main loop, so a
 long stream does not trigger WORKER TIMEOUT.
 """
-import os
-
-from genapi.config import exposure_error, load_config
+from genapi.config import exposure_error, load_config, log_level
 
 _cfg = load_config()
 
@@ -41,7 +39,7 @@ limit_request_field_size = 8190
 
 accesslog = None  # access log off by default (it would record paths and client ids)
 errorlog = "-"
-loglevel = os.environ.get("GENAPI_LOG_LEVEL", "info")
+loglevel = log_level().lower()
 proc_name = "genapi-shim"
 # gunicorn >= 24 opens a control socket at a fixed per-user path; several shims (or
 # test runs) on one host would fight over it. Ignored by older gunicorn versions.

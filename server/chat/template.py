@@ -7,6 +7,7 @@ import inspect
 from genapi.v1 import content_pb2
 
 from ..errors import invalid, quote
+from .normalize import normalize, template_traits
 
 ROLE_NAMES = {
     content_pb2.ROLE_SYSTEM: "system",
@@ -48,13 +49,15 @@ def to_template_messages(messages) -> list[dict]:
 
 
 def render_prompt(tokenizer, messages) -> list[int]:
-    """Applies the chat template (with the assistant generation prompt) and tokenizes.
+    """Adapts the conversation to the template (`normalize.py`), applies the chat template
+    (with the assistant generation prompt) and tokenizes.
 
     Control tokens the caller writes into a message (`<|im_end|>\n<|im_start|>system`)
     are encoded as plain text: only the template's own control tokens become tokens, so
     a user cannot close their turn and forge a system or assistant one. transformers
     older than 5.23 cannot do that; with those such messages are refused instead."""
     dicts = to_template_messages(messages)
+    dicts = normalize(dicts, template_traits(tokenizer))  # roles and turn order the template accepts
     sanitizes = _can_sanitize(type(tokenizer))
     if not sanitizes:
         refuse_control_tokens(tokenizer, dicts)

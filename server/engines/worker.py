@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import os
 import signal
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from genapi.config import log_level
 
 from .base import EngineUnavailable
 
@@ -82,14 +83,14 @@ def child_main(conn, factory: Callable, name: str, path: str, options: dict) -> 
     # Ctrl-C in a terminal reaches the whole process group; the parent decides when this
     # process stops (a Stop message, or its end of the pipe closing).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=os.environ.get("GENAPI_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
+    logging.basicConfig(level=log_level(), format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
     try:
         loop = factory(name, path, options)
         info = loop.load()
     except Exception as e:
-        log.exception("could not load %s", name)
-        conn.send(Fatal(f"could not load model {name!r} from {path}: {e}"))
+        # The parent reports it in one line; the traceback is for GENAPI_LOG_LEVEL=debug.
+        log.debug("could not load %s", name, exc_info=True)
+        conn.send(Fatal(f"could not load model {name!r} from {path}: {type(e).__name__}: {e}"))
         return
     conn.send(Ready(info))
     loop.run(conn)

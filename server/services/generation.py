@@ -40,8 +40,8 @@ def request_id_of(context: grpc.aio.ServicerContext, request_id: str) -> str:
 def chat_model(registry: Registry, name: str):
     sm = registry.get_for(name, Task.CHAT)
     if sm is None:
-        raise not_found(f"The model `{quote(name)}` does not exist or is not a chat model.", "model",
-                        "model_not_found")
+        raise not_found(f"The model `{quote(name)}` does not exist or is not a chat model. "
+                        f"{registry.available(Task.CHAT)}", "model", "model_not_found")
     return sm
 
 

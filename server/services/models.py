@@ -22,6 +22,6 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
             await abort(context, too_long("model", MAX_ID_CHARS, len(request.id)))
         sm = self.registry.get(request.id)
         if sm is None:
-            await abort(context, not_found(f"The model `{quote(request.id)}` does not exist.", "model",
-                                           "model_not_found"))
+            await abort(context, not_found(f"The model `{quote(request.id)}` does not exist. "
+                                           f"{self.registry.available()}", "model", "model_not_found"))
         return pb.GetModelResponse(model=sm.proto())

@@ -24,6 +24,7 @@ from shim.translate.chat import (
     ChatChunkBuilder,
     ChatCompletionAccumulator,
     chat_request_to_proto,
+    include_obfuscation_requested,
     include_usage_requested,
 )
 
@@ -49,8 +50,9 @@ def create_chat_completion():
     if body.get("stream"):
         builder = ChatChunkBuilder(model=body["model"], n=n, logprobs=logprobs,
                                    include_usage=include_usage_requested(body))
-        return stream.sse_response(first, on_event=lambda event: sse.frames(builder.on_event(event)),
-                                   finish=lambda: sse.frames(builder.finish()) + sse.DONE,
+        frames = sse.obfuscated_frames if include_obfuscation_requested(body) else sse.frames
+        return stream.sse_response(first, on_event=lambda event: frames(builder.on_event(event)),
+                                   finish=lambda: frames(builder.finish()) + sse.DONE,
                                    keepalive_s=cfg.keepalive_s)
 
     acc = ChatCompletionAccumulator(model=body["model"], n=n, logprobs=logprobs)

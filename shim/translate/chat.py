@@ -125,6 +125,11 @@ def include_usage_requested(body: dict) -> bool:
     return bool(body.get("stream") and (body.get("stream_options") or {}).get("include_usage") is True)
 
 
+def include_obfuscation_requested(body: dict) -> bool:
+    """OpenAI's default: obfuscation on every streamed chunk unless turned off."""
+    return bool(body.get("stream") and (body.get("stream_options") or {}).get("include_obfuscation") is not False)
+
+
 # --- response pieces -------------------------------------------------------------------
 
 def usage_to_dict(usage: common_pb2.Usage | None) -> dict:

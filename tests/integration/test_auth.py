@@ -164,6 +164,18 @@ def test_right_key_is_served(secured, key):
     assert [m.id for m in client.models.list()] == [MODEL]
 
 
+def test_genapi_chat_sends_the_key_from_the_environment(secured):
+    run = [sys.executable, "-m", "genapi", "chat", "hello", "--url", f"{secured.base_url}/v1", "--max-tokens", "2"]
+    env = {k: v for k, v in secured.env.items() if k not in ("GENAPI_API_KEYS", "OPENAI_API_KEY")}
+    ok = subprocess.run(run, cwd=ROOT, env={**env, "OPENAI_API_KEY": CONFIG_KEY}, capture_output=True, text=True,
+                        timeout=120)
+    assert ok.returncode == 0 and ok.stdout.strip(), ok.stderr
+    refused = subprocess.run(run, cwd=ROOT, env={**env, "GENAPI_API_KEY": "sk-wrong-0000000000000000"},
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and refused.stderr.startswith("genapi chat: 401: ")
+    assert "sk-wrong-0000000000000000" not in refused.stderr
+
+
 def test_scheme_is_case_insensitive(secured):
     resp = httpx.post(f"{secured.base_url}/v1/chat/completions", content=chat_body(),
                       headers={"content-type": "application/json", "Authorization": f"bearer {KEY}"}, timeout=30)

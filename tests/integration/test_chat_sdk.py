@@ -1,17 +1,19 @@
 """POST /v1/chat/completions through the official openai SDK (sync and async, no retries).
 
-The tiny model's text is meaningless but deterministic at temperature 0, so every check
-compares the service with itself: streamed vs non-streamed, stopped vs unstopped,
-concurrent vs sequential.
+The tiny model's text is deterministic at temperature 0, so every check compares the
+service with itself: streamed vs non-streamed, stopped vs unstopped, concurrent vs
+sequential.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 
+import httpx
 import openai
 import pytest
 
-from ..conftest import MODEL, chat_create, user_messages
+from ..conftest import MODEL, TINY_MODEL, chat_create, user_messages
 
 PROMPT = "Tell me about the harbour."
 
@@ -75,10 +77,21 @@ def boundary_stop(content, start: int = 3) -> tuple[str, int]:
 
 @pytest.fixture(scope="module")
 def baseline(client):
-    """Greedy reference output with per-token logprobs (30 tokens)."""
+    """Greedy reference reply with per-token logprobs (up to 30 tokens; the model usually
+    ends its turn before)."""
     r = create(client, max_tokens=30, logprobs=True, top_logprobs=2)
-    assert r.choices[0].finish_reason == "length"
+    assert len(r.choices[0].logprobs.content) >= 12
     return r
+
+
+def test_a_reply_ending_its_turn_counts_the_end_token_but_does_not_show_it(baseline):
+    """The end-of-turn token counts in completion_tokens (as vLLM counts it) but is no
+    content: neither its text nor a logprobs entry (as OpenAI lists content tokens)."""
+    c = baseline.choices[0]
+    assert c.finish_reason == "stop", "the trained model should end this reply by itself"
+    assert baseline.usage.completion_tokens == len(c.logprobs.content) + 1
+    assert b"".join(token_bytes(c.logprobs.content)).decode() == c.message.content
+    assert "<|im_end|>" not in c.message.content
 
 
 # --- non-streaming ---------------------------------------------------------------------
@@ -150,6 +163,26 @@ def test_streamed_text_and_usage_equal_non_streamed(client, sampling):
     assert streamed_text(chunks) == full.choices[0].message.content
     assert usage_tuple(chunks[-1].usage) == usage_tuple(full.usage)
     assert chunks[-1].choices[0].finish_reason == full.choices[0].finish_reason
+
+
+def _raw_stream_payloads(service, **body) -> list[bytes]:
+    body = {"model": MODEL, "messages": msgs(), "max_tokens": 6, "temperature": 0, "stream": True, **body}
+    with httpx.stream("POST", f"{service.base_url}/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        return [line[len(b"data: "):] for line in r.iter_bytes() for line in line.split(b"\n\n")
+                if line.startswith(b"data: {")]
+
+
+def test_stream_obfuscation_pads_every_chunk_to_a_block_unless_turned_off(service):
+    """OpenAI's stream_options.include_obfuscation (default on): chunk sizes do not tell the
+    length of their text."""
+    default = _raw_stream_payloads(service)
+    assert len(default) >= 3
+    assert all(len(p) % 64 == 0 and len(json.loads(p)["obfuscation"]) >= 16 for p in default)
+    plain = _raw_stream_payloads(service, stream_options={"include_obfuscation": False})
+    assert [json.loads(p).get("obfuscation") for p in plain] == [None] * len(plain)
+    strip = [{k: v for k, v in json.loads(p).items() if k not in ("obfuscation", "id", "created")} for p in default]
+    assert strip == [{k: v for k, v in json.loads(p).items() if k not in ("id", "created")} for p in plain]
 
 
 # --- stop strings ----------------------------------------------------------------------
@@ -298,6 +331,10 @@ def test_error_response_has_request_id(client):
                                        extra_headers={"x-request-id": rid})
     assert ei.value.response.headers["x-request-id"] == rid
     assert ei.value.code == "model_not_found"
+    assert f"Available models: `{MODEL}`." in ei.value.message  # what the caller could ask for instead
+    with pytest.raises(openai.NotFoundError) as ei:
+        client.models.retrieve("no-such-model")
+    assert f"Available models: `{MODEL}`." in ei.value.message
 
 
 # --- n choices -------------------------------------------------------------------------
@@ -362,14 +399,15 @@ def test_logprobs_streaming(client):
 def test_logprob_bytes_cover_text_when_output_ends_mid_character(client):
     """A completion cut by max_tokens right after a token that is not a complete UTF-8
     character must still account for that token in its text (as U+FFFD, as the same
-    byte does mid-text), so the bytes of the returned tokens decode to the content."""
-    ref = create(client, max_tokens=40, logprobs=True)
-    bs = token_bytes(ref.choices[0].logprobs.content)
-    cut = next((k for k in range(1, len(bs) + 1)
-                if b"".join(bs[:k]).decode("utf-8", "replace").endswith("\ufffd")), None)
-    assert cut is not None, "reference output has no partial-character token; pick another prompt"
-    r = create(client, max_tokens=cut, logprobs=True)
-    expected = b"".join(bs[:cut]).decode("utf-8", "replace")
-    assert token_bytes(r.choices[0].logprobs.content) == bs[:cut]
-    assert r.choices[0].message.content == expected
-    assert streamed_text(stream(client, max_tokens=cut)) == expected
+    byte does mid-text), so the bytes of the returned tokens decode to the content. The
+    trained model writes whole characters, so logit_bias forces the lead byte of a
+    two-byte character (0xC3, spelled "\u00c3" by byte-level BPE) at every step."""
+    from transformers import AutoTokenizer
+
+    lead = AutoTokenizer.from_pretrained(str(TINY_MODEL)).convert_tokens_to_ids("\u00c3")
+    kw = dict(max_tokens=2, logit_bias={str(lead): 100})
+    r = create(client, logprobs=True, **kw)
+    assert token_bytes(r.choices[0].logprobs.content) == [b"\xc3", b"\xc3"]
+    assert r.choices[0].message.content == "\ufffd\ufffd" == b"\xc3\xc3".decode("utf-8", "replace")
+    assert r.choices[0].finish_reason == "length"
+    assert streamed_text(stream(client, **kw)) == "\ufffd\ufffd"

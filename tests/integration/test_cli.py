@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ..conftest import MODEL, ROOT, Service, free_port, wait_until
+from ..conftest import MODEL, ROOT, TINY_MODEL, Service, free_port, wait_until
 
 STOP_LIMIT_S = 45  # serve's own per-tier stop timeout is 40 s
 
@@ -150,6 +152,104 @@ def test_shim_fails_fast_when_its_port_is_taken(busy_port):
     assert str(busy_port) in out.stderr and "in use" in out.stderr
 
 
+# --- every start-up failure is one line naming the setting, the value and the file; exit 2 --
+
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO) ")
+
+
+def assert_one_line_failure(out: subprocess.CompletedProcess, *needles: str) -> str:
+    """Exit 2, no traceback, and besides log lines and the no-keys notice exactly one line,
+    which holds every needle."""
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    lines = [ln for ln in out.stderr.splitlines()
+             if not _LOG_LINE.match(ln) and "no API keys configured" not in ln]
+    assert len(lines) == 1 and lines[0].startswith("genapi: "), out.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+MODEL_TOML = f'''[[models]]\nname = "m"\npath = "{TINY_MODEL}"\n'''
+BAD_CONFIGS = {  # id: (config text, what the line must name besides the file)
+    "relative path gone": ('[[models]]\nname = "m"\npath = "models/tiny-chat"\n', ["path", "models/tiny-chat"]),
+    "not a checkpoint": ('[[models]]\nname = "m"\npath = "."\n', ["path", "config.json"]),
+    "invalid toml": ("[core\nport = 1\n", ["line 1"]),
+    "port type": ('[core]\nport = "x"\n' + MODEL_TOML, ["[core] port", "'x'"]),
+    "port range": ("[shim]\nport = 70000\n" + MODEL_TOML, ["[shim] port", "70000"]),
+    "workers 0": ("[shim]\nworkers = 0\n" + MODEL_TOML, ["[shim] workers", "0"]),
+    "max_message_mb 0": ("[core]\nmax_message_mb = 0\n" + MODEL_TOML, ["max_message_mb", "0"]),
+    "unknown task": (MODEL_TOML + 'task = "painting"\n', ["task", "painting"]),
+    "unknown backend": (MODEL_TOML + 'backend = "vllm"\n', ["backend", "vllm"]),
+    "bad dtype": (MODEL_TOML + '[models.options]\ndtype = "float8"\n', ["dtype", "float8"]),
+    "bad device": (MODEL_TOML + '[models.options]\ndevice = "tpu"\n', ["device", "tpu"]),
+    "max_batch 0": (MODEL_TOML + "[models.options]\nmax_batch = 0\n", ["max_batch", "0"]),
+    "max_queue -1": (MODEL_TOML + "[models.options]\nmax_queue = -1\n", ["max_queue", "-1"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_a_bad_config_is_one_line_and_exit_2(tmp_path, case):
+    text, needles = BAD_CONFIGS[case]
+    config = tmp_path / "copied.toml"
+    config.write_text(text)
+    out, _ = run_cli("core", "--config", str(config), "--grpc-port", str(free_port()))
+    assert_one_line_failure(out, str(config), *needles)
+
+
+def test_serve_says_a_missing_model_directory_in_one_line(tmp_path):
+    config = tmp_path / "copied.toml"
+    config.write_text(BAD_CONFIGS["relative path gone"][0])
+    out, _ = run_cli("serve", "--config", str(config), "--port", str(free_port()), "--grpc-port", str(free_port()))
+    assert_one_line_failure(out, str(config), str(tmp_path / "models" / "tiny-chat"), "config file's directory")
+    out, _ = run_cli("core", "--config", str(tmp_path / "absent.toml"), "--grpc-port", str(free_port()))
+    assert_one_line_failure(out, str(tmp_path / "absent.toml"), "No such file")
+
+
+@pytest.fixture
+def broken_checkpoint(tmp_path) -> Path:
+    """The tiny checkpoint with its weights cut short, as by an interrupted download."""
+    ckpt = tmp_path / "broken"
+    shutil.copytree(TINY_MODEL, ckpt)
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    return ckpt
+
+
+def test_a_model_that_cannot_load_is_one_line_and_exit_2(tmp_path, broken_checkpoint):
+    """Found in the engine's process: the core says it in one line, serve adds nothing."""
+    config = tmp_path / "broken.toml"
+    config.write_text(f'[[models]]\nname = "m"\npath = "{broken_checkpoint}"\n')
+    out, _ = run_cli("serve", "--config", str(config), "--grpc-port", str(free_port()), "--port", str(free_port()),
+                     timeout=120)
+    assert_one_line_failure(out, "could not load model 'm'", str(broken_checkpoint), str(config))
+
+
+def test_an_unserved_task_is_one_line_and_exit_2(tmp_path):
+    config = tmp_path / "rerank.toml"
+    config.write_text(MODEL_TOML + 'task = "rerank"\n')
+    out, _ = run_cli("core", "--config", str(config), "--grpc-port", str(free_port()))
+    assert_one_line_failure(out, "rerank", "not served", str(config))
+
+
+def test_log_level_in_any_case_and_an_unknown_one_refused(tmp_path, broken_checkpoint):
+    config = tmp_path / "broken.toml"
+    config.write_text(f'[[models]]\nname = "m"\npath = "{broken_checkpoint}"\n')
+    out, _ = run_cli("core", "--config", str(config), "--grpc-port", str(free_port()),
+                     env={"GENAPI_LOG_LEVEL": "debug"}, timeout=120)
+    assert out.returncode == 2 and " DEBUG " in out.stderr  # lower case works, down to the engine
+    assert "genapi: could not load model" in out.stderr  # the traceback is there too, for debugging
+    out, _ = run_cli("core", "--grpc-port", str(free_port()), env={"GENAPI_LOG_LEVEL": "loud"})
+    assert_one_line_failure(out, "GENAPI_LOG_LEVEL", "loud", "debug, info")
+
+
+def test_hash_key_refuses_an_empty_key():
+    out, _ = run_cli("hash-key", "")
+    assert_one_line_failure(out, "empty")
+    out, _ = run_cli("hash-key", "k")
+    assert out.returncode == 0 and len(out.stdout.strip()) == 64
+
+
 # --- refuse to expose an unauthenticated service ----------------------------------------------
 
 @pytest.mark.parametrize("cmd, host", [("serve", "0.0.0.0"), ("serve", "::"), ("core", "0.0.0.0"),
@@ -224,8 +324,10 @@ def test_sigterm_stops_core_and_shim_and_finishes_the_stream_in_flight(tmp_path)
         chunks = [json.loads(f) for f in frames[:-1]]
         assert all("error" not in c for c in chunks), frames[-3:]
         assert chunks[-1]["choices"][0]["finish_reason"] == "length"
-        assert chunks[-1]["usage"] is None or chunks[-1]["usage"]["completion_tokens"] == 1000
-        assert sum(1 for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")) >= 900
+        # Every chunk carries running usage: all 1000 tokens were generated and sent (past
+        # the end of turn some tokens are control tokens, with no text).
+        assert chunks[-1]["usage"]["completion_tokens"] == 1000
+        assert sum(1 for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")) >= 10
         assert result["ended_at"] > sent_at[0]  # it really was in flight when the signal came
     finally:
         pause.unlink(missing_ok=True)
@@ -236,6 +338,11 @@ def test_sigint_to_serve_stops_core_and_shim(tmp_path):
     svc = Service(tmp_path, "sigint").start()
     try:
         assert httpx.get(f"{svc.base_url}/health", timeout=10).status_code == 200
+        # The start-up output: the no-keys notice once, "serving" once the shim listens.
+        assert wait_until(lambda: "genapi: serving http://" in svc.log(), 10), svc.log()
+        log = svc.log()
+        assert log.count("no API keys configured") == 1, log
+        assert log.index("Listening at: http://") < log.index("genapi: serving http://"), log
         assert_stops_cleanly(svc, lambda pid: os.kill(pid, signal.SIGINT))
     finally:
         svc.stop()

@@ -106,6 +106,21 @@ def test_reflection_lists_the_services(grpc_channel):
             "grpc.health.v1.Health"} <= names
 
 
+def test_reflection_v1_answers_as_current_clients_ask(grpc_channel):
+    """grpcurl and Postman call grpc.reflection.v1 (wire-identical to v1alpha, whose
+    messages encode the call here)."""
+    call = grpc_channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+    requests = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol="genapi.v1.GenerationService")]
+    listed, described = list(call(iter(requests), timeout=10))
+    assert "genapi.v1.GenerationService" in {s.name for s in listed.list_services_response.service}
+    files = described.file_descriptor_response.file_descriptor_proto
+    assert any(b"GenerationService" in f for f in files)
+
+
 def test_engine_stats_rpc(grpc_channel):
     admin = admin_service_pb2_grpc.AdminServiceStub(grpc_channel)
     stats = admin.GetEngineStats(admin_service_pb2.GetEngineStatsRequest()).engines

@@ -3,7 +3,9 @@ n, logit_bias, presence/frequency penalties, logprobs, stop strings and max_toke
 
 Checks compare the service with itself (solo vs under concurrent load, with vs without
 a knob); token identities come from the logprobs `bytes` of each generated token, mapped
-to ids with the checkpoint's own tokenizer.
+to ids with the checkpoint's own tokenizer. The trained tiny model ends its turn after a
+sentence or two, so requests here pass the `ignore_eos` extension: each knob is seen over
+as many tokens as the test asks for.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import pytest
 from ..conftest import MODEL, TINY_MODEL, chat_create, user_messages
 
 PROMPT = "Write a poem about the sea."
+LONG = {"ignore_eos": True}  # extra_body: generate max_tokens tokens past the end of turn
 
 
 def msgs(text: str = PROMPT) -> list[dict]:
@@ -22,6 +25,7 @@ def msgs(text: str = PROMPT) -> list[dict]:
 
 
 def create(client, text: str = PROMPT, **kw):
+    kw.setdefault("extra_body", LONG)
     return chat_create(client, text, **kw)
 
 
@@ -62,7 +66,8 @@ class Vocab:
         special = set(tok.all_special_ids)
         self.bytes_of: dict[int, bytes] = {}
         for i in range(len(tok)):
-            if i in special:
+            if i in special:  # past the end of turn (ignore_eos) they are listed by their text
+                self.bytes_of[i] = tok.decode([i]).encode()
                 continue
             piece = tok.convert_ids_to_tokens(i)
             if piece and all(c in decoder for c in piece):
@@ -87,6 +92,9 @@ def boundary_stops(r, min_index: int = 2):
     inside a later token, each with the character offset of its first occurrence.
     Yields (stop, offset, tokens_spanned)."""
     bs = token_bytes(r)
+    # Only the text before a control token (past the end of turn under ignore_eos), whose
+    # logprobs bytes spell it but whose text is not content.
+    bs = bs[:next((k for k, b in enumerate(bs) if b.startswith(b"<|") and b.endswith(b"|>")), len(bs))]
     text = b"".join(bs).decode("utf-8", "replace")
     ends, acc = [], b""
     for b in bs:
@@ -123,7 +131,7 @@ def _others() -> list[dict]:
     out = []
     for i in range(16):
         kw: dict = {"messages": msgs(OTHER_PROMPTS[i % len(OTHER_PROMPTS)] + f" #{i}"),
-                    "max_tokens": 20 + (i % 4) * 8}
+                    "max_tokens": 20 + (i % 4) * 8, "extra_body": LONG}
         kw["temperature"] = (0.0, 0.7, 1.0, 1.3)[i % 4]
         if i % 3 == 0:
             kw["seed"] = 1000 + i
@@ -145,7 +153,7 @@ def _others() -> list[dict]:
 
 
 def test_seed_reproducible_under_concurrent_load(client, aclient):
-    probe = dict(messages=msgs(), temperature=1.0, seed=424242, max_tokens=24)
+    probe = dict(messages=msgs(), temperature=1.0, seed=424242, max_tokens=24, extra_body=LONG)
     alone = client.chat.completions.create(model=MODEL, **probe)
     assert alone.choices[0].finish_reason == "length"
 
@@ -171,6 +179,13 @@ def test_seed_reproducible_under_concurrent_load(client, aclient):
                 assert c.logprobs is None
 
 
+@pytest.mark.parametrize("other", [424242 - 2**63, 424242 + 2**32])
+def test_seeds_differing_only_in_high_bits_give_distinct_streams(client, other):
+    kw = dict(temperature=1.0, max_tokens=16)
+    assert text_of(create(client, seed=other, **kw)) == text_of(create(client, seed=other, **kw))
+    assert text_of(create(client, seed=other, **kw)) != text_of(create(client, seed=424242, **kw))
+
+
 def test_every_sampling_knob_is_per_request_inside_a_shared_batch(client, aclient, vocab):
     """Requests with different knobs give, when batched together, exactly what each gives
     alone: no knob leaks to batch neighbours."""
@@ -193,7 +208,8 @@ def test_every_sampling_knob_is_per_request_inside_a_shared_batch(client, aclien
     async def main():
         async with aclient:
             return await asyncio.gather(*(
-                aclient.chat.completions.create(model=MODEL, messages=msgs(), **v) for v in variants))
+                aclient.chat.completions.create(model=MODEL, messages=msgs(), extra_body=LONG, **v)
+                for v in variants))
 
     batched = asyncio.run(main())
     for v, a, b in zip(variants, alone, batched):
@@ -394,7 +410,7 @@ def test_stop_string_per_choice_with_n(client):
 def test_default_max_tokens_with_an_early_stop(client, greedy40):
     text = text_of(greedy40)
     stop, at, _ = next(boundary_stops(greedy40))
-    r = client.chat.completions.create(model=MODEL, messages=msgs(), temperature=0, stop=[stop])
+    r = client.chat.completions.create(model=MODEL, messages=msgs(), temperature=0, stop=[stop], extra_body=LONG)
     assert r.choices[0].finish_reason == "stop"
     assert text_of(r) == text[:at]
     assert r.usage.completion_tokens < 40

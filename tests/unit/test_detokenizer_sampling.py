@@ -2,7 +2,7 @@ import torch
 
 from server.engines.base import SamplingParams
 from server.engines.detokenizer import Detokenizer, token_bytes
-from server.engines.torch.sampling import SeqSampler, logprobs_of, process_logits, sample
+from server.engines.torch.sampling import SeqSampler, logprobs_of, process_logits, sample, seeded_generator
 
 
 class CharTokenizer:
@@ -76,6 +76,19 @@ def test_seeded_sampling_is_reproducible_and_independent_of_batch():
     a = [sample(logits[i:i + 1], _samplers(1, temperature=1.0))[0] for i in range(3)]
     b = sample(logits, _samplers(3, temperature=1.0))
     assert a == b
+
+
+def test_every_bit_of_a_64_bit_seed_changes_the_stream():
+    """torch's CPU mt19937 keeps only the low 32 bits of manual_seed; genapi's generators
+    use all 64 (s and s - 2**63 differ only in the top bit once folded onto uint64)."""
+    def draws(seed):
+        return torch.rand(8, generator=seeded_generator(seed, torch.device("cpu"))).tolist()
+
+    s = 424242
+    streams = [draws(x) for x in (s, s - 2**63, s + 2**32, s ^ (1 << 62))]
+    assert len({tuple(d) for d in streams}) == 4
+    assert draws(s) == streams[0] and draws(s - 2**63) == streams[1]  # still deterministic
+    assert seeded_generator(s - 2**63, torch.device("cpu")).initial_seed() == s + 2**63
 
 
 def test_top_p_keeps_the_nucleus_only():

@@ -89,3 +89,16 @@ def test_loads_body_rejects(raw):
                                        (b'{"a":"\\ud83d\\ude00"}', {"a": "😀"})])
 def test_loads_body_accepts(raw, value):
     assert loads_body(raw) == value
+
+
+@pytest.mark.parametrize("text", ["", "a", "a" * 47, "x" * 300] + NASTY)
+def test_obfuscated_frames_are_block_sized_and_parse_to_the_object_plus_noise(text):
+    obj = {"id": "c", "choices": [{"delta": {"content": text}}]}
+    raw = sse.obfuscated_frame(obj)
+    assert raw.startswith(b"data: ") and raw.endswith(b"\n\n") and b"\n" not in raw[:-2]
+    payload = raw[len(b"data: "):-2]
+    assert len(payload) % sse.OBFUSCATION_BLOCK == 0
+    parsed = json.loads(payload)
+    noise = parsed.pop("obfuscation")
+    assert parsed == json.loads(dumps(obj)) and len(noise) >= sse.OBFUSCATION_MIN
+    assert sse.obfuscated_frame(obj) != raw  # random each time

@@ -72,3 +72,16 @@ def test_chunked_prefill_matches_reference_and_decodes_on(kind, runner_cls):
         torch.testing.assert_close(got[0], _reference(model, prompt[:start + 8])[-1], atol=1e-4, rtol=1e-4)
     logits = runner.decode([2], [5], [len(prompt)])
     torch.testing.assert_close(logits[0], _reference(model, prompt + [5])[-1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("runner_cls", [SlotRunner, HFRunner])
+def test_runners_use_the_current_cache_api_without_deprecation_warnings(runner_cls):
+    """transformers 5.2x deprecates `past_key_values` for `cache`: no warning from a runner."""
+    import warnings
+
+    runner = runner_cls(_model("qwen3"), slots=2, max_len=64, device=torch.device("cpu"), dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runner.prefill([0], [[5, 9, 2]])
+        runner.extend(0, [4, 4], 3)
+        runner.decode([0], [7], [5])

@@ -1,9 +1,13 @@
 """Fallback runner for causal LMs outside the Llama family: the checkpoint's own forward
 with a per-sequence Hugging Face cache. Sequences still interleave step by step in the
-scheduler, but each decodes in its own forward pass (no shared batch)."""
+scheduler, but each decodes in its own forward pass (no shared batch).
+
+The cache goes in and out under the name the installed transformers uses: `cache` from
+5.2x on (where `past_key_values` is deprecated), `past_key_values` before."""
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch
 
@@ -15,40 +19,36 @@ class HFRunner:
         self.slots = slots
         self.max_len = max_len
         self.cache: dict[int, object] = {}
+        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def _forward(self, ids: torch.Tensor, cache, positions: torch.Tensor | None = None):
+        """(last-position logits [rows, vocab] float32, the updated cache)."""
+        out = self.model(input_ids=ids, position_ids=positions, use_cache=True, **{self._cache_kw: cache})
+        return out.logits[:, -1].float(), getattr(out, self._cache_kw)
 
     @torch.inference_mode()
     def prefill(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
         rows = []
         for slot, ids in zip(slots, prompts):
-            out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True)
-            self.cache[slot] = out.past_key_values
-            rows.append(out.logits[0, -1].float())
+            logits, self.cache[slot] = self._forward(torch.tensor([ids], device=self.device), None)
+            rows.append(logits[0])
         return torch.stack(rows)
 
     @torch.inference_mode()
     def extend(self, slot: int, tokens: list[int], start: int) -> torch.Tensor:
         """Chunked prefill: `tokens` at positions start.. after the slot's cache."""
-        out = self.model(
-            input_ids=torch.tensor([tokens], device=self.device),
-            past_key_values=self.cache.get(slot) if start else None,
-            position_ids=torch.arange(start, start + len(tokens), device=self.device).unsqueeze(0),
-            use_cache=True,
-        )
-        self.cache[slot] = out.past_key_values
-        return out.logits[:, -1].float()
+        logits, self.cache[slot] = self._forward(
+            torch.tensor([tokens], device=self.device), self.cache.get(slot) if start else None,
+            torch.arange(start, start + len(tokens), device=self.device).unsqueeze(0))
+        return logits
 
     @torch.inference_mode()
     def decode(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor:
         rows = []
         for slot, tok, p in zip(slots, tokens, positions):
-            out = self.model(
-                input_ids=torch.tensor([[tok]], device=self.device),
-                past_key_values=self.cache[slot],
-                position_ids=torch.tensor([[p]], device=self.device),
-                use_cache=True,
-            )
-            self.cache[slot] = out.past_key_values
-            rows.append(out.logits[0, -1].float())
+            logits, self.cache[slot] = self._forward(
+                torch.tensor([[tok]], device=self.device), self.cache[slot], torch.tensor([[p]], device=self.device))
+            rows.append(logits[0])
         return torch.stack(rows)
 
     def copy_slot(self, src: int, dst: int, length: int) -> None:

@@ -26,8 +26,7 @@ class SeqSampler:
     def create(cls, params: SamplingParams, seed: int, vocab: int, device: torch.device) -> "SeqSampler":
         gen = None
         if params.temperature > 0:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(seed)
+            gen = seeded_generator(seed, device)
         bias = None
         if params.logit_bias:
             bias = torch.zeros(vocab, device=device)
@@ -38,6 +37,34 @@ class SeqSampler:
     def observe(self, token: int) -> None:
         if self.params.presence_penalty or self.params.frequency_penalty:  # the only readers
             self.counts[token] += 1
+
+
+_U64 = (1 << 64) - 1
+_MT_WORDS = 624  # 32-bit words of the mt19937 state
+_MT_STATE_OFFSET = 24  # CPU generator state: initial seed u64, left i32, seeded i32, next u64
+
+
+def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A torch generator whose stream depends on all 64 bits of `seed` (any int; negative
+    int64 seeds fold onto uint64, so distinct int64 seeds give distinct streams).
+
+    CUDA's Philox takes the 64-bit seed as is. The CPU generator's mt19937 keeps only the
+    low 32 bits of `manual_seed` (seeds s and s - 2**63 would give one stream), so its
+    624-word state is filled from numpy's SeedSequence of the whole seed instead, the
+    way numpy seeds its own MT19937 from seeds of any size."""
+    seed &= _U64
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    if gen.device.type != "cpu":
+        return gen
+    import numpy as np
+
+    words = np.random.SeedSequence(seed).generate_state(_MT_WORDS, np.uint32).astype("<u8")
+    state = gen.get_state().numpy().copy()  # uint8 view of torch's CPU generator state
+    end = _MT_STATE_OFFSET + 8 * _MT_WORDS
+    state[_MT_STATE_OFFSET:end] = np.frombuffer(words.tobytes(), dtype=np.uint8)
+    gen.set_state(torch.from_numpy(state))
+    return gen
 
 
 def process_logits(logits: torch.Tensor, samplers: list[SeqSampler]) -> torch.Tensor:

@@ -100,6 +100,9 @@ class Scheduler:
         if self.device_name == "auto":
             self.device_name = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(self.device_name)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"option device = {self.device_name!r}: no CUDA device is available "
+                             "(use \"cpu\" or \"auto\")")
         if self.dtype_name == "auto":
             self.dtype_name = "bfloat16" if self.device.type == "cuda" else "float32"
         dtype = _DTYPES[self.dtype_name]
@@ -297,7 +300,9 @@ class Scheduler:
             s.generated += 1
             s.unreported += 1
             s.last = tok
-            if lp is not None and s.req.gen.logprobs:
+            # The end-of-turn token ends the choice but is not content: it counts in
+            # completion_tokens (as vLLM does) but gets no logprobs entry (as OpenAI's).
+            if lp is not None and s.req.gen.logprobs and not self._ends_turn(s, tok):
                 s.logprobs.append(self._token_logprob(tok, lp, i, s.req.gen.top_logprobs))
             if events := self._events_for(s, tok):
                 self._events.setdefault(s.req.gen.request_id, []).extend(events)
@@ -307,7 +312,7 @@ class Scheduler:
 
     def _events_for(self, s: _Seq, tok: int) -> list:
         g = s.req.gen
-        is_eos = tok in self.eos_ids and not g.ignore_eos
+        is_eos = self._ends_turn(s, tok)
         if not is_eos:
             s.detok.push(tok)
         text, stop = s.detok.take()
@@ -322,6 +327,9 @@ class Scheduler:
             s.unreported, s.logprobs = 0, []
             return [ev]
         return []
+
+    def _ends_turn(self, s: _Seq, tok: int) -> bool:
+        return tok in self.eos_ids and not s.req.gen.ignore_eos
 
     def _finish(self, s: _Seq, text: str, reason: str, stop: str = "") -> list:
         events = []
