@@ -117,6 +117,7 @@ class EngineStats:
     requests_aborted: int = 0
     requests_rejected: int = 0
     budget_tokens_used: int = 0
+    forward_passes: int = 0  # embedding/rerank engines: batches run (each may merge requests)
 
 
 class EngineBase(abc.ABC):
