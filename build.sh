@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install genapi into ./.venv, generate the gRPC stubs and the embedded tiny chat model;
-# with npm, also the pinned buf (protos lint) into ./.tools/buf.
+# Install genapi into ./.venv, generate the gRPC stubs, the embedded tiny chat model and
+# the tiny cross-encoder; with npm, also the pinned buf (protos lint) into ./.tools/buf.
 #
 #   ./build.sh                  install (idempotent; fast when nothing changed)
 #   ./build.sh serve [args...]  install, then `genapi serve args...`
@@ -97,8 +97,10 @@ elif command -v npm >/dev/null 2>&1; then
     || say "warning: could not install buf; tests/unit/test_protos.py will skip buf lint"
 fi
 
-# 6. the embedded tiny chat model (prints "up to date" when nothing changed) -----------
+# 6. the embedded tiny chat model and the tiny cross-encoder of the rerank tests (each
+#    prints "up to date" when nothing changed) ------------------------------------------
 "$PY" -m tools.tiny_models --out models/tiny-chat --preset tiny
+"$PY" -m tools.tiny_cross_encoder --out models/tiny-cross-encoder
 
 case "$cmd" in
   serve)

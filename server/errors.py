@@ -79,7 +79,7 @@ def from_engine_error(e: Exception) -> GenapiError:
         return GenapiError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), "engine_overloaded",
                            retry_after_s=e.retry_after_s)
     if isinstance(e, EngineInvalidRequest):
-        return GenapiError(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_value")
+        return GenapiError(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_value", e.param)
     if isinstance(e, EngineError):
         return GenapiError(grpc.StatusCode.UNAVAILABLE, str(e), "engine_unavailable", retry_after_s=5)
     return INTERNAL_ERROR
