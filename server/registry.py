@@ -112,8 +112,7 @@ class Registry:
                                  "it can serve task \"rerank\", not \"embedding\"")
 
     async def stop(self) -> None:
-        for engine in self.engines():
-            await engine.stop()
+        await asyncio.gather(*(e.stop() for e in self.engines()))
 
     def get(self, name: str) -> ServedModel | None:
         return self.models.get(name)
