@@ -22,26 +22,34 @@ EMBED_MODEL = "all-MiniLM-L6-v2"
 RERANK_MODEL = "all-MiniLM-L6-v2-rerank"
 CROSS_MODEL = "tiny-cross-encoder"
 # Same checkpoint, an engine of its own that waits long for a batch to fill: the test that
-# asserts concurrent requests were merged does not depend on timing.
+# asserts concurrent requests were merged does not depend on timing. One torch thread per
+# engine process: the test machine's 2 cores are shared by several of them.
 BATCHING_MODEL = "all-MiniLM-L6-v2-batching"
 ENCODER_MODELS = f"""
     [[models]]
     name = "{EMBED_MODEL}"
     task = "embedding"
     path = "{MINILM_PATH}"
+    [models.options]
+    threads = 1
     [[models]]
     name = "{RERANK_MODEL}"
     task = "rerank"
     path = "{MINILM_PATH}"
+    [models.options]
+    threads = 1
     [[models]]
     name = "{CROSS_MODEL}"
     task = "rerank"
     path = "{TINY_CROSS_ENCODER}"
+    [models.options]
+    threads = 1
     [[models]]
     name = "{BATCHING_MODEL}"
     task = "embedding"
     path = "{MINILM_PATH}"
     [models.options]
+    threads = 1
     max_wait_ms = 3000
     max_batch = 16
     """

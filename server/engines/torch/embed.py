@@ -1,8 +1,8 @@
 """Embeddings and rerank on the torch backend: the Embedder and Scorer capabilities of a
 sentence-transformers checkpoint.
 
-This side, in the core's event loop, tokenizes and validates (encoder_inputs.py, in a
-thread), admits requests (bounded: `max_queue` requests in flight, else EngineOverloaded)
+This side, in the core's event loop, tokenizes and validates (encoder_inputs.py; in a
+thread unless the request is small), admits requests (bounded: `max_queue` requests in flight, else EngineOverloaded)
 and awaits each request's result; the model runs in its own process (encoder.py), which
 merges concurrent requests into shared forward passes.
 
@@ -93,19 +93,21 @@ class EmbeddingEngine(EngineBase):
         if request.dimensions is not None and not 1 <= request.dimensions <= info.dimensions:
             raise EngineInvalidRequest(f"Invalid 'dimensions': expected 1 to {info.dimensions} (this model's "
                                        f"size), got {request.dimensions}.", "dimensions")
-        rows, tokens = await asyncio.to_thread(tokenize_inputs, self._spec, request.inputs,
-                                               request.truncate_prompt_tokens, self.max_request_tokens)
+        rows, tokens = await _off_loop_if_large(_text_size(request.inputs), tokenize_inputs, self._spec,
+                                                request.inputs, request.truncate_prompt_tokens,
+                                                self.max_request_tokens)
         vectors = await self._run(EncodeJob(request.request_id, rows, dimensions=request.dimensions))
         return EmbeddingResult(vectors, tokens)
 
     async def score(self, request: ScoreRequest) -> ScoreResult:
         if self.encoder_info.kind == "cross-encoder":
-            ids, types, tokens = await asyncio.to_thread(
-                tokenize_pairs, self._spec, request.query, request.documents, request.truncate_prompt_tokens,
-                self.max_request_tokens)
+            ids, types, tokens = await _off_loop_if_large(
+                _text_size([request.query, *request.documents]), tokenize_pairs, self._spec, request.query,
+                request.documents, request.truncate_prompt_tokens, self.max_request_tokens)
             scores = await self._run(EncodeJob(request.request_id, ids, types))
             return ScoreResult([float(s) for s in scores], tokens)
-        rows, tokens = await asyncio.to_thread(self._tokenize_query_and_documents, request)
+        rows, tokens = await _off_loop_if_large(_text_size([request.query, *request.documents]),
+                                                self._tokenize_query_and_documents, request)
         vectors = await self._run(EncodeJob(request.request_id, rows))
         return ScoreResult([float(s) for s in cosine_scores(vectors[0], vectors[1:])], tokens)
 
@@ -174,6 +176,21 @@ class EmbeddingEngine(EngineBase):
                       self.name, self._worker.exitcode)
         for loop, fut in lost.values():
             loop.call_soon_threadsafe(_settle, fut, EngineError("the engine process exited"))
+
+
+# Up to this many characters a request is tokenized on the event loop (well under a
+# millisecond); larger ones in a thread, so that a 2048-input request never stalls it.
+INLINE_TOKENIZE_CHARS = 4096
+
+
+def _text_size(inputs) -> int:
+    return sum(len(s) if isinstance(s, str) else len(s) // 4 for s in inputs)
+
+
+async def _off_loop_if_large(size: int, fn, *args):
+    if size <= INLINE_TOKENIZE_CHARS:
+        return fn(*args)
+    return await asyncio.to_thread(fn, *args)
 
 
 def _settle(fut: asyncio.Future, outcome) -> None:

@@ -18,8 +18,8 @@ Messages (engines/worker.py): `Submit(EncodeJob)` in; one `Step` per round out, 
 A round takes every job waiting in the pipe, waiting up to `max_wait_ms` after the first
 for more (bounded by `max_batch` sequences), sorts all their sequences by length (so a
 pass pads little), and runs passes of at most `max_batch` sequences and
-`max_batch_tokens` padded tokens. Options: device, dtype, max_batch (64),
-max_batch_tokens (32768), max_wait_ms (2).
+`max_batch_tokens` padded tokens. Options: device, dtype, threads (torch intra-op
+threads), max_batch (64), max_batch_tokens (32768), max_wait_ms (2).
 """
 from __future__ import annotations
 
@@ -116,6 +116,8 @@ class EncoderLoop:
             dtype = "bfloat16" if device.startswith("cuda") else "float32"
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError("device = 'cuda' but no CUDA device is available")
+        if self.options.get("threads"):
+            torch.set_num_threads(int(self.options["threads"]))
         from sentence_transformers import CrossEncoder, SentenceTransformer
 
         cls = CrossEncoder if self.kind == "cross-encoder" else SentenceTransformer
