@@ -114,8 +114,6 @@ class EmbeddingEngine(EngineBase):
     def _tokenize_query_and_documents(self, request: ScoreRequest) -> tuple[list[list[int]], int]:
         """Bi-encoder rerank inputs: the query's ids first, then each document's."""
         limit, cut = self.max_request_tokens, request.truncate_prompt_tokens
-        if not request.query:
-            raise EngineInvalidRequest("Invalid 'query': it may not be empty.", "query")
         query, n_query = tokenize_inputs(self._spec, [request.query], cut, limit, "query")
         docs, n_docs = tokenize_inputs(self._spec, request.documents, cut, limit, "documents")
         check_total(n_query + n_docs, limit, "documents")
