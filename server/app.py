@@ -22,16 +22,21 @@ from genapi.keys import KeyChecker
 from genapi.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
+    embedding_service_pb2,
+    embedding_service_pb2_grpc,
     generation_service_pb2,
     generation_service_pb2_grpc,
     model_service_pb2,
     model_service_pb2_grpc,
+    rerank_service_pb2,
+    rerank_service_pb2_grpc,
 )
 
 from .interceptors.auth import AuthInterceptor
 from .drain import Drain
 from .registry import Registry
 from .services.admin import AdminServicer
+from .services.encoder import EmbeddingServicer, RerankServicer
 from .services.generation import GenerationServicer
 from .services.models import ModelServicer
 
@@ -53,6 +58,8 @@ SERVICES = (
     generation_service_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name,
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    embedding_service_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name,
+    rerank_service_pb2.DESCRIPTOR.services_by_name["RerankService"].full_name,
 )
 
 
@@ -117,6 +124,8 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     generation_service_pb2_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(registry, drain), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry), server)
+    embedding_service_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(registry, drain), server)
+    rerank_service_pb2_grpc.add_RerankServiceServicer_to_server(RerankServicer(registry, drain), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     _enable_reflection(server, SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,))

@@ -2,10 +2,13 @@
 
 Backends are found by (task, backend) in `BACKENDS` and imported lazily, so a missing
 optional one only matters when a model uses it; the engine built must implement the
-task's capability protocol (engines.base.CAPABILITIES).
+task's capability protocol (engines.base.CAPABILITIES). An embedding and a rerank model
+with the same backend, path and options share one engine (one process, one copy of the
+weights).
 """
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import time
@@ -29,6 +32,8 @@ TASK_PROTO = {
 BACKENDS: dict[tuple[Task, str], str] = {
     (Task.CHAT, "torch"): "server.engines.torch.engine:TorchEngine",
     (Task.CHAT, "trtllm"): "server.engines.trtllm.adapter:TrtllmEngine",
+    (Task.EMBEDDING, "torch"): "server.engines.torch.embed:EmbeddingEngine",
+    (Task.RERANK, "torch"): "server.engines.torch.embed:EmbeddingEngine",
 }
 
 
@@ -62,11 +67,13 @@ class ServedModel:
 
     def proto(self) -> model_service_pb2.Model:
         info = getattr(self.engine, "chat_info", None)
+        encoder = getattr(self.engine, "encoder_info", None)
         return model_service_pb2.Model(
             id=self.config.name,
             task=TASK_PROTO[self.config.task],
             backend=self.config.backend,
-            context_length=info.context_length if info else 0,
+            context_length=info.context_length if info else encoder.max_input_tokens if encoder else 0,
+            dimensions=encoder.dimensions if encoder else 0,
             created=self.created,
             owned_by=self.config.owned_by,
             max_output_tokens=self.config.max_output_tokens,
@@ -80,11 +87,25 @@ class Registry:
         names = [m.name for m in configs]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate model names in config: {names}")
-        self.models = {m.name: ServedModel(m, make_engine(m), int(time.time())) for m in configs}
+        shared: dict[tuple, EngineBase] = {}
+        self.models = {}
+        for m in configs:
+            key = m.engine_key
+            engine = shared.get(key) if key else None
+            if engine is None:
+                engine = make_engine(m)
+                if key:
+                    shared[key] = engine
+            self.models[m.name] = ServedModel(m, engine, int(time.time()))
+
+    def engines(self) -> list[EngineBase]:
+        """Each engine once (shared ones are listed under several models)."""
+        return list({id(sm.engine): sm.engine for sm in self.models.values()}.values())
 
     async def start(self) -> None:
-        """Loads every model; EngineUnavailable naming the model when one cannot load."""
-        for sm in self.models.values():
+        """Loads every engine, concurrently (each in its own process where it has one);
+        EngineUnavailable naming the model when one cannot load."""
+        async def load(sm):
             try:
                 await sm.engine.start()
             except EngineUnavailable:
@@ -92,10 +113,16 @@ class Registry:
             except Exception as e:  # e.g. the core's own tokenizer load, before the worker's
                 raise EngineUnavailable(f"could not load model {sm.config.name!r} from {sm.config.path}: "
                                         f"{type(e).__name__}: {e}") from e
+        first = {id(sm.engine): sm for sm in self.models.values()}
+        await asyncio.gather(*(load(sm) for sm in first.values()))
+        for sm in self.models.values():
+            encoder = getattr(sm.engine, "encoder_info", None)
+            if sm.config.task is Task.EMBEDDING and encoder and encoder.kind == "cross-encoder":
+                raise ValueError(f"model {sm.config.name!r}: {sm.config.path} is a cross-encoder checkpoint; "
+                                 "it can serve task \"rerank\", not \"embedding\"")
 
     async def stop(self) -> None:
-        for sm in self.models.values():
-            await sm.engine.stop()
+        await asyncio.gather(*(e.stop() for e in self.engines()))
 
     def get(self, name: str) -> ServedModel | None:
         return self.models.get(name)
@@ -114,4 +141,5 @@ class Registry:
         return f"Available models: {shown}{more}." if names else "No model is served for this task."
 
     def ready(self) -> bool:
-        return all(sm.engine.ready() for sm in self.models.values())
+        return all(e.ready() for e in self.engines())
+

@@ -12,7 +12,12 @@ import threading
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from genapi.v1 import generation_service_pb2_grpc, model_service_pb2_grpc
+from genapi.v1 import (
+    embedding_service_pb2_grpc,
+    generation_service_pb2_grpc,
+    model_service_pb2_grpc,
+    rerank_service_pb2_grpc,
+)
 
 # Client keepalive: ping after 30 s without activity, drop the peer after 10 s without
 # an answer. grpc's default max_pings_without_data (2) keeps this within the server's
@@ -47,6 +52,8 @@ class CoreClient:
         self.channel = grpc.insecure_channel(target, options=options)
         self.generation = generation_service_pb2_grpc.GenerationServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+        self.embedding = embedding_service_pb2_grpc.EmbeddingServiceStub(self.channel)
+        self.rerank = rerank_service_pb2_grpc.RerankServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     def close(self) -> None:

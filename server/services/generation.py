@@ -19,9 +19,10 @@ from ..chat.template import render_prompt
 from ..convert.generation import build_request, check_identifiers
 from ..drain import Drain, shutting_down
 from ..engines.base import EngineError, FinishEvent, close_events
-from ..errors import INTERNAL_ERROR, GenapiError, abort, from_engine_error, not_found, quote
+from ..errors import INTERNAL_ERROR, GenapiError, abort, from_engine_error
 from ..registry import Registry
 from .admin import get_engine_stats
+from .lookup import model_for
 
 log = logging.getLogger("genapi.generation")
 
@@ -38,11 +39,7 @@ def request_id_of(context: grpc.aio.ServicerContext, request_id: str) -> str:
 
 
 def chat_model(registry: Registry, name: str):
-    sm = registry.get_for(name, Task.CHAT)
-    if sm is None:
-        raise not_found(f"The model `{quote(name)}` does not exist or is not a chat model. "
-                        f"{registry.available(Task.CHAT)}", "model", "model_not_found")
-    return sm
+    return model_for(registry, name, Task.CHAT)
 
 
 class GenerationServicer(pb_grpc.GenerationServiceServicer):

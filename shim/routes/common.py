@@ -1,9 +1,11 @@
-"""Helpers every Blueprint uses: the config, the core client, call metadata."""
+"""Helpers every Blueprint uses: the config, the core client, call metadata, unary calls."""
 from __future__ import annotations
 
+import grpc
 from flask import current_app, request
 
 from shim import grpc_client
+from shim.errors import from_grpc_error
 from shim.request_id import current_request_id
 
 
@@ -23,3 +25,13 @@ def metadata() -> list[tuple[str, str]]:
 def short_timeout() -> float:
     """Deadline for quick unary calls (models, health)."""
     return min(30.0, config().request_timeout_s)
+
+
+def call_core(method, proto):
+    """A unary core call under the request deadline; a failure becomes the OpenAI error
+    (a bare NOT_FOUND names the model)."""
+    try:
+        return method(proto, metadata=metadata(), timeout=config().request_timeout_s)
+    except grpc.RpcError as e:
+        raise from_grpc_error(e, not_found_param="model", not_found_code="model_not_found",
+                              request_id=current_request_id()) from None

@@ -14,7 +14,8 @@ DEFAULT_OWNER = "genapi"
 
 def model_to_dict(model: model_service_pb2.Model) -> dict:
     """`{"id", "object": "model", "created", "owned_by"}` plus genapi extras
-    (`task`, and `context_length` / `max_output_tokens` when known)."""
+    (`task`, and `context_length` / `max_output_tokens` / `dimensions` when known; for
+    embedding and rerank models `context_length` is the longest input in tokens)."""
     out = {
         "id": model.id,
         "object": "model",
@@ -27,6 +28,8 @@ def model_to_dict(model: model_service_pb2.Model) -> dict:
         out["context_length"] = model.context_length
     if model.max_output_tokens:
         out["max_output_tokens"] = model.max_output_tokens
+    if model.dimensions:
+        out["dimensions"] = model.dimensions
     return out
 
 

