@@ -8,6 +8,12 @@ Layout (every key optional; see README "Configuration"):
     [auth]   api_key_sha256 = ["<hex digest>", ...]   (unnamed keys)
              [[auth.keys]] name, sha256                (named keys)
     [[models]] name, task, backend, path, [models.options]
+    [store]  url (SQLite file path or sqlite:///path; default var/genapi.db)
+    [files]  url (local directory; default var/files), max_upload_mb
+    [batches] concurrency, window_s (test-only: shortens every completion window)
+
+Relative [store]/[files] paths, like the var/ default, are against the config file's
+directory (for the bundled config: GENAPI_HOME or the checkout).
 
 Defaults live in the dataclasses below and nowhere else. The bundled default config
 (`genapi/default.toml`) ships inside the package, so an installed wheel finds it too.
@@ -132,6 +138,23 @@ class Config:
     api_keys: list[ApiKey] = field(default_factory=list)
     models: list[ModelConfig] = field(default_factory=list)
     path: Path | None = None
+    store_url: str = ""  # SQLite database file; "" = <base>/var/genapi.db
+    files_url: str = ""  # object directory; "" = <base>/var/files
+    max_upload_mb: int = 200  # per uploaded file (413 above)
+    batch_concurrency: int = 4  # batch lines running at once over all batches
+    batch_window_s: float = 0.0  # test-only: when > 0, every batch expires this long after creation
+    base_dir: Path = field(default_factory=Path.cwd)  # what relative state paths are against
+
+    @property
+    def store_path(self) -> Path:
+        """The SQLite database file of the state store."""
+        url = self.store_url.removeprefix("sqlite:///") if self.store_url.startswith("sqlite:///") else self.store_url
+        return _state_path(url or "var/genapi.db", self.base_dir)
+
+    @property
+    def files_dir(self) -> Path:
+        """The local object directory of stored files."""
+        return _state_path(self.files_url or "var/files", self.base_dir)
 
     @property
     def auth_enabled(self) -> bool:
@@ -182,11 +205,21 @@ _SETTINGS = (
     ("shim", "read_timeout_s", "read_timeout_s", float, "GENAPI_READ_TIMEOUT_S"),
     ("shim", "max_body_mb", "max_body_mb", int, "GENAPI_MAX_BODY_MB"),
     ("shim", "keepalive_s", "keepalive_s", float, "GENAPI_KEEPALIVE_S"),
+    ("store", "url", "store_url", str, "GENAPI_STORE_URL"),
+    ("files", "url", "files_url", str, "GENAPI_FILES_URL"),
+    ("files", "max_upload_mb", "max_upload_mb", int, "GENAPI_MAX_UPLOAD_MB"),
+    ("batches", "concurrency", "batch_concurrency", int, "GENAPI_BATCH_CONCURRENCY"),
+    ("batches", "window_s", "batch_window_s", float, "GENAPI_BATCH_WINDOW_S"),
 )
 
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _state_path(path: str, base: Path) -> Path:
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() else (base / p).resolve()
 
 
 def _resolve_model_path(path: str, base: Path) -> str:
@@ -234,6 +267,7 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
             for m in raw.get("models", [])
         ],
         path=path,
+        base_dir=base,
     )
     for table, key, attr, conv, _ in _SETTINGS:
         if key in raw.get(table, {}):
@@ -241,6 +275,10 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     _apply_env(cfg, os.environ)
     if cfg.threads < 0:
         raise ValueError(f"[shim] threads must be >= 0 (0 = auto), got {cfg.threads}")
+    if cfg.files_url.startswith("s3://"):
+        raise ValueError("[files] url: s3:// storage is not available yet; use a local directory")
+    if cfg.max_upload_mb < 1 or cfg.batch_concurrency < 1:
+        raise ValueError("[files] max_upload_mb and [batches] concurrency must be >= 1")
     if not cfg.read_timeout_s > 0:
         raise ValueError(f"[shim] read_timeout_s must be > 0, got {cfg.read_timeout_s}")
     return cfg

@@ -28,7 +28,7 @@ def create_app(config=None) -> Flask:
     from shim.auth import register_auth
     from shim.errors import register_error_handlers
     from shim.request_id import register_request_id
-    from shim.routes import chat, health, models
+    from shim.routes import batches, chat, files, health, models
 
     if config is None:
         config = load_config()
@@ -41,6 +41,6 @@ def create_app(config=None) -> Flask:
     register_request_id(app)  # first: every later hook and error carries the id
     register_auth(app)
     register_error_handlers(app)
-    for blueprint in (health.bp, models.bp, chat.bp):
+    for blueprint in (health.bp, models.bp, chat.bp, files.bp, batches.bp):
         app.register_blueprint(blueprint)
     return app

@@ -12,7 +12,12 @@ import threading
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from genapi.v1 import generation_service_pb2_grpc, model_service_pb2_grpc
+from genapi.v1 import (
+    batch_service_pb2_grpc,
+    file_service_pb2_grpc,
+    generation_service_pb2_grpc,
+    model_service_pb2_grpc,
+)
 
 # Client keepalive: ping after 30 s without activity, drop the peer after 10 s without
 # an answer. grpc's default max_pings_without_data (2) keeps this within the server's
@@ -48,6 +53,8 @@ class CoreClient:
         self.generation = generation_service_pb2_grpc.GenerationServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
+        self.files = file_service_pb2_grpc.FileServiceStub(self.channel)
+        self.batches = batch_service_pb2_grpc.BatchServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()

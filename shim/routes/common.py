@@ -1,9 +1,11 @@
 """Helpers every Blueprint uses: the config, the core client, call metadata."""
 from __future__ import annotations
 
+import grpc
 from flask import current_app, request
 
 from shim import grpc_client
+from shim.errors import from_grpc_error
 from shim.request_id import current_request_id
 
 
@@ -23,3 +25,12 @@ def metadata() -> list[tuple[str, str]]:
 def short_timeout() -> float:
     """Deadline for quick unary calls (models, health)."""
     return min(30.0, config().request_timeout_s)
+
+
+def unary(method, req, timeout: float | None = None):
+    """A unary (or client-streaming) core call with this request's metadata; a failure
+    becomes the mapped APIError."""
+    try:
+        return method(req, metadata=metadata(), timeout=timeout or short_timeout())
+    except grpc.RpcError as e:
+        raise from_grpc_error(e) from None
