@@ -35,6 +35,9 @@ def create_app(config=None) -> Flask:
     _configure_logging()
 
     app = Flask("shim")
+    # No 308 redirects to a "cleaned" path (`a//b` -> `a/b`): a path that does not match a
+    # route as sent is a 404 in the OpenAI envelope (ids decoded from %2F never re-route).
+    app.url_map.merge_slashes = False
     app.config["GENAPI"] = config
     app.config["MAX_CONTENT_LENGTH"] = int(config.max_body_mb * 1024 * 1024)
 
