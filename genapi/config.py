@@ -9,7 +9,8 @@ Layout (every key optional; see README "Configuration"):
              [[auth.keys]] name, sha256                (named keys)
     [[models]] name, task, backend, path, [models.options]
     [store]  url (SQLite file path or sqlite:///path; default var/genapi.db)
-    [files]  url (local directory; default var/files), max_upload_mb
+    [files]  url (local directory, default var/files; or s3://bucket/prefix), max_upload_mb,
+             s3_input_buckets (buckets whose s3:// URLs batches may read)
     [batches] concurrency, window_s (test-only: shortens every completion window)
 
 Relative [store]/[files] paths, like the var/ default, are against the config file's
@@ -139,7 +140,8 @@ class Config:
     models: list[ModelConfig] = field(default_factory=list)
     path: Path | None = None
     store_url: str = ""  # SQLite database file; "" = <base>/var/genapi.db
-    files_url: str = ""  # object directory; "" = <base>/var/files
+    files_url: str = ""  # object directory or s3://bucket/prefix; "" = <base>/var/files
+    s3_input_buckets: list[str] = field(default_factory=list)  # s3:// batch inputs allowed from these
     max_upload_mb: int = 200  # per uploaded file (413 above)
     batch_concurrency: int = 4  # batch lines running at once over all batches
     batch_window_s: float = 0.0  # test-only: when > 0, every batch expires this long after creation
@@ -268,6 +270,7 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         ],
         path=path,
         base_dir=base,
+        s3_input_buckets=[str(b) for b in raw.get("files", {}).get("s3_input_buckets", [])],
     )
     for table, key, attr, conv, _ in _SETTINGS:
         if key in raw.get(table, {}):
@@ -275,8 +278,8 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     _apply_env(cfg, os.environ)
     if cfg.threads < 0:
         raise ValueError(f"[shim] threads must be >= 0 (0 = auto), got {cfg.threads}")
-    if cfg.files_url.startswith("s3://"):
-        raise ValueError("[files] url: s3:// storage is not available yet; use a local directory")
+    if cfg.files_url.startswith("s3://") and not cfg.files_url[len("s3://"):].split("/")[0]:
+        raise ValueError(f"[files] url {cfg.files_url!r}: expected s3://bucket/prefix")
     if cfg.max_upload_mb < 1 or cfg.batch_concurrency < 1:
         raise ValueError("[files] max_upload_mb and [batches] concurrency must be >= 1")
     if not cfg.read_timeout_s > 0:
@@ -288,6 +291,8 @@ def _apply_env(cfg: Config, env) -> None:
     if keys := env.get("GENAPI_API_KEYS"):
         raw_keys = [k.strip() for k in keys.split(",") if k.strip()]
         cfg.api_keys += [ApiKey(f"env-{i}", hash_key(k)) for i, k in enumerate(raw_keys, 1)]
+    if v := env.get("GENAPI_S3_INPUT_BUCKETS"):
+        cfg.s3_input_buckets = [b.strip() for b in v.split(",") if b.strip()]
     if v := env.get("GENAPI_CORE"):
         cfg.core_targets = [a.strip() for a in v.split(",") if a.strip()]
     for _, _, attr, conv, var in _SETTINGS:

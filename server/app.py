@@ -97,7 +97,8 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     runner = BatchRunner(store, objects, {"generation": generation}, registry, cfg.batch_concurrency)
     file_service_pb2_grpc.add_FileServiceServicer_to_server(
         FileServicer(store, objects, cfg.max_upload_mb * 1024 * 1024), server)
-    batch_service_pb2_grpc.add_BatchServiceServicer_to_server(BatchServicer(store, runner, cfg.batch_window_s), server)
+    batch_service_pb2_grpc.add_BatchServiceServicer_to_server(BatchServicer(
+        store, runner, cfg.batch_window_s, cfg.s3_input_buckets), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry), server)
     health = health_aio.HealthServicer()

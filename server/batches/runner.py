@@ -32,7 +32,8 @@ import grpc
 from genapi import batch_lines
 from genapi.batch_lines import LineRejected
 
-from ..store import BatchRecord, FileRecord, LineResult, LocalObjects, Store
+from ..store import BatchRecord, FileRecord, LineResult, S3Url, Store
+from ..store.s3 import beside
 from .inprocess import EXECUTORS
 
 log = logging.getLogger("genapi.batches")
@@ -52,10 +53,11 @@ def result_file_id(batch_id: str, kind: str) -> str:
 
 
 class BatchRunner:
-    def __init__(self, store: Store, objects: LocalObjects, services: dict, registry, concurrency: int,
-                 holder: str | None = None):
+    def __init__(self, store: Store, objects, services: dict, registry, concurrency: int,
+                 holder: str | None = None, urls: S3Url | None = None):
         self.store = store
-        self.objects = objects
+        self.objects = objects  # store.LocalObjects or store.S3Objects
+        self.urls = urls or S3Url()  # s3:// inputs and the results written beside them
         self.services = services  # LineCodec.service -> servicer
         self.registry = registry
         self.slots = asyncio.Semaphore(concurrency)
@@ -107,14 +109,21 @@ class BatchRunner:
                     return
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("batch %s: runner failed; it is retried at the next poll", batch_id)
-            await asyncio.sleep(5)
+        except Exception as e:
+            if isinstance(e, OSError) or type(e).__module__.startswith("botocore"):  # storage down
+                log.warning("batch %s: storage unavailable (%s); retried in a few seconds", batch_id, e)
+            else:
+                log.exception("batch %s: runner failed; it is retried at the next poll", batch_id)
+            await asyncio.sleep(RETRY_S[-1])
         finally:
             self.tasks.pop(batch_id, None)
 
     def _input(self, b: BatchRecord) -> tuple[list, list]:
-        return batch_lines.parse_input(self.objects.read(b.input_file_id), b.endpoint)
+        """The parsed input; FileNotFoundError when it is gone, other errors (storage down)
+        propagate and the batch is retried."""
+        s3 = b.input_file_id.startswith("s3://")
+        data = self.urls.read(b.input_file_id) if s3 else self.objects.read(b.input_file_id)
+        return batch_lines.parse_input(data, b.endpoint)
 
     async def _validate(self, b: BatchRecord) -> None:
         try:
@@ -228,12 +237,18 @@ class BatchRunner:
         log.info("batch %s %s", b.id, final)
 
     def _write_files(self, b: BatchRecord) -> tuple[str, str]:
-        """Writes the output and error files (atomic; skipped when empty); their ids."""
+        """Writes the output and error files (atomic; skipped when empty); their ids, or
+        for an s3:// input the URLs beside it."""
         ids = []
         for ok, kind in ((True, "output"), (False, "error")):
             data = "".join(r.data + "\n" for r in self.store.results(b.id, ok)).encode()
             if not data:
                 ids.append("")
+                continue
+            if b.input_file_id.startswith("s3://"):
+                url = beside(b.input_file_id, kind)
+                self.urls.put_once(url, data)
+                ids.append(url)
                 continue
             file_id = result_file_id(b.id, kind)
             self.objects.put(file_id, [data])

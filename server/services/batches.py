@@ -8,6 +8,8 @@ import re
 import time
 import uuid
 
+import grpc
+
 from genapi import batch_lines
 from genapi.v1 import batch_service_pb2 as pb
 from genapi.v1 import batch_service_pb2_grpc as pb_grpc
@@ -16,6 +18,7 @@ from ..batches.runner import BatchRunner
 from ..errors import GenapiError, abort, invalid, not_found, quote
 from ..interceptors.auth import current_owner
 from ..store import BatchRecord, Store
+from ..store.s3 import split_url
 from .files import lookup_file
 
 BATCH_ID = re.compile(r"batch_[0-9a-f]{32}")
@@ -58,10 +61,12 @@ def batch_not_found(batch_id: str) -> GenapiError:
 
 
 class BatchServicer(pb_grpc.BatchServiceServicer):
-    def __init__(self, store: Store, runner: BatchRunner, window_s: float = 0.0):
+    def __init__(self, store: Store, runner: BatchRunner, window_s: float = 0.0,
+                 s3_input_buckets: list[str] | tuple = ()):
         self.store = store
         self.runner = runner
         self.window_s = window_s  # test-only override of every completion window
+        self.s3_input_buckets = set(s3_input_buckets)
 
     async def _lookup(self, batch_id: str) -> BatchRecord:
         b = await asyncio.to_thread(self.store.get_batch, current_owner(), batch_id) \
@@ -90,20 +95,40 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
                 len(k) > MAX_METADATA_KEY or len(v) > MAX_METADATA_VALUE for k, v in request.metadata.items()):
             raise invalid(f"Invalid 'metadata': at most {MAX_METADATA_PAIRS} pairs, keys up to "
                           f"{MAX_METADATA_KEY} and values up to {MAX_METADATA_VALUE} characters.", "metadata")
-        if request.input_file_id.startswith("s3://"):
-            raise invalid("Invalid 'input_file_id': s3:// input files are not supported by this server yet.",
-                          "input_file_id", "unsupported_value")
-        f = await lookup_file(self.store, owner, request.input_file_id, "input_file_id")
-        if f.purpose != "batch":
-            raise invalid(f"Invalid 'input_file_id': the file {quote(f.id)} has purpose '{f.purpose}', "
-                          "not 'batch'.", "input_file_id")
+        input_id = request.input_file_id
+        if input_id.startswith("s3://"):
+            await self._check_s3_input(input_id)
+        else:
+            f = await lookup_file(self.store, owner, input_id, "input_file_id")
+            if f.purpose != "batch":
+                raise invalid(f"Invalid 'input_file_id': the file {quote(f.id)} has purpose '{f.purpose}', "
+                              "not 'batch'.", "input_file_id")
         now = int(time.time())
         window = self.window_s if self.window_s > 0 else WINDOWS[request.completion_window]
         b = BatchRecord(id=f"batch_{uuid.uuid4().hex}", owner=owner, endpoint=request.endpoint,
-                        input_file_id=f.id, completion_window=request.completion_window, created_at=now,
+                        input_file_id=input_id, completion_window=request.completion_window, created_at=now,
                         expires_at=int(now + window + 0.999), metadata=dict(request.metadata))
         await asyncio.to_thread(self.store.put_batch, b)
         return b
+
+    async def _check_s3_input(self, url: str) -> None:
+        """An s3:// input must be in an allowed bucket ([files] s3_input_buckets) and exist."""
+        try:
+            bucket, key = split_url(url)
+        except ValueError:
+            bucket, key = "", ""
+        if not key or len(url) > 1024:
+            raise invalid("Invalid 'input_file_id': expected a file id or s3://bucket/key.", "input_file_id")
+        if bucket not in self.s3_input_buckets:
+            raise invalid(f"Invalid 'input_file_id': batches may not read from the bucket {quote(bucket)} "
+                          "([files] s3_input_buckets).", "input_file_id", "bucket_not_allowed")
+        try:
+            exists = await asyncio.to_thread(self.runner.urls.exists, url)
+        except Exception:
+            raise GenapiError(grpc.StatusCode.UNAVAILABLE, "The object storage is unavailable; retry shortly.",
+                              "storage_unavailable", retry_after_s=5) from None
+        if not exists:
+            raise not_found(f"No such object: {quote(url)}", "input_file_id", "file_not_found")
 
     async def GetBatch(self, request: pb.GetBatchRequest, context):
         try:

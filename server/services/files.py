@@ -15,7 +15,7 @@ from genapi.v1 import file_service_pb2_grpc as pb_grpc
 
 from ..errors import GenapiError, abort, invalid, not_found, quote
 from ..interceptors.auth import current_owner
-from ..store import FileRecord, LocalObjects, Store
+from ..store import FileRecord, Store
 
 FILE_ID = re.compile(r"file-[0-9a-f]{32}")
 MAX_FILENAME_CHARS = 255
@@ -56,7 +56,8 @@ async def lookup_file(store: Store, owner: str, file_id: str, param: str = "file
 
 
 class FileServicer(pb_grpc.FileServiceServicer):
-    def __init__(self, store: Store, objects: LocalObjects, max_upload_bytes: int):
+    def __init__(self, store: Store, objects, max_upload_bytes: int):
+        """`objects`: store.LocalObjects or store.S3Objects."""
         self.store = store
         self.objects = objects
         self.max_upload_bytes = max_upload_bytes
@@ -86,9 +87,8 @@ class FileServicer(pb_grpc.FileServiceServicer):
                                       f"{self.max_upload_bytes} bytes.", "file_too_large", "file")
                 await asyncio.to_thread(writer.write, msg.chunk)
             await asyncio.to_thread(writer.commit)
-            writer = None
-            rec = FileRecord(file_id, owner, meta.filename, PURPOSES[meta.purpose],
-                             self.objects.path(file_id).stat().st_size, int(time.time()))
+            size, writer = writer.size, None
+            rec = FileRecord(file_id, owner, meta.filename, PURPOSES[meta.purpose], size, int(time.time()))
             await asyncio.to_thread(self.store.put_file, rec)
             return pb.UploadFileResponse(file=file_proto(rec))
         except GenapiError as e:
