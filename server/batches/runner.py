@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import os
 import socket
@@ -189,7 +190,7 @@ class BatchRunner:
             await self._record(b, LineResult(line.custom_id, line.line, False,
                                              batch_lines.response_line(line.custom_id, rid, e.status_code, e.body)))
             return
-        for attempt in range(10_000):
+        for attempt in itertools.count():
             ctx = await EXECUTORS[codec.service](self.services[codec.service], request, rid)
             if ctx.status is None or ctx.status.code not in TRANSIENT:
                 break
