@@ -8,6 +8,7 @@ from __future__ import annotations
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.formparser import parse_form_data
 
+from shim.body import discard_oversized
 from shim.errors import APIError
 
 MAX_FORM_PARTS = 32
@@ -29,6 +30,7 @@ def parse_upload(environ: dict, cap: int) -> tuple[MultiDict, MultiDict]:
                        "invalid_request_error", None, "unsupported_media_type")
     length = environ.get("CONTENT_LENGTH")
     if length and length.isdigit() and int(length) > cap:
+        discard_oversized(environ, int(length))
         raise too_large(cap)
     _, form, files = parse_form_data(environ, max_content_length=cap, max_form_memory_size=MAX_FIELD_BYTES,
                                      max_form_parts=MAX_FORM_PARTS, silent=False)
