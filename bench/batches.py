@@ -62,9 +62,15 @@ def submit_batch(base: str, lines: int, tokens: int) -> str:
                                "body": {"model": MODEL, "messages": [{"role": "user", "content": texts[i]}],
                                         "max_tokens": tokens, "temperature": 0}}) + "\n" for i in range(lines))
     with httpx.Client(base_url=base, timeout=120) as c:
-        f = c.post("/files", data={"purpose": "batch"}, files={"file": ("bench.jsonl", data.encode())}).json()
-        return c.post("/batches", json={"input_file_id": f["id"], "endpoint": "/v1/chat/completions",
-                                        "completion_window": "24h"}).json()["id"]
+        f = checked(c.post("/files", data={"purpose": "batch"}, files={"file": ("bench.jsonl", data.encode())}))
+        return checked(c.post("/batches", json={"input_file_id": f["id"], "endpoint": "/v1/chat/completions",
+                                                "completion_window": "24h"}))["id"]
+
+
+def checked(resp: httpx.Response) -> dict:
+    if resp.status_code != 200:
+        raise SystemExit(f"{resp.request.method} {resp.request.url}: {resp.status_code} {resp.text[:500]}")
+    return resp.json()
 
 
 def batch_state(base: str, batch_id: str) -> dict:

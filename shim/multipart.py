@@ -12,7 +12,7 @@ from shim.body import discard_oversized
 from shim.errors import APIError
 
 MAX_FORM_PARTS = 32
-MAX_FIELD_BYTES = 64 * 1024  # text fields together
+MAX_FIELD_BYTES = 1024 * 1024  # per text field; werkzeug also bounds its parse buffer by it
 
 
 def too_large(cap: int) -> APIError:
