@@ -314,6 +314,9 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("hash-key", help="print the SHA-256 digest of an API key for the config")
     p.add_argument("key")
     p.set_defaults(func=cmd_hash_key)
+    from . import batch_cli
+
+    batch_cli.register(sub)
     args = ap.parse_args(argv)
     args.func(args)
 

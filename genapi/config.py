@@ -8,6 +8,13 @@ Layout (every key optional; see README "Configuration"):
     [auth]   api_key_sha256 = ["<hex digest>", ...]   (unnamed keys)
              [[auth.keys]] name, sha256                (named keys)
     [[models]] name, task, backend, path, [models.options]
+    [store]  url (SQLite file path or sqlite:///path; default var/genapi.db)
+    [files]  url (local directory, default var/files; or s3://bucket/prefix), max_upload_mb,
+             s3_input_buckets (buckets whose s3:// URLs batches may read)
+    [batches] concurrency, window_s (test-only: shortens every completion window)
+
+Relative [store]/[files] paths, like the var/ default, are against the config file's
+directory (for the bundled config: GENAPI_HOME or the checkout).
 
 Defaults live in the dataclasses below and nowhere else. The bundled default config
 (`genapi/default.toml`) ships inside the package, so an installed wheel finds it too.
@@ -200,6 +207,24 @@ class Config:
     api_keys: list[ApiKey] = field(default_factory=list)
     models: list[ModelConfig] = field(default_factory=list)
     path: Path | None = None
+    store_url: str = ""  # SQLite database file; "" = <base>/var/genapi.db
+    files_url: str = ""  # object directory or s3://bucket/prefix; "" = <base>/var/files
+    s3_input_buckets: list[str] = field(default_factory=list)  # s3:// batch inputs allowed from these
+    max_upload_mb: int = 200  # per uploaded file (413 above)
+    batch_concurrency: int = 4  # batch lines running at once over all batches
+    batch_window_s: float = 0.0  # test-only: when > 0, every batch expires this long after creation
+    base_dir: Path = field(default_factory=Path.cwd)  # what relative state paths are against
+
+    @property
+    def store_path(self) -> Path:
+        """The SQLite database file of the state store."""
+        url = self.store_url.removeprefix("sqlite:///") if self.store_url.startswith("sqlite:///") else self.store_url
+        return _state_path(url or "var/genapi.db", self.base_dir)
+
+    @property
+    def files_dir(self) -> Path:
+        """The local object directory of stored files."""
+        return _state_path(self.files_url or "var/files", self.base_dir)
 
     @property
     def auth_enabled(self) -> bool:
@@ -259,6 +284,11 @@ _SETTINGS = (
     ("shim", "read_timeout_s", "read_timeout_s", float, "GENAPI_READ_TIMEOUT_S"),
     ("shim", "max_body_mb", "max_body_mb", int, "GENAPI_MAX_BODY_MB"),
     ("shim", "keepalive_s", "keepalive_s", float, "GENAPI_KEEPALIVE_S"),
+    ("store", "url", "store_url", str, "GENAPI_STORE_URL"),
+    ("files", "url", "files_url", str, "GENAPI_FILES_URL"),
+    ("files", "max_upload_mb", "max_upload_mb", int, "GENAPI_MAX_UPLOAD_MB"),
+    ("batches", "concurrency", "batch_concurrency", int, "GENAPI_BATCH_CONCURRENCY"),
+    ("batches", "window_s", "batch_window_s", float, "GENAPI_BATCH_WINDOW_S"),
 )
 
 
@@ -291,6 +321,11 @@ def package_path(path: str) -> Path:
         raise ValueError(f"model path {path!r}: the Python package {package!r} is not installed "
                          f"(pip install {package.replace('_', '-')})")
     return Path(list(spec.submodule_search_locations)[0]) / sub
+
+
+def _state_path(path: str, base: Path) -> Path:
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() else (base / p).resolve()
 
 
 def _resolve_model_path(path: str, base: Path) -> str:
@@ -345,6 +380,8 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         api_keys=_api_keys(raw.get("auth", {})),
         models=[_model(m, base) for m in raw.get("models", [])],
         path=path,
+        base_dir=base,
+        s3_input_buckets=[str(b) for b in raw.get("files", {}).get("s3_input_buckets", [])],
     )
     for table, key, attr, conv, _ in _SETTINGS:
         if key in raw.get(table, {}):
@@ -361,6 +398,14 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
             raise ValueError(f"{source}: must be {bound}{_MINIMUM_NOTE.get(key, '')}")
     for mc in cfg.models:
         _check_model(mc)
+    if cfg.threads < 0:
+        raise ValueError(f"[shim] threads must be >= 0 (0 = auto), got {cfg.threads}")
+    if cfg.files_url.startswith("s3://") and not cfg.files_url[len("s3://"):].split("/")[0]:
+        raise ValueError(f"[files] url {cfg.files_url!r}: expected s3://bucket/prefix")
+    if cfg.max_upload_mb < 1 or cfg.batch_concurrency < 1:
+        raise ValueError("[files] max_upload_mb and [batches] concurrency must be >= 1")
+    if not cfg.read_timeout_s > 0:
+        raise ValueError(f"[shim] read_timeout_s must be > 0, got {cfg.read_timeout_s}")
     return cfg
 
 
@@ -376,6 +421,8 @@ def _apply_env(cfg: Config, env) -> None:
     if keys := env.get("GENAPI_API_KEYS"):
         raw_keys = [k.strip() for k in keys.split(",") if k.strip()]
         cfg.api_keys += [ApiKey(f"env-{i}", hash_key(k)) for i, k in enumerate(raw_keys, 1)]
+    if v := env.get("GENAPI_S3_INPUT_BUCKETS"):
+        cfg.s3_input_buckets = [b.strip() for b in v.split(",") if b.strip()]
     if v := env.get("GENAPI_CORE"):
         cfg.core_targets = [a.strip() for a in v.split(",") if a.strip()]
     for _, _, attr, conv, var in _SETTINGS:

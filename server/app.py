@@ -24,6 +24,10 @@ from genapi.v1 import (
     admin_service_pb2_grpc,
     embedding_service_pb2,
     embedding_service_pb2_grpc,
+    batch_service_pb2,
+    batch_service_pb2_grpc,
+    file_service_pb2,
+    file_service_pb2_grpc,
     generation_service_pb2,
     generation_service_pb2_grpc,
     model_service_pb2,
@@ -32,13 +36,17 @@ from genapi.v1 import (
     rerank_service_pb2_grpc,
 )
 
+from .batches.runner import BatchRunner
 from .interceptors.auth import AuthInterceptor
 from .drain import Drain
 from .registry import Registry
 from .services.admin import AdminServicer
 from .services.encoder import EmbeddingServicer, RerankServicer
+from .services.batches import BatchServicer
+from .services.files import FileServicer
 from .services.generation import GenerationServicer
 from .services.models import ModelServicer
+from .store import open_store
 
 log = logging.getLogger("genapi.core")
 
@@ -60,6 +68,8 @@ SERVICES = (
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     embedding_service_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name,
     rerank_service_pb2.DESCRIPTOR.services_by_name["RerankService"].full_name,
+    file_service_pb2.DESCRIPTOR.services_by_name["FileService"].full_name,
+    batch_service_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name,
 )
 
 
@@ -121,7 +131,14 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
         options=grpc_options(cfg) + [("grpc.so_reuseport", 0)],
     )
     drain = Drain()
-    generation_service_pb2_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(registry, drain), server)
+    generation = GenerationServicer(registry, drain)
+    generation_service_pb2_grpc.add_GenerationServiceServicer_to_server(generation, server)
+    store, objects = open_store(cfg)
+    runner = BatchRunner(store, objects, {"generation": generation}, registry, cfg.batch_concurrency)
+    file_service_pb2_grpc.add_FileServiceServicer_to_server(
+        FileServicer(store, objects, cfg.max_upload_mb * 1024 * 1024), server)
+    batch_service_pb2_grpc.add_BatchServiceServicer_to_server(BatchServicer(
+        store, runner, cfg.batch_window_s, cfg.s3_input_buckets), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry), server)
     embedding_service_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(registry, drain), server)
@@ -154,8 +171,10 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     log.info("gRPC core serving %s on %s", ", ".join(registry.models), address)
 
     watcher = asyncio.create_task(_watch_engines(registry, health, stop))
+    runner.start()  # resumes the batches a previous run left unfinished
     await stop.wait()
     watcher.cancel()
+    await runner.stop()  # batch lines in flight are abandoned (no result): they run again at the next start
     await health.enter_graceful_shutdown()  # NOT_SERVING everywhere first, and it stays so
     drain.start()
     log.info("draining: health NOT_SERVING, new requests refused, %d in flight (grace %.0fs)",
@@ -166,6 +185,7 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
         log.warning("grace period over: cancelling %d request(s) still in flight", drain.in_flight)
     await server.stop(0)
     await registry.stop()
+    store.close()
     log.info("gRPC core stopped")
 
 

@@ -28,19 +28,22 @@ def create_app(config=None) -> Flask:
     from shim.auth import register_auth
     from shim.errors import register_error_handlers
     from shim.request_id import register_request_id
-    from shim.routes import chat, embeddings, health, models, rerank
+    from shim.routes import batches, chat, embeddings, files, health, models, rerank
 
     if config is None:
         config = load_config()
     _configure_logging()
 
     app = Flask("shim")
+    # No 308 redirects to a "cleaned" path (`a//b` -> `a/b`): a path that does not match a
+    # route as sent is a 404 in the OpenAI envelope (ids decoded from %2F never re-route).
+    app.url_map.merge_slashes = False
     app.config["GENAPI"] = config
     app.config["MAX_CONTENT_LENGTH"] = int(config.max_body_mb * 1024 * 1024)
 
     register_request_id(app)  # first: every later hook and error carries the id
     register_auth(app)
     register_error_handlers(app)
-    for blueprint in (health.bp, models.bp, chat.bp, embeddings.bp, rerank.bp):
+    for blueprint in (health.bp, models.bp, chat.bp, embeddings.bp, rerank.bp, files.bp, batches.bp):
         app.register_blueprint(blueprint)
     return app

@@ -59,6 +59,14 @@ def _discard(environ: dict, stream, max_bytes: int) -> None:
                 pass
 
 
+def discard_oversized(environ: dict, content_length: int) -> None:
+    """Before a 413 for a body announced larger than the cap: read and drop it when it is
+    moderately large (bounded as above), so the client gets the answer, not a reset."""
+    stream = environ.get("wsgi.input")
+    if stream is not None and content_length <= DRAIN_MAX_BYTES:
+        _discard(environ, stream, content_length)
+
+
 def read_capped(environ: dict, content_length: int | None, cap: int) -> bytes:
     """The raw body, or APIError 413 when it is longer than `cap` bytes."""
     stream = environ.get("wsgi.input")

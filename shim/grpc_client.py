@@ -17,6 +17,10 @@ from genapi.v1 import (
     generation_service_pb2_grpc,
     model_service_pb2_grpc,
     rerank_service_pb2_grpc,
+    batch_service_pb2_grpc,
+    file_service_pb2_grpc,
+    generation_service_pb2_grpc,
+    model_service_pb2_grpc,
 )
 
 # Client keepalive: ping after 30 s without activity, drop the peer after 10 s without
@@ -55,6 +59,8 @@ class CoreClient:
         self.embedding = embedding_service_pb2_grpc.EmbeddingServiceStub(self.channel)
         self.rerank = rerank_service_pb2_grpc.RerankServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
+        self.files = file_service_pb2_grpc.FileServiceStub(self.channel)
+        self.batches = batch_service_pb2_grpc.BatchServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()

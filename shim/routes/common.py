@@ -35,3 +35,10 @@ def call_core(method, proto):
     except grpc.RpcError as e:
         raise from_grpc_error(e, not_found_param="model", not_found_code="model_not_found",
                               request_id=current_request_id()) from None
+def unary(method, req, timeout: float | None = None):
+    """A unary (or client-streaming) core call with this request's metadata; a failure
+    becomes the mapped APIError."""
+    try:
+        return method(req, metadata=metadata(), timeout=timeout or short_timeout())
+    except grpc.RpcError as e:
+        raise from_grpc_error(e) from None

@@ -1,0 +1,259 @@
+"""The batch runner: takes batches through validating -> in_progress -> finalizing ->
+completed (or failed / expired / cancelling -> cancelled), and resumes them after a
+crash or restart.
+
+Durability: a line's result is committed to the store (keyed by batch id and custom_id,
+insert-once, counted in the batch in the same transaction) before it counts as done;
+lines in flight at a crash have no result and simply run again. Result files are
+written from the stored results (input-line order) with an atomic write, under ids
+derived from the batch id, so finalizing twice gives the same files. Every custom_id
+therefore appears exactly once across the output and error files.
+
+Priority: at most `[batches] concurrency` lines run at once over all batches, and no new
+line starts while any engine has interactive requests waiting for a slot.
+
+Transient refusals (UNAVAILABLE: draining or engine down; RESOURCE_EXHAUSTED: engine
+full) are retried with backoff and never become results; every other outcome is final:
+status 200 -> output file, anything else -> error file with the interactive endpoint's
+status and error body.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import logging
+import os
+import socket
+import time
+import uuid
+
+import grpc
+
+from genapi import batch_lines
+from genapi.batch_lines import LineRejected
+
+from ..store import BatchRecord, FileRecord, LineResult, S3Url, Store
+from ..store.s3 import beside
+from .inprocess import EXECUTORS
+
+log = logging.getLogger("genapi.batches")
+
+POLL_S = 1.0  # how often the store is asked for batches to claim
+LEASE_S = 3600.0
+TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+RETRY_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+# Test-only fault injection: pause this long once a batch is FINALIZING, before its files
+# are written (so a test can kill the core during finalizing).
+FINALIZE_PAUSE_ENV = "GENAPI_FAULT_BATCH_FINALIZE_PAUSE_S"
+
+
+def result_file_id(batch_id: str, kind: str) -> str:
+    """The id of a batch's output or error file: derived, so a re-run finalize reuses it."""
+    return "file-" + hashlib.sha256(f"{batch_id}:{kind}".encode()).hexdigest()[:32]
+
+
+class BatchRunner:
+    def __init__(self, store: Store, objects, services: dict, registry, concurrency: int,
+                 holder: str | None = None, urls: S3Url | None = None):
+        self.store = store
+        self.objects = objects  # store.LocalObjects or store.S3Objects
+        self.urls = urls or S3Url()  # s3:// inputs and the results written beside them
+        self.services = services  # LineCodec.service -> servicer
+        self.registry = registry
+        self.slots = asyncio.Semaphore(concurrency)
+        self.holder = holder or socket.gethostname()
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.cancels: dict[str, asyncio.Event] = {}
+        self._poller: asyncio.Task | None = None
+
+    # ---- life cycle --------------------------------------------------------------------
+    def start(self) -> None:
+        self._poller = asyncio.create_task(self._poll())
+
+    async def stop(self) -> None:
+        """Cancels every batch task; lines in flight have no result and run again later."""
+        tasks = [t for t in (self._poller, *self.tasks.values()) if t]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _poll(self) -> None:
+        while True:
+            try:
+                for batch_id in await asyncio.to_thread(self.store.claim_batches, self.holder, LEASE_S, time.time()):
+                    self.kick(batch_id)
+            except Exception:
+                log.exception("claiming batches failed")
+            await asyncio.sleep(POLL_S)
+
+    def kick(self, batch_id: str) -> None:
+        """Runs the batch unless it is running already."""
+        if batch_id not in self.tasks:
+            self.tasks[batch_id] = asyncio.create_task(self._run(batch_id))
+
+    def cancel(self, batch_id: str) -> None:
+        self.cancels.setdefault(batch_id, asyncio.Event()).set()
+        self.kick(batch_id)
+
+    # ---- one batch ---------------------------------------------------------------------
+    async def _run(self, batch_id: str) -> None:
+        try:
+            while (b := await asyncio.to_thread(self.store.get_batch, None, batch_id)) is not None:
+                if b.status == "validating":
+                    await self._validate(b)
+                elif b.status == "in_progress":
+                    await self._execute(b)
+                elif b.status in ("finalizing", "cancelling"):
+                    await self._finish(b)
+                else:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if isinstance(e, OSError) or type(e).__module__.startswith("botocore"):  # storage down
+                log.warning("batch %s: storage unavailable (%s); retried in a few seconds", batch_id, e)
+            else:
+                log.exception("batch %s: runner failed; it is retried at the next poll", batch_id)
+            await asyncio.sleep(RETRY_S[-1])
+        finally:
+            self.tasks.pop(batch_id, None)
+
+    def _input(self, b: BatchRecord) -> tuple[list, list]:
+        """The parsed input; FileNotFoundError when it is gone, other errors (storage down)
+        propagate and the batch is retried."""
+        s3 = b.input_file_id.startswith("s3://")
+        data = self.urls.read(b.input_file_id) if s3 else self.objects.read(b.input_file_id)
+        return batch_lines.parse_input(data, b.endpoint)
+
+    async def _validate(self, b: BatchRecord) -> None:
+        try:
+            lines, errors = await asyncio.to_thread(self._input, b)
+        except FileNotFoundError:
+            lines, errors = [], [{"code": "file_not_found", "message": "The input file was deleted.",
+                                  "param": "input_file_id", "line": None}]
+        now = int(time.time())
+        if errors:
+            log.info("batch %s failed validation: %d error(s)", b.id, len(errors))
+            await asyncio.to_thread(self.store.transition, b.id, ("validating",), status="failed",
+                                    errors=errors, failed_at=now)
+            return
+        await asyncio.to_thread(self.store.transition, b.id, ("validating",), status="in_progress",
+                                total=len(lines), in_progress_at=now)
+        log.info("batch %s: %d lines in progress", b.id, len(lines))
+
+    async def _execute(self, b: BatchRecord) -> None:
+        lines, _ = await asyncio.to_thread(self._input, b)
+        done = await asyncio.to_thread(self.store.done_custom_ids, b.id)
+        pending = [line for line in lines if line.custom_id not in done]
+        codec = batch_lines.codec(b.endpoint)
+        cancelled = self.cancels.setdefault(b.id, asyncio.Event())
+        running: set[asyncio.Task] = set()
+        expired = False
+        try:
+            for line in pending:
+                await self.slots.acquire()
+                if cancelled.is_set() or (expired := time.time() >= b.expires_at):
+                    self.slots.release()
+                    break
+                await self._yield_to_interactive()
+                task = asyncio.create_task(self._run_line(b, codec, line, cancelled))
+                task.add_done_callback(lambda _: self.slots.release())
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if running:
+                await asyncio.gather(*running)
+        except asyncio.CancelledError:
+            for t in running:
+                t.cancel()
+            raise
+        now = int(time.time())
+        if cancelled.is_set():
+            await asyncio.to_thread(self.store.transition, b.id, ("in_progress",), status="cancelling",
+                                    cancelling_at=now)
+        elif expired or time.time() >= b.expires_at:
+            await self._expire(b)
+        else:
+            await asyncio.to_thread(self.store.transition, b.id, ("in_progress",), status="finalizing",
+                                    finalizing_at=now)
+
+    async def _yield_to_interactive(self) -> None:
+        """Waits while any engine has requests queued for a slot (interactive traffic first)."""
+        while any(getattr(sm.engine.stats(), "queued_requests", 0) for sm in self.registry.models.values()):
+            await asyncio.sleep(0.02)
+
+    async def _run_line(self, b: BatchRecord, codec, line, cancelled: asyncio.Event) -> None:
+        rid = f"req_{uuid.uuid4().hex}"
+        try:
+            request = codec.to_request(line.body, rid)
+        except LineRejected as e:
+            await self._record(b, LineResult(line.custom_id, line.line, False,
+                                             batch_lines.response_line(line.custom_id, rid, e.status_code, e.body)))
+            return
+        for attempt in itertools.count():
+            ctx = await EXECUTORS[codec.service](self.services[codec.service], request, rid)
+            if ctx.status is None or ctx.status.code not in TRANSIENT:
+                break
+            if cancelled.is_set() or time.time() >= b.expires_at:
+                return  # not a result: the line counts as not run
+            await asyncio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
+        if ctx.status is None:
+            acc = codec.accumulator(line.body)
+            for event in ctx.events:
+                acc.add(event)
+            body = acc.result()
+            tokens_in, tokens_out = codec.usage(body)
+            await self._record(b, LineResult(line.custom_id, line.line, True,
+                                             batch_lines.response_line(line.custom_id, rid, 200, body),
+                                             tokens_in, tokens_out))
+        else:
+            status_code, body = codec.error(ctx.status)
+            await self._record(b, LineResult(line.custom_id, line.line, False,
+                                             batch_lines.response_line(line.custom_id, rid, status_code, body)))
+
+    async def _record(self, b: BatchRecord, result: LineResult) -> None:
+        await asyncio.to_thread(self.store.put_result, b.id, result)
+
+    async def _expire(self, b: BatchRecord) -> None:
+        """Every line without a result becomes a `batch_expired` error; then the files."""
+        lines, _ = await asyncio.to_thread(self._input, b)
+        done = await asyncio.to_thread(self.store.done_custom_ids, b.id)
+        for line in lines:
+            if line.custom_id not in done:
+                await self._record(b, LineResult(line.custom_id, line.line, False, batch_lines.unrun_line(
+                    line.custom_id, "batch_expired", batch_lines.EXPIRED_MESSAGE)))
+        output_id, error_id = await asyncio.to_thread(self._write_files, b)
+        await asyncio.to_thread(self.store.transition, b.id, ("in_progress",), status="expired",
+                                expired_at=int(time.time()), output_file_id=output_id, error_file_id=error_id)
+        log.info("batch %s expired", b.id)
+
+    async def _finish(self, b: BatchRecord) -> None:
+        """FINALIZING -> COMPLETED or CANCELLING -> CANCELLED, with the result files."""
+        if b.status == "finalizing" and (pause := float(os.environ.get(FINALIZE_PAUSE_ENV, "0") or 0)) > 0:
+            await asyncio.sleep(pause)
+        output_id, error_id = await asyncio.to_thread(self._write_files, b)
+        final, stamp = ("completed", "completed_at") if b.status == "finalizing" else ("cancelled", "cancelled_at")
+        await asyncio.to_thread(self.store.transition, b.id, (b.status,), status=final,
+                                output_file_id=output_id, error_file_id=error_id, **{stamp: int(time.time())})
+        log.info("batch %s %s", b.id, final)
+
+    def _write_files(self, b: BatchRecord) -> tuple[str, str]:
+        """Writes the output and error files (atomic; skipped when empty); their ids, or
+        for an s3:// input the URLs beside it."""
+        ids = []
+        for ok, kind in ((True, "output"), (False, "error")):
+            data = "".join(r.data + "\n" for r in self.store.results(b.id, ok)).encode()
+            if not data:
+                ids.append("")
+                continue
+            if b.input_file_id.startswith("s3://"):
+                url = beside(b.input_file_id, kind)
+                self.urls.put_once(url, data)
+                ids.append(url)
+                continue
+            file_id = result_file_id(b.id, kind)
+            self.objects.put(file_id, [data])
+            self.store.put_file(FileRecord(file_id, b.owner, f"{b.id}_{kind}.jsonl", "batch_output", len(data),
+                                           int(time.time())))
+            ids.append(file_id)
+        return ids[0], ids[1]

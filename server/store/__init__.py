@@ -1,0 +1,19 @@
+"""Durable state of the core: a small state-store interface (`base.Store`) with its SQLite
+implementation, and object storage for file contents: a local directory (`objects`) or
+S3 (`s3`, which also reads and writes the s3:// URLs of Scaleway-style batches)."""
+from __future__ import annotations
+
+from .base import BatchRecord, FileRecord, LineResult, Store
+from .objects import LocalObjects
+from .s3 import S3Objects, S3Url
+from .sqlite import SqliteStore
+
+__all__ = ["BatchRecord", "FileRecord", "LineResult", "LocalObjects", "S3Objects", "S3Url", "SqliteStore", "Store",
+           "open_store"]
+
+
+def open_store(cfg) -> tuple[Store, LocalObjects | S3Objects]:
+    """The state store and object storage a genapi.config.Config names ([files] url: a
+    local directory, or s3://bucket/prefix)."""
+    objects = S3Objects(cfg.files_url) if cfg.files_url.startswith("s3://") else LocalObjects(cfg.files_dir)
+    return SqliteStore(cfg.store_path), objects

@@ -1,0 +1,99 @@
+"""The state-store interface: records and the few operations batches and files need.
+
+Kept small so that a PostgreSQL implementation (several core nodes, claims with leases
+and SKIP LOCKED) can sit beside SQLite. Every record has an `owner` (an API key's name,
+or genapi.keys.ANONYMOUS); every owner-facing read takes the owner, so another owner's
+id behaves exactly like a missing one. Timestamps are Unix seconds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
+
+
+@dataclass
+class FileRecord:
+    id: str
+    owner: str
+    filename: str
+    purpose: str  # "batch", "batch_output", "user_data", "assistants", "vision"
+    bytes: int
+    created_at: int
+    status: str = "processed"
+
+
+@dataclass
+class BatchRecord:
+    id: str
+    owner: str
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    created_at: int
+    expires_at: int
+    status: str = "validating"  # validating in_progress finalizing completed failed expired cancelling cancelled
+    metadata: dict = field(default_factory=dict)
+    errors: list = field(default_factory=list)  # [{"code", "message", "param", "line"}]
+    model: str = ""
+    output_file_id: str = ""
+    error_file_id: str = ""
+    in_progress_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+#: Statuses in which a batch still has work for a runner.
+ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
+TIMESTAMPS = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at",
+              "cancelled_at")
+
+
+@dataclass
+class LineResult:
+    """One finished input line: `data` is its output-file line (JSON text, no newline)."""
+
+    custom_id: str
+    line: int  # 1-based line in the input file
+    ok: bool  # True: output file; False: error file
+    data: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class Store(Protocol):
+    # files
+    def put_file(self, rec: FileRecord) -> None:
+        """Inserts a file record; an existing id is left as it is (idempotent)."""
+    def get_file(self, owner: str | None, file_id: str) -> FileRecord | None:
+        """The owner's live file (any owner's when `owner` is None), else None."""
+    def list_files(self, owner: str, purpose: str | None, after: str | None, limit: int,
+                   ascending: bool) -> list[FileRecord]: ...
+    def delete_file(self, owner: str, file_id: str) -> bool: ...
+
+    # batches
+    def put_batch(self, rec: BatchRecord) -> None: ...
+    def get_batch(self, owner: str | None, batch_id: str) -> BatchRecord | None: ...
+    def list_batches(self, owner: str, after: str | None, limit: int) -> list[BatchRecord]: ...
+    def transition(self, batch_id: str, from_status: tuple[str, ...], **fields) -> bool:
+        """Sets `fields` (status, timestamps, counts...) only while the batch is in one of
+        `from_status` (compare-and-set in one transaction); False when it was not."""
+    def claim_batches(self, holder: str, lease_s: float, now: float) -> list[str]:
+        """Ids of active batches now leased to `holder`: unleased ones, expired leases, and
+        the holder's own (a restarted node takes its batches back)."""
+
+    # per-line results, keyed by (batch id, custom id)
+    def put_result(self, batch_id: str, result: LineResult) -> bool:
+        """Records a line's result and counts it in the batch, once: False (and nothing
+        changed) when that custom_id already has one."""
+    def done_custom_ids(self, batch_id: str) -> set[str]: ...
+    def results(self, batch_id: str, ok: bool) -> Iterator[LineResult]:
+        """The batch's results of one kind, in input-line order."""
