@@ -178,7 +178,8 @@ def service(tmp_path_factory):
 def encoder_service(tmp_path_factory):
     """The tiny chat model plus the embedding and rerank models (MiniLM, the tiny
     cross-encoder), shared by the embedding and rerank test modules."""
-    svc = Service(tmp_path_factory.mktemp("encoders"), "encoders", model_options=ENCODER_MODELS).start()
+    # Four engine processes load at once: allow for a heavily shared machine.
+    svc = Service(tmp_path_factory.mktemp("encoders"), "encoders", model_options=ENCODER_MODELS).start(timeout_s=600)
     yield svc
     svc.stop()
 
