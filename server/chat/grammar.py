@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import logging
+import re
 import threading
 import time
 from ..engines.base import Constraint
@@ -152,7 +153,11 @@ def _compile_with(compiler, c: Constraint):
     raise ValueError(f"unknown constraint kind {c.kind!r}")
 
 
+# xgrammar prefixes its messages with "[time] source.cc:line: ".
+_LOCATION = re.compile(r"^\[[0-9:.]+\] \S+:\d+: ")
+
+
 def _reason(e: Exception) -> str:
     text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:500]
+    return _LOCATION.sub("", text.splitlines()[0])[:500]
 

@@ -75,8 +75,8 @@ def check_unsupported(req: pb.GenerateRequest) -> None:
 
 def constraint_of(fmt: content_pb2.ResponseFormat) -> Constraint | None:
     """ResponseFormat -> the grammar constraint the engine enforces: none for text (or
-    unset), any JSON object for json_object, the schema for json_schema (enforced whether
-    `strict` is set or not; without a schema, any JSON value). The schema itself is checked
+    unset), any JSON object for json_object, the schema for json_schema (required; enforced
+    whether `strict` is set or not). The schema itself is checked
     against its JSON Schema metaschema (`jsonschema`, the draft its `$schema` names, else
     2020-12): INVALID_ARGUMENT param response_format naming the first problem. Whether the
     engine can compile it is known only there (also INVALID_ARGUMENT, same param)."""
@@ -84,15 +84,20 @@ def constraint_of(fmt: content_pb2.ResponseFormat) -> Constraint | None:
         return Constraint("json_object")
     if fmt.type != content_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA:
         return None
-    schema = _integral(json_format.MessageToDict(fmt.schema)) if fmt.HasField("schema") else {}
+    if not fmt.HasField("schema"):
+        raise invalid("response_format json_schema needs a schema (response_format.json_schema.schema)",
+                      "response_format")
+    schema = _integral(json_format.MessageToDict(fmt.schema))
     import jsonschema
 
+    what = f"Invalid schema for response_format {quote(fmt.name)!r}"
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as e:
         where = "/".join(str(p) for p in e.absolute_path) or "(root)"
-        raise invalid(f"Invalid schema for response_format {quote(fmt.name)!r}: {clip(e.message, 300)} "
-                      f"(at {clip(where, 200)})", "response_format") from None
+        raise invalid(f"{what}: {clip(e.message, 300)} (at {clip(where, 200)})", "response_format") from None
+    except RecursionError:  # a Struct that deep does not parse; kept as a guard
+        raise invalid(f"{what}: nested too deeply", "response_format") from None
     return Constraint("json_schema", json.dumps(schema))
 
 

@@ -177,3 +177,32 @@ def test_bad_or_slow_grammars_are_refused_while_others_decode():
         assert "free" not in d.ended and d.texts("free")  # it kept decoding meanwhile
     finally:
         d.close()
+
+
+def test_utf8_table_forbids_what_python_cannot_decode():
+    import torch
+
+    from server.engines.torch.utf8 import Utf8Table
+
+    pieces = [b"a", b"\xe0", b"\x80", b"\xa0", b"\xed", b"\x9f", b"\xc3\xa9", b"\xff"]
+    table = Utf8Table(pieces, torch.device("cpu"))
+
+    def spell(seq: list[int]) -> bool:  # True when the table lets every token through
+        state = 0
+        for tok in seq:
+            if not table.allowed[state, tok]:
+                return False
+            state = table.after(state, tok)
+        return state == 0
+
+    for seq in ([0], [1, 3, 2], [4, 5, 2], [6, 0], [1, 2, 2], [4, 3, 2], [7], [2]):
+        raw = b"".join(pieces[t] for t in seq)
+        try:
+            raw.decode("utf-8")
+            decodes = True
+        except UnicodeDecodeError:
+            decodes = False
+        assert spell(seq) == decodes, raw
+    logits = torch.zeros(2, len(pieces))
+    table.mask(logits, [1], [4])  # after E0 only A0..BF may follow
+    assert logits[0].isfinite().all() and logits[1].isfinite().tolist() == [0, 0, 0, 1, 0, 0, 0, 0]

@@ -31,6 +31,7 @@ from ..detokenizer import Detokenizer, token_bytes
 from ..worker import Abort, Rejected, Step, Stop, Submit
 from . import slot_runner
 from .constrain import apply_masks, fill_masks
+from .utf8 import Utf8Table
 from .hf_runner import HFRunner
 from .sampling import SeqSampler, logprobs_of, process_logits, sample
 
@@ -55,6 +56,7 @@ class _Seq:
     logprobs: list = field(default_factory=list)
     freed: bool = False  # its slot went back to the free list
     matcher: object = None  # xgrammar GrammarMatcher of a constrained choice
+    utf8: int = 0  # where a constrained choice stands inside a UTF-8 character (utf8.py)
 
 
 @dataclass
@@ -97,6 +99,7 @@ class Scheduler:
         self._compiling: list[tuple[_Req, concurrent.futures.Future, float]] = []  # (req, grammar, deadline)
         self._accepted: list[str] = []
         self._mask_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._utf8: Utf8Table | None = None  # built for the first constrained request
         self._waiting: collections.deque[_Req] = collections.deque()
         self._aborts: dict[str, float] = {}  # request id -> when asked
         self._free_slots = list(range(self.max_batch))  # a heap: lowest slot first
@@ -327,6 +330,10 @@ class Scheduler:
             seq = _Seq(req, i, slot, sampler, detok, len(g.prompt_ids))
             if req.grammar is not None:
                 seq.matcher = self.grammars.matcher(req.grammar)
+                if self._utf8 is None:
+                    n = len(self.tokenizer)
+                    self._utf8 = Utf8Table([token_bytes(self.tokenizer, t) if t < n else b""
+                                            for t in range(self.vocab_size)], self.device)
             req.seqs.append(seq)
         req.open_choices = g.n
 
@@ -365,6 +372,8 @@ class Scheduler:
         if mask is None:
             mask = fill_masks([s.matcher for s in seqs], self.vocab_size)
         apply_masks(logits, mask)
+        if mask is not None:
+            self._utf8.mask(logits, mask.rows, [seqs[r].utf8 for r in mask.rows])
         samplers = [s.sampler for s in seqs]
         processed = process_logits(logits, samplers)
         tokens = sample(processed, samplers)
@@ -379,9 +388,11 @@ class Scheduler:
             s.generated += 1
             s.unreported += 1
             s.last = tok
-            if s.matcher is not None and not s.matcher.accept_token(tok):
-                off_grammar.append(s.req)  # cannot happen with the mask applied: a bug
-                continue
+            if s.matcher is not None:
+                if not s.matcher.accept_token(tok):
+                    off_grammar.append(s.req)  # cannot happen with the mask applied: a bug
+                    continue
+                s.utf8 = self._utf8.after(s.utf8, tok)
             if lp is not None and s.req.gen.logprobs:
                 s.logprobs.append(self._token_logprob(tok, lp, i, s.req.gen.top_logprobs))
             if events := self._events_for(s, tok):
