@@ -17,7 +17,7 @@ import asyncio
 import sys
 import time
 
-from common import ROOT, free_port, grpc_ready, mean, prompts, running, write_config
+from common import ROOT, bench_model, free_port, grpc_ready, mean, prompts, running, write_config
 
 sys.path.insert(0, str(ROOT))
 
@@ -82,12 +82,12 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=256, help="cap of the constrained answers")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--model", default=str(ROOT / "models" / "tiny-chat"))
+    ap.add_argument("--model", help="checkpoint directory (default: the `bench` preset, built on first use)")
     args = ap.parse_args()
 
     grpc_port = free_port()
     target = f"127.0.0.1:{grpc_port}"
-    config = write_config(args.model, args.device, max_batch=max(32, args.concurrency))
+    config = write_config(args.model or bench_model("bench"), args.device, max_batch=max(32, args.concurrency))
     texts = prompts(args.requests)
     seeds = range(args.requests)
     argv = [sys.executable, "-m", "genapi", "core", "--config", str(config), "--grpc-port", str(grpc_port)]

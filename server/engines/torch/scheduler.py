@@ -31,9 +31,9 @@ from ..detokenizer import Detokenizer, token_bytes
 from ..worker import Abort, Rejected, Step, Stop, Submit
 from . import slot_runner
 from .constrain import apply_masks, fill_masks
-from .utf8 import Utf8Table
 from .hf_runner import HFRunner
 from .sampling import SeqSampler, logprobs_of, process_logits, sample
+from .utf8 import Utf8Table
 
 log = logging.getLogger("genapi.engine.torch")
 
@@ -98,8 +98,9 @@ class Scheduler:
         }
         self._compiling: list[tuple[_Req, concurrent.futures.Future, float]] = []  # (req, grammar, deadline)
         self._accepted: list[str] = []
-        self._mask_pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._utf8: Utf8Table | None = None  # built for the first constrained request
+        # Fills grammar masks during forward passes; first builds the UTF-8 table.
+        self._mask_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="grammar-mask")
+        self._utf8_table: concurrent.futures.Future | None = None
         self._waiting: collections.deque[_Req] = collections.deque()
         self._aborts: dict[str, float] = {}  # request id -> when asked
         self._free_slots = list(range(self.max_batch))  # a heap: lowest slot first
@@ -140,6 +141,7 @@ class Scheduler:
         self.runner = runner_cls(model, self.max_batch, ctx, self.device, dtype)
         self.eos_ids = _eos_ids(model, self.tokenizer)
         self.grammars = Grammars(self.tokenizer, self.vocab_size, sorted(self.eos_ids), **self._grammar_opts)
+        self._utf8_table = self._mask_pool.submit(self._build_utf8)
         log.info(
             "loaded %s from %s: %s on %s/%s, context %d, %d slots, runner %s in %.1fs",
             self.name, self.path, type(model).__name__, self.device, self.dtype_name, ctx,
@@ -330,10 +332,6 @@ class Scheduler:
             seq = _Seq(req, i, slot, sampler, detok, len(g.prompt_ids))
             if req.grammar is not None:
                 seq.matcher = self.grammars.matcher(req.grammar)
-                if self._utf8 is None:
-                    n = len(self.tokenizer)
-                    self._utf8 = Utf8Table([token_bytes(self.tokenizer, t) if t < n else b""
-                                            for t in range(self.vocab_size)], self.device)
             req.seqs.append(seq)
         req.open_choices = g.n
 
@@ -355,8 +353,6 @@ class Scheduler:
         # The grammar masks are filled on a thread while the forward pass runs.
         masks = None
         if any(s.matcher is not None for s in seqs):
-            if self._mask_pool is None:
-                self._mask_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="grammar-mask")
             masks = self._mask_pool.submit(fill_masks, [s.matcher for s in seqs], self.vocab_size)
         try:
             logits = self.runner.decode([s.slot for s in seqs], [s.last for s in seqs], [s.length for s in seqs])
@@ -373,7 +369,8 @@ class Scheduler:
             mask = fill_masks([s.matcher for s in seqs], self.vocab_size)
         apply_masks(logits, mask)
         if mask is not None:
-            self._utf8.mask(logits, mask.rows, [seqs[r].utf8 for r in mask.rows])
+            utf8 = self._utf8_table.result()
+            utf8.mask(logits, mask.rows, [seqs[r].utf8 for r in mask.rows])
         samplers = [s.sampler for s in seqs]
         processed = process_logits(logits, samplers)
         tokens = sample(processed, samplers)
@@ -392,7 +389,7 @@ class Scheduler:
                 if not s.matcher.accept_token(tok):
                     off_grammar.append(s.req)  # cannot happen with the mask applied: a bug
                     continue
-                s.utf8 = self._utf8.after(s.utf8, tok)
+                s.utf8 = utf8.after(s.utf8, tok)
             if lp is not None and s.req.gen.logprobs:
                 s.logprobs.append(self._token_logprob(tok, lp, i, s.req.gen.top_logprobs))
             if events := self._events_for(s, tok):
@@ -457,6 +454,11 @@ class Scheduler:
     def _fail(self, reqs: list[_Req], error: Exception) -> None:
         for req in reqs:
             self._end_request(req, f"generation failed: {type(error).__name__}")
+
+    def _build_utf8(self) -> Utf8Table:
+        n = len(self.tokenizer)
+        return Utf8Table([token_bytes(self.tokenizer, t) if t < n else b"" for t in range(self.vocab_size)],
+                         self.device)
 
     def _token_logprob(self, tok: int, lp, row: int, k: int) -> TokenLogprob:
         chosen, top_vals, top_ids = lp
