@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import sys
 import time
+from pathlib import Path
 
 from common import ROOT, bench_model, free_port, grpc_ready, mean, prompts, running, write_config
 
@@ -87,7 +88,8 @@ def main() -> None:
 
     grpc_port = free_port()
     target = f"127.0.0.1:{grpc_port}"
-    config = write_config(args.model or bench_model("bench"), args.device, max_batch=max(32, args.concurrency))
+    model = Path(args.model).resolve() if args.model else bench_model("bench")
+    config = write_config(model, args.device, max_batch=max(32, args.concurrency))
     texts = prompts(args.requests)
     seeds = range(args.requests)
     argv = [sys.executable, "-m", "genapi", "core", "--config", str(config), "--grpc-port", str(grpc_port)]
