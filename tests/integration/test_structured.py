@@ -67,13 +67,14 @@ def svc(tmp_path_factory):
 
 def closing_bias() -> dict[str, int]:
     """json_object allows any object, so a model with random weights may write one key,
-    string or number for ever: a strong bias towards the tokens holding '"', '}' or ']'
-    makes strings, objects and arrays close (the grammar still decides which of them are
-    allowed where, so the answers stay varied)."""
+    string or number for ever, or keep opening objects: a strong bias towards the tokens
+    that hold '"', '}' or ']' but no '{' or '[' makes strings, objects and arrays close
+    (the grammar still decides which of them are allowed where, so answers stay varied)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(TINY_MODEL)
-    return {str(i): 20 for i in range(len(tok)) if any(c in tok.decode([i]) for c in '"}]')}
+    pieces = {i: tok.decode([i]) for i in range(len(tok))}
+    return {str(i): 20 for i, p in pieces.items() if any(c in p for c in '"}]') and not any(c in p for c in "{[")}
 
 
 async def answers(svc: Service, response_format: dict, seeds, stream: bool, **kw) -> list[tuple[str, str]]:
