@@ -6,14 +6,17 @@ caller sends (request id, model, message and tool names, call ids) is bounded
 """
 from __future__ import annotations
 
-import grpc
+import json
 
-from genapi.untrusted import MAX_ID_CHARS, MAX_REQUEST_ID_CHARS, MAX_STOP_CHARS
+import grpc
+from google.protobuf import json_format
+
+from genapi.untrusted import MAX_ID_CHARS, MAX_REQUEST_ID_CHARS, MAX_STOP_CHARS, clip
 from genapi.v1 import content_pb2
 from genapi.v1 import generation_service_pb2 as pb
 
-from ..engines.base import GenerationRequest, SamplingParams
-from ..errors import GenapiError, invalid, too_long
+from ..engines.base import Constraint, GenerationRequest, SamplingParams
+from ..errors import GenapiError, invalid, quote, too_long
 
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
@@ -68,10 +71,46 @@ def check_unsupported(req: pb.GenerateRequest) -> None:
         raise invalid("tool_choice is not supported yet", "tool_choice", "unsupported_parameter")
     if req.tool_choice.mode in (content_pb2.TOOL_CHOICE_MODE_AUTO, content_pb2.TOOL_CHOICE_MODE_REQUIRED):
         raise invalid("tool_choice is not supported yet", "tool_choice", "unsupported_parameter")
-    if req.response_format.type in (content_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT,
-                                   content_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA):
-        raise invalid("response_format json_object/json_schema is not supported yet", "response_format",
-                      "unsupported_parameter")
+
+
+def constraint_of(fmt: content_pb2.ResponseFormat) -> Constraint | None:
+    """ResponseFormat -> the grammar constraint the engine enforces: none for text (or
+    unset), any JSON object for json_object, the schema for json_schema (required; enforced
+    whether `strict` is set or not). The schema itself is checked
+    against its JSON Schema metaschema (`jsonschema`, the draft its `$schema` names, else
+    2020-12): INVALID_ARGUMENT param response_format naming the first problem. Whether the
+    engine can compile it is known only there (also INVALID_ARGUMENT, same param)."""
+    if fmt.type == content_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT:
+        return Constraint("json_object")
+    if fmt.type != content_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA:
+        return None
+    if not fmt.HasField("schema"):
+        raise invalid("response_format json_schema needs a schema (response_format.json_schema.schema)",
+                      "response_format")
+    schema = _integral(json_format.MessageToDict(fmt.schema))
+    import jsonschema
+
+    what = f"Invalid schema for response_format {quote(fmt.name)!r}"
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "(root)"
+        raise invalid(f"{what}: {clip(e.message, 300)} (at {clip(where, 200)})", "response_format") from None
+    except RecursionError:  # a Struct that deep does not parse; kept as a guard
+        raise invalid(f"{what}: nested too deeply", "response_format") from None
+    return Constraint("json_schema", json.dumps(schema))
+
+
+def _integral(value):
+    """google.protobuf.Struct holds every number as a double: whole numbers back to ints,
+    so keywords like maxLength or minItems get the integers their metaschema wants."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
 
 
 def sampling_params(req: pb.GenerateRequest, vocab: int) -> SamplingParams:
@@ -157,4 +196,5 @@ def build_request(req: pb.GenerateRequest, request_id: str, prompt_ids: list[int
         logprobs=logprobs,
         top_logprobs=top,
         sampling=sampling_params(req, vocab),
+        constraint=constraint_of(req.response_format),
     )

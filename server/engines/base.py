@@ -63,6 +63,18 @@ class MediaPart:
     mime_type: str = ""
 
 
+@dataclass(frozen=True)
+class Constraint:
+    """A grammar that every token of a choice must follow (xgrammar).
+
+    kind: "json_object" (any JSON object; spec unused), "json_schema" (spec: JSON Schema
+    text), "structural_tag" (spec: an xgrammar structural-tag JSON text: free text until
+    a trigger, then constrained tags), "ebnf" (spec: EBNF/GBNF grammar text), "regex"."""
+
+    kind: Literal["json_object", "json_schema", "structural_tag", "ebnf", "regex"]
+    spec: str = ""
+
+
 @dataclass
 class GenerationRequest:
     request_id: str
@@ -75,6 +87,7 @@ class GenerationRequest:
     top_logprobs: int = 0
     sampling: SamplingParams = field(default_factory=SamplingParams)
     media: list[MediaPart] = field(default_factory=list)
+    constraint: Constraint | None = None
 
 
 @dataclass
@@ -173,7 +186,12 @@ class Generator(Protocol):
         method, not a coroutine) and return an async iterator of its events. The caller
         must end it with `close_events()` whatever happens (finished, cancelled, failed,
         never iterated): closing it before the end aborts the request, so a request
-        lives exactly as long as its caller wants it."""
+        lives exactly as long as its caller wants it.
+
+        A request with a `constraint` may be refused after admission (its grammar does
+        not compile, or not in time): the stream's optional `async ready()` returns once
+        the engine accepted it and raises EngineInvalidRequest otherwise; callers await
+        it (`wait_ready`) before telling their own caller the request started."""
 
     async def abort(self, request_id: str) -> None:
         """Drop a request; its sequences leave the batch at the next step."""
@@ -244,6 +262,13 @@ class EncoderInfo:
     max_input_tokens: int
     #: Valid token ids are below it.
     vocab_size: int
+
+
+async def wait_ready(events: Any) -> None:
+    """Awaits a `generate()` stream's `ready()` where it has one (see Generator)."""
+    ready = getattr(events, "ready", None)
+    if callable(ready):
+        await ready()
 
 
 @runtime_checkable

@@ -18,7 +18,7 @@ from genapi.untrusted import clip
 from ..chat.template import render_prompt
 from ..convert.generation import build_request, check_identifiers
 from ..drain import Drain, shutting_down
-from ..engines.base import EngineError, FinishEvent, close_events
+from ..engines.base import EngineError, EngineInvalidRequest, FinishEvent, close_events, wait_ready
 from ..errors import INTERNAL_ERROR, GenapiError, abort, from_engine_error
 from ..registry import Registry
 from .admin import get_engine_stats
@@ -92,6 +92,12 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             return
         # From here on the engine request exists: every way out goes through `finally`.
         try:
+            try:
+                await wait_ready(events)  # a constraint's grammar compiled (or bad input)
+            except EngineInvalidRequest as e:
+                err = from_engine_error(e)
+                log.info("request %s rejected: %s %s", clip(rid), err.code.name, clip(err.message, 1024))
+                await abort(context, err)
             usage.prompt_tokens = usage.total_tokens = len(prompt_ids)
             log.info("request %s model=%s prompt_tokens=%d max_tokens=%d n=%d", rid, request.model,
                      len(prompt_ids), gen.max_tokens, gen.n)

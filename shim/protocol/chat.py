@@ -7,13 +7,14 @@ it returns the same dict, which `shim.translate.chat` then maps to a proto.
 Policy for the spec's fields:
   implemented        model, messages, temperature, top_p, seed, presence_penalty,
                      frequency_penalty, logit_bias, max_tokens, max_completion_tokens,
-                     stop, n, logprobs, top_logprobs, stream, stream_options
+                     stop, n, logprobs, top_logprobs, stream, stream_options,
+                     response_format (text, json_object, json_schema: enforced by the core)
   accepted, ignored  user, metadata, store, service_tier, safety_identifier,
                      prompt_cache_key, prompt_cache_retention, prompt_cache_options,
                      verbosity, reasoning_effort, parallel_tool_calls
   not implemented    tools (non-empty), tool_choice (other than none/auto), functions,
-                     function_call (other than none/auto), response_format (other than
-                     text), audio, prediction, web_search_options, moderation,
+                     function_call (other than none/auto), audio, prediction,
+                     web_search_options, moderation,
                      modalities with "audio", image/audio/file content parts
                      -> 400 unsupported_parameter
   genapi extensions  ignore_eos (bool: keep generating past end-of-sequence; benchmarks)
@@ -60,7 +61,7 @@ from shim.protocol.common import (
 IMPLEMENTED = frozenset({
     "model", "messages", "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty",
     "logit_bias", "max_tokens", "max_completion_tokens", "stop", "n", "logprobs", "top_logprobs",
-    "stream", "stream_options", "ignore_eos",
+    "stream", "stream_options", "ignore_eos", "response_format",
 })
 IGNORED = frozenset({
     "user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key",
@@ -68,7 +69,7 @@ IGNORED = frozenset({
     "parallel_tool_calls",
 })
 NOT_IMPLEMENTED = frozenset({
-    "tools", "tool_choice", "functions", "function_call", "response_format", "audio", "prediction",
+    "tools", "tool_choice", "functions", "function_call", "audio", "prediction",
     "web_search_options", "moderation", "modalities",
 })
 KNOWN_FIELDS = IMPLEMENTED | IGNORED | NOT_IMPLEMENTED
@@ -78,6 +79,11 @@ MAX_N = 128
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
 MAX_SAFETY_IDENTIFIER = 64  # OpenAI's spec: maxLength 64
+MAX_SCHEMA_NAME = 64  # OpenAI's spec for response_format.json_schema.name
+# Nesting of a response_format schema (objects and arrays): a protobuf Struct takes about
+# three message levels per JSON level and protobuf parses at most 100.
+MAX_SCHEMA_DEPTH = 24
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512  # OpenAI's Metadata
 
 # Content part types each role may use, and those this server does not implement yet.
@@ -107,6 +113,7 @@ def validate_chat_request(body: Any) -> dict:
     _validate_stream(body)
     _validate_ignored(body)
     _validate_not_implemented(body)
+    _validate_response_format(body)
     return body
 
 
@@ -369,18 +376,6 @@ def _validate_not_implemented(body: dict) -> None:
             if isinstance(value, dict):
                 raise unsupported(key, f"Forcing a tool with '{key}'")
             raise invalid_type(key, "a string or an object", value)
-    if _present(body, "response_format"):
-        fmt = expect_object(body["response_format"], "response_format")
-        if "type" not in fmt:
-            raise missing("response_format.type")
-        ftype = fmt["type"]
-        if not isinstance(ftype, str):
-            raise invalid_type("response_format.type", "a string", ftype)
-        if ftype in ("json_object", "json_schema"):
-            raise unsupported("response_format", f"'response_format' of type '{ftype}'")
-        if ftype != "text":
-            raise invalid_value("response_format.type", f"Invalid value for 'response_format.type': {quote(ftype)}. "
-                                                        "Supported values are: 'text', 'json_object', 'json_schema'.")
     for key in ("audio", "prediction", "web_search_options", "moderation"):
         if _present(body, key):
             raise unsupported(key)
@@ -391,3 +386,53 @@ def _validate_not_implemented(body: dict) -> None:
             if m != "text":
                 raise invalid_value(f"modalities[{i}]", f"Invalid value for 'modalities[{i}]': expected 'text' "
                                                         "or 'audio'.")
+
+
+def _validate_response_format(body: dict) -> None:
+    """{"type": "text" | "json_object"} or {"type": "json_schema", "json_schema": {"name",
+    "schema"?, "strict"?, "description"?}}. The schema's own validity (its metaschema, and
+    whether it compiles to a grammar) is the core's to judge."""
+    if not _present(body, "response_format"):
+        return
+    fmt = expect_object(body["response_format"], "response_format")
+    if "type" not in fmt:
+        raise missing("response_format.type")
+    ftype = fmt["type"]
+    if not isinstance(ftype, str):
+        raise invalid_type("response_format.type", "a string", ftype)
+    if ftype not in RESPONSE_FORMATS:
+        raise invalid_value("response_format.type", f"Invalid value for 'response_format.type': {quote(ftype)}. "
+                                                    "Supported values are: 'text', 'json_object', 'json_schema'.")
+    if ftype != "json_schema":
+        return
+    if fmt.get("json_schema") is None:
+        raise missing("response_format.json_schema")
+    spec = expect_object(fmt["json_schema"], "response_format.json_schema")
+    if spec.get("name") is None:
+        raise missing("response_format.json_schema.name")
+    name = expect_str(spec["name"], "response_format.json_schema.name", non_empty=True, max_length=MAX_SCHEMA_NAME)
+    if not all(c.isascii() and (c.isalnum() or c in "_-") for c in name):
+        raise invalid_value("response_format.json_schema.name",
+                            f"Invalid 'response_format.json_schema.name': {quote(name)}. It may only contain "
+                            "letters, digits, underscores and dashes.")
+    if spec.get("schema") is not None:
+        expect_object(spec["schema"], "response_format.json_schema.schema")
+        if _depth(spec["schema"], MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
+            raise invalid_value("response_format.json_schema.schema",
+                                f"Invalid schema for response_format: nested more than {MAX_SCHEMA_DEPTH} levels deep.")
+    if spec.get("strict") is not None:
+        expect_bool(spec["strict"], "response_format.json_schema.strict")
+    if spec.get("description") is not None:
+        expect_str(spec["description"], "response_format.json_schema.description")
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of JSON containers (breadth first, no recursion), counted to limit + 1."""
+    depth, level = 0, [value]
+    while depth <= limit:
+        level = [c for c in level if isinstance(c, (dict, list))]
+        if not level:
+            break
+        depth += 1
+        level = [v for c in level for v in (c.values() if isinstance(c, dict) else c)]
+    return depth

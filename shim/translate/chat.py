@@ -118,7 +118,28 @@ def chat_request_to_proto(body: dict, request_id: str = "") -> gen_pb2.GenerateR
         req.output.top_logprobs = body["top_logprobs"]
     if present("n"):
         req.output.n = body["n"]
+    if present("response_format"):
+        req.response_format.CopyFrom(response_format_to_proto(body["response_format"]))
     return req
+
+
+RESPONSE_FORMAT_TYPES = {
+    "text": content_pb2.RESPONSE_FORMAT_TYPE_TEXT,
+    "json_object": content_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT,
+    "json_schema": content_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA,
+}
+
+
+def response_format_to_proto(fmt: dict) -> content_pb2.ResponseFormat:
+    """A validated `response_format` -> ResponseFormat (the schema as a Struct)."""
+    out = content_pb2.ResponseFormat(type=RESPONSE_FORMAT_TYPES[fmt["type"]])
+    spec = fmt.get("json_schema") if fmt["type"] == "json_schema" else None
+    if spec:
+        out.name = spec["name"]
+        out.strict = bool(spec.get("strict"))
+        if spec.get("schema") is not None:
+            out.schema.update(spec["schema"])
+    return out
 
 
 def include_usage_requested(body: dict) -> bool:

@@ -108,8 +108,6 @@ UNSUPPORTED = [
     ("tool_choice", {"type": "function", "function": {"name": "f"}}, "tool_choice"),
     ("functions", [{"name": "f"}], "functions"),
     ("function_call", {"name": "f"}, "function_call"),
-    ("response_format", {"type": "json_object"}, "response_format"),
-    ("response_format", {"type": "json_schema", "json_schema": {"name": "s"}}, "response_format"),
     ("audio", {"voice": "alloy", "format": "wav"}, "audio"),
     ("prediction", {"type": "content", "content": "x"}, "prediction"),
     ("web_search_options", {}, "web_search_options"),

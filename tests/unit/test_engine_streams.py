@@ -86,3 +86,28 @@ def test_the_fault_wrapper_passes_closing_through_even_before_iteration():
         await close_events(wrapped.generate(request()))
     asyncio.run(run())
     assert kinds(sent) == ["Submit", "Abort"]
+
+
+def test_a_constrained_stream_is_ready_once_its_grammar_compiled_or_refused():
+    from server.engines.base import Constraint, EngineInvalidRequest, wait_ready
+    from server.engines.worker import Rejected
+
+    eng, sent = engine()
+
+    async def run():
+        ok = eng.generate(GenerationRequest("ok", [1], max_tokens=4, constraint=Constraint("json_object")))
+        bad = eng.generate(GenerationRequest("bad", [1], max_tokens=4, constraint=Constraint("regex", "(")))
+        free = eng.generate(request("free"))
+        await wait_ready(free)  # unconstrained: at once
+        eng._on_step(Step(accepted=["ok"], ended={"bad": Rejected("no good", "response_format")}))
+        await wait_ready(ok)
+        with pytest.raises(EngineInvalidRequest) as ei:
+            await wait_ready(bad)
+        assert ei.value.param == "response_format" and str(ei.value) == "no good"
+        eng._on_step(Step(events={"ok": [FinishEvent(0, "stop", 1)]}, ended={"ok": "finished", "free": "aborted"}))
+        assert [e.reason async for e in ok] == ["stop"]
+        for s in (ok, bad, free):
+            await close_events(s)
+    asyncio.run(run())
+    assert kinds(sent) == ["Submit"] * 3  # nothing left to abort
+    assert eng.stats().requests_rejected == 1

@@ -57,6 +57,21 @@ def test_sampling_fields():
     assert dict(s.logit_bias) == {42: -100.0, 7: 2.5}
 
 
+def test_response_format_maps_to_the_typed_message():
+    from google.protobuf import json_format
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer", "maximum": 3}}, "required": ["a"]}
+    req = chat_request_to_proto(base(response_format={
+        "type": "json_schema", "json_schema": {"name": "A", "strict": True, "schema": schema}}))
+    rf = req.response_format
+    assert rf.type == content_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA and rf.name == "A" and rf.strict
+    assert json_format.MessageToDict(rf.schema) == schema
+    obj = chat_request_to_proto(base(response_format={"type": "json_object"})).response_format
+    assert obj.type == content_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT and not obj.HasField("schema")
+    text = chat_request_to_proto(base(response_format={"type": "text"})).response_format
+    assert text.type == content_pb2.RESPONSE_FORMAT_TYPE_TEXT
+
+
 def test_only_given_sampling_fields_are_set():
     s = chat_request_to_proto(base(temperature=0.7)).sampling
     assert s.HasField("temperature")
