@@ -13,14 +13,12 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from genapi.v1 import (
-    embedding_service_pb2_grpc,
-    generation_service_pb2_grpc,
-    model_service_pb2_grpc,
-    rerank_service_pb2_grpc,
     batch_service_pb2_grpc,
+    embedding_service_pb2_grpc,
     file_service_pb2_grpc,
     generation_service_pb2_grpc,
     model_service_pb2_grpc,
+    rerank_service_pb2_grpc,
 )
 
 # Client keepalive: ping after 30 s without activity, drop the peer after 10 s without
