@@ -85,8 +85,8 @@ class Step:
     admitted: list[str] = field(default_factory=list)
     active_sequences: int = 0
     cache_slots_used: int = 0
-    forward_passes: int = 0  # run in this step (encoder engines)
     accepted: list[str] = field(default_factory=list)
+    forward_passes: int = 0  # run in this step (encoder engines)
 
 
 # ---- child side ----------------------------------------------------------------
