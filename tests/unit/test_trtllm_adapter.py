@@ -302,6 +302,11 @@ def test_sampled_n_above_max_batch_is_refused(fake_trt):
     engine = started({"max_batch": 2})
     with pytest.raises(m.UnsupportedRequest, match="max_batch"):
         engine.generate(req(n=3, sampling=sp(temperature=1.0)))
+    # llm_args.max_batch_size is what the LLM gets (llm_kwargs), so it is the limit.
+    engine = started({"max_batch": 8, "llm_args": {"max_batch_size": 2}})
+    assert engine._llm.kwargs["max_batch_size"] == 2
+    with pytest.raises(m.UnsupportedRequest, match="max_batch"):
+        engine.generate(req(n=3, sampling=sp(temperature=1.0)))
 
 
 def test_worker_error_becomes_engine_error(fake_trt):

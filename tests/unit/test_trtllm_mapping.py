@@ -246,6 +246,19 @@ def test_llm_kwargs():
         m.llm_kwargs("/m", {"llm_args": {"backend": "tensorrt"}})
 
 
+def test_limits_follow_llm_args_like_llm_kwargs():
+    # llm_args wins in llm_kwargs, so the checks before submission must use the same values
+    # (else a prompt between the two context lengths fails mid-stream in the worker).
+    assert m.batch_limit({}) == m.DEFAULT_MAX_BATCH
+    assert m.batch_limit({"max_batch": 8, "llm_args": {"max_batch_size": 4}}) == 4
+    assert m.context_limit({}, None) == 2048
+    assert m.context_limit({}, 32768) == 32768
+    assert m.context_limit({"max_context": 8192}, 32768) == 8192
+    assert m.context_limit({"max_context": 8192, "llm_args": {"max_seq_len": 4096}}, 32768) == 4096
+    assert m.context_limit({"llm_args": {"max_seq_len": 4096}}, 32768) == 4096
+    assert m.batch_limit({"llm_args": "not a table"}) == m.DEFAULT_MAX_BATCH  # llm_kwargs refuses it
+
+
 def test_prompt_token_limit():
     assert m.prompt_token_limit({}) is None
     assert m.prompt_token_limit({"max_num_tokens": 512}) == 512

@@ -30,13 +30,14 @@ from ..base import (
 )
 from ..detokenizer import token_bytes
 from .mapping import (
-    DEFAULT_MAX_BATCH,
     DEFAULT_MAX_QUEUE,
     OPTION_KEYS,
     StreamState,
     UnsupportedRequest,
+    batch_limit,
     choice_snapshot,
     close_stream,
+    context_limit,
     engine_choices,
     events_from_output,
     llm_kwargs,
@@ -63,7 +64,7 @@ class TrtllmEngine(EngineBase):
         self.options = dict(options or {})
         for key in sorted(set(self.options) - OPTION_KEYS):
             log.warning("model %s: option %r is not used by the trtllm backend", name, key)
-        self.max_batch = int(self.options.get("max_batch", DEFAULT_MAX_BATCH))
+        self.max_batch = batch_limit(self.options)
         self.max_queue = int(self.options.get("max_queue", DEFAULT_MAX_QUEUE))
         self.max_budget_tokens = int(self.options.get("max_budget_tokens") or 0)  # 0 = no limit
         self.tokenizer = None
@@ -132,7 +133,7 @@ class TrtllmEngine(EngineBase):
         cfg = AutoConfig.from_pretrained(self.path, trust_remote_code=trust)
         text_cfg = getattr(cfg, "text_config", None) or cfg
         max_pos = getattr(text_cfg, "max_position_embeddings", None)
-        self.context_length = int(self.options.get("max_context") or max_pos or 2048)
+        self.context_length = context_limit(self.options, max_pos)
         self.vocab_size = int(getattr(text_cfg, "vocab_size", None) or len(self.tokenizer))
         eos: list[int] = []
         if self.tokenizer.eos_token_id is not None:

@@ -154,11 +154,31 @@ def engine_choices(req: GenerationRequest) -> tuple[int, int]:
     return req.n, 1
 
 
+def _llm_args(options: Mapping[str, Any]) -> Mapping[str, Any]:
+    extra = options.get("llm_args") or {}
+    return extra if isinstance(extra, Mapping) else {}
+
+
+def batch_limit(options: Mapping[str, Any]) -> int:
+    """The LLM's max_batch_size: `llm_args.max_batch_size` wins over max_batch, as in
+    `llm_kwargs`, so that `validate` checks n against what the engine was built with."""
+    return int(_llm_args(options).get("max_batch_size")
+               or options.get("max_batch", DEFAULT_MAX_BATCH))
+
+
+def context_limit(options: Mapping[str, Any], max_position_embeddings: int | None) -> int:
+    """The LLM's max_seq_len (prompt + completion tokens): `llm_args.max_seq_len` wins
+    over max_context, as in `llm_kwargs`; without either, the checkpoint's
+    max_position_embeddings (2048 when the config has none)."""
+    return int(_llm_args(options).get("max_seq_len") or options.get("max_context")
+               or max_position_embeddings or 2048)
+
+
 def prompt_token_limit(options: Mapping[str, Any]) -> int | None:
     """The longest prompt TensorRT-LLM's PyTorch backend admits, when the options fix it:
     `BaseLLM._check_arguments` refuses prompts longer than max_num_tokens unless chunked
     prefill is on (None: no such limit known here)."""
-    extra = options.get("llm_args") or {}
+    extra = _llm_args(options)
     if extra.get("enable_chunked_prefill"):
         return None
     limit = extra.get("max_num_tokens", options.get("max_num_tokens"))
