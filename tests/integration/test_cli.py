@@ -226,10 +226,10 @@ def test_a_model_that_cannot_load_is_one_line_and_exit_2(tmp_path, broken_checkp
 
 
 def test_an_unserved_task_is_one_line_and_exit_2(tmp_path):
-    config = tmp_path / "rerank.toml"
-    config.write_text(MODEL_TOML + 'task = "rerank"\n')
+    config = tmp_path / "transcription.toml"
+    config.write_text(MODEL_TOML + 'task = "transcription"\n')
     out, _ = run_cli("core", "--config", str(config), "--grpc-port", str(free_port()))
-    assert_one_line_failure(out, "rerank", "not served", str(config))
+    assert_one_line_failure(out, "transcription", "not served", str(config))
 
 
 def test_log_level_in_any_case_and_an_unknown_one_refused(tmp_path, broken_checkpoint):
