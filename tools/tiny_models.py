@@ -523,12 +523,8 @@ def _add_bias_channel(model, value: float = BIAS_CHANNEL_VALUE) -> int:
     import torch
 
     d = model.config.hidden_size - 1
+    _hold_bias_channel(model, d, value)
     with torch.no_grad():
-        model.model.embed_tokens.weight[:, d] = value
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight[d, :] = 0
-            layer.mlp.down_proj.weight[d, :] = 0
-        model.model.norm.weight[d] = 1.0
         model.lm_head.weight[:, d] = 0
     return d
 

@@ -27,18 +27,17 @@ def short_timeout() -> float:
     return min(30.0, config().request_timeout_s)
 
 
-def call_core(method, proto):
-    """A unary core call under the request deadline; a failure becomes the OpenAI error
-    (a bare NOT_FOUND names the model)."""
-    try:
-        return method(proto, metadata=metadata(), timeout=config().request_timeout_s)
-    except grpc.RpcError as e:
-        raise from_grpc_error(e, not_found_param="model", not_found_code="model_not_found",
-                              request_id=current_request_id()) from None
-def unary(method, req, timeout: float | None = None):
-    """A unary (or client-streaming) core call with this request's metadata; a failure
-    becomes the mapped APIError."""
+def unary(method, req, timeout: float | None = None, model_lookup: bool = False):
+    """A unary (or client-streaming) core call with this request's metadata under
+    `timeout` (default short_timeout()); a failure becomes the mapped APIError, and with
+    `model_lookup` a bare NOT_FOUND names the model."""
+    not_found = {"not_found_param": "model", "not_found_code": "model_not_found"} if model_lookup else {}
     try:
         return method(req, metadata=metadata(), timeout=timeout or short_timeout())
     except grpc.RpcError as e:
-        raise from_grpc_error(e) from None
+        raise from_grpc_error(e, request_id=current_request_id(), **not_found) from None
+
+
+def call_core(method, proto):
+    """A unary call on a model (embeddings, rerank) under the whole request deadline."""
+    return unary(method, proto, config().request_timeout_s, model_lookup=True)

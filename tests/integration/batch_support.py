@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import json
-import time
 
-from ..conftest import MODEL
+from ..conftest import MODEL, wait_until
 
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 CHAT = "/v1/chat/completions"
@@ -25,13 +24,15 @@ def upload(client, lines, name: str = "input.jsonl", purpose: str = "batch"):
 
 
 def wait_batch(client, batch_id: str, until=TERMINAL, timeout_s: float = 300, interval_s: float = 0.2):
-    """Polls until the batch's status is in `until` (observable state, not a sleep)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        b = client.batches.retrieve(batch_id)
-        if b.status in until or time.monotonic() > deadline:
-            return b
-        time.sleep(interval_s)
+    """The batch once its status is in `until` (or as it is at the timeout)."""
+    last = []
+
+    def reached() -> bool:
+        last[:] = [client.batches.retrieve(batch_id)]
+        return last[0].status in until
+
+    wait_until(reached, timeout_s, interval_s)
+    return last[0]
 
 
 def result_lines(client, file_id: str | None) -> list[dict]:
