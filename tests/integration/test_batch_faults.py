@@ -142,8 +142,11 @@ def short_window(tmp_path_factory):
 
 def test_expired_batch_writes_batch_expired_lines_and_keeps_finished_ones(short_window):
     client = short_window.sdk()
-    ids = [f"e{i}" for i in range(200)]
-    f = upload(client, [chat_line(cid, max_tokens=32) for cid in ids])
+    # Short lines first (some finish inside the window), then far more decode work than any
+    # machine does in the 6 s window (ignore_eos keeps every long line at its full length).
+    ids = [f"e{i}" for i in range(400)]
+    f = upload(client, [chat_line(cid, max_tokens=2) if i < 40 else
+                        chat_line(cid, max_tokens=1024, ignore_eos=True) for i, cid in enumerate(ids)])
     batch = client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h")
     assert batch.expires_at - batch.created_at <= 7
     done = wait_batch(client, batch.id, timeout_s=300)
