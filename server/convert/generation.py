@@ -12,15 +12,12 @@ from genapi.untrusted import MAX_ID_CHARS, MAX_REQUEST_ID_CHARS, MAX_STOP_CHARS
 from genapi.v1 import content_pb2
 from genapi.v1 import generation_service_pb2 as pb
 
-from ..engines.base import GenerationRequest, SamplingParams
+from ..engines.base import GREEDY_BELOW_TEMPERATURE, GenerationRequest, SamplingParams
 from ..errors import GenapiError, invalid, too_long
 
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
 MAX_N = 128
-# Below this temperature sampling is greedy (as in vLLM): dividing logits by a tiny or
-# subnormal temperature overflows float32 to inf, and the engine's softmax to NaN.
-GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 def _range(value, lo, hi, param, lo_open=False):

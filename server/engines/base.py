@@ -35,9 +35,14 @@ class EngineUnavailable(EngineError):
     """The backend cannot be used here (missing extra, no GPU) (-> FAILED_PRECONDITION / UNAVAILABLE)."""
 
 
+# Below this temperature sampling is greedy (as in vLLM): dividing logits by a tiny or
+# subnormal temperature overflows float32 to inf, and softmax to NaN.
+GREEDY_BELOW_TEMPERATURE = 1e-5
+
+
 @dataclass
 class SamplingParams:
-    temperature: float = 1.0  # 0 = greedy
+    temperature: float = 1.0  # below GREEDY_BELOW_TEMPERATURE (0 included): greedy
     top_p: float = 1.0
     seed: int | None = None
     presence_penalty: float = 0.0
