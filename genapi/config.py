@@ -4,7 +4,7 @@ Layout (every key optional; see README "Configuration"):
 
     [core]   host, port, max_message_mb
     [shim]   host, port, core (list of addresses), workers, threads,
-             request_timeout_s, read_timeout_s, max_body_mb, keepalive_s
+             request_timeout_s, read_timeout_s, max_body_mb, keepalive_s, drain_grace_s
     [auth]   api_key_sha256 = ["<hex digest>", ...]   (unnamed keys)
              [[auth.keys]] name, sha256                (named keys)
     [[models]] name, task, backend, path, [models.options]
@@ -129,6 +129,7 @@ class Config:
     read_timeout_s: float = 30.0  # request head + body must arrive within it; also each blocked send
     max_body_mb: int = 32
     keepalive_s: float = 10.0
+    drain_grace_s: float = 30.0  # on SIGTERM/SIGINT: how long the shim's requests in flight get
     api_keys: list[ApiKey] = field(default_factory=list)
     models: list[ModelConfig] = field(default_factory=list)
     path: Path | None = None
@@ -182,6 +183,7 @@ _SETTINGS = (
     ("shim", "read_timeout_s", "read_timeout_s", float, "GENAPI_READ_TIMEOUT_S"),
     ("shim", "max_body_mb", "max_body_mb", int, "GENAPI_MAX_BODY_MB"),
     ("shim", "keepalive_s", "keepalive_s", float, "GENAPI_KEEPALIVE_S"),
+    ("shim", "drain_grace_s", "drain_grace_s", float, "GENAPI_DRAIN_GRACE_S"),
 )
 
 
@@ -243,6 +245,8 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         raise ValueError(f"[shim] threads must be >= 0 (0 = auto), got {cfg.threads}")
     if not cfg.read_timeout_s > 0:
         raise ValueError(f"[shim] read_timeout_s must be > 0, got {cfg.read_timeout_s}")
+    if not 0 <= cfg.drain_grace_s < math.inf:
+        raise ValueError(f"[shim] drain_grace_s must be >= 0, got {cfg.drain_grace_s}")
     return cfg
 
 
