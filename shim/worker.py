@@ -115,7 +115,8 @@ class ShimWorker(ThreadWorker):
     # ---- drain ---------------------------------------------------------------------------
     def init_signals(self):
         super().init_signals()
-        signal.signal(signal.SIGINT, self.handle_int)
+        if self.front:
+            signal.signal(signal.SIGINT, self.handle_int)
 
     def handle_exit(self, sig, frame):
         """SIGTERM (from the master, or sent to this process): drain, then stop."""
