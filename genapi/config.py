@@ -4,7 +4,7 @@ Layout (every key optional; see README "Configuration"):
 
     [core]   host, port, max_message_mb
     [shim]   host, port, core (list of addresses), workers, threads,
-             request_timeout_s, read_timeout_s, max_body_mb, keepalive_s
+             request_timeout_s, read_timeout_s, max_body_mb, keepalive_s, drain_grace_s
     [auth]   api_key_sha256 = ["<hex digest>", ...]   (unnamed keys)
              [[auth.keys]] name, sha256                (named keys)
     [[models]] name, task, backend, path, [models.options]
@@ -204,6 +204,7 @@ class Config:
     read_timeout_s: float = 30.0  # request head + body must arrive within it; also each blocked send
     max_body_mb: int = 32
     keepalive_s: float = 10.0
+    drain_grace_s: float = 30.0  # on SIGTERM/SIGINT: how long the shim's requests in flight get
     api_keys: list[ApiKey] = field(default_factory=list)
     models: list[ModelConfig] = field(default_factory=list)
     path: Path | None = None
@@ -289,6 +290,7 @@ _SETTINGS = (
     ("files", "max_upload_mb", "max_upload_mb", int, "GENAPI_MAX_UPLOAD_MB"),
     ("batches", "concurrency", "batch_concurrency", int, "GENAPI_BATCH_CONCURRENCY"),
     ("batches", "window_s", "batch_window_s", float, "GENAPI_BATCH_WINDOW_S"),
+    ("shim", "drain_grace_s", "drain_grace_s", float, "GENAPI_DRAIN_GRACE_S"),
 )
 
 
@@ -407,8 +409,8 @@ _KIND = {str: "a string", int: "an integer", float: "a number"}
 # Smallest accepted value of the numeric settings (ports also at most 65535).
 _MINIMUM = {"port": 1, "max_message_mb": 1, "workers": 1, "threads": 0, "request_timeout_s": 0.001,
             "read_timeout_s": 0.001, "max_body_mb": 1, "keepalive_s": 0, "max_upload_mb": 1, "concurrency": 1,
-            "window_s": 0}
-_MAXIMUM = {"port": 65535}
+            "window_s": 0, "drain_grace_s": 0}
+_MAXIMUM = {"port": 65535, "drain_grace_s": 86400}
 _MINIMUM_NOTE = {"threads": " (0 = auto)"}
 
 

@@ -16,7 +16,7 @@ from genapi.config import Task
 from genapi.untrusted import clip
 
 from ..chat.template import render_prompt
-from ..convert.generation import build_request, check_identifiers
+from ..convert.generation import MAX_N, check_identifiers, check_request, least_budget_tokens, with_prompt
 from ..drain import Drain, shutting_down
 from ..engines.base import EngineError, EngineInvalidRequest, FinishEvent, close_events, wait_ready
 from ..errors import INTERNAL_ERROR, GenapiError, abort, from_engine_error
@@ -71,15 +71,21 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             check_identifiers(request, rid)  # bounded before anything echoes or logs them
             sm = chat_model(self.registry, request.model)
             engine, info = sm.engine, sm.engine.chat_info
-            prompt_ids = await asyncio.to_thread(render_prompt, info.tokenizer, request.messages)
-            gen = build_request(
-                request, engine_id, prompt_ids,
-                context=info.context_length, vocab=info.vocab_size,
-                max_output=sm.config.max_output_tokens,
-                max_n=min(128, sm.config.max_batch or 128),
-            )
+            max_output = sm.config.max_output_tokens
+            gen = check_request(request, engine_id, vocab=info.vocab_size, max_output=max_output,
+                                max_n=min(MAX_N, sm.config.max_batch or MAX_N))
             try:
-                events = engine.generate(gen)
+                # The cheap refusals (queue full, budget short of n × max_tokens) come
+                # before templating and tokenizing, which cost milliseconds each: a burst
+                # beyond capacity is refused at once instead of queueing behind that work.
+                place = engine.reserve(gen.n, least_budget_tokens(request, gen.n))
+                try:
+                    prompt_ids = await asyncio.to_thread(render_prompt, info.tokenizer, request.messages)
+                    events = engine.generate(
+                        with_prompt(gen, request, prompt_ids, context=info.context_length, max_output=max_output),
+                        place)
+                finally:
+                    place.release()  # the request never got to the engine (a no-op once it did)
             except EngineError as e:
                 raise from_engine_error(e) from e
         except GenapiError as e:

@@ -56,6 +56,19 @@ def test_defaults_live_in_one_place(tmp_path, monkeypatch):
         (Config().shim_port, Config().core_port, Config().workers, Config().max_body_mb)
 
 
+def test_drain_grace_from_the_file_or_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("GENAPI_DRAIN_GRACE_S", raising=False)
+    cfg_file = tmp_path / "g.toml"
+    cfg_file.write_text("[shim]\ndrain_grace_s = 12.5\n")
+    assert load_config(cfg_file).drain_grace_s == 12.5
+    monkeypatch.setenv("GENAPI_DRAIN_GRACE_S", "3")  # what `genapi shim --drain-grace 3` passes on
+    assert load_config(cfg_file).drain_grace_s == 3.0
+    for bad in ("-1", "inf", "nan"):
+        monkeypatch.setenv("GENAPI_DRAIN_GRACE_S", bad)
+        with pytest.raises(ValueError, match="drain_grace_s"):
+            load_config(cfg_file)
+
+
 def test_typed_model_fields(tmp_path):
     cfg_file = tmp_path / "c.toml"
     cfg_file.write_text('[[models]]\nname = "e"\ntask = "embedding"\n'

@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from server.engines.base import SamplingParams
+from server.engines.base import GREEDY_BELOW_TEMPERATURE, SamplingParams
 from server.engines.detokenizer import Detokenizer, token_bytes
 from server.engines.torch.sampling import SeqSampler, logprobs_of, process_logits, sample, seeded_generator
 
@@ -60,6 +61,22 @@ def test_greedy_and_logit_bias():
     assert sample(logits, _samplers(1, temperature=0)) == [1]
     s = _samplers(1, temperature=0, logit_bias={1: -100.0, 3: 100.0})
     assert sample(process_logits(logits, s), s) == [3]
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-30, 1e-6, 9.99e-6, -0.5, float("nan")])
+def test_the_sampler_itself_is_greedy_below_the_temperature_floor(temperature):
+    """Whoever built the params (not only the convert layer): below 1e-5 the draw is the
+    argmax, never a division that overflows to inf and a softmax of NaN."""
+    logits = torch.tensor([[0.0, 5.0, 4.999, 1.0, 0, 0, 0, 0, 0, 0], [3.0, -1.0, 0, 0, 0, 0, 0, 0, 0, 2.5]])
+    s = _samplers(2, temperature=temperature)
+    assert all(x.generator is None for x in s)
+    assert sample(logits, s) == [1, 0]
+
+
+def test_the_temperature_floor_itself_samples():
+    s = _samplers(1, temperature=GREEDY_BELOW_TEMPERATURE)
+    assert s[0].generator is not None
+    assert sample(torch.tensor([[0.0, 5.0, 1.0, 0, 0, 0, 0, 0, 0, 0]]), s) == [1]  # finite, and sharp
 
 
 def test_penalties_use_completion_counts():

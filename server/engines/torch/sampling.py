@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..base import SamplingParams
+from ..base import GREEDY_BELOW_TEMPERATURE, SamplingParams
 
 
 @dataclass
@@ -25,7 +25,9 @@ class SeqSampler:
     @classmethod
     def create(cls, params: SamplingParams, seed: int, vocab: int, device: torch.device) -> "SeqSampler":
         gen = None
-        if params.temperature > 0:
+        # Greedy below the threshold (NaN and negatives too) whoever built the params:
+        # `sample` divides the logits by the temperature of every sequence with a generator.
+        if params.temperature >= GREEDY_BELOW_TEMPERATURE:
             gen = seeded_generator(seed, device)
         bias = None
         if params.logit_bias:
