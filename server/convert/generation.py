@@ -62,12 +62,10 @@ def check_identifiers(req: pb.GenerateRequest, request_id: str = "") -> None:
 
 def check_unsupported(req: pb.GenerateRequest) -> None:
     """Declared fields whose features are not served yet: a clear INVALID_ARGUMENT."""
-    if req.tools:
-        raise invalid("tools are not supported yet", "tools", "unsupported_parameter")
-    if req.HasField("tool_choice") and req.tool_choice.WhichOneof("choice") == "function_name":
-        raise invalid("tool_choice is not supported yet", "tool_choice", "unsupported_parameter")
-    if req.tool_choice.mode in (content_pb2.TOOL_CHOICE_MODE_AUTO, content_pb2.TOOL_CHOICE_MODE_REQUIRED):
-        raise invalid("tool_choice is not supported yet", "tool_choice", "unsupported_parameter")
+    if req.tools and (req.tool_choice.WhichOneof("choice") == "function_name"
+                      or req.tool_choice.mode == content_pb2.TOOL_CHOICE_MODE_REQUIRED):
+        raise invalid("tool_choice 'required' or a named function is not supported yet (it needs constrained "
+                      "decoding)", "tool_choice", "unsupported_parameter")
     if req.response_format.type in (content_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT,
                                    content_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA):
         raise invalid("response_format json_object/json_schema is not supported yet", "response_format",

@@ -25,6 +25,7 @@ from shim.translate.chat import (
     ChatCompletionAccumulator,
     chat_request_to_proto,
     include_usage_requested,
+    uses_legacy_functions,
 )
 
 bp = Blueprint("chat", __name__)
@@ -46,13 +47,14 @@ def create_chat_completion():
 
     n = body.get("n") or 1
     logprobs = body.get("logprobs") is True
+    legacy = uses_legacy_functions(body)
     if body.get("stream"):
         builder = ChatChunkBuilder(model=body["model"], n=n, logprobs=logprobs,
-                                   include_usage=include_usage_requested(body))
+                                   include_usage=include_usage_requested(body), legacy_functions=legacy)
         return stream.sse_response(first, on_event=lambda event: sse.frames(builder.on_event(event)),
                                    finish=lambda: sse.frames(builder.finish()) + sse.DONE,
                                    keepalive_s=cfg.keepalive_s)
 
-    acc = ChatCompletionAccumulator(model=body["model"], n=n, logprobs=logprobs)
+    acc = ChatCompletionAccumulator(model=body["model"], n=n, logprobs=logprobs, legacy_functions=legacy)
     stream.drain(first, acc.add)
     return json_response(acc.result())

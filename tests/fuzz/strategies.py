@@ -103,11 +103,7 @@ def chat_requests(draw):
 
 # (field, value, expected param): each refused with 400 unsupported_parameter.
 UNSUPPORTED = [
-    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}], "tools"),
-    ("tool_choice", "required", "tool_choice"),
-    ("tool_choice", {"type": "function", "function": {"name": "f"}}, "tool_choice"),
-    ("functions", [{"name": "f"}], "functions"),
-    ("function_call", {"name": "f"}, "function_call"),
+    ("tools", [{"type": "custom", "custom": {"name": "f"}}], "tools[0].type"),
     ("response_format", {"type": "json_object"}, "response_format"),
     ("response_format", {"type": "json_schema", "json_schema": {"name": "s"}}, "response_format"),
     ("audio", {"voice": "alloy", "format": "wav"}, "audio"),
