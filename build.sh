@@ -99,6 +99,8 @@ fi
 
 # 6. the embedded tiny chat model (prints "up to date" when nothing changed) -----------
 "$PY" -m tools.tiny_models --out models/tiny-chat --preset tiny
+# ... and its reasoning variant (same weights, a template that opens <think>)
+"$PY" -m tools.reasoning_variant --base models/tiny-chat --out models/tiny-chat-reasoning
 
 case "$cmd" in
   serve)

@@ -73,8 +73,9 @@ def test_bundled_default_config_is_package_data_and_finds_the_model(monkeypatch)
     assert DEFAULT_CONFIG.parent.name == "genapi" and DEFAULT_CONFIG.is_file()
     monkeypatch.delenv("GENAPI_CONFIG", raising=False)
     monkeypatch.setenv("GENAPI_HOME", "/srv/genapi")
-    (model,) = load_config().models
-    assert model.path == "/srv/genapi/models/tiny-chat"
+    chat, reasoning = load_config().models
+    assert chat.path == "/srv/genapi/models/tiny-chat"
+    assert (reasoning.name, reasoning.path) == ("genapi-tiny-reasoning", "/srv/genapi/models/tiny-chat-reasoning")
 
 
 def test_loopback_detection():
