@@ -13,6 +13,9 @@ Hermes), whose content is the function's parameters schema, and whose end closes
   function  the same, with the one named function as the only tag
   parallel  false: stop_after_first, the output ends after the first call
 
+`thinking_end`: the output starts inside a thinking block that this marker closes
+(reasoning models): the thinking is free text and the rules above apply after it.
+
 None when tools are not in use. The tag begins with exactly the text the parsers stream
 from (tool_parsers._STREAMABLE_HEAD), so constrained calls stream their arguments.
 """
@@ -32,7 +35,7 @@ CALL_FORMATS = {
 CALL_SEPARATOR = "\n"
 
 
-def tool_structural_tag(plan: ToolPlan, tool_parser: str | None) -> dict | None:
+def tool_structural_tag(plan: ToolPlan, tool_parser: str | None, thinking_end: str | None = None) -> dict | None:
     """See the module doc; `tool_parser` names the model's call format."""
     if plan.mode == "none" or tool_parser not in CALL_FORMATS:
         return None
@@ -49,4 +52,7 @@ def tool_structural_tag(plan: ToolPlan, tool_parser: str | None) -> dict | None:
     else:
         fmt = {"type": "tags_with_separator", "tags": tags, "separator": CALL_SEPARATOR, "at_least_one": True}
     fmt["stop_after_first"] = not plan.parallel
+    if thinking_end:
+        thinking = {"type": "tag", "begin": "", "content": {"type": "any_text"}, "end": thinking_end}
+        fmt = {"type": "sequence", "elements": [thinking, fmt]}
     return {"type": "structural_tag", "format": fmt}

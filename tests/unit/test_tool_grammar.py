@@ -27,8 +27,8 @@ def compiler():
     return xgr.GrammarCompiler(xgr.TokenizerInfo.from_huggingface(AutoTokenizer.from_pretrained(TINY_MODEL)))
 
 
-def accepts(compiler, plan: ToolPlan, text: str) -> bool:
-    tag = tool_structural_tag(plan, "hermes")
+def accepts(compiler, plan: ToolPlan, text: str, thinking_end=None) -> bool:
+    tag = tool_structural_tag(plan, "hermes", thinking_end)
     matcher = xgr.GrammarMatcher(compiler.compile_grammar(xgr.Grammar.from_structural_tag(json.dumps(tag))))
     return matcher.accept_string(text)
 
@@ -57,3 +57,9 @@ def test_constrained_calls_begin_where_the_parser_streams():
         assert [type(e).__name__ for e in events] == ["CallStart", "CallArguments"]
     assert tool_structural_tag(ToolPlan(mode="none", parameters=SCHEMAS), "hermes") is None
     assert tool_structural_tag(ToolPlan(mode="auto", parameters=SCHEMAS), None) is None
+
+
+def test_a_reasoning_model_thinks_freely_before_its_forced_call(compiler):
+    plan = ToolPlan(mode="required", parallel=False, parameters=SCHEMAS)
+    assert accepts(compiler, plan, "Maybe <tool_call> get_time?</think>" + CALL, "</think>")
+    assert not accepts(compiler, plan, "Done.</think>Sure.", "</think>")
