@@ -69,7 +69,7 @@ def from_engine_error(e: Exception) -> GenapiError:
 
     EngineOverloaded   -> RESOURCE_EXHAUSTED engine_overloaded (+ retry_after_s); distinct
                           from the rate_limit_exceeded of per-key limits, both HTTP 429
-    EngineInvalidRequest -> INVALID_ARGUMENT invalid_value
+    EngineInvalidRequest -> INVALID_ARGUMENT invalid_value (param: the exception's `param`)
     EngineUnavailable, other EngineError (the engine is down) -> UNAVAILABLE engine_unavailable
     anything else      -> INTERNAL internal_error (a bug; nothing internal is told)
     """
@@ -79,7 +79,7 @@ def from_engine_error(e: Exception) -> GenapiError:
         return GenapiError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), "engine_overloaded",
                            retry_after_s=e.retry_after_s)
     if isinstance(e, EngineInvalidRequest):
-        return GenapiError(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_value")
+        return GenapiError(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_value", getattr(e, "param", None))
     if isinstance(e, EngineError):
         return GenapiError(grpc.StatusCode.UNAVAILABLE, str(e), "engine_unavailable", retry_after_s=5)
     return INTERNAL_ERROR

@@ -6,14 +6,17 @@ caller sends (request id, model, message and tool names, call ids) is bounded
 """
 from __future__ import annotations
 
-import grpc
+import json
 
-from genapi.untrusted import MAX_ID_CHARS, MAX_REQUEST_ID_CHARS, MAX_STOP_CHARS
+import grpc
+from google.protobuf import json_format
+
+from genapi.untrusted import MAX_ID_CHARS, MAX_REQUEST_ID_CHARS, MAX_STOP_CHARS, clip
 from genapi.v1 import content_pb2
 from genapi.v1 import generation_service_pb2 as pb
 
-from ..engines.base import GenerationRequest, SamplingParams
-from ..errors import GenapiError, invalid, too_long
+from ..engines.base import Constraint, GenerationRequest, SamplingParams
+from ..errors import GenapiError, invalid, quote, too_long
 
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
@@ -60,16 +63,39 @@ def check_identifiers(req: pb.GenerateRequest, request_id: str = "") -> None:
     _bound(req.response_format.name, "response_format.json_schema.name")
 
 
-def check_unsupported(req: pb.GenerateRequest) -> None:
-    """Declared fields whose features are not served yet: a clear INVALID_ARGUMENT."""
-    if req.tools and (req.tool_choice.WhichOneof("choice") == "function_name"
-                      or req.tool_choice.mode == content_pb2.TOOL_CHOICE_MODE_REQUIRED):
-        raise invalid("tool_choice 'required' or a named function is not supported yet (it needs constrained "
-                      "decoding)", "tool_choice", "unsupported_parameter")
-    if req.response_format.type in (content_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT,
-                                   content_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA):
-        raise invalid("response_format json_object/json_schema is not supported yet", "response_format",
-                      "unsupported_parameter")
+def constraint_of(fmt: content_pb2.ResponseFormat) -> Constraint | None:
+    """ResponseFormat -> the grammar constraint the engine enforces: none for text (or
+    unset), any JSON object for json_object, the schema for json_schema (enforced whether
+    `strict` is set or not; without a schema, any JSON value). The schema itself is checked
+    against its JSON Schema metaschema (`jsonschema`, the draft its `$schema` names, else
+    2020-12): INVALID_ARGUMENT param response_format naming the first problem. Whether the
+    engine can compile it is known only there (also INVALID_ARGUMENT, same param)."""
+    if fmt.type == content_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT:
+        return Constraint("json_object")
+    if fmt.type != content_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA:
+        return None
+    schema = integral_numbers(json_format.MessageToDict(fmt.schema)) if fmt.HasField("schema") else {}
+    import jsonschema
+
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "(root)"
+        raise invalid(f"Invalid schema for response_format {quote(fmt.name)!r}: {clip(e.message, 300)} "
+                      f"(at {clip(where, 200)})", "response_format") from None
+    return Constraint("json_schema", json.dumps(schema))
+
+
+def integral_numbers(value):
+    """google.protobuf.Struct holds every number as a double: whole numbers back to ints,
+    so keywords like maxLength or minItems get the integers their metaschema wants."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: integral_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [integral_numbers(v) for v in value]
+    return value
 
 
 def sampling_params(req: pb.GenerateRequest, vocab: int) -> SamplingParams:
@@ -127,7 +153,6 @@ def resolve_max_tokens(req: pb.GenerateRequest, prompt_len: int, context: int, m
 def build_request(req: pb.GenerateRequest, request_id: str, prompt_ids: list[int], *, context: int,
                   vocab: int, max_output: int = 0, max_n: int = MAX_N) -> GenerationRequest:
     check_identifiers(req)
-    check_unsupported(req)
     stop = list(req.stopping.stop)
     if len(stop) > MAX_STOP:
         raise invalid(f"stop accepts at most {MAX_STOP} sequences, got {len(stop)}", "stop")
@@ -155,4 +180,5 @@ def build_request(req: pb.GenerateRequest, request_id: str, prompt_ids: list[int
         logprobs=logprobs,
         top_logprobs=top,
         sampling=sampling_params(req, vocab),
+        constraint=constraint_of(req.response_format),
     )

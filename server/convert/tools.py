@@ -19,6 +19,7 @@ from genapi.v1 import content_pb2
 from genapi.v1 import generation_service_pb2 as pb
 
 from ..errors import invalid, quote
+from .generation import integral_numbers
 
 NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 EMPTY_PARAMETERS = {"type": "object", "properties": {}}
@@ -48,21 +49,10 @@ _MODES = {
 }
 
 
-def _integral(value):
-    """protobuf Struct holds every number as a double: 3.0 back to 3 (maxItems, enums)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral(v) for v in value]
-    return value
-
-
 def _parameters(tool: content_pb2.Tool, param: str) -> dict:
     if not tool.HasField("parameters"):
         return dict(EMPTY_PARAMETERS)
-    schema = _integral(json_format.MessageToDict(tool.parameters))
+    schema = integral_numbers(json_format.MessageToDict(tool.parameters))
     try:
         jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(schema)
     except jsonschema.SchemaError as e:

@@ -28,7 +28,12 @@ class EngineOverloaded(EngineError):
 
 
 class EngineInvalidRequest(EngineError):
-    """The backend cannot serve this request as asked (-> INVALID_ARGUMENT)."""
+    """The backend cannot serve this request as asked (-> INVALID_ARGUMENT); `param` names
+    the request field at fault when one is (e.g. "response_format")."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 class EngineUnavailable(EngineError):
@@ -55,6 +60,18 @@ class MediaPart:
     mime_type: str = ""
 
 
+@dataclass(frozen=True)
+class Constraint:
+    """A grammar that every token of a choice must follow (xgrammar).
+
+    kind: "json_object" (any JSON object; spec unused), "json_schema" (spec: JSON Schema
+    text), "structural_tag" (spec: an xgrammar structural-tag JSON text: free text until
+    a trigger, then constrained tags), "ebnf" (spec: EBNF/GBNF grammar text), "regex"."""
+
+    kind: Literal["json_object", "json_schema", "structural_tag", "ebnf", "regex"]
+    spec: str = ""
+
+
 @dataclass
 class GenerationRequest:
     request_id: str
@@ -67,6 +84,7 @@ class GenerationRequest:
     top_logprobs: int = 0
     sampling: SamplingParams = field(default_factory=SamplingParams)
     media: list[MediaPart] = field(default_factory=list)
+    constraint: Constraint | None = None
 
 
 @dataclass
@@ -164,7 +182,12 @@ class Generator(Protocol):
         method, not a coroutine) and return an async iterator of its events. The caller
         must end it with `close_events()` whatever happens (finished, cancelled, failed,
         never iterated): closing it before the end aborts the request, so a request
-        lives exactly as long as its caller wants it."""
+        lives exactly as long as its caller wants it.
+
+        A request with a `constraint` may be refused after admission (its grammar does
+        not compile, or not in time): the stream's optional `async ready()` returns once
+        the engine accepted it and raises EngineInvalidRequest otherwise; callers await
+        it (`wait_ready`) before telling their own caller the request started."""
 
     async def abort(self, request_id: str) -> None:
         """Drop a request; its sequences leave the batch at the next step."""
@@ -180,6 +203,13 @@ async def close_events(events: Any) -> None:
     aclose = getattr(events, "aclose", None)
     if callable(aclose):
         await aclose()
+
+
+async def wait_ready(events: Any) -> None:
+    """Awaits a `generate()` stream's `ready()` where it has one (see Generator)."""
+    ready = getattr(events, "ready", None)
+    if callable(ready):
+        await ready()
 
 
 @runtime_checkable

@@ -7,12 +7,15 @@ Enabled per model with `[models.options.fault]`:
     pause_decode_file = "/tmp/x" # no decode step while this file exists (torch scheduler):
                                  # requests stay admitted, holding their slots, as long as
                                  # a test needs them in flight
+    grammar_compile_delay_s = 3.0 # sleep before compiling each response_format grammar
+                                 # (torch scheduler), so a test can exceed
+                                 # grammar_compile_timeout_s with any schema
 """
 from __future__ import annotations
 
 import asyncio
 
-from .base import EngineBase, EngineError, GenerationRequest
+from .base import EngineBase, EngineError, GenerationRequest, wait_ready
 
 
 class InjectedFault(EngineError):
@@ -71,6 +74,9 @@ class _FaultyStream:
 
     async def __anext__(self):
         return await self._events.__anext__()
+
+    async def ready(self) -> None:
+        await wait_ready(self._inner)
 
     def close(self) -> None:
         if hasattr(self._inner, "close"):

@@ -6,7 +6,7 @@ core's gRPC event loop (bench/RESULTS.md). Both sides speak the dataclasses belo
 `multiprocessing` pipe:
 
     parent -> child   Submit(request) | Abort(request_id) | Stop()
-    child -> parent   Ready(info) | Fatal(message) | Step(events, ended, admitted, ...)
+    child -> parent   Ready(info) | Fatal(message) | Step(events, ended, accepted, admitted, ...)
 
 The child side is a *loop object* built in the child by a picklable factory
 (`factory(name, path, options)`): it has `load() -> dict` (the info sent in `Ready`) and
@@ -61,19 +61,30 @@ class Fatal:
 
 
 @dataclass
+class Rejected:
+    """How a request ended when it was bad input found only in the engine (a grammar that
+    does not compile): INVALID_ARGUMENT naming `param`."""
+
+    message: str
+    param: str | None = None
+
+
+@dataclass
 class Step:
     """What one engine step produced.
 
     events:   request id -> events of that request, in order
-    ended:    request id -> "finished" | "aborted" | the error text that failed it
+    ended:    request id -> "finished" | "aborted" | Rejected | the error text that failed it
+    accepted: request ids with a constraint whose grammar is now ready (they wait for slots)
     admitted: request ids that got their slots in this step
     """
 
     events: dict[str, list] = field(default_factory=dict)
-    ended: dict[str, str] = field(default_factory=dict)
+    ended: dict[str, "str | Rejected"] = field(default_factory=dict)
     admitted: list[str] = field(default_factory=list)
     active_sequences: int = 0
     cache_slots_used: int = 0
+    accepted: list[str] = field(default_factory=list)
 
 
 # ---- child side ----------------------------------------------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -19,10 +20,11 @@ from ..chat.events import ChatEvents
 from ..chat.output import THINKING_SWITCH, OutputConventions, check_options
 from ..chat.reasoning import prompt_opens_thinking
 from ..chat.template import render_prompt
+from ..chat.tool_grammar import tool_structural_tag
 from ..convert.generation import build_request, check_identifiers
 from ..convert.tools import tool_plan
 from ..drain import Drain, shutting_down
-from ..engines.base import EngineError, close_events
+from ..engines.base import Constraint, EngineError, EngineInvalidRequest, close_events, wait_ready
 from ..errors import INTERNAL_ERROR, GenapiError, abort, from_engine_error, invalid, not_found, quote
 from ..registry import Registry
 from .admin import get_engine_stats
@@ -110,6 +112,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             )
             thinking = conv.reasoning_markers is not None and prompt_opens_thinking(
                 info.tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:]), conv.reasoning_markers)
+            tool_constraint = constrain_tools(gen, plan, conv, thinking)
             mapper = ChatEvents(conv, usage, gen.n, tools=plan.mode != "none", parallel=plan.parallel,
                                 thinking=thinking)
             try:
@@ -126,6 +129,14 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             return
         # From here on the engine request exists: every way out goes through `finally`.
         try:
+            try:
+                await wait_ready(events)  # a constraint's grammar compiled (or bad input)
+            except EngineInvalidRequest as e:
+                err = from_engine_error(e)
+                if tool_constraint:  # the grammar that failed is that of the tools
+                    err.param = "tools"
+                log.info("request %s rejected: %s %s", clip(rid), err.code.name, clip(err.message, 1024))
+                await abort(context, err)
             usage.prompt_tokens = usage.total_tokens = len(prompt_ids)
             log.info("request %s model=%s prompt_tokens=%d max_tokens=%d n=%d", rid, request.model,
                      len(prompt_ids), gen.max_tokens, gen.n)
@@ -164,6 +175,22 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     async def GetEngineStats(self, request: admin_service_pb2.GetEngineStatsRequest, context):
         """Deprecated alias of AdminService.GetEngineStats, kept for one release."""
         return await get_engine_stats(self.registry, request, context)
+
+
+def constrain_tools(gen, plan, conv: OutputConventions, thinking: bool) -> bool:
+    """Sets `gen.constraint` to the tool-call grammar (chat.tool_grammar) when tools are in
+    use; True when it did. A response_format constraint wins over `auto` (the output is
+    then that JSON, not calls); with a forced call the two contradict: INVALID_ARGUMENT."""
+    tag = tool_structural_tag(plan, conv.tool_parser, conv.reasoning_markers[1] if thinking else None)
+    if tag is None:
+        return False
+    if gen.constraint is not None:
+        if plan.mode == "auto":
+            return False
+        raise invalid("response_format cannot be combined with tool_choice 'required' or a named function",
+                      "response_format")
+    gen.constraint = Constraint("structural_tag", json.dumps(tag))
+    return True
 
 
 EFFORT_THINKS = {pb.REASONING_EFFORT_NONE: False}

@@ -14,11 +14,22 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from ..base import ChatModelInfo, EngineBase, EngineError, EngineOverloaded, EngineStats, GenerationRequest
-from ..worker import Abort, Step, Submit, WorkerProcess
+from ..base import (
+    ChatModelInfo,
+    EngineBase,
+    EngineError,
+    EngineInvalidRequest,
+    EngineOverloaded,
+    EngineStats,
+    GenerationRequest,
+)
+from ..worker import Abort, Rejected, Step, Submit, WorkerProcess
 from .scheduler import Scheduler
 
 log = logging.getLogger("genapi.engine.torch")
+
+#: Queued on a constrained request's stream once its grammar compiled (see `ready`).
+_ACCEPTED = object()
 
 
 @dataclass
@@ -36,31 +47,42 @@ class RequestStream:
     """The events of one engine request (an async iterator), tied to the request's life:
     `close()` (or `aclose()`) aborts the request unless it already ended, whether or not
     iteration ever started, and at most once. The caller closes it when it is done with
-    the request, however it got there (finished, cancelled, failed)."""
+    the request, however it got there (finished, cancelled, failed). `ready()` returns
+    once a constrained request's grammar compiled (at once for the others) and raises
+    EngineInvalidRequest when it did not."""
 
-    def __init__(self, engine: "TorchEngine", request_id: str, queue: asyncio.Queue):
+    def __init__(self, engine: "TorchEngine", request_id: str, queue: asyncio.Queue, constrained: bool = False):
         self._engine = engine
         self.request_id = request_id
         self._queue = queue
-        self._ready: collections.deque = collections.deque()
+        self._buffer: collections.deque = collections.deque()
         self._ended = False  # the engine said the request ended (finished or failed)
+        self._accepted = not constrained
 
     def __aiter__(self):
         return self
 
     async def __anext__(self):
-        while not self._ready:
+        while not self._buffer:
             if self._ended:
                 raise StopAsyncIteration
-            item = await self._queue.get()
-            if item is None:
-                self._ended = True
-            elif isinstance(item, Exception):
-                self._ended = True
-                raise item
-            else:
-                self._ready.extend(item)
-        return self._ready.popleft()
+            self._take(await self._queue.get())
+        return self._buffer.popleft()
+
+    async def ready(self) -> None:
+        while not (self._accepted or self._ended):
+            self._take(await self._queue.get())
+
+    def _take(self, item) -> None:
+        if item is None:
+            self._ended = True
+        elif item is _ACCEPTED:
+            self._accepted = True
+        elif isinstance(item, Exception):
+            self._ended = True
+            raise item
+        else:
+            self._buffer.extend(item)
 
     def close(self) -> None:
         """Synchronous, so it also runs in a `finally` under cancellation."""
@@ -135,7 +157,7 @@ class TorchEngine(EngineBase):
                     self._pending -= 1
                     self._budget_used -= budget
             raise EngineError(f"the engine process for {self.name!r} is not running") from None
-        return RequestStream(self, request.request_id, stream.queue)
+        return RequestStream(self, request.request_id, stream.queue, request.constraint is not None)
 
     def abort_now(self, request_id: str) -> None:
         """Asks the scheduler to drop the request (its slots are freed at the next step).
@@ -167,7 +189,8 @@ class TorchEngine(EngineBase):
 
     def _on_step(self, step: Step) -> None:
         """Reader thread: one message per scheduler step."""
-        self._dispatch(step.events, step.ended, step.admitted, step.active_sequences, step.cache_slots_used)
+        self._dispatch(step.events, step.ended, step.admitted, step.active_sequences, step.cache_slots_used,
+                       step.accepted)
 
     def _on_exit(self) -> None:
         with self._lock:
@@ -179,7 +202,8 @@ class TorchEngine(EngineBase):
                       self.name, self._worker.exitcode)
         self._dispatch({}, {rid: "the engine process exited" for rid in lost}, [], 0, 0)
 
-    def _dispatch(self, events: dict, ended: dict, admitted: list, active: int, slots_used: int) -> None:
+    def _dispatch(self, events: dict, ended: dict, admitted: list, active: int, slots_used: int,
+                  accepted: list = ()) -> None:
         with self._lock:
             self._stats.active_sequences, self._stats.cache_slots_used = active, slots_used
             for rid in admitted:
@@ -195,15 +219,23 @@ class TorchEngine(EngineBase):
                     self._pending -= 1
                 if ended[rid] == "finished":
                     self._stats.requests_finished += 1
+                elif isinstance(ended[rid], Rejected):
+                    self._stats.requests_rejected += 1
                 else:
                     self._stats.requests_aborted += 1
-            live = {rid: self._streams.get(rid) or finished.get(rid) for rid in events}
+            live = {rid: self._streams.get(rid) or finished.get(rid) for rid in [*events, *accepted]}
+        for rid in accepted:
+            if st := live[rid]:
+                st.loop.call_soon_threadsafe(st.queue.put_nowait, _ACCEPTED)
         for rid, evs in events.items():
             if st := live[rid]:
                 st.loop.call_soon_threadsafe(st.queue.put_nowait, evs)
         for rid, st in finished.items():
             if st is None:
                 continue
-            if ended[rid] not in ("finished", "aborted"):
-                st.loop.call_soon_threadsafe(st.queue.put_nowait, EngineError(ended[rid]))
+            outcome = ended[rid]
+            if isinstance(outcome, Rejected):
+                st.loop.call_soon_threadsafe(st.queue.put_nowait, EngineInvalidRequest(outcome.message, outcome.param))
+            elif outcome not in ("finished", "aborted"):
+                st.loop.call_soon_threadsafe(st.queue.put_nowait, EngineError(outcome))
             st.loop.call_soon_threadsafe(st.queue.put_nowait, None)

@@ -1,7 +1,9 @@
 """The torch engine's scheduler: runs in its own process, owns the model and its KV-cache
 slots, and does continuous batching.
 
-Each step it reads new requests and aborts from the pipe, admits waiting requests into
+Each step it reads new requests and aborts from the pipe (a request with a constraint
+first waits for its grammar, compiled on other threads: `server/chat/grammar.py`, and
+is refused when that fails or takes too long), admits waiting requests into
 free slots (batched prefill, first token; a prompt longer than `prefill_chunk` instead
 gets one chunk prefilled per step), then decodes one token for every active sequence in
 a single batched forward pass, and sends back every request's new events. Requests join and leave between steps; an aborted request leaves at
@@ -14,6 +16,7 @@ event loop made every step wait on it (bench/RESULTS.md).
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import heapq
 import logging
 import os
@@ -22,10 +25,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ...chat.grammar import DEFAULT_CACHE_SIZE, DEFAULT_THREADS, DEFAULT_TIMEOUT_S, GrammarError, Grammars, too_slow
 from ..base import FinishEvent, GenerationRequest, TextEvent, TokenLogprob, TopLogprob
 from ..detokenizer import Detokenizer, token_bytes
-from ..worker import Abort, Step, Stop, Submit
+from ..worker import Abort, Rejected, Step, Stop, Submit
 from . import slot_runner
+from .constrain import apply_masks, fill_masks
 from .hf_runner import HFRunner
 from .sampling import SeqSampler, logprobs_of, process_logits, sample
 
@@ -49,6 +54,7 @@ class _Seq:
     unreported: int = 0  # tokens generated since the last event of this choice
     logprobs: list = field(default_factory=list)
     freed: bool = False  # its slot went back to the free list
+    matcher: object = None  # xgrammar GrammarMatcher of a constrained choice
 
 
 @dataclass
@@ -58,6 +64,7 @@ class _Req:
     open_choices: int = 0
     ended: bool = False
     prefilled: int = 0  # prompt tokens in the cache so far (chunked prefill)
+    grammar: object = None  # compiled grammar of its constraint (xgrammar CompiledGrammar)
 
 
 class Scheduler:
@@ -78,7 +85,18 @@ class Scheduler:
         self.threads = opts.get("threads")
         # Reliability tests only (engines/faults.py): no decode step while this file exists,
         # so a test can hold requests in flight (admitted, first token out) as long as it needs.
-        self.pause_file = (opts.get("fault") or {}).get("pause_decode_file")
+        fault = opts.get("fault") or {}
+        self.pause_file = fault.get("pause_decode_file")
+        self.grammar_timeout_s = float(opts.get("grammar_compile_timeout_s", DEFAULT_TIMEOUT_S))
+        self._grammar_opts = {
+            "timeout_s": self.grammar_timeout_s,
+            "cache_size": int(opts.get("grammar_cache_size", DEFAULT_CACHE_SIZE)),
+            "threads": int(opts.get("grammar_compile_threads", DEFAULT_THREADS)),
+            "test_delay_s": float(fault.get("grammar_compile_delay_s", 0)),
+        }
+        self._compiling: list[tuple[_Req, concurrent.futures.Future, float]] = []  # (req, grammar, deadline)
+        self._accepted: list[str] = []
+        self._mask_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._waiting: collections.deque[_Req] = collections.deque()
         self._aborts: dict[str, float] = {}  # request id -> when asked
         self._free_slots = list(range(self.max_batch))  # a heap: lowest slot first
@@ -118,6 +136,7 @@ class Scheduler:
         runner_cls = slot_runner.SlotRunner if slot_runner.supports(model) else HFRunner
         self.runner = runner_cls(model, self.max_batch, ctx, self.device, dtype)
         self.eos_ids = _eos_ids(model, self.tokenizer)
+        self.grammars = Grammars(self.tokenizer, self.vocab_size, sorted(self.eos_ids), **self._grammar_opts)
         log.info(
             "loaded %s from %s: %s on %s/%s, context %d, %d slots, runner %s in %.1fs",
             self.name, self.path, type(model).__name__, self.device, self.dtype_name, ctx,
@@ -134,9 +153,12 @@ class Scheduler:
                 paused = self.pause_file is not None and os.path.exists(self.pause_file)
                 can_admit = bool(self._waiting) and self._waiting[0].gen.n <= len(self._free_slots)
                 busy = can_admit or bool(self._chunking) or (bool(self._active) and not paused)
-                if not self._drain(conn, wait_s=0 if busy else 0.05 if paused else 0.5):
+                # Grammars compile on other threads: look for them often, without spinning.
+                idle_s = 0.005 if self._compiling else 0.05 if paused else 0.5
+                if not self._drain(conn, wait_s=0 if busy else idle_s):
                     return
                 self._apply_aborts()
+                self._collect_grammars()
                 if self._admit() | self._prefill_chunk():  # `|`: both run every step
                     self._send(conn)  # first tokens out now, not after the decode step
                     # Requests that arrived during that prefill (HTTP arrivals trickle in a
@@ -162,7 +184,7 @@ class Scheduler:
         while True:
             msg = conn.recv()
             if isinstance(msg, Submit):
-                self._waiting.append(_Req(msg.request))
+                self._enqueue(_Req(msg.request))
             elif isinstance(msg, Abort):
                 self._aborts[msg.request_id] = time.monotonic()
             elif isinstance(msg, Stop):
@@ -170,11 +192,50 @@ class Scheduler:
             if not conn.poll(0):
                 return True
 
+    def _enqueue(self, req: _Req) -> None:
+        """Unconstrained requests wait for slots at once; constrained ones once their
+        grammar is compiled (`_collect_grammars`)."""
+        c = req.gen.constraint
+        if c is None:
+            self._waiting.append(req)
+        else:
+            self._compiling.append((req, self.grammars.submit(c), time.monotonic() + self.grammar_timeout_s))
+
+    def _collect_grammars(self) -> None:
+        """Constrained requests whose grammar is ready join the queue for slots; those whose
+        grammar failed, or is not ready by their deadline, are refused (INVALID_ARGUMENT)."""
+        if not self._compiling:
+            return
+        now, still = time.monotonic(), []
+        for req, fut, deadline in self._compiling:
+            if not fut.done():
+                if now < deadline:
+                    still.append((req, fut, deadline))
+                else:
+                    self._refuse(req, too_slow(self.grammar_timeout_s))
+                continue
+            try:
+                req.grammar = fut.result()
+            except GrammarError as e:
+                self._refuse(req, str(e))
+                continue
+            except Exception as e:  # xgrammar missing or broken: not the caller's fault
+                log.exception("grammar compilation failed")
+                self._end_request(req, f"structured outputs are unavailable: {type(e).__name__}: {e}")
+                continue
+            self._accepted.append(req.gen.request_id)
+            self._waiting.append(req)
+        self._compiling = still
+
+    def _refuse(self, req: _Req, message: str) -> None:
+        req.ended = True
+        self._ended[req.gen.request_id] = Rejected(message, "response_format")
+
     def _send(self, conn) -> None:
-        if self._events or self._ended or self._admitted:
+        if self._events or self._ended or self._admitted or self._accepted:
             conn.send(Step(self._events, self._ended, self._admitted, len(self._active),
-                           self.max_batch - len(self._free_slots)))
-            self._events, self._ended, self._admitted = {}, {}, []
+                           self.max_batch - len(self._free_slots), self._accepted))
+            self._events, self._ended, self._admitted, self._accepted = {}, {}, [], []
 
     def _apply_aborts(self) -> None:
         if not self._aborts:
@@ -185,6 +246,10 @@ class Scheduler:
             self._waiting.remove(req)
             hit.add(req.gen.request_id)
             self._end_request(req, "aborted")
+        for entry in [e for e in self._compiling if e[0].gen.request_id in ids]:
+            self._compiling.remove(entry)  # its compilation goes on: the result is cached
+            hit.add(entry[0].gen.request_id)
+            self._end_request(entry[0], "aborted")
         for req in [r for r in _requests_of(self._active) + self._chunking if r.gen.request_id in ids]:
             hit.add(req.gen.request_id)
             self._end_request(req, "aborted")
@@ -259,7 +324,10 @@ class Scheduler:
         for i, slot in enumerate(slots):
             sampler = SeqSampler.create(g.sampling, seed + i, self.vocab_size, self.device)
             detok = Detokenizer(self.tokenizer, g.prompt_ids, g.stop)
-            req.seqs.append(_Seq(req, i, slot, sampler, detok, len(g.prompt_ids)))
+            seq = _Seq(req, i, slot, sampler, detok, len(g.prompt_ids))
+            if req.grammar is not None:
+                seq.matcher = self.grammars.matcher(req.grammar)
+            req.seqs.append(seq)
         req.open_choices = g.n
 
     def _start(self, reqs: list[_Req], logits: torch.Tensor) -> None:
@@ -277,13 +345,26 @@ class Scheduler:
 
     def _decode(self) -> None:
         seqs = sorted(self._active, key=lambda s: s.slot)
-        logits = self.runner.decode([s.slot for s in seqs], [s.last for s in seqs], [s.length for s in seqs])
+        # The grammar masks are filled on a thread while the forward pass runs.
+        masks = None
+        if any(s.matcher is not None for s in seqs):
+            if self._mask_pool is None:
+                self._mask_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="grammar-mask")
+            masks = self._mask_pool.submit(fill_masks, [s.matcher for s in seqs], self.vocab_size)
+        try:
+            logits = self.runner.decode([s.slot for s in seqs], [s.last for s in seqs], [s.length for s in seqs])
+        finally:
+            mask = masks.result() if masks is not None else None
         for s in seqs:
             s.length += 1
-        self._advance(seqs, logits)
+        self._advance(seqs, logits, mask)
 
-    def _advance(self, seqs: list[_Seq], logits: torch.Tensor) -> None:
-        """Samples the next token of each sequence and turns it into events."""
+    def _advance(self, seqs: list[_Seq], logits: torch.Tensor, mask=None) -> None:
+        """Samples the next token of each sequence and turns it into events. `mask`: the
+        grammar masks of the constrained sequences (filled here when not given)."""
+        if mask is None:
+            mask = fill_masks([s.matcher for s in seqs], self.vocab_size)
+        apply_masks(logits, mask)
         samplers = [s.sampler for s in seqs]
         processed = process_logits(logits, samplers)
         tokens = sample(processed, samplers)
@@ -292,22 +373,31 @@ class Scheduler:
         if want_lp:
             k = max(s.req.gen.top_logprobs for s in want_lp)
             lp = logprobs_of(processed, tokens, k)
+        off_grammar = []
         for i, (s, tok) in enumerate(zip(seqs, tokens)):
             s.sampler.observe(tok)
             s.generated += 1
             s.unreported += 1
             s.last = tok
+            if s.matcher is not None and not s.matcher.accept_token(tok):
+                off_grammar.append(s.req)  # cannot happen with the mask applied: a bug
+                continue
             if lp is not None and s.req.gen.logprobs:
                 s.logprobs.append(self._token_logprob(tok, lp, i, s.req.gen.top_logprobs))
             if events := self._events_for(s, tok):
                 self._events.setdefault(s.req.gen.request_id, []).extend(events)
+        if off_grammar:
+            log.error("%d sequence(s) sampled a token their grammar rejects", len(off_grammar))
+            self._fail(off_grammar, RuntimeError("a sampled token broke the grammar"))
         for req in _requests_of(seqs):
             if req.open_choices == 0:
                 self._end_request(req, "finished")
 
     def _events_for(self, s: _Seq, tok: int) -> list:
         g = s.req.gen
-        is_eos = tok in self.eos_ids and not g.ignore_eos
+        # A constrained choice ends when its grammar does: the mask allows an end-of-sequence
+        # token only where the grammar can terminate, so it always means "stop".
+        is_eos = tok in self.eos_ids and (not g.ignore_eos or s.matcher is not None)
         if not is_eos:
             s.detok.push(tok)
         text, stop = s.detok.take()
@@ -361,9 +451,10 @@ class Scheduler:
         chosen, top_vals, top_ids = lp
         top = []
         if k:
+            # Tokens a grammar forbids (-inf) are no alternatives.
             top = [
                 TopLogprob(self._piece(t), v, self._token_bytes(t))
-                for t, v in zip(top_ids[row][:k], top_vals[row][:k])
+                for t, v in zip(top_ids[row][:k], top_vals[row][:k]) if v != float("-inf")
             ]
         piece = self._piece(tok)
         return TokenLogprob(piece, chosen[row], self._token_bytes(tok), top)
