@@ -33,6 +33,9 @@ CALL_FORMATS = {
 }
 
 CALL_SEPARATOR = "\n"
+# Blanks allowed in a row inside the arguments: enough for `", "` and `": "`, too few for
+# a weak model to fill its budget with whitespace (which xgrammar's JSON otherwise permits).
+MAX_WHITESPACE = 1
 
 
 def tool_structural_tag(plan: ToolPlan, tool_parser: str | None, thinking_end: str | None = None) -> dict | None:
@@ -44,7 +47,8 @@ def tool_structural_tag(plan: ToolPlan, tool_parser: str | None, thinking_end: s
     tags = [{
         "type": "tag",
         "begin": head + json.dumps(name) + middle,
-        "content": {"type": "json_schema", "json_schema": plan.parameters[name]},
+        "content": {"type": "json_schema", "json_schema": plan.parameters[name],
+                    "max_whitespace_cnt": MAX_WHITESPACE},
         "end": end,
     } for name in names]
     if plan.mode == "auto":
