@@ -46,7 +46,7 @@ def check_request_id(request_id: str, param: str = "request_id") -> None:
 
 def check_identifiers(req: pb.GenerateRequest, request_id: str = "") -> None:
     """INVALID_ARGUMENT string_above_max_length for any identifier over its bound,
-    including those of features refused as unsupported (tools, tool_choice)."""
+    including those of tools and tool_choice (checked further in convert.tools)."""
     check_request_id(req.request_id)
     if request_id and request_id != req.request_id:  # from x-request-id metadata
         check_request_id(request_id, "x-request-id")
