@@ -130,6 +130,8 @@ fi
 #    prints "up to date" when nothing changed) ------------------------------------------
 "$PY" -m tools.tiny_models --out models/tiny-chat --preset tiny
 "$PY" -m tools.tiny_cross_encoder --out models/tiny-cross-encoder
+# the tiny chat model's reasoning variant (same weights, a template that opens <think>)
+"$PY" -m tools.reasoning_variant --base models/tiny-chat --out models/tiny-chat-reasoning
 
 # 8. example clients: stubs from protos/buf.gen.yaml, then each client, when changed ----
 if [ "${GENAPI_SKIP_CLIENTS:-0}" = 1 ]; then

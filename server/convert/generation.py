@@ -43,7 +43,7 @@ def check_request_id(request_id: str, param: str = "request_id") -> None:
 
 def check_identifiers(req: pb.GenerateRequest, request_id: str = "") -> None:
     """INVALID_ARGUMENT string_above_max_length for any identifier over its bound,
-    including those of features refused as unsupported (tools, tool_choice)."""
+    including those of tools and tool_choice (checked further in convert.tools)."""
     check_request_id(req.request_id)
     if request_id and request_id != req.request_id:  # from x-request-id metadata
         check_request_id(request_id, "x-request-id")
@@ -60,16 +60,6 @@ def check_identifiers(req: pb.GenerateRequest, request_id: str = "") -> None:
     _bound(req.response_format.name, "response_format.json_schema.name")
 
 
-def check_unsupported(req: pb.GenerateRequest) -> None:
-    """Declared fields whose features are not served yet: a clear INVALID_ARGUMENT."""
-    if req.tools:
-        raise invalid("tools are not supported yet", "tools", "unsupported_parameter")
-    if req.HasField("tool_choice") and req.tool_choice.WhichOneof("choice") == "function_name":
-        raise invalid("tool_choice is not supported yet", "tool_choice", "unsupported_parameter")
-    if req.tool_choice.mode in (content_pb2.TOOL_CHOICE_MODE_AUTO, content_pb2.TOOL_CHOICE_MODE_REQUIRED):
-        raise invalid("tool_choice is not supported yet", "tool_choice", "unsupported_parameter")
-
-
 def constraint_of(fmt: content_pb2.ResponseFormat) -> Constraint | None:
     """ResponseFormat -> the grammar constraint the engine enforces: none for text (or
     unset), any JSON object for json_object, the schema for json_schema (required; enforced
@@ -84,7 +74,7 @@ def constraint_of(fmt: content_pb2.ResponseFormat) -> Constraint | None:
     if not fmt.HasField("schema"):
         raise invalid("response_format json_schema needs a schema (response_format.json_schema.schema)",
                       "response_format")
-    schema = _integral(json_format.MessageToDict(fmt.schema))
+    schema = integral_numbers(json_format.MessageToDict(fmt.schema))
     import jsonschema
 
     what = f"Invalid schema for response_format {quote(fmt.name)!r}"
@@ -98,15 +88,15 @@ def constraint_of(fmt: content_pb2.ResponseFormat) -> Constraint | None:
     return Constraint("json_schema", json.dumps(schema))
 
 
-def _integral(value):
+def integral_numbers(value):
     """google.protobuf.Struct holds every number as a double: whole numbers back to ints,
     so keywords like maxLength or minItems get the integers their metaschema wants."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
     if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
+        return {k: integral_numbers(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_integral(v) for v in value]
+        return [integral_numbers(v) for v in value]
     return value
 
 
@@ -184,7 +174,6 @@ def check_request(req: pb.GenerateRequest, request_id: str, *, vocab: int, max_o
     the engine request without its prompt (`prompt_ids` empty, `max_tokens` 0):
     `with_prompt` completes it."""
     check_identifiers(req)
-    check_unsupported(req)
     stop = list(req.stopping.stop)
     if len(stop) > MAX_STOP:
         raise invalid(f"stop accepts at most {MAX_STOP} sequences, got {len(stop)}", "stop")
