@@ -73,7 +73,8 @@ def test_stop_strings_are_bounded():
     ({"stopping": pb.StoppingOptions(max_tokens=0)}, "max_tokens"),
     ({"stopping": pb.StoppingOptions(max_tokens=65)}, "max_tokens"),  # above max_output
     ({"sampling": pb.SamplingOptions(temperature=3)}, "temperature"),
-    ({"tools": [content_pb2.Tool(name="f")]}, "tools"),
+    ({"response_format": content_pb2.ResponseFormat(type=content_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA)},
+     "response_format"),  # json_schema without its schema
 ])
 def test_bad_input_is_refused_before_the_prompt_exists(fields, param):
     """check_request runs before admission and templating: bad input is a 400 whether or
