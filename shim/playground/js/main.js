@@ -165,7 +165,7 @@ function showError(text) {
 function updateButtons() {
   const busy = state.busy !== null;
   $("send").hidden = busy;
-  $("stop").hidden = !busy;
+  $("stop-answer").hidden = !busy;
   $("regenerate").disabled = busy || !state.turns.some((t) => t.role === "user");
   $("clear").disabled = busy || $("conversation").querySelector(".msg") === null;
   $("model").disabled = busy || $("model").options.length === 0 || !$("model").value;
@@ -386,7 +386,7 @@ function wire() {
     }
   });
   $("prompt").addEventListener("input", refreshCode);
-  $("stop").addEventListener("click", () => state.busy && state.busy.controller.abort());
+  $("stop-answer").addEventListener("click", () => state.busy && state.busy.controller.abort());
   $("regenerate").addEventListener("click", regenerate);
   $("clear").addEventListener("click", clearConversation);
   for (const b of document.querySelectorAll(".suggestion")) {
