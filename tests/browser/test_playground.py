@@ -176,3 +176,190 @@ def test_view_code_follows_the_conversation_and_json_schema(service, open_page):
     body = page.evaluate("playground.request()")
     assert body["response_format"] == {"type": "json_schema",
                                        "json_schema": {"name": "playground", "strict": True, "schema": schema}}
+
+
+# --- stop, regenerate, clear -----------------------------------------------------------------
+
+@pytest.fixture
+def engine_stats(service):
+    """Reads the default model's live engine counters (AdminService.GetEngineStats)."""
+    import grpc
+
+    from genapi.v1 import admin_service_pb2 as pb
+    from genapi.v1 import admin_service_pb2_grpc as pb_grpc
+
+    channel = grpc.insecure_channel(service.grpc_target)
+    stub = pb_grpc.AdminServiceStub(channel)
+    yield lambda: stub.GetEngineStats(pb.GetEngineStatsRequest(model=MODEL)).engines[0]
+    channel.close()
+
+
+def test_stop_mid_stream_frees_the_sequence(service, open_page, engine_stats):
+    assert wait_until(lambda: engine_stats().active_sequences == 0, 10)
+    page = open_page(service)
+    set_field(page, "max_tokens", "1500")  # ~7 s of decoding: far longer than the test waits
+    set_field(page, "logit_bias", NO_EOS)
+    send(page, "Tell me a long story.")
+    page.wait_for_function("() => document.querySelector('.msg.assistant .content')?.textContent.length > 0")
+    assert engine_stats().active_sequences == 1
+    page.click("#stop-answer")
+    page.wait_for_selector("#send:not([hidden])")
+    assert wait_until(lambda: engine_stats().active_sequences == 0, 5), engine_stats()
+    answer = page.locator(".msg.assistant").last
+    request_id = answer.get_attribute("data-request-id")
+    assert request_id and wait_until(lambda: f"request {request_id} cancelled by the client" in service.log(), 5)
+    stats = answer.locator(".stats")
+    assert stats.inner_text().endswith("stopped") and stats.get_attribute("data-finish") is None
+    assert answer.locator(".content").inner_text().strip()  # the partial answer stays
+    assert page.locator(".msg.error").count() == 0
+
+
+def test_regenerate_and_clear(service, open_page):
+    page = open_page(service)
+    set_field(page, "seed", "7")
+    set_field(page, "max_tokens", "10")
+    send(page, "Hello there")
+    first, _ = last_answer(page)
+    page.click("#regenerate")
+    second, _ = last_answer(page)
+    assert page.locator(".msg.assistant").count() == 1 and page.locator(".msg.user").count() == 1
+    assert second == first  # same seed, same request
+    turns = page.evaluate("playground.request().messages")
+    assert [t["role"] for t in turns] == ["user", "assistant"]
+    page.click("#clear")
+    assert page.locator(".msg").count() == 0 and page.locator("#suggestions").is_visible()
+    assert page.evaluate("playground.request().messages") == []
+    page.locator(".suggestion").first.click()  # a suggested prompt is sent as it is
+    last_answer(page)
+    assert page.locator(".msg.user .content").inner_text() == page.locator(".suggestion").first.inner_text()
+
+
+def test_shift_enter_is_a_new_line_enter_sends(service, open_page):
+    page = open_page(service)
+    set_field(page, "max_tokens", "4")
+    page.click("#prompt")
+    page.keyboard.type("line one")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.type("line two")
+    assert page.input_value("#prompt") == "line one\nline two" and page.locator(".msg").count() == 0
+    page.keyboard.press("Enter")
+    last_answer(page)
+    assert page.locator(".msg.user .content").inner_text() == "line one\nline two"
+    assert page.input_value("#prompt") == ""
+
+
+# --- errors ----------------------------------------------------------------------------
+
+def test_api_errors_are_shown_in_the_conversation(service, open_page):
+    page = open_page(service)
+    page.select_option("#response_format", "json_schema")
+    set_field(page, "json_schema", json.dumps({"type": "object", "properties": {"a": {"type": "nonsense"}}}))
+    send(page, "Hi")
+    error = page.locator(".msg.error").last
+    error.wait_for()
+    assert error.inner_text().startswith("Error\n400: ") and "response_format" in error.inner_text() \
+        or "schema" in error.inner_text(), error.inner_text()
+    assert page.locator(".msg.assistant").count() == 0  # nothing answered: only the error
+    page.wait_for_selector("#send:not([hidden])")
+
+    page.select_option("#response_format", "text")
+    set_field(page, "max_tokens", "100000000")  # beyond the context
+    send(page, "Hi again")
+    page.wait_for_function("() => document.querySelectorAll('.msg.error').length === 2")
+    assert "400: " in page.locator(".msg.error").last.inner_text()
+    assert "context" in page.locator(".msg.error").last.inner_text()
+
+
+def test_invalid_settings_are_refused_in_the_page(service, open_page):
+    page = open_page(service)
+    set_field(page, "temperature", "5")
+    set_field(page, "logit_bias", "{not json")
+    assert page.locator("#temperature-error").inner_text() == "Must be between 0 and 2."
+    assert page.locator("#logit_bias-error").inner_text().startswith("Not valid JSON")
+    assert page.get_attribute("#temperature", "aria-invalid") == "true"
+    sent = []
+    page.on("request", lambda r: sent.append(r.url) if "/chat/completions" in r.url else None)
+    send(page, "Hi")
+    page.locator(".msg.error").wait_for()
+    assert "Fix the settings" in page.locator(".msg.error").inner_text()
+    assert sent == []  # refused before any request
+
+
+# --- untrusted markdown ------------------------------------------------------------------
+
+XSS = """**Bold** and `code`.
+
+Image: <img src=x onerror="window.__xss = 'img'"> and ![alt](javascript:window.__xss='md-img')
+
+A [markdown link](javascript:window.__xss='md-link') and <a href="javascript:window.__xss='a'">a raw link</a>.
+
+<script>window.__xss = 'script'</script><svg onload="window.__xss = 'svg'"></svg>
+<iframe src="javascript:window.__xss = 'iframe'"></iframe><p onclick="window.__xss='click'">click me</p>
+"""
+
+
+def test_markdown_of_an_answer_renders_inert(service, open_page):
+    page = open_page(service)
+    assert page.get_attribute("body", "data-markdown") == "on"
+    page.evaluate("(xss) => playground.loadConversation([{role: 'user', content: 'Hi'},"
+                  " {role: 'assistant', content: xss}])", XSS)
+    content = page.locator(".msg.assistant .content")
+    assert content.locator("strong").inner_text() == "Bold" and content.locator("code").inner_text() == "code"
+    page.wait_for_function("() => [...document.querySelectorAll('.msg.assistant img')].every(i => i.complete)")
+    for link in content.locator("a").all():
+        link.click()
+    content.locator("p", has_text="click me").click()
+    assert page.evaluate("window.__xss") is None
+    dom = page.evaluate("""() => [...document.querySelectorAll('.msg.assistant .content *')].map(e => ({
+        tag: e.tagName, attrs: [...e.attributes].map(a => [a.name, a.value])}))""")
+    tags = {e["tag"] for e in dom}
+    assert not tags & {"SCRIPT", "SVG", "svg", "IFRAME"}, tags
+    for e in dom:
+        for name, value in e["attrs"]:
+            assert not name.startswith("on") and "javascript:" not in value.lower(), e
+    # The same sanitizer, through the page's API, as a string.
+    html = page.evaluate("(xss) => playground.renderMarkdown(xss)", XSS)
+    assert "<strong>Bold</strong>" in html and "onerror" not in html and "javascript:" not in html
+
+
+def test_user_text_and_reasoning_are_never_markup(service, open_page):
+    page = open_page(service)
+    page.evaluate("""() => playground.loadConversation([
+        {role: 'user', content: '<b>not bold</b>'},
+        {role: 'assistant', content: 'The answer.', reasoning: 'First <i>think</i>.'}])""")
+    assert page.locator(".msg.user .content").inner_text() == "<b>not bold</b>"
+    reasoning = page.locator(".msg.assistant details.reasoning")
+    assert reasoning.is_visible() and reasoning.get_attribute("open") is None  # folded away
+    assert reasoning.locator(".reasoning-text").text_content() == "First <i>think</i>."
+    assert not reasoning.locator(".reasoning-text").is_visible()
+    reasoning.locator("summary").click()
+    assert reasoning.locator(".reasoning-text").is_visible()
+    assert page.locator(".msg.assistant .content").inner_text() == "The answer."
+
+
+# --- narrow screens and labels ----------------------------------------------------------------
+
+def test_every_control_is_labelled(service, open_page):
+    page = open_page(service)
+    unlabelled = page.evaluate("""() => [...document.querySelectorAll('input, select, textarea, button')]
+        .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())
+        .map(e => e.outerHTML)""")
+    assert unlabelled == []
+
+
+def test_narrow_screen(service, open_page, artifacts):
+    page = open_page(service, width=390, height=780)
+    assert not page.locator("#settings").is_visible()
+    assert page.locator("#prompt").is_visible() and page.locator("#send").is_visible()
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, width  # nothing forces a horizontal scroll
+    page.click("#settings-toggle")
+    assert page.get_attribute("#settings-toggle", "aria-expanded") == "true"
+    set_field(page, "max_tokens", "16")
+    page.screenshot(path=f"{artifacts}/playground-narrow-settings.png")
+    page.click("#settings-toggle")
+    assert not page.locator("#settings").is_visible()
+    send(page, "Hello from a phone")
+    text, stats = last_answer(page)
+    assert text.strip() and int(stats.get_attribute("data-tokens")) <= 16
+    page.screenshot(path=f"{artifacts}/playground-narrow.png")

@@ -12,7 +12,7 @@ let purify = null;
 
 const PURIFY_OPTIONS = {
   USE_PROFILE: { html: true }, // no SVG or MathML
-  FORBID_TAGS: ["style", "form", "input", "button", "textarea", "select"],
+  FORBID_TAGS: ["style", "svg", "math", "form", "input", "button", "textarea", "select"],
   FORBID_ATTR: ["style"],
 };
 
