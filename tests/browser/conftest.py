@@ -63,3 +63,14 @@ def open_page(browser):
     for ctx in contexts:
         ctx.close()
     assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory) -> Path:
+    """Where the tests save screenshots for review: $GENAPI_ARTIFACTS when set (CI can keep
+    it), else a tmp dir of the session."""
+    path = os.environ.get("GENAPI_ARTIFACTS")
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        return Path(path)
+    return tmp_path_factory.mktemp("artifacts")

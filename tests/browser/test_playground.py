@@ -5,14 +5,14 @@ a narrow screen. The key prompt is in test_playground_keys.py."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 
 import pytest
 
-from ..conftest import MODEL, ROOT, TINY_MODEL, Service, wait_until
+from ..conftest import MODEL, TINY_MODEL, Service, wait_until
+from .page_support import last_answer, open_code, run_snippet, send, set_field
 
 MODEL_B = "genapi-tiny-chat-b"
 EOS = 2  # <|im_end|> of the tiny model: banned with logit_bias, an answer runs to max_tokens
@@ -31,32 +31,6 @@ def service(tmp_path_factory):
     svc = Service(tmp_path_factory.mktemp("playground"), "playground", model_options=SECOND_MODEL).start()
     yield svc
     svc.stop()
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    """Where screenshots go: $GENAPI_ARTIFACTS when set (CI keeps it), else a tmp dir."""
-    path = os.environ.get("GENAPI_ARTIFACTS")
-    if path:
-        os.makedirs(path, exist_ok=True)
-        return path
-    return tmp_path_factory.mktemp("artifacts")
-
-
-def set_field(page, name: str, value: str):
-    page.fill(f"#{name}", value)
-
-
-def send(page, text: str):
-    page.fill("#prompt", text)
-    page.press("#prompt", "Enter")
-
-
-def last_answer(page, timeout_ms: int = 60_000):
-    """Waits for the last answer to finish; returns (text, stats element)."""
-    page.wait_for_selector("#send:not([hidden])", timeout=timeout_ms)
-    answer = page.locator(".msg.assistant").last
-    return answer.locator(".content").inner_text(), answer.locator(".stats")
 
 
 # --- chat ------------------------------------------------------------------------------
@@ -95,27 +69,6 @@ def test_streamed_answer_with_token_and_timing_line(service, open_page, artifact
 
 
 # --- View code -------------------------------------------------------------------------
-
-def run_snippet(args: list[str], code: str, env_key: str | None = None) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("GENAPI_API_KEY", "OPENAI_API_KEY")}
-    if env_key is not None:
-        env["GENAPI_API_KEY"] = env_key
-    out = subprocess.run([*args], input=code, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
-    assert out.returncode == 0, f"{args} failed:\n{code}\n--- stderr:\n{out.stderr}"
-    return out.stdout
-
-
-def open_code(page, language: str) -> str:
-    """Opens View code on `language`'s tab, copies the snippet; returns the clipboard."""
-    if not page.locator("#code-dialog[open]").count():
-        page.click("#view-code")
-    page.get_by_role("tab", name=language).click()
-    page.click("#copy-code")
-    page.wait_for_selector("#copy-status:has-text('Copied.')")
-    copied = page.evaluate("navigator.clipboard.readText()")
-    assert copied == page.locator("#code").inner_text()
-    return copied
-
 
 def test_view_code_snippets_run_with_the_page_settings(service, open_page):
     page = open_page(service)

@@ -329,6 +329,7 @@ function codeFor(language) {
 function refreshCode() {
   if (!$("code-dialog").open) return;
   $("code").textContent = codeFor(state.language);
+  $("copy-status").textContent = "";
   for (const tab of $("code-tabs").children) {
     const selected = tab.dataset.language === state.language;
     tab.setAttribute("aria-selected", String(selected));
