@@ -70,7 +70,7 @@ def test_streamed_answer_with_token_and_timing_line(service, open_page, artifact
 
 # --- View code -------------------------------------------------------------------------
 
-def test_view_code_snippets_run_with_the_page_settings(service, open_page):
+def test_view_code_snippets_run_with_the_page_settings(service, open_page, artifacts):
     page = open_page(service)
     page.select_option("#model", MODEL_B)
     set_field(page, "temperature", "0.7")
@@ -82,6 +82,7 @@ def test_view_code_snippets_run_with_the_page_settings(service, open_page):
     page.fill("#prompt", "Name a fruit.")  # the draft is the snippet's last message
 
     python = open_code(page, "Python")
+    page.screenshot(path=f"{artifacts}/playground-view-code.png")
     base_url = f"{service.base_url}/v1"
     for expected in (f'base_url="{base_url}"', 'api_key=os.environ.get("GENAPI_API_KEY", "unused")',
                      f'model="{MODEL_B}"', "temperature=0.7", "max_tokens=12", "seed=42", 'stop=["zzz-never"]',
@@ -98,7 +99,9 @@ def test_view_code_snippets_run_with_the_page_settings(service, open_page):
     page.click("#code-close")
 
     # The page's own answer to the same request...
-    page.press("#prompt", "Enter")
+    with page.expect_request(lambda r: r.url.endswith("/v1/chat/completions")) as info:
+        page.press("#prompt", "Enter")
+    assert json.loads(info.value.post_data)["model"] == MODEL_B
     last_answer(page)
     answer = page.evaluate("playground.request().messages.at(-1)")
     assert answer["role"] == "assistant" and answer["content"]
