@@ -57,6 +57,11 @@ def test_key_prompt_wrong_key_then_right_key(secured, open_page, artifacts):
     page.reload()
     page.wait_for_selector("body[data-ready=true]")
     assert not dialog.is_visible() and page.locator("#model option").all_inner_texts() == [MODEL]
+    assert 'api_key=os.environ["GENAPI_API_KEY"]' in open_code(page, "Python")
+    page.click("#code-close")
+    page.click("#key-button")  # change or forget it
+    page.click("#key-forget")
+    assert page.evaluate("sessionStorage.getItem('genapi.apiKey')") is None and dialog.is_visible()
 
 
 def test_a_key_that_stops_working_shows_the_401(secured, open_page):

@@ -47,6 +47,8 @@ async function submitKey(event) {
   try {
     const reply = await listModels(API_BASE, key);
     sessionStorage.setItem(KEY_STORAGE, key);
+    state.keyRequired = true;
+    $("key-button").hidden = false;
     $("key-dialog").close();
     fillModels(reply);
   } catch (err) {
@@ -70,6 +72,9 @@ function fillModels(reply) {
 }
 
 async function loadModels() {
+  // A key kept from earlier in this tab was asked for: the server needs one.
+  state.keyRequired = Boolean(apiKey());
+  $("key-button").hidden = !state.keyRequired;
   try {
     fillModels(await listModels(API_BASE, apiKey()));
   } catch (err) {
@@ -408,6 +413,7 @@ function wire() {
     currentSettings();
     refreshCode();
   });
+  $("settings-form").addEventListener("submit", (e) => e.preventDefault()); // Enter in a field sends nothing
   $("reset-settings").addEventListener("click", resetSettings);
   $("settings-toggle").addEventListener("click", () => {
     const open = document.body.classList.toggle("settings-open");
