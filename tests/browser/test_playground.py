@@ -17,18 +17,26 @@ from .page_support import last_answer, open_code, run_snippet, send, set_field
 MODEL_B = "genapi-tiny-chat-b"
 EOS = 2  # <|im_end|> of the tiny model: banned with logit_bias, an answer runs to max_tokens
 NO_EOS = json.dumps({str(EOS): -100})
-SECOND_MODEL = f"""
+FAIL = "fault-fail"  # reliability fault injection: the engine raises after 3 events
+EXTRA_MODELS = f"""
     [[models]]
     name = "{MODEL_B}"
     path = "{TINY_MODEL}"
     [models.options]
     max_batch = 8
+    [[models]]
+    name = "{FAIL}"
+    path = "{TINY_MODEL}"
+    [models.options]
+    max_batch = 4
+    [models.options.fault]
+    fail_after_events = 3
     """
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    svc = Service(tmp_path_factory.mktemp("playground"), "playground", model_options=SECOND_MODEL).start()
+    svc = Service(tmp_path_factory.mktemp("playground"), "playground", model_options=EXTRA_MODELS).start()
     yield svc
     svc.stop()
 
@@ -37,7 +45,7 @@ def service(tmp_path_factory):
 
 def test_streamed_answer_with_token_and_timing_line(service, open_page, artifacts):
     page = open_page(service)
-    assert page.locator("#model option").all_inner_texts() == [MODEL, MODEL_B]
+    assert page.locator("#model option").all_inner_texts() == [MODEL, MODEL_B, FAIL]
     set_field(page, "max_tokens", "48")
     set_field(page, "logit_bias", NO_EOS)
     # Every repaint of the answer while it streams: the text must grow in several steps.
@@ -213,8 +221,8 @@ def test_api_errors_are_shown_in_the_conversation(service, open_page):
     send(page, "Hi")
     error = page.locator(".msg.error").last
     error.wait_for()
-    assert error.inner_text().startswith("Error\n400: ") and "response_format" in error.inner_text() \
-        or "schema" in error.inner_text(), error.inner_text()
+    message = error.locator(".content").inner_text()
+    assert message.startswith("400: ") and "schema" in message, message
     assert page.locator(".msg.assistant").count() == 0  # nothing answered: only the error
     page.wait_for_selector("#send:not([hidden])")
 
@@ -222,8 +230,25 @@ def test_api_errors_are_shown_in_the_conversation(service, open_page):
     set_field(page, "max_tokens", "100000000")  # beyond the context
     send(page, "Hi again")
     page.wait_for_function("() => document.querySelectorAll('.msg.error').length === 2")
-    assert "400: " in page.locator(".msg.error").last.inner_text()
-    assert "context" in page.locator(".msg.error").last.inner_text()
+    message = page.locator(".msg.error .content").last.inner_text()
+    assert message.startswith("400: ") and "context" in message, message
+
+
+def test_a_mid_stream_error_follows_the_partial_answer(service, open_page):
+    page = open_page(service)
+    page.select_option("#model", FAIL)
+    set_field(page, "logit_bias", NO_EOS)
+    send(page, "Tell me a story about the sea.")
+    text, stats = last_answer(page)
+    error = page.locator(".msg.error")
+    assert error.count() == 1
+    assert error.locator(".content").inner_text() == "The stream failed after it started: internal error"
+    assert error.get_attribute("role") == "alert"
+    # The answer streamed so far stays, above the error, and is part of the conversation.
+    assert text.strip() and page.locator(".msg").nth(1).get_attribute("class") == "msg assistant"
+    assert page.locator(".msg").nth(2).get_attribute("class") == "msg error"
+    assert stats.get_attribute("data-finish") is None
+    assert [m["role"] for m in page.evaluate("playground.request().messages")] == ["user", "assistant"]
 
 
 def test_invalid_settings_are_refused_in_the_page(service, open_page):

@@ -292,7 +292,10 @@ async function answer() {
     }
     state.turns.push(turn);
   }
-  if (streamError) showError(streamError.message || JSON.stringify(streamError));
+  if (streamError) {
+    const message = streamError.message || JSON.stringify(streamError);
+    showError(started_ok ? `The stream failed after it started: ${message}` : message);
+  }
   $("status").textContent = s.stopped ? "Stopped." : streamError ? "Failed." : "Answer complete.";
   updateButtons();
   refreshCode();
