@@ -264,6 +264,10 @@ def test_invalid_settings_are_refused_in_the_page(service, open_page):
     page.locator(".msg.error").wait_for()
     assert "Fix the settings" in page.locator(".msg.error").inner_text()
     assert sent == []  # refused before any request
+    page.click("#reset-settings")
+    assert page.input_value("#temperature") == "1" and page.input_value("#logit_bias") == ""
+    assert page.locator("#temperature-error").inner_text() == "" and page.get_attribute("#temperature", "aria-invalid") == "false"
+    assert set(page.evaluate("playground.request()")) == {"model", "messages"}
 
 
 # --- untrusted markdown ------------------------------------------------------------------
