@@ -286,6 +286,10 @@ A [markdown link](javascript:window.__xss='md-link') and <a href="javascript:win
 def test_markdown_of_an_answer_renders_inert(service, open_page):
     page = open_page(service)
     assert page.get_attribute("body", "data-markdown") == "on"
+    # The page's CSP would block what the sanitizer let through, and say so: it must not
+    # have to (DOMPurify alone makes the answer inert).
+    page.evaluate("""() => { window.__csp = [];
+        document.addEventListener('securitypolicyviolation', e => window.__csp.push(e.violatedDirective)); }""")
     page.evaluate("(xss) => playground.loadConversation([{role: 'user', content: 'Hi'},"
                   " {role: 'assistant', content: xss}])", XSS)
     content = page.locator(".msg.assistant .content")
@@ -295,6 +299,7 @@ def test_markdown_of_an_answer_renders_inert(service, open_page):
         link.click()
     content.locator("p", has_text="click me").click()
     assert page.evaluate("window.__xss") is None
+    assert page.evaluate("window.__csp") == []
     dom = page.evaluate("""() => [...document.querySelectorAll('.msg.assistant .content *')].map(e => ({
         tag: e.tagName, attrs: [...e.attributes].map(a => [a.name, a.value])}))""")
     tags = {e["tag"] for e in dom}
@@ -302,6 +307,12 @@ def test_markdown_of_an_answer_renders_inert(service, open_page):
     for e in dom:
         for name, value in e["attrs"]:
             assert not name.startswith("on") and "javascript:" not in value.lower(), e
+    # The second wall: markup put in the page unsanitized still runs no script (the CSP
+    # blocks the inline handler, and reports it).
+    page.evaluate("""() => { const d = document.createElement('div');
+        d.innerHTML = '<img src="data:," onerror="window.__xss = 1">'; document.body.append(d); }""")
+    page.wait_for_function("() => window.__csp.length > 0")
+    assert page.evaluate("window.__xss") is None and "script-src" in page.evaluate("window.__csp")[0]
     # The same sanitizer, through the page's API, as a string.
     html = page.evaluate("(xss) => playground.renderMarkdown(xss)", XSS)
     assert "<strong>Bold</strong>" in html and "onerror" not in html and "javascript:" not in html
