@@ -1,6 +1,6 @@
 // The playground page: wires the chat, the settings column, View code and the key prompt.
 //
-// State: `turns` ([{ role: "user"|"assistant", content, reasoning?, element }]) is the
+// State: `turns` ([{ role: "user"|"assistant", content, reasoning?, view }]) is the
 // conversation sent to the API; errors are shown in the conversation but never sent.
 // window.playground exposes { ready (Promise), renderMarkdown(text) -> sanitized HTML,
 // loadConversation([{ role, content, reasoning? }]), request() -> the body the next send
@@ -9,7 +9,8 @@
 import { ApiError, describeError, listModels, streamChat } from "./api.js";
 import { loadRenderer, renderInto, toSafeHtml } from "./markdown.js";
 import { chatModels, chatRequest, DEFAULTS, parseSettings } from "./settings.js";
-import { KEY_ENV, LANGUAGES, snippet } from "./snippets.js";
+import { createCodeView } from "./codeview.js";
+import { KEY_ENV, snippet } from "./snippets.js";
 
 const KEY_STORAGE = "genapi.apiKey";
 const API_BASE = new URL("../v1", location.href).href; // the page lives at <root>/playground/
@@ -19,7 +20,6 @@ const state = {
   turns: [],
   busy: null, // { controller, turn } while an answer streams
   keyRequired: false,
-  language: LANGUAGES[0].id,
 };
 
 // --- key -------------------------------------------------------------------------------
@@ -334,54 +334,10 @@ function codeFor(language) {
   return snippet(language, { baseUrl: API_BASE, body: pendingRequest(), keyRequired: state.keyRequired });
 }
 
+let codeView = null;
+
 function refreshCode() {
-  if (!$("code-dialog").open) return;
-  $("code").textContent = codeFor(state.language);
-  $("copy-status").textContent = "";
-  for (const tab of $("code-tabs").children) {
-    const selected = tab.dataset.language === state.language;
-    tab.setAttribute("aria-selected", String(selected));
-    tab.tabIndex = selected ? 0 : -1;
-  }
-}
-
-function buildTabs() {
-  for (const { id, label } of LANGUAGES) {
-    const tab = document.createElement("button");
-    tab.type = "button";
-    tab.role = "tab";
-    tab.id = `tab-${id}`;
-    tab.dataset.language = id;
-    tab.textContent = label;
-    tab.setAttribute("aria-controls", "code-panel");
-    tab.addEventListener("click", () => { state.language = id; refreshCode(); });
-    $("code-tabs").append(tab);
-  }
-  $("code-tabs").addEventListener("keydown", (e) => {
-    if (e.key !== "ArrowRight" && e.key !== "ArrowLeft") return;
-    const ids = LANGUAGES.map((l) => l.id);
-    const i = (ids.indexOf(state.language) + (e.key === "ArrowRight" ? 1 : ids.length - 1)) % ids.length;
-    state.language = ids[i];
-    refreshCode();
-    $(`tab-${ids[i]}`).focus();
-  });
-}
-
-async function copyCode() {
-  const text = $("code").textContent;
-  let ok = false;
-  try {
-    await navigator.clipboard.writeText(text); // secure contexts (https, localhost)
-    ok = true;
-  } catch {
-    const range = document.createRange(); // elsewhere: select it and copy the selection
-    range.selectNodeContents($("code"));
-    const selection = getSelection();
-    selection.removeAllRanges();
-    selection.addRange(range);
-    ok = document.execCommand("copy");
-  }
-  $("copy-status").textContent = ok ? "Copied." : "Select the code and copy it by hand.";
+  if (codeView) codeView.refresh();
 }
 
 // --- wiring ----------------------------------------------------------------------------
@@ -423,14 +379,8 @@ function wire() {
     $("settings-toggle").setAttribute("aria-expanded", String(open));
   });
 
-  buildTabs();
-  $("view-code").addEventListener("click", () => {
-    $("copy-status").textContent = "";
-    $("code-dialog").showModal();
-    refreshCode();
-  });
-  $("code-close").addEventListener("click", () => $("code-dialog").close());
-  $("copy-code").addEventListener("click", copyCode);
+  codeView = createCodeView(codeFor);
+  $("view-code").addEventListener("click", () => codeView.open());
 
   $("key-form").addEventListener("submit", submitKey);
   $("key-button").addEventListener("click", () => askForKey());
