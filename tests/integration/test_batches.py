@@ -47,6 +47,7 @@ def test_batch_runs_every_line_and_writes_chat_bodies(a):
     batch = wait_batch(a, batch.id)
     assert batch.status == "completed", batch
     assert batch.in_progress_at and batch.finalizing_at and batch.completed_at and batch.expires_at
+    assert batch.model is None  # the lines name two models
     out, err = assert_exactly_once(a, batch, ids + ["bad-model"])
     assert sorted(r["custom_id"] for r in out) == sorted(ids)
     for r in out:
@@ -69,7 +70,7 @@ def test_batch_runs_every_line_and_writes_chat_bodies(a):
 def test_bad_parameter_line_gets_the_interactive_400(a):
     f = upload(a, [chat_line("ok"), chat_line("hot", temperature=9)])
     batch = wait_batch(a, a.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h").id)
-    assert batch.status == "completed"
+    assert batch.status == "completed" and batch.model == MODEL  # every line names it
     _, err = assert_exactly_once(a, batch, ["ok", "hot"])
     with pytest.raises(openai.BadRequestError) as interactive:
         a.chat.completions.create(**chat_line("hot", temperature=9)["body"])
@@ -92,7 +93,7 @@ def test_invalid_input_fails_with_the_line(a, lines, code, line_no):
 
 
 @pytest.mark.parametrize("endpoint, window, param", [
-    ("/v1/embeddings", "24h", "endpoint"),
+    ("/v1/responses", "24h", "endpoint"),
     ("/v1/images/generations", "24h", "endpoint"),
     (CHAT, "1h", "completion_window"),
 ])

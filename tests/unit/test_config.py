@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from genapi import config
 from genapi.config import (
     DEFAULT_CONFIG, ApiKey, Config, ModelConfig, Task, exposure_error, hash_key, is_loopback, load_config,
     package_path,
@@ -168,3 +169,27 @@ def test_toml_syntax_error_names_the_file(tmp_path):
     out = subprocess.run([sys.executable, "-m", "genapi", "core", "--config", str(bad)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and str(bad) in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("toml, message", [
+    ("[shim]\nworkerz = 2\n", "[shim] unknown key 'workerz' (did you mean 'workers'?)"),
+    ("[sihm]\nworkers = 2\n", "unknown table [sihm] (did you mean 'shim'?)"),
+    ('[[models]]\nname = "m"\npaht = "x"\n', "[[models]] 'm': unknown key 'paht' (did you mean 'path'?)"),
+    ('[[models]]\nname = "m"\n[models.options]\nmax_bacth = 4\n',
+     "model 'm': unknown option 'max_bacth' (did you mean 'max_batch'?)"),
+    ('[[models]]\nname = "m"\n[models.options]\nmax_batch = 1000000000000\n',
+     "model 'm': option max_batch = 1000000000000: must be an integer between 1 and 65536"),
+    ('[[models]]\nname = "m"\n[models.options]\nmax_queue = 1e3\n', "max_queue = 1000.0: must be an integer"),
+    ("shim = 3\n", "shim = 3: must be a table ([shim])"),
+])
+def test_misspelled_or_out_of_range_settings_are_named(tmp_path, toml, message):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(toml)
+    with pytest.raises(ValueError) as ei:
+        load_config(cfg_file)
+    assert message in str(ei.value)
+
+
+def test_the_bundled_config_uses_only_known_settings():
+    for mc in load_config().models:  # every option of the shipped config is one some layer reads
+        assert set(mc.options) <= config.MODEL_OPTIONS, mc.name
