@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Install genapi into ./.venv, generate the gRPC stubs, the embedded tiny chat model and
 # the tiny cross-encoder; with npm, also the pinned buf (protos lint and breaking) into
-# ./.tools/buf; then the example clients in clients/ (TypeScript, Go, C++), installing
-# their Debian toolchains with apt-get when run as root.
+# ./.tools/buf; the playground's front-end libraries (marked, DOMPurify) from npm into
+# shim/playground/vendor; Debian's chromium for the browser tests (apt-get, when root);
+# then the example clients in clients/ (TypeScript, Go, C++), installing their Debian
+# toolchains with apt-get when run as root.
 #
 #   ./build.sh                  install (idempotent; fast when nothing changed)
 #   ./build.sh serve [args...]  install, then `genapi serve args...`
 #   ./build.sh test [args...]   install, then `python -m pytest args...`
 #
 # Environment: PYTHON (interpreter used to create the venv, default python3);
-# GENAPI_SKIP_CLIENTS=1 skips the client toolchains and clients (their tests then skip).
+# GENAPI_SKIP_CLIENTS=1 skips the client toolchains and clients (their tests then skip);
+# GENAPI_SKIP_BROWSER=1 skips Debian's chromium (the browser tests then skip).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 TORCH_VERSION=2.13.0
 BUF_VERSION=1.75.0
+MARKED_VERSION=18.2.1
+DOMPURIFY_VERSION=3.4.18
 VENV=.venv
 PY=$VENV/bin/python
 STAMP=$VENV/.genapi-install-stamp
@@ -23,7 +28,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 say() { printf '[build] %s\n' "$*"; }
 die() { printf '[build] error: %s\n' "$*" >&2; exit 1; }
 
-usage() { sed -n '2,12s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,15s/^# \{0,1\}//p' "$0"; }
 
 cmd=install
 if [ $# -gt 0 ]; then
@@ -109,6 +114,46 @@ elif command -v npm >/dev/null 2>&1; then
   say "installing buf $BUF_VERSION into .tools/buf (npm @bufbuild/buf)"
   npm install --prefix .tools/buf --no-audit --no-fund --silent "@bufbuild/buf@$BUF_VERSION" >/dev/null \
     || say "warning: could not install buf; tests/unit/test_protos.py will skip the buf checks"
+fi
+
+# 6b. the playground's markdown renderer and sanitizer (marked, DOMPurify), pinned, from
+#     npm into .tools/playground, their ES modules and licences copied into
+#     shim/playground/vendor (gitignored; the page renders answers as plain text without
+#     them); then Debian's chromium for tests/browser (apt-get when root) -----------------
+VENDOR=shim/playground/vendor
+VENDOR_STAMP="$VENDOR/.versions"
+want_vendor="marked@$MARKED_VERSION dompurify@$DOMPURIFY_VERSION"
+if [ "$(cat "$VENDOR_STAMP" 2>/dev/null || true)" = "$want_vendor" ] && [ -f "$VENDOR/marked.esm.js" ] \
+    && [ -f "$VENDOR/purify.es.mjs" ]; then
+  say "playground libraries up to date ($want_vendor)"
+elif command -v npm >/dev/null 2>&1; then
+  say "installing the playground libraries ($want_vendor) into $VENDOR"
+  nm=.tools/playground/node_modules
+  if npm install --prefix .tools/playground --no-audit --no-fund --silent --no-save $want_vendor >/dev/null; then
+    rm -rf "$VENDOR" && mkdir -p "$VENDOR"
+    cp "$nm/marked/lib/marked.esm.js" "$VENDOR/marked.esm.js"
+    cp "$nm/marked/LICENSE" "$VENDOR/LICENSE.marked"
+    cp "$nm/dompurify/dist/purify.es.mjs" "$VENDOR/purify.es.mjs"
+    cp "$nm/dompurify/LICENSE" "$VENDOR/LICENSE.dompurify"
+    printf '%s\n' "$want_vendor" > "$VENDOR_STAMP"
+  else
+    say "warning: npm could not install $want_vendor; the playground renders answers as plain text"
+  fi
+else
+  say "warning: npm not found: the playground renders answers as plain text (no marked/DOMPurify)"
+fi
+if [ "${GENAPI_SKIP_BROWSER:-0}" = 1 ] || command -v chromium >/dev/null 2>&1; then
+  :
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  say "installing Debian's chromium for the browser tests (apt-get install chromium)"
+  mkdir -p .tools
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -q --no-install-recommends chromium >.tools/apt-chromium.log 2>&1 \
+      || { apt-get update -q >>.tools/apt-chromium.log 2>&1 \
+           && apt-get install -y -q --no-install-recommends chromium >>.tools/apt-chromium.log 2>&1; }; } \
+    || say "warning: apt-get could not install chromium (see .tools/apt-chromium.log); tests/browser will skip"
+else
+  say "warning: the browser tests need Debian's chromium (as root: apt-get install chromium)"
 fi
 
 # 7. the embedded tiny chat model and the tiny cross-encoder of the rerank tests (each

@@ -49,6 +49,7 @@ def test_wheel_carries_the_stubs_and_their_type_stubs(wheel):
         for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"):
             assert f"genapi/v1/{stem}{suffix}" in names, f"{stem}{suffix} missing from {wheel.name}"
     assert not any(n.startswith(("tools/", "tests/", "protos/")) for n in names)
+    assert {"shim/playground/index.html", "shim/playground/js/main.js"} <= names  # the playground's page
 
 
 @pytest.fixture(scope="module")
