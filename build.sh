@@ -75,24 +75,9 @@ EOF
   printf '%s\n' "$want" > "$STAMP"
 fi
 
-# 4. gRPC stubs (genapi/v1/*_pb2*.py, gitignored), regenerated when a proto changes -----
-stale=0
-for proto in protos/genapi/v1/*.proto; do
-  name=$(basename "$proto" .proto)
-  for stub in "genapi/v1/${name}_pb2.py" "genapi/v1/${name}_pb2.pyi" "genapi/v1/${name}_pb2_grpc.py"; do
-    if [ ! -f "$stub" ] || [ "$proto" -nt "$stub" ]; then stale=1; fi
-  done
-done
-# A removed proto leaves a stub behind: regenerate from scratch.
-for stub in genapi/v1/*_pb2.py; do
-  [ -e "$stub" ] || continue
-  [ -f "protos/genapi/v1/$(basename "$stub" _pb2.py).proto" ] || stale=1
-done
-if [ "$stale" = 1 ]; then
-  "$PY" -m tools.gen_stubs
-else
-  say "gRPC stubs up to date"
-fi
+# 4. gRPC stubs (genapi/v1/*_pb2.py, *_pb2.pyi, *_pb2_grpc.py, gitignored), regenerated
+#    when a proto or the generator changed, or a proto was removed ----------------------
+"$PY" -m tools.gen_stubs --if-stale
 
 # 5. Debian toolchains of the example clients (protoc, grpc++, Go with Debian's gRPC
 #    sources; npm when missing), installed non-interactively when root; quiet when present.

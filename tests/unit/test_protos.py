@@ -124,7 +124,7 @@ def test_buf_breaking_fails_on_an_incompatible_change(tmp_path, file, old, new, 
 
 
 def test_buf_breaking_accepts_an_added_field(tmp_path):
-    last = "  uint32 reasoning_tokens = 4;\n"
+    last = "  uint32 reasoning_tokens = 4;\n"  # Usage's last field
     added = last + "  // Tokens read from a prompt cache.\n  uint32 cached_tokens = 5;\n"
     code, violations = breaking(edited_copy(tmp_path, "common.proto", last, added))
     assert code == 0 and not violations, violations
