@@ -55,6 +55,7 @@ def parse_input(data: bytes, endpoint: str) -> tuple[list[InputLine], list[dict]
     lines: list[InputLine] = []
     errors: list[dict] = []
     seen: set[str] = set()
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Windows editors write one)
     for number, raw in enumerate(data.split(b"\n"), 1):
         if len(errors) >= MAX_ERRORS:
             break

@@ -137,6 +137,18 @@ def test_cancel_mid_run_keeps_finished_results(a):
     assert done.request_counts.completed == len(out)
     again = wait_batch(a, batch.id)  # nothing starts after the cancel
     assert again.request_counts.completed == done.request_counts.completed
+    assert a.batches.cancel(batch.id).status == "cancelled"  # cancelling twice is harmless
+
+
+def test_a_finished_batch_cannot_be_cancelled_and_a_bom_is_ignored(a):
+    f = a.files.create(file=("bom.jsonl", b"\xef\xbb\xbf" + json.dumps(chat_line("bom")).encode() + b"\n"),
+                       purpose="batch")
+    batch = wait_batch(a, a.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h").id)
+    assert batch.status == "completed" and batch.request_counts.completed == 1
+    with pytest.raises(openai.BadRequestError) as e:
+        a.batches.cancel(batch.id)
+    assert e.value.code == "invalid_batch_status" and e.value.param == "batch_id"
+    assert e.value.body["message"] == "Cannot cancel a batch with status 'completed'."
 
 
 # ---- security: X6 (path-like ids), X7 (per-key isolation), upload cap ------------------
