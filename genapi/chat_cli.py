@@ -77,7 +77,8 @@ def _first_model(args) -> str:
 
 def stream_answer(args, question: str, out=sys.stdout) -> None:
     """POSTs one chat completion with `stream: true` and writes each text delta to `out`
-    as it arrives, then a newline. Raises ChatError."""
+    as it arrives, then a newline; a reasoning model's thinking goes to stderr as it
+    arrives. Raises ChatError."""
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
         [{"role": "user", "content": question}]
     body = {"model": args.model or _first_model(args), "messages": messages, "stream": True,
@@ -95,7 +96,11 @@ def stream_answer(args, question: str, out=sys.stdout) -> None:
             if "error" in chunk:
                 raise ChatError(chunk["error"].get("message") or "the stream failed")
             for choice in chunk.get("choices") or ():
-                if text := (choice.get("delta") or {}).get("content"):
+                delta = choice.get("delta") or {}
+                if thought := delta.get("reasoning_content"):  # a reasoning model's thinking: on stderr
+                    sys.stderr.write(thought)
+                    sys.stderr.flush()
+                if text := delta.get("content"):
                     out.write(text)
                     out.flush()
     out.write("\n")

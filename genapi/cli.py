@@ -55,9 +55,13 @@ def _load(args) -> Config:
               f"{e if not isinstance(e, KeyError) else f'missing key {e}'}")
     if getattr(args, "host", None):
         cfg.shim_host = cfg.core_host = args.host
-    if getattr(args, "port", None):
+    for flag in ("port", "grpc_port"):
+        value = getattr(args, flag, None)
+        if value is not None and not 1 <= value <= 65535:
+            _fail(f"--{flag.replace('_', '-')} {value}: a port must be 1-65535")
+    if getattr(args, "port", None) is not None:
         cfg.shim_port = args.port
-    if getattr(args, "grpc_port", None):
+    if getattr(args, "grpc_port", None) is not None:
         cfg.core_port = args.grpc_port
     if getattr(args, "core", None):
         cfg.core_targets = args.core

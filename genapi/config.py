@@ -138,7 +138,9 @@ def _int_option(mc: ModelConfig, key: str, default, minimum: int):
 # Engine options checked when the config loads (both backends read them; see README
 # "Configuration"): integer options and their smallest value, and the choices of the others.
 _INT_OPTIONS = {"max_batch": 1, "max_queue": 1, "max_budget_tokens": 0, "max_output_tokens": 0,
-                "max_context": 1, "prefill_chunk": 0, "max_prefill_tokens": 1, "threads": 1}
+                "max_context": 1, "prefill_chunk": 0, "max_prefill_tokens": 1, "threads": 1,
+                "grammar_cache_size": 0, "grammar_compile_threads": 1, "max_batch_tokens": 1,
+                "max_request_tokens": 1}
 # ... and their largest (far above any real machine: a typo like 10**12 slots is refused here
 # instead of exhausting memory at start-up).
 _INT_OPTION_MAXIMUM = {"max_batch": 65536, "threads": 4096}
@@ -162,6 +164,8 @@ _MODEL_KEYS = ("name", "task", "backend", "path", "options")
 # Tables and keys of the file besides the _SETTINGS ones.
 _OTHER_KEYS = {"shim": ("core",), "auth": ("api_key_sha256", "keys"), "files": ("s3_input_buckets",),
                "models": ()}
+# Number options: True when they must be > 0 (else >= 0).
+_NUMBER_OPTIONS = {"grammar_compile_timeout_s": True, "max_wait_ms": False, "free_gpu_memory_fraction": True}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 BACKEND_NAMES = ("torch", "trtllm")  # server/registry.py BACKENDS serves these
@@ -177,6 +181,12 @@ def _check_model(mc: ModelConfig) -> None:
     for key, minimum in _INT_OPTIONS.items():
         if key in mc.options:
             _int_option(mc, key, None, minimum)
+    for key, positive in _NUMBER_OPTIONS.items():
+        value = mc.options.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not (value > 0 if positive else value >= 0) or value == math.inf):
+            raise ValueError(f"model {mc.name!r}: option {key} = {value!r}: must be a number "
+                             f"{'> 0' if positive else '>= 0'}")
     if (dtype := mc.options.get("dtype", "auto")) not in DTYPES:
         raise ValueError(f"model {mc.name!r}: option dtype = {dtype!r}: unknown ({', '.join(DTYPES)})")
     device = mc.options.get("device", "auto")
@@ -204,10 +214,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 def log_level(env=os.environ) -> str:
     """GENAPI_LOG_LEVEL in any case (default info), upper-cased for `logging`;
     ValueError for a name that is not a level."""
-    value = env.get("GENAPI_LOG_LEVEL", "info")
-    if value.strip().lower() not in LOG_LEVELS:
+    value = env.get("GENAPI_LOG_LEVEL", "").strip() or "info"  # set but empty: the default
+    if value.lower() not in LOG_LEVELS:
         raise ValueError(f"GENAPI_LOG_LEVEL={value!r} is not a log level ({', '.join(LOG_LEVELS)})")
-    return value.strip().upper()
+    return value.upper()
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,10 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
         options=grpc_options(cfg) + [("grpc.so_reuseport", 0)],
     )
     drain = Drain()
-    generation = GenerationServicer(registry, drain)
+    try:
+        generation = GenerationServicer(registry, drain)  # checks the chat models' output options
+    except ValueError as e:
+        raise StartupError(one_line(e)) from None
     generation_service_pb2_grpc.add_GenerationServiceServicer_to_server(generation, server)
     store, objects = open_store(cfg)
     embedding = EmbeddingServicer(registry, drain)

@@ -44,13 +44,14 @@ def text_delta(ev: TextEvent, text: str) -> pb.TextDelta:
 class ChatEvents:
     """One request's event mapping (see module doc). `tools`: parse tool calls;
     `parallel`: several calls per choice allowed; `thinking`: the prompt opened a
-    thinking block."""
+    thinking block; `constrained`: the calls follow the tool-call grammar."""
 
     def __init__(self, conventions: OutputConventions, usage: common_pb2.Usage, n: int, *, tools: bool,
-                 parallel: bool = True, thinking: bool = False):
+                 parallel: bool = True, thinking: bool = False, constrained: bool = False):
         self.usage = usage
         self.parallel = parallel
-        self.outputs = [ChoiceOutput(conventions, tools=tools, thinking=thinking) for _ in range(n)]
+        self.outputs = [ChoiceOutput(conventions, tools=tools, thinking=thinking, constrained=constrained)
+                        for _ in range(n)]
         self.call_ids: list[dict[int, str]] = [{} for _ in range(n)]
         self.closed: set[int] = set()  # choices over after their one call
         self.finished: list[str] = []

@@ -85,10 +85,12 @@ class ChoiceOutput:
     """One choice's output text -> pieces (see module doc).
 
     `tools`: parse tool calls (tools were given and tool_choice is not none);
-    `thinking`: the prompt opened a thinking block (reasoning.prompt_opens_thinking)."""
+    `thinking`: the prompt opened a thinking block (reasoning.prompt_opens_thinking);
+    `constrained`: the calls follow the tool-call grammar (chat.tool_grammar)."""
 
-    def __init__(self, conventions: OutputConventions, *, tools: bool, thinking: bool):
+    def __init__(self, conventions: OutputConventions, *, tools: bool, thinking: bool, constrained: bool = False):
         markers = conventions.reasoning_markers
+        self.constrained = constrained
         self.reasoning = ReasoningParser(markers, thinking=thinking) if markers else None
         self.tools: ToolCallParser | None = None
         if tools and conventions.tool_parser:
@@ -115,7 +117,7 @@ class ChoiceOutput:
             reasoning, content = self.reasoning.finish()
             out += ([Reasoning(reasoning)] if reasoning else []) + self._content(content)
         if self.tools is not None:
-            out += self.tools.finish()
+            out += self.tools.finish(self.constrained)
         return [p for p in out if p != ""]
 
     def _content(self, text: str) -> list[OutputPiece]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 
 from ..convert.tools import ToolPlan
+from ..engines.base import Constraint
 
 # tool_parser -> (trigger, begin before the name, between name and arguments, end)
 CALL_FORMATS = {
@@ -60,3 +61,13 @@ def tool_structural_tag(plan: ToolPlan, tool_parser: str | None, thinking_end: s
         thinking = {"type": "tag", "begin": "", "content": {"type": "any_text"}, "end": thinking_end}
         fmt = {"type": "sequence", "elements": [thinking, fmt]}
     return {"type": "structural_tag", "format": fmt}
+
+
+def think_first(constraint: Constraint, thinking_end: str) -> Constraint:
+    """A response_format constraint for an output that starts inside a thinking block:
+    free text up to `thinking_end`, then the JSON (object or schema) the constraint asks."""
+    schema = json.loads(constraint.spec) if constraint.kind == "json_schema" else {"type": "object"}
+    thinking = {"type": "tag", "begin": "", "content": {"type": "any_text"}, "end": thinking_end}
+    answer = {"type": "json_schema", "json_schema": schema, "max_whitespace_cnt": MAX_WHITESPACE}
+    return Constraint("structural_tag", json.dumps(
+        {"type": "structural_tag", "format": {"type": "sequence", "elements": [thinking, answer]}}))

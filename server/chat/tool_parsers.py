@@ -161,13 +161,16 @@ class ToolCallParser:
             pass
         return out
 
-    def finish(self) -> list[ParserEvent]:
+    def finish(self, constrained: bool = False) -> list[ParserEvent]:
         """What is held at the end: an unfinished marker or a call that never became one is
-        content; a call cut short (max_tokens) keeps the arguments it streamed."""
+        content; a call cut short (max_tokens) keeps the arguments it streamed. With
+        `constrained` calls (the tool-call grammar: whatever follows an opener is a call) a
+        call cut short before its arguments is dropped, never content."""
         out: list[ParserEvent] = []
         call = self._call
         if self._state == "object" and (call is None or not call.streaming):
-            self._content(out, self._opener + self._lead + (call.raw if call else "") + self._buf)
+            if not constrained:
+                self._content(out, self._opener + self._lead + (call.raw if call else "") + self._buf)
         elif self._state in ("content", "start"):
             self._content(out, self._buf)
         elif self._state == "array":

@@ -20,7 +20,7 @@ from ..chat.events import ChatEvents
 from ..chat.output import THINKING_SWITCH, OutputConventions, check_options
 from ..chat.reasoning import prompt_opens_thinking
 from ..chat.template import render_prompt
-from ..chat.tool_grammar import tool_structural_tag
+from ..chat.tool_grammar import think_first, tool_structural_tag
 from ..convert.generation import MAX_N, check_identifiers, check_request, least_budget_tokens, with_prompt
 from ..convert.tools import tool_plan
 from ..drain import Drain, shutting_down
@@ -114,6 +114,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                     thinking = conv.reasoning_markers is not None and prompt_opens_thinking(
                         info.tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:]), conv.reasoning_markers)
                     tool_constraint = constrain_tools(gen, plan, conv, thinking)
+                    if thinking and gen.constraint is not None and not tool_constraint:
+                        gen.constraint = think_first(gen.constraint, conv.reasoning_markers[1])
                     events = engine.generate(gen, place)
                 finally:
                     place.release()  # the request never got to the engine (a no-op once it did)
@@ -127,7 +129,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             log.exception("request %s failed before generation", clip(rid))
             await abort(context, INTERNAL_ERROR)
             return
-        mapper = ChatEvents(conv, usage, gen.n, tools=plan.mode != "none", parallel=plan.parallel, thinking=thinking)
+        mapper = ChatEvents(conv, usage, gen.n, tools=plan.mode != "none", parallel=plan.parallel, thinking=thinking,
+                            constrained=tool_constraint)
         # From here on the engine request exists: every way out goes through `finally`.
         try:
             try:

@@ -149,8 +149,14 @@ def validate_message(message: Any, param: str) -> None:
     role = msg["role"]
     if not isinstance(role, str):
         raise invalid_type(f"{param}.role", "a string", role)
-    if role == "function":
-        raise unsupported(f"{param}.role", "The 'function' role (deprecated; use 'tool')")
+    if role == "function":  # legacy function calling: the result of the assistant's function_call
+        if "name" not in msg:
+            raise missing(f"{param}.name")
+        expect_id(msg["name"], f"{param}.name", non_empty=True)
+        if msg.get("content") is None:
+            raise missing(f"{param}.content")
+        _validate_content(msg["content"], f"{param}.content", "tool")
+        return
     if role not in ROLES:
         raise invalid_value(f"{param}.role", f"Invalid value for '{param}.role': {quote(role)}. Supported values are: "
                                              + ", ".join(repr(r) for r in ROLES) + ".")
@@ -165,9 +171,18 @@ def validate_message(message: Any, param: str) -> None:
             expect_str(msg["refusal"], f"{param}.refusal")
         if msg.get("tool_calls") is not None:
             _validate_tool_calls(msg["tool_calls"], f"{param}.tool_calls")
-        for key in ("function_call", "audio"):
-            if msg.get(key) is not None:
-                raise unsupported(f"{param}.{key}")
+        if msg.get("function_call") is not None:  # legacy function calling
+            if msg.get("tool_calls") is not None:
+                raise invalid_value(f"{param}.function_call", f"Invalid '{param}': give either 'tool_calls' or "
+                                                              "'function_call', not both.")
+            fn = expect_object(msg["function_call"], f"{param}.function_call")
+            for key in ("name", "arguments"):
+                if key not in fn:
+                    raise missing(f"{param}.function_call.{key}")
+            expect_id(fn["name"], f"{param}.function_call.name", non_empty=True)
+            expect_str(fn["arguments"], f"{param}.function_call.arguments")
+        if msg.get("audio") is not None:
+            raise unsupported(f"{param}.audio")
         return
 
     if "content" not in msg:

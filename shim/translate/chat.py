@@ -81,6 +81,23 @@ def message_to_proto(msg: dict) -> content_pb2.ChatMessage:
     return out
 
 
+def messages_to_proto(messages: list[dict]) -> list[content_pb2.ChatMessage]:
+    """The conversation, with legacy function calling in today's terms: an assistant
+    `function_call` becomes a one-call `tool_calls` and a `function` message the `tool`
+    result of the latest call of that name (ids `call_fn_<message index>`: the legacy
+    format has none, the chat template pairs calls and results by them)."""
+    out, open_calls = [], {}
+    for i, msg in enumerate(messages):
+        if msg["role"] == "assistant" and msg.get("function_call") is not None:
+            fn = msg["function_call"]
+            open_calls[fn["name"]] = call_id = f"call_fn_{i}"
+            msg = {**msg, "tool_calls": [{"id": call_id, "type": "function", "function": fn}]}
+        elif msg["role"] == "function":
+            msg = {**msg, "role": "tool", "tool_call_id": open_calls.get(msg["name"], f"call_fn_{i}")}
+        out.append(message_to_proto(msg))
+    return out
+
+
 TOOL_CHOICE_MODES = {
     "none": content_pb2.TOOL_CHOICE_MODE_NONE,
     "auto": content_pb2.TOOL_CHOICE_MODE_AUTO,
@@ -143,7 +160,7 @@ def stop_list(stop) -> list[str]:
 def chat_request_to_proto(body: dict, request_id: str = "") -> gen_pb2.GenerateRequest:
     """A validated chat request -> GenerateRequest; knobs absent (or null) stay unset."""
     req = gen_pb2.GenerateRequest(request_id=request_id, model=body["model"])
-    req.messages.extend(message_to_proto(m) for m in body["messages"])
+    req.messages.extend(messages_to_proto(body["messages"]))
 
     def present(key: str) -> bool:
         return body.get(key) is not None

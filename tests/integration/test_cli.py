@@ -185,6 +185,10 @@ BAD_CONFIGS = {  # id: (config text, what the line must name besides the file)
     "bad device": (MODEL_TOML + '[models.options]\ndevice = "tpu"\n', ["device", "tpu"]),
     "max_batch 0": (MODEL_TOML + "[models.options]\nmax_batch = 0\n", ["max_batch", "0"]),
     "max_queue -1": (MODEL_TOML + "[models.options]\nmax_queue = -1\n", ["max_queue", "-1"]),
+    "bad reasoning_parser": (MODEL_TOML + '[models.options]\nreasoning_parser = "deepseek"\n',
+                             ["reasoning_parser", "deepseek"]),
+    "negative grammar timeout": (MODEL_TOML + "[models.options]\ngrammar_compile_timeout_s = -1\n",
+                                 ["grammar_compile_timeout_s", "-1"]),
 }
 
 
@@ -195,6 +199,11 @@ def test_a_bad_config_is_one_line_and_exit_2(tmp_path, case):
     config.write_text(text)
     out, _ = run_cli("core", "--config", str(config), "--grpc-port", str(free_port()))
     assert_one_line_failure(out, str(config), *needles)
+
+
+def test_a_port_flag_out_of_range_is_one_line(tmp_path):
+    out, _ = run_cli("serve", "--port", "0", "--grpc-port", str(free_port()))
+    assert_one_line_failure(out, "--port", "0", "1-65535")
 
 
 def test_serve_says_a_missing_model_directory_in_one_line(tmp_path):

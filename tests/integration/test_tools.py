@@ -67,6 +67,20 @@ def test_legacy_functions_are_accepted(client):
     assert out.choices[0].message.content and out.choices[0].message.function_call is None
 
 
+def test_a_legacy_function_conversation_continues_like_its_tools_form(client):
+    call = {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    legacy = ASK + [{"role": "assistant", "content": None, "function_call": call},
+                    {"role": "function", "name": "get_weather", "content": "sunny, 21 C"}]
+    tools = ASK + [{"role": "assistant", "content": None,
+                    "tool_calls": [{"id": "call_fn_1", "type": "function", "function": call}]},
+                   {"role": "tool", "tool_call_id": "call_fn_1", "content": "sunny, 21 C"}]
+    a = client.chat.completions.create(model=MODEL, messages=legacy, functions=[WEATHER["function"]],
+                                       max_tokens=8, temperature=0)
+    b = client.chat.completions.create(model=MODEL, messages=tools, tools=[WEATHER], max_tokens=8, temperature=0)
+    assert a.usage.prompt_tokens == b.usage.prompt_tokens  # the same prompt reached the template
+    assert a.choices[0].message.content == b.choices[0].message.content
+
+
 BAD = [
     ({"tools": [{"type": "custom", "custom": {"name": "grep"}}]}, "tools[0].type", "unsupported_parameter"),
     ({"tools": [{"type": "function", "function": {"description": "x"}}]}, "tools[0].function.name",

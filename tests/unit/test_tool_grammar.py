@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from server.chat.tool_grammar import tool_structural_tag
+from server.chat.tool_grammar import think_first, tool_structural_tag
 from server.chat.tool_parsers import HermesParser
 from server.convert.tools import ToolPlan
+from server.engines.base import Constraint
 
 from ..conftest import TINY_MODEL
 
@@ -63,3 +64,25 @@ def test_a_reasoning_model_thinks_freely_before_its_forced_call(compiler):
     plan = ToolPlan(mode="required", parallel=False, parameters=SCHEMAS)
     assert accepts(compiler, plan, "Maybe <tool_call> get_time?</think>" + CALL, "</think>")
     assert not accepts(compiler, plan, "Done.</think>Sure.", "</think>")
+
+
+@pytest.mark.parametrize("constraint, text, ok", [
+    (Constraint("json_object"), 'Let me think.</think>{"a": true}', True),
+    (Constraint("json_object"), 'Done.</think>plain text', False),  # JSON after the thinking
+    (Constraint("json_schema", json.dumps({"type": "object", "properties": {"a": {"type": "boolean"}},
+                                           "required": ["a"]})), 'Hmm.</think>{"a": false}', True),
+    (Constraint("json_schema", json.dumps({"type": "object", "properties": {"a": {"type": "boolean"}},
+                                           "required": ["a"]})), 'Hmm.</think>{"b": 1}', False),
+])
+def test_a_reasoning_model_thinks_before_its_response_format(compiler, constraint, text, ok):
+    c = think_first(constraint, "</think>")
+    matcher = xgr.GrammarMatcher(compiler.compile_grammar(xgr.Grammar.from_structural_tag(c.spec)))
+    assert c.kind == "structural_tag" and matcher.accept_string(text) is ok
+
+
+def test_a_constrained_call_cut_short_is_never_content():
+    cut = '<tool_call>\n{"name": "get_weather", "arg'
+    free, constrained = HermesParser(), HermesParser()
+    assert free.feed(cut) == [] and constrained.feed(cut) == []  # held back while undecided
+    assert free.finish() == [cut]  # unconstrained: it may have been text after all
+    assert constrained.finish(constrained=True) == []  # the grammar made it a call
