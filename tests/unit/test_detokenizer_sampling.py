@@ -95,6 +95,39 @@ def test_seeded_sampling_is_reproducible_and_independent_of_batch():
     assert a == b
 
 
+def test_a_mixed_batch_samples_each_row_as_if_alone():
+    """Greedy, tempered, top_p and penalized rows in one batch, over many steps: every row
+    draws what it draws alone (sampling is vectorized, the randomness is per row)."""
+    settings = [dict(temperature=0), dict(temperature=0.7, seed=1), dict(temperature=1.3, top_p=0.8, seed=2),
+                dict(temperature=1.0, top_p=0.3, seed=3), dict(temperature=1.0, presence_penalty=1.5, seed=4)]
+
+    def samplers():
+        return [SeqSampler.create(SamplingParams(**{k: v for k, v in kw.items() if k != "seed"}), kw.get("seed", 0),
+                                  50, torch.device("cpu")) for kw in settings]
+
+    together, alone = samplers(), samplers()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        logits = torch.randn(len(settings), 50, generator=gen) * 3
+        batch = sample(process_logits(logits.clone(), together), together)  # in place
+        single = [sample(process_logits(logits[i:i + 1].clone(), [s]), [s])[0] for i, s in enumerate(alone)]
+        assert batch == single
+        for s, a, tok in zip(together, alone, batch):
+            s.observe(tok)
+            a.observe(tok)
+
+
+def test_sampled_frequencies_follow_the_distribution():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().repeat(4000, 1)
+    s = [SeqSampler.create(SamplingParams(temperature=1.0), seed, 4, torch.device("cpu")) for seed in range(4000)]
+    counts = torch.bincount(torch.tensor(sample(logits, s)), minlength=4) / 4000
+    assert torch.allclose(counts, probs, atol=0.03), counts
+    masked = logits.clone()
+    masked[:, 0] = float("-inf")  # a token of no mass is never drawn
+    assert 0 not in sample(masked, s)
+
+
 def test_every_bit_of_a_64_bit_seed_changes_the_stream():
     """torch's CPU mt19937 keeps only the low 32 bits of manual_seed; genapi's generators
     use all 64 (s and s - 2**63 differ only in the top bit once folded onto uint64)."""
