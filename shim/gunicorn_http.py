@@ -25,7 +25,7 @@ import time
 
 from gunicorn import util
 from gunicorn.http.body import Body, ChunkedReader
-from gunicorn.http.errors import ChunkMissingTerminator, InvalidChunkSize, NoMoreData
+from gunicorn.http.errors import ChunkMissingTerminator, InvalidChunkSize, NoMoreData, UnsupportedTransferCoding
 from gunicorn.http.message import Request
 from gunicorn.http.parser import RequestParser
 from gunicorn.http.unreader import SocketUnreader
@@ -150,6 +150,13 @@ class ShimBody(Body):
 
 class ShimRequest(Request):
     def set_body_reader(self):
+        # gunicorn takes `gzip, chunked` (or `identity, chunked`) as chunked and ignores the
+        # other coding; none is decoded here, so every Transfer-Encoding but `chunked` alone
+        # is refused (400 through shim.gunicorn_errors, the connection closed).
+        for name, value in self.headers:
+            if name == "TRANSFER-ENCODING" and any(c.strip(" \t").lower() != "chunked" for c in value.split(",")):
+                self.must_close = True
+                raise UnsupportedTransferCoding(value)
         if getattr(self.unreader, "continue_sent", False):
             self.unreader.continue_sent = False
             self._expected_100_continue = False

@@ -226,12 +226,32 @@ def test_api_errors_are_shown_in_the_conversation(service, open_page):
     assert page.locator(".msg.assistant").count() == 0  # nothing answered: only the error
     page.wait_for_selector("#send:not([hidden])")
 
+    # The refused turn is left out of the conversation, its text back in the box.
+    assert page.locator(".msg.user.unsent").count() == 1 and page.input_value("#prompt") == "Hi"
+
     page.select_option("#response_format", "text")
     set_field(page, "max_tokens", "100000000")  # beyond the context
     send(page, "Hi again")
     page.wait_for_function("() => document.querySelectorAll('.msg.error').length === 2")
     message = page.locator(".msg.error .content").last.inner_text()
     assert message.startswith("400: ") and "context" in message, message
+
+    set_field(page, "max_tokens", "4")
+    with page.expect_request("**/v1/chat/completions") as sent:
+        send(page, "Third time")
+    last_answer(page)
+    body = json.loads(sent.value.post_data)
+    assert [m["content"] for m in body["messages"] if m["role"] == "user"] == ["Third time"]
+
+
+def test_a_double_click_on_send_sends_once_and_does_not_stop(service, open_page):
+    page = open_page(service)
+    set_field(page, "max_tokens", "8")
+    page.fill("#prompt", "Hello there")
+    page.dblclick("#send")  # the second click lands where Stop appears
+    text, stats = last_answer(page)
+    assert text and not stats.inner_text().endswith("stopped")
+    assert page.locator(".msg.user").count() == 1
 
 
 def test_a_mid_stream_error_follows_the_partial_answer(service, open_page):

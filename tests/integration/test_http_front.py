@@ -370,7 +370,9 @@ CHUNKED_HEAD = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type:
     CHUNKED_HEAD + b"2\n{}\n0\n\n",  # size lines ended by a bare LF
     CHUNKED_HEAD + b"2\r\n{}\n0\r\n\r\n",  # chunk data ended by a bare LF
     CHUNKED_HEAD + b"2\r\n{}\n",  # ... and nothing after it
-], ids=["xchunked", "chunk-size-overflow", "bare-lf-size-line", "bare-lf-after-data", "bare-lf-then-wait"])
+    CHUNKED_HEAD.replace(b"chunked", b"gzip, chunked") + b"2\r\n{}\r\n0\r\n\r\n",  # a coding never decoded
+], ids=["xchunked", "chunk-size-overflow", "bare-lf-size-line", "bare-lf-after-data", "bare-lf-then-wait",
+        "gzip-chunked"])
 def test_malformed_framing_is_a_400_and_the_connection_closes(front, data):
     with socket.create_connection(address(front), timeout=READ_TIMEOUT_S + 5) as s:
         t0 = time.monotonic()

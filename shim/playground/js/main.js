@@ -214,11 +214,14 @@ function statsText(s) {
 async function answer() {
   const { settings, errors } = currentSettings();
   if (Object.keys(errors).length) {
+    dropUnanswered();
     showError("Fix the settings marked in the right-hand column first.");
     return;
   }
   if (!settings.model) {
-    showError("No chat model is available.");
+    dropUnanswered();
+    showError(state.keyRequired && !apiKey() ? "Enter an API key (the API key button) to load the models."
+      : "No chat model is available.");
     return;
   }
   const body = chatRequest(settings, state.turns);
@@ -284,6 +287,7 @@ async function answer() {
   }
   if (!started_ok && !s.stopped) {
     view.article.remove(); // nothing was answered: the error alone is shown
+    dropUnanswered();
   } else {
     s.rate = decodeRate(s.tokens, firstAt, lastAt ?? firstAt);
     view.stats.textContent = statsText(s);
@@ -301,11 +305,24 @@ async function answer() {
   refreshCode();
 }
 
-function send(text) {
+// A refused request leaves its user turn out of the conversation (it would be sent, and
+// refused, again with every later message): shown as not sent, its text back in the box.
+function dropUnanswered() {
+  const last = state.turns[state.turns.length - 1];
+  if (!last || last.role !== "user") return;
+  state.turns.pop();
+  last.view.article.classList.add("unsent");
+  last.view.article.dataset.unsent = "true";
+  last.view.article.title = "Refused: not part of the conversation (its text is back in the input box)";
+  if (!$("prompt").value.trim()) $("prompt").value = last.content;
+}
+
+// `fromBox`: the text is the input box's (emptied once sent); a suggestion leaves a draft there.
+function send(text, fromBox = true) {
   if (state.busy || !text.trim()) return;
   const view = addMessage("user", { text });
   state.turns.push({ role: "user", content: text, view });
-  $("prompt").value = "";
+  if (fromBox) $("prompt").value = "";
   answer();
 }
 
@@ -351,11 +368,13 @@ function wire() {
     }
   });
   $("prompt").addEventListener("input", refreshCode);
-  $("stop-answer").addEventListener("click", () => state.busy && state.busy.controller.abort());
+  // Stop takes Send's place while busy: the second click of a double-click on Send (detail 2)
+  // lands on it and must not stop the answer it just asked for.
+  $("stop-answer").addEventListener("click", (e) => e.detail < 2 && state.busy && state.busy.controller.abort());
   $("regenerate").addEventListener("click", regenerate);
   $("clear").addEventListener("click", clearConversation);
   for (const b of document.querySelectorAll(".suggestion")) {
-    b.addEventListener("click", () => send(b.textContent));
+    b.addEventListener("click", () => send(b.textContent, false));
   }
   $("system").addEventListener("input", refreshCode);
   $("model").addEventListener("change", refreshCode);
