@@ -34,9 +34,12 @@ from genapi.v1 import (
     model_service_pb2_grpc,
     rerank_service_pb2,
     rerank_service_pb2_grpc,
+    response_service_pb2,
+    response_service_pb2_grpc,
 )
 
 from .batches.runner import BatchRunner
+from .responses.runner import BackgroundRunner
 from .interceptors.auth import AuthInterceptor
 from .drain import Drain
 from .registry import Registry
@@ -46,6 +49,7 @@ from .services.batches import BatchServicer
 from .services.files import FileServicer
 from .services.generation import GenerationServicer
 from .services.models import ModelServicer
+from .services.responses import ResponseServicer
 from .store import open_store
 
 log = logging.getLogger("genapi.core")
@@ -70,6 +74,7 @@ SERVICES = (
     rerank_service_pb2.DESCRIPTOR.services_by_name["RerankService"].full_name,
     file_service_pb2.DESCRIPTOR.services_by_name["FileService"].full_name,
     batch_service_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name,
+    response_service_pb2.DESCRIPTOR.services_by_name["ResponseService"].full_name,
 )
 
 
@@ -139,6 +144,9 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
         FileServicer(store, objects, cfg.max_upload_mb * 1024 * 1024), server)
     batch_service_pb2_grpc.add_BatchServiceServicer_to_server(BatchServicer(
         store, runner, cfg.batch_window_s, cfg.s3_input_buckets), server)
+    responses = BackgroundRunner(store, generation)
+    response_service_pb2_grpc.add_ResponseServiceServicer_to_server(
+        ResponseServicer(store, generation, responses), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry), server)
     embedding_service_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(registry, drain), server)
@@ -172,8 +180,10 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
 
     watcher = asyncio.create_task(_watch_engines(registry, health, stop))
     runner.start()  # resumes the batches a previous run left unfinished
+    responses.start()  # and the background responses
     await stop.wait()
     watcher.cancel()
+    await responses.stop()  # background responses in flight run again at the next start
     await runner.stop()  # batch lines in flight are abandoned (no result): they run again at the next start
     await health.enter_graceful_shutdown()  # NOT_SERVING everywhere first, and it stays so
     drain.start()
