@@ -286,11 +286,19 @@ def test_delete_and_store_false(a):
         a.responses.retrieve(unstored.id)
 
 
-def test_previous_response_survives_a_restart(svc, a):
+def test_previous_response_survives_a_restart_and_background_work_resumes(svc, a):
     first = create(a, "Hi")
     second = create(a, "Tell me a joke", previous_response_id=first.id)
-    svc.stop()
+    svc.pause.touch()  # a background response that is in progress when the core stops
+    try:
+        running = create(a, background=True, model=PAUSED)
+        assert wait_until(lambda: a.responses.retrieve(running.id).status == "in_progress", timeout_s=60)
+        svc.stop()
+    finally:
+        svc.pause.unlink()
     svc.start(timeout_s=600)
+    assert wait_until(lambda: a.responses.retrieve(running.id).status == "completed", timeout_s=120)
+    assert a.responses.retrieve(running.id).output_text == create(a).output_text
     assert a.responses.retrieve(second.id).output_text == second.output_text
     third = create(a, "Another one", previous_response_id=second.id)
     assert third.usage.input_tokens > second.usage.input_tokens
