@@ -210,21 +210,39 @@ def _tool_choice_to_dict(params: pb.ResponseParameters):
 
 
 def usage_to_dict(u: pb.ResponseUsage) -> dict:
-    return {"input_tokens": u.input_tokens, "input_tokens_details": {"cached_tokens": 0},
+    return {"input_tokens": u.input_tokens, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
             "output_tokens": u.output_tokens, "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
             "total_tokens": u.total_tokens}
 
 
+# OpenAI's ResponseErrorCode values this server can mean; every other core reason is
+# folded into one of them (the message keeps the details).
+SERVER_ERROR_CODES = ("server_error", "rate_limit_exceeded", "invalid_prompt")
+RATE_REASONS = ("rate_limit_exceeded", "resource_exhausted", "engine_overloaded", "queue_full", "too_many_requests")
+SERVER_REASONS = ("", "engine_error", "internal", "internal_error", "server_shutting_down", "engine_unavailable",
+                  "unavailable", "deadline_exceeded", "cancelled", "unknown")
+
+
+def response_error_code(reason: str) -> str:
+    """A core error reason -> OpenAI's ResponseErrorCode: server_error for failures of
+    the server, rate_limit_exceeded for capacity refusals, invalid_prompt for the input."""
+    if reason in SERVER_ERROR_CODES:
+        return reason
+    if reason in RATE_REASONS:
+        return "rate_limit_exceeded"
+    return "server_error" if reason in SERVER_REASONS else "invalid_prompt"
+
+
 def response_to_dict(r: pb.Response, output: bool = True) -> dict:
     """OpenAI's `response` object; `output=False` leaves the output list empty (the
-    snapshot of response.created)."""
+    snapshot of response.created). `usage` is there once the response finished."""
     p = r.parameters
     status = STATUS.get(r.status, "in_progress")
     finished = status not in ("queued", "in_progress")
     return {
         "id": r.id, "object": "response", "created_at": r.created_at, "status": status,
         "background": p.background, "completed_at": r.completed_at if r.HasField("completed_at") else None,
-        "error": {"code": r.error.code or "server_error", "message": r.error.message}
+        "error": {"code": response_error_code(r.error.code), "message": r.error.message}
         if r.status == pb.RESPONSE_STATUS_FAILED else None,
         "incomplete_details": {"reason": r.incomplete_reason} if r.incomplete_reason else None,
         "instructions": p.instructions or None,
@@ -245,9 +263,8 @@ def response_to_dict(r: pb.Response, output: bool = True) -> dict:
         "top_logprobs": p.top_logprobs if p.HasField("top_logprobs") else 0,
         "top_p": round(p.top_p, 6) if p.HasField("top_p") else 1.0,
         "truncation": "auto" if p.truncation == pb.TRUNCATION_AUTO else "disabled",
-        "usage": usage_to_dict(r.usage) if finished and r.HasField("usage") else None,
-        "user": None, "metadata": dict(p.metadata),
-    }
+        "metadata": dict(p.metadata),
+    } | ({"usage": usage_to_dict(r.usage)} if finished and r.HasField("usage") else {})
 
 
 def conversation_to_dict(c: pb.Conversation) -> dict:

@@ -366,7 +366,7 @@ def test_engine_failure_mid_stream_ends_with_response_failed(a):
     assert "response.output_text.delta" in [e.type for e in events]
     failed = events[-1].response
     assert events[-1].type == "response.failed" and failed.status == "failed"
-    assert failed.error.code == "engine_error" and failed.error.message
+    assert failed.error.code == "server_error" and failed.error.message
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert a.responses.retrieve(failed.id).status == "failed"
     unary = create(a, model=FAILING)

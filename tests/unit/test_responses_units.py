@@ -110,7 +110,8 @@ def test_stream_events_follow_the_wire_order_with_sequence_numbers():
     assert events[-1]["response"]["output"][0]["content"][0]["text"] == "Hi!"
     tail = s.on_error("engine_error", "boom", None)
     assert [e["type"] for e in tail] == ["error", "response.failed"]
-    assert tail[1]["response"]["error"] == {"code": "engine_error", "message": "boom"}
+    assert tail[0]["code"] == "engine_error"
+    assert tail[1]["response"]["error"] == {"code": "server_error", "message": "boom"}
 
 
 def test_response_object_defaults():
@@ -182,3 +183,48 @@ def test_store_migrates_a_version_1_database_and_isolates_owners(tmp_path):
         assert store.delete_conversation("a", "conv_1") and store.get_conversation("a", "conv_1") is None
     finally:
         store.close()
+
+
+# --- shapes against OpenAI's OpenAPI spec (skipped without it; see test_shim_schema) ---
+
+from .test_shim_schema import check, schemas  # noqa: E402,F401  (the fixture is used by name)
+
+
+def full_stream() -> list[dict]:
+    r = stored_response()
+    r.output.insert(0, pb.Item(id="rs_1", status=pb.ITEM_STATUS_COMPLETED, reasoning=pb.ReasoningItem(text="hm")))
+    r.usage.CopyFrom(pb.ResponseUsage(input_tokens=3, output_tokens=4, total_tokens=7))
+    s = ResponseEventStream()
+    return [e for ev in replay_events(r) for e in s.on_event(ev)] + s.on_error("engine_error", "boom", None)
+
+
+def test_response_objects_and_events_match_spec(schemas):
+    r = stored_response()
+    r.usage.CopyFrom(pb.ResponseUsage(input_tokens=3, output_tokens=4, total_tokens=7))
+    assert check(schemas, schemas["Response"], response_to_dict(r)) == []
+    events = full_stream()
+    assert {"response.reasoning_text.delta", "error", "response.failed"} <= {e["type"] for e in events}
+    branches = {}
+    for ref in schemas["ResponseStreamEvent"]["anyOf"]:
+        name = ref["$ref"].split("/")[-1]
+        branches[schemas[name]["properties"]["type"]["enum"][0]] = name
+    for event in events:
+        assert check(schemas, schemas[branches[event["type"]]], event) == [], event
+    page = {"object": "list", "data": [e["item"] for e in events if e["type"] == "response.output_item.done"],
+            "first_id": "rs_1", "last_id": "fc_1", "has_more": False}
+    assert check(schemas, schemas["ResponseItemList"], page) == []
+
+
+def test_input_items_and_conversations_match_spec(schemas):
+    from shim.translate.responses import conversation_to_dict, item_to_dict
+
+    items = with_ids([user("hi"), pb.Item(function_call_output=pb.FunctionCallOutputItem(call_id="c", output="o")),
+                      pb.Item(function_call=pb.FunctionCallItem(call_id="c", name="f", arguments="{}"))])
+    page = {"object": "list", "data": [item_to_dict(i) for i in items], "first_id": items[0].id,
+            "last_id": items[-1].id, "has_more": False}
+    assert check(schemas, schemas["ResponseItemList"], page) == []
+    conv = conversation_to_dict(pb.Conversation(id="conv_1", created_at=1, metadata={"k": "v"}))
+    assert check(schemas, schemas["ConversationResource"], conv) == []
+    assert check(schemas, schemas["ConversationItemList"], page) == []
+    assert check(schemas, schemas["DeletedConversationResource"],
+                 {"id": "conv_1", "object": "conversation.deleted", "deleted": True}) == []
