@@ -11,7 +11,9 @@ conversation message (never the instructions) and tries again.
 final status, each step a compare-and-set in the store, so a cancel from any replica
 (status CANCELLED in the store) wins; a task sees such a cancel within POLL_S and stops
 its generation. At start it resumes the background responses a previous run left
-unfinished (run again from their stored input).
+unfinished (run again from their stored input). Callers streaming a background response
+listen to its task: they get its events as they happen and, once it ended, its stored
+final state; a listener that leaves does not stop the response.
 """
 from __future__ import annotations
 
@@ -163,6 +165,9 @@ class BackgroundRunner:
         self.store = store
         self.generation = generation
         self.tasks: dict[str, asyncio.Task] = {}
+        # Queues of the callers streaming a running response (stream_background): each gets
+        # every event, then None once the response ended (or its run stopped).
+        self.listeners: dict[str, list[asyncio.Queue]] = {}
 
     def start(self) -> None:
         """Resumes the background responses a previous run left queued or in progress."""
@@ -182,9 +187,21 @@ class BackgroundRunner:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def kick(self, response_id: str) -> None:
+    def kick(self, response_id: str, listener: asyncio.Queue | None = None) -> None:
+        """Runs the response unless it is running already; `listener` gets its events."""
+        if listener is not None:
+            self.listeners.setdefault(response_id, []).append(listener)
         if response_id not in self.tasks:
             self.tasks[response_id] = asyncio.create_task(self._run(response_id))
+
+    def unlisten(self, response_id: str, listener: asyncio.Queue) -> None:
+        queues = self.listeners.get(response_id, [])
+        if listener in queues:
+            queues.remove(listener)
+
+    def _emit(self, response_id: str, event) -> None:
+        for q in self.listeners.get(response_id, ()):
+            q.put_nowait(event)
 
     def cancel(self, response_id: str) -> None:
         task = self.tasks.get(response_id)
@@ -213,10 +230,25 @@ class BackgroundRunner:
             log.exception("response %s: background run failed", response_id)
         finally:
             self.tasks.pop(response_id, None)
+            self._final_snapshot(response_id)
+
+    def _final_snapshot(self, response_id: str) -> None:
+        """Ends the listeners' streams: the stored response (its final state), then None."""
+        queues = self.listeners.pop(response_id, [])
+        if not queues:
+            return
+
+        async def send():
+            rec = await asyncio.to_thread(self.store.get_response, None, response_id)
+            for q in queues:
+                if rec is not None:
+                    q.put_nowait(pb.CreateResponseResponse(response=response_from_json(rec.data)))
+                q.put_nowait(None)
+        asyncio.get_running_loop().create_task(send())
 
     async def _execute(self, rec: ResponseRecord, response: pb.Response) -> None:
-        async def emit(_event):
-            return None
+        async def emit(event):
+            self._emit(rec.id, event)
 
         messages = conversation_messages(response, items_from_json(rec.history), items_from_json(rec.input))
         try:

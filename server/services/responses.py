@@ -122,8 +122,17 @@ class ResponseServicer(pb_grpc.ResponseServiceServicer):
             await asyncio.to_thread(self.store.put_response, rec)
             if response.conversation_id:
                 await append_items(self.store, response.conversation_id, new_input)
-            self.runner.kick(rec.id)
             await context.write(pb.CreateResponseResponse(response=response))
+            if not request.stream_background:
+                self.runner.kick(rec.id)
+                return
+            events: asyncio.Queue = asyncio.Queue()
+            self.runner.kick(rec.id, events)
+            try:
+                while (event := await events.get()) is not None:
+                    await context.write(event)
+            finally:  # the caller may leave: the response runs on
+                self.runner.unlisten(rec.id, events)
             return
         try:
             await execute(self.generation, response, conversation_messages(response, history, new_input),

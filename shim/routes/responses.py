@@ -5,7 +5,8 @@ Create: the HTTP status is decided before the first byte, as for chat (a refused
 request gets the same status and body with or without `stream`). The stream ends after
 the terminal event (response.completed / incomplete / failed); a core failure mid-way
 is an `error` event followed by response.failed. A client gone mid-stream cancels the
-core call (the response is then not stored)."""
+core call (the response is then not stored), except in background mode: a streamed
+background response starts with response.queued and runs on without its client."""
 from __future__ import annotations
 
 from flask import Blueprint, Response, request
@@ -14,7 +15,7 @@ from genapi.v1 import response_service_pb2 as pb
 from shim import sse
 from shim.body import read_json_object
 from shim.errors import APIError, from_grpc_error, json_response
-from shim.protocol.common import invalid_value, unsupported
+from shim.protocol.common import invalid_value
 from shim.protocol.files import query_int
 from shim.protocol.responses import validate_response_request
 from shim.request_id import current_request_id
@@ -42,8 +43,6 @@ def list_order(args) -> int:
 @bp.post("/v1/responses")
 def create_response():
     body = validate_response_request(read_json_object())
-    if body.get("stream") and body.get("background"):
-        raise unsupported("stream", "Streaming a background response")
     cfg = config()
     request_id = current_request_id()
     call = core().responses.CreateResponse(create_request(body, request_id), metadata=metadata(),

@@ -149,6 +149,7 @@ def create_request(body: dict, request_id: str = "") -> pb.CreateResponseRequest
                                    previous_response_id=body.get("previous_response_id") or "")
     if body.get("conversation") is not None:
         req.conversation_id = conversation_id(body)
+    req.stream_background = bool(body.get("stream") and body.get("background"))
     return req
 
 

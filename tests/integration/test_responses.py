@@ -317,6 +317,31 @@ def test_background_create_poll_completed(a):
     assert a.responses.cancel(r.id).status == "completed"
 
 
+def test_background_response_streams_from_queued_to_completed(a):
+    events = list(create(a, background=True, stream=True))
+    types = [e.type for e in events]
+    assert types[:3] == ["response.created", "response.queued", "response.in_progress"]
+    assert types[3:] == TEXT_EVENTS[2:4] + ["response.output_text.delta"] * types.count(
+        "response.output_text.delta") + TEXT_EVENTS[5:] + ["response.completed"]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    final = events[-1].response
+    assert final.background and final.output_text == create(a).output_text
+    assert a.responses.retrieve(final.id).output_text == final.output_text
+
+
+def test_streamed_background_response_runs_on_without_its_client(svc, a):
+    svc.pause.touch()
+    try:
+        with create(a, background=True, stream=True, model=PAUSED) as stream:
+            first = [next(stream), next(stream)]
+        assert [e.type for e in first] == ["response.created", "response.queued"]
+    finally:
+        svc.pause.unlink()
+    rid = first[0].response.id
+    assert wait_until(lambda: a.responses.retrieve(rid).status == "completed", timeout_s=120)
+    assert a.responses.retrieve(rid).output_text == create(a).output_text
+
+
 def test_background_cancel_ends_its_generation(svc, a):
     stats = lambda: next(e for e in svc_stats(svc) if e.model == PAUSED)  # noqa: E731
     svc.pause.touch()
