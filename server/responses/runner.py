@@ -101,12 +101,41 @@ class _Trailers:
         return self._s.details
 
 
+# Generate's parameter names -> the Responses API's (an error's ErrorInfo `param`).
+PARAMS = {"messages": "input", "max_tokens": "max_output_tokens", "response_format": "text.format",
+          "logprobs": "include", "reasoning_effort": "reasoning.effort"}
+
+
+def renamed_params(status: grpc.Status) -> grpc.Status:
+    """`status` with a Generate parameter named as the Responses API names it
+    (messages[3].content -> input, max_tokens -> max_output_tokens, ...)."""
+    try:
+        st = rpc_status.from_call(_Trailers(status))
+    except Exception:
+        return status
+    if st is None:
+        return status
+    changed = False
+    for detail in st.details:
+        info = error_details_pb2.ErrorInfo()
+        if not detail.Unpack(info):
+            continue
+        param = info.metadata.get("param", "")
+        head = param.split("[", 1)[0].split(".", 1)[0]
+        if head in PARAMS:
+            info.metadata["param"] = PARAMS[head] if head == "messages" else PARAMS[head] + param[len(head):]
+            detail.Pack(info)
+            changed = True
+    return rpc_status.to_status(st) if changed else status
+
+
 class Refused(Exception):
-    """Generation was refused before it started: `status` is the core's answer."""
+    """Generation was refused before it started: `status` is the core's answer (its
+    param named as the Responses API names it)."""
 
     def __init__(self, status: grpc.Status):
         super().__init__(status.details)
-        self.status = status
+        self.status = renamed_params(status)
 
 
 def conversation_messages(response: pb.Response, history, new_input):

@@ -187,6 +187,19 @@ def test_include_output_text_logprobs(a):
     assert create(a, max_output_tokens=6).output[0].content[0].logprobs == []
 
 
+def test_truncation_auto_drops_the_oldest_items_to_fit(svc, a):
+    long = [{"role": "user", "content": " ".join(["sky"] * 120) + f" {i}"} for i in range(24)]
+    with pytest.raises(openai.BadRequestError) as e:
+        create(a, long, max_output_tokens=8)
+    assert e.value.code == "context_length_exceeded" and e.value.param == "input"
+    r = create(a, long, max_output_tokens=8, truncation="auto", instructions="Be brief.")
+    assert r.truncation == "auto" and r.status in ("completed", "incomplete")
+    assert 1000 < r.usage.input_tokens + 8 <= 2048
+    with pytest.raises(openai.BadRequestError) as e:
+        create(a, max_output_tokens=5000)
+    assert e.value.param == "max_output_tokens"
+
+
 # --- tools ---------------------------------------------------------------------------
 
 def test_function_call_round_trip(a):
