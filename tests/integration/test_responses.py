@@ -506,3 +506,33 @@ def test_unknown_ids_are_404(svc, a):
     assert raw(svc, "DELETE", "/conversations/conv_nope").status_code == 404
     # Bad input left nothing behind: the next request succeeds.
     assert create(a).status == "completed"
+
+
+def test_grpc_response_service_is_typed_and_shares_the_state(svc, a):
+    import grpc
+
+    from genapi.v1 import content_pb2
+    from genapi.v1 import response_service_pb2 as pb
+    from genapi.v1 import response_service_pb2_grpc as pb_grpc
+
+    auth = [("authorization", f"Bearer {KEY_A}")]
+    with grpc.insecure_channel(svc.grpc_target) as ch:
+        stub = pb_grpc.ResponseServiceStub(ch)
+        req = pb.CreateResponseRequest(
+            parameters=pb.ResponseParameters(model=MODEL, temperature=0, max_output_tokens=64),
+            input=[pb.Item(message=pb.MessageItem(role=content_pb2.ROLE_USER, content=[
+                pb.ItemPart(type=pb.ITEM_PART_TYPE_INPUT_TEXT, text="Tell me a joke")]))])
+        events = list(stub.CreateResponse(req, metadata=auth, timeout=60))
+        kinds = [e.WhichOneof("event") for e in events]
+        assert kinds[0] == "response" and events[0].response.status == pb.RESPONSE_STATUS_IN_PROGRESS
+        assert kinds[1] == "output_item_added" and kinds[-2:] == ["output_item_done", "response"]
+        final = events[-1].response
+        assert final.status == pb.RESPONSE_STATUS_COMPLETED
+        text = "".join(e.output_text_delta.delta for e in events if e.HasField("output_text_delta"))
+        assert text == final.output[0].message.content[0].text
+        got = stub.GetResponse(pb.GetResponseRequest(id=final.id), metadata=auth, timeout=10).response
+        assert got == final
+        with pytest.raises(grpc.RpcError) as e:
+            stub.GetResponse(pb.GetResponseRequest(id=final.id), timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert a.responses.retrieve(final.id).output_text == text == create(a, "Tell me a joke").output_text
