@@ -20,7 +20,7 @@ from shim.protocol.files import query_int
 from shim.protocol.responses import validate_response_request
 from shim.request_id import current_request_id
 from shim.routes.common import config, core, metadata, unary
-from shim.streaming import CoreStream
+from shim.streaming import CoreStream, internal_error
 from shim.translate.files import list_page
 from shim.translate.responses import (
     ResponseEventStream,
@@ -64,6 +64,8 @@ def create_response():
             last[:] = [ev.response]
 
     stream.drain(first, keep)
+    if not last:  # the core always ends with a snapshot; never answer without one
+        raise internal_error()
     return json_response(response_to_dict(last[0]))
 
 
