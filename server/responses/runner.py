@@ -10,8 +10,10 @@ conversation message (never the instructions) and tries again.
 `BackgroundRunner` runs background responses as asyncio tasks: QUEUED -> IN_PROGRESS ->
 final status, each step a compare-and-set in the store, so a cancel from any replica
 (status CANCELLED in the store) wins; a task sees such a cancel within POLL_S and stops
-its generation. At start it resumes the background responses a previous run left
-unfinished (run again from their stored input). Callers streaming a background response
+its generation. A running response is leased to its runner (LEASE_S, renewed while it
+runs): a runner resumes the background responses a previous run of its node left
+unfinished at once, and those of another node once that node's lease expired (run again
+from their stored input). Callers streaming a background response
 listen to its task: they get its events as they happen and, once it ended, its stored
 final state; a listener that leaves does not stop the response.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 import uuid
 from typing import Awaitable, Callable
@@ -39,6 +42,8 @@ from .request import generate_request
 log = logging.getLogger("genapi.responses")
 
 POLL_S = 0.5  # how often a background task looks for a cancel made elsewhere
+CLAIM_S = 2.0  # how often the store is asked for background responses nobody runs
+LEASE_S = 30.0  # a running response's lease, renewed every LEASE_S / 3
 STATUS_NAMES = {
     pb.RESPONSE_STATUS_QUEUED: "queued", pb.RESPONSE_STATUS_IN_PROGRESS: "in_progress",
     pb.RESPONSE_STATUS_COMPLETED: "completed", pb.RESPONSE_STATUS_INCOMPLETE: "incomplete",
@@ -190,28 +195,35 @@ def finish_time(response: pb.Response) -> None:
 
 
 class BackgroundRunner:
-    def __init__(self, store: Store, generation):
+    def __init__(self, store: Store, generation, holder: str | None = None):
         self.store = store
         self.generation = generation
+        self.holder = holder or socket.gethostname()
         self.tasks: dict[str, asyncio.Task] = {}
+        self._poller: asyncio.Task | None = None
         # Queues of the callers streaming a running response (stream_background): each gets
         # every event, then None once the response ended (or its run stopped).
         self.listeners: dict[str, list[asyncio.Queue]] = {}
 
     def start(self) -> None:
-        """Resumes the background responses a previous run left queued or in progress."""
-        self._resumer = asyncio.create_task(self._resume())
+        """Resumes the background responses a previous run left queued or in progress, and
+        takes over those whose runner's lease expired (a replica that died)."""
+        self._poller = asyncio.create_task(self._poll())
 
-    async def _resume(self) -> None:
-        try:
-            for response_id in await asyncio.to_thread(self.store.unfinished_background):
-                log.info("response %s: resumed after a restart", response_id)
-                self.kick(response_id)
-        except Exception:
-            log.exception("resuming background responses failed")
+    async def _poll(self) -> None:
+        while True:
+            try:
+                for response_id in await asyncio.to_thread(self.store.claimable_responses, self.holder,
+                                                           time.time()):
+                    if response_id not in self.tasks:
+                        log.info("response %s: resumed (left unfinished by a stopped runner)", response_id)
+                        self.kick(response_id)
+            except Exception:
+                log.exception("looking for background responses to resume failed")
+            await asyncio.sleep(CLAIM_S)
 
     async def stop(self) -> None:
-        tasks = list(self.tasks.values())
+        tasks = [t for t in (self._poller, *self.tasks.values()) if t]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -240,8 +252,9 @@ class BackgroundRunner:
     async def _run(self, response_id: str) -> None:
         try:
             rec = await asyncio.to_thread(self.store.get_response, None, response_id)
-            if rec is None or rec.status not in ("queued", "in_progress"):
-                return
+            if rec is None or rec.status not in ("queued", "in_progress") or not await asyncio.to_thread(
+                    self.store.claim_response, rec.id, self.holder, LEASE_S, time.time()):
+                return  # finished, or another runner holds it
             response = response_from_json(rec.data)
             response.status = pb.RESPONSE_STATUS_IN_PROGRESS
             if not await asyncio.to_thread(self.store.set_response_status, rec.id, ("queued", "in_progress"),
@@ -297,10 +310,19 @@ class BackgroundRunner:
                 await append_items(self.store, response.conversation_id, response.output)
 
     async def _watch_cancel(self, response_id: str, task: asyncio.Task) -> None:
+        """Stops `task` once its response is cancelled or deleted (by any replica), and
+        renews its lease; a lease lost to another runner stops it too."""
+        renewed = time.monotonic()
         while True:
             await asyncio.sleep(POLL_S)
             try:
                 rec = await asyncio.to_thread(self.store.get_response, None, response_id)
+                if rec is not None and rec.status == "in_progress" and time.monotonic() - renewed > LEASE_S / 3:
+                    if not await asyncio.to_thread(self.store.claim_response, response_id, self.holder, LEASE_S,
+                                                   time.time()):
+                        log.warning("response %s: lease lost to another runner; stopping", response_id)
+                        rec = None
+                    renewed = time.monotonic()
             except Exception:
                 continue
             if rec is None or rec.status == "cancelled":

@@ -142,8 +142,12 @@ class Store(Protocol):
     def set_response_status(self, response_id: str, from_status: tuple[str, ...], status: str,
                             data: str | None = None) -> bool:
         """Compare-and-set of the status (and the data) while in one of `from_status`."""
-    def unfinished_background(self) -> list[str]:
-        """Ids of background responses still queued or in progress (to resume after a restart)."""
+    def claim_response(self, response_id: str, holder: str, lease_s: float, now: float) -> bool:
+        """Leases a queued or in-progress response to `holder` until now + lease_s: True
+        when it was unleased, its lease expired, or `holder` held it (a renewal)."""
+    def claimable_responses(self, holder: str, now: float) -> list[str]:
+        """Ids of background responses still queued or in progress that `holder` may claim
+        (no lease, an expired one, or its own: a restarted node takes its work back)."""
 
     # conversations and their items (insertion order)
     def put_conversation(self, rec: ConversationRecord) -> None: ...

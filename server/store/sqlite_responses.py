@@ -20,7 +20,9 @@ MIGRATION = """
         input TEXT NOT NULL,
         background INTEGER NOT NULL,
         stored INTEGER NOT NULL,
-        deleted INTEGER NOT NULL DEFAULT 0
+        deleted INTEGER NOT NULL DEFAULT 0,
+        lease_holder TEXT,
+        lease_until DOUBLE PRECISION
     );
     CREATE INDEX responses_active ON responses (background, status);
     CREATE TABLE conversations (
@@ -79,9 +81,19 @@ class ResponseTables:
                              [*args, response_id, *from_status])
             return cur.rowcount == 1
 
-    def unfinished_background(self) -> list[str]:
+    def claim_response(self, response_id: str, holder: str, lease_s: float, now: float) -> bool:
+        with self._tx() as db:
+            cur = db.execute("UPDATE responses SET lease_holder = ?, lease_until = ? WHERE id = ? AND deleted = 0 "
+                             "AND status IN ('queued', 'in_progress') AND "
+                             "(lease_holder IS NULL OR lease_holder = ? OR lease_until < ?)",
+                             (holder, now + lease_s, response_id, holder, now))
+            return cur.rowcount == 1
+
+    def claimable_responses(self, holder: str, now: float) -> list[str]:
         rows = self._query("SELECT id FROM responses WHERE background = 1 AND deleted = 0 AND "
-                           "status IN ('queued', 'in_progress') ORDER BY seq")
+                           "status IN ('queued', 'in_progress') AND "
+                           "(lease_holder IS NULL OR lease_holder = ? OR lease_until < ?) ORDER BY seq",
+                           (holder, now))
         return [r["id"] for r in rows]
 
     # ---- conversations -----------------------------------------------------------------

@@ -169,10 +169,14 @@ def test_store_migrates_a_version_1_database_and_isolates_owners(tmp_path):
         store.put_response(ResponseRecord(id="resp_1", owner="a", created_at=1, status="queued", data="{}",
                                           background=True))
         assert store.get_response("a", "resp_1").background and store.get_response("b", "resp_1") is None
-        assert store.unfinished_background() == ["resp_1"]
+        assert store.claimable_responses("node1", now=10) == ["resp_1"]
+        assert store.claim_response("resp_1", "node1", 30, now=10)
+        assert store.claimable_responses("node2", now=20) == [] and not store.claim_response("resp_1", "node2", 30, 20)
+        assert store.claimable_responses("node1", now=20) == ["resp_1"]  # its own, after a restart
+        assert store.claim_response("resp_1", "node2", 30, now=41)  # node1's lease expired
         assert store.set_response_status("resp_1", ("queued",), "cancelled")
         assert not store.set_response_status("resp_1", ("queued", "in_progress"), "in_progress")
-        assert store.unfinished_background() == []
+        assert store.claimable_responses("node2", now=50) == [] and not store.claim_response("resp_1", "node2", 30, 50)
         assert not store.delete_response("b", "resp_1") and store.delete_response("a", "resp_1")
         assert store.get_response("a", "resp_1") is None
         store.put_conversation(ConversationRecord("conv_1", "a", 1, {"k": "v"}))
