@@ -32,7 +32,7 @@ from ..responses.items import (
 )
 from ..responses.runner import STATUS_NAMES, BackgroundRunner, Refused, conversation_messages, execute, finish_time
 from ..store import ConversationRecord, ResponseRecord, Store
-from .generation import request_id_of
+from .generation import chat_model, request_id_of
 
 RESPONSE_ID = re.compile(r"resp_[0-9a-f]{32}")
 CONVERSATION_ID = re.compile(r"conv_[0-9a-f]{32}")
@@ -134,18 +134,19 @@ class ResponseServicer(pb_grpc.ResponseServiceServicer):
             finally:  # the caller may leave: the response runs on
                 self.runner.unlisten(rec.id, events)
             return
-        try:
-            await execute(self.generation, response, conversation_messages(response, history, new_input),
-                          context.write, rid)
-        except Refused as e:
-            await context.abort_with_status(e.status)
-            return
-        finish_time(response)
-        rec.status, rec.data = STATUS_NAMES[response.status], response_to_json(response)
-        if rec.stored:
-            await asyncio.to_thread(self.store.put_response, rec)
-        if response.conversation_id:
-            await append_items(self.store, response.conversation_id, list(new_input) + list(response.output))
+        with self.generation.drain.track():  # a drain waits until the response is stored too
+            try:
+                await execute(self.generation, response, conversation_messages(response, history, new_input),
+                              context.write, rid)
+            except Refused as e:
+                await context.abort_with_status(e.status)
+                return
+            finish_time(response)
+            rec.status, rec.data = STATUS_NAMES[response.status], response_to_json(response)
+            if rec.stored:
+                await asyncio.to_thread(self.store.put_response, rec)
+            if response.conversation_id:
+                await append_items(self.store, response.conversation_id, list(new_input) + list(response.output))
         await context.write(pb.CreateResponseResponse(response=response))
 
     async def _prepare(self, request: pb.CreateResponseRequest):
@@ -191,7 +192,6 @@ class ResponseServicer(pb_grpc.ResponseServiceServicer):
 
     def generation_model_check(self, model: str) -> None:
         """A background response's model is checked at once (NOT_FOUND for an unknown one)."""
-        from .generation import chat_model
         chat_model(self.generation.registry, model)
 
     # ---- responses ---------------------------------------------------------------------
