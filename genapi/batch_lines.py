@@ -198,9 +198,50 @@ def _chat_codec() -> LineCodec:
     return LineCodec("generation", to_request, accumulator, error, usage)
 
 
-#: Batch endpoint -> codec factory. Embeddings, rerank and responses join when they exist.
+def _responses_codec() -> LineCodec:
+    from shim.errors import APIError, from_grpc_error
+    from shim.protocol.common import unsupported
+    from shim.protocol.responses import validate_response_request
+    from shim.translate.responses import create_request, response_to_dict
+
+    def to_request(body: dict, request_id: str):
+        body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}  # results are whole
+        try:
+            body = validate_response_request(body)
+            if body.get("background"):
+                raise unsupported("background", "Background responses in a batch")
+            return create_request(body, request_id)
+        except APIError as e:
+            raise LineRejected(e.status, e.envelope()) from None
+
+    class Accumulator:
+        """Keeps the last response snapshot of the stream (the final one)."""
+
+        def __init__(self):
+            self.response = None
+
+        def add(self, event) -> None:
+            if event.HasField("response"):
+                self.response = event.response
+
+        def result(self) -> dict:
+            return response_to_dict(self.response)
+
+    def error(status) -> tuple[int, dict]:
+        e = from_grpc_error(_StatusCall(status))
+        return e.status, e.envelope()
+
+    def usage(result: dict) -> tuple[int, int]:
+        u = result.get("usage") or {}
+        return int(u.get("input_tokens") or 0), int(u.get("output_tokens") or 0)
+
+    return LineCodec("responses", to_request, lambda body: Accumulator(), error, usage)
+
+
+#: Batch endpoint -> codec factory. Embeddings and rerank join when they exist.
 ENDPOINTS: dict[str, Callable[[], LineCodec]] = {
     "/v1/chat/completions": _chat_codec,
+    "/v1/responses": _responses_codec,
 }
 
 

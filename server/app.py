@@ -139,14 +139,15 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     generation = GenerationServicer(registry, drain)
     generation_service_pb2_grpc.add_GenerationServiceServicer_to_server(generation, server)
     store, objects = open_store(cfg)
-    runner = BatchRunner(store, objects, {"generation": generation}, registry, cfg.batch_concurrency)
     file_service_pb2_grpc.add_FileServiceServicer_to_server(
         FileServicer(store, objects, cfg.max_upload_mb * 1024 * 1024), server)
+    responses = BackgroundRunner(store, generation)
+    response_servicer = ResponseServicer(store, generation, responses)
+    response_service_pb2_grpc.add_ResponseServiceServicer_to_server(response_servicer, server)
+    runner = BatchRunner(store, objects, {"generation": generation, "responses": response_servicer}, registry,
+                         cfg.batch_concurrency)
     batch_service_pb2_grpc.add_BatchServiceServicer_to_server(BatchServicer(
         store, runner, cfg.batch_window_s, cfg.s3_input_buckets), server)
-    responses = BackgroundRunner(store, generation)
-    response_service_pb2_grpc.add_ResponseServiceServicer_to_server(
-        ResponseServicer(store, generation, responses), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry), server)
     embedding_service_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(registry, drain), server)

@@ -41,5 +41,15 @@ async def run_generate(generation, request, request_id: str) -> LineContext:
     return ctx
 
 
+async def run_response(responses, request, request_id: str) -> LineContext:
+    """ResponseService.CreateResponse in-process (as the current owner: the batch's)."""
+    ctx = LineContext(request_id)
+    try:
+        await responses.CreateResponse(request, ctx)
+    except grpc.aio.AbortError:
+        pass
+    return ctx
+
+
 #: LineCodec.service -> how the runner executes a line of it.
-EXECUTORS = {"generation": run_generate}
+EXECUTORS = {"generation": run_generate, "responses": run_response}

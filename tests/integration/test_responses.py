@@ -383,6 +383,35 @@ def svc_stats(svc):
             pb.GetEngineStatsRequest(), metadata=[("authorization", f"Bearer {KEY_A}")]).engines
 
 
+def test_a_batch_of_responses_runs_as_its_owner(a, b):
+    from .batch_support import result_lines, upload, wait_batch
+
+    first = create(a, "Hi")
+
+    def line(cid, **body):
+        return {"custom_id": cid, "method": "POST", "url": "/v1/responses",
+                "body": {"model": MODEL, "input": "Tell me a joke", "max_output_tokens": 64, "temperature": 0,
+                         **body}}
+    f = upload(a, [line("plain"), line("continued", previous_response_id=first.id), line("bg", background=True)])
+    batch = wait_batch(a, a.batches.create(input_file_id=f.id, endpoint="/v1/responses",
+                                           completion_window="24h").id)
+    assert batch.status == "completed", batch
+    out = {r["custom_id"]: r["response"] for r in result_lines(a, batch.output_file_id)}
+    err = {r["custom_id"]: r["response"] for r in result_lines(a, batch.error_file_id)}
+    assert set(out) == {"plain", "continued"} and set(err) == {"bg"}
+    plain, continued = out["plain"]["body"], out["continued"]["body"]
+    assert plain["object"] == "response" and plain["status"] == "completed"
+    assert plain["output"][0]["content"][0]["text"] == create(a, "Tell me a joke").output_text
+    assert continued["previous_response_id"] == first.id
+    assert continued["usage"]["input_tokens"] > plain["usage"]["input_tokens"]
+    assert err["bg"]["status_code"] == 400 and err["bg"]["body"]["error"]["param"] == "background"
+    assert batch.usage.output_tokens == plain["usage"]["output_tokens"] + continued["usage"]["output_tokens"]
+    # The stored responses are the batch owner's.
+    assert a.responses.retrieve(plain["id"]).output_text == plain["output"][0]["content"][0]["text"]
+    with pytest.raises(openai.NotFoundError):
+        b.responses.retrieve(plain["id"])
+
+
 # --- reasoning and failures ----------------------------------------------------------
 
 def test_reasoning_model_gives_a_reasoning_item(a):
