@@ -4,7 +4,7 @@ CreateResponse builds the conversation (the stored chain of `previous_response_i
 the conversation's items, then the new input), runs it through GenerationService's own
 code (server/responses/runner.py) and stores the result unless `store` is false. A
 background response is stored QUEUED and run by the BackgroundRunner; its only event is
-that QUEUED snapshot. Another owner's response or conversation answers exactly like a
+that QUEUED snapshot, unless `stream_background` asks to follow the run. Another owner's response or conversation answers exactly like a
 missing one (NOT_FOUND)."""
 from __future__ import annotations
 
