@@ -13,8 +13,6 @@ import re
 import time
 import uuid
 
-import grpc
-
 from genapi.v1 import content_pb2
 from genapi.v1 import response_service_pb2 as pb
 from genapi.v1 import response_service_pb2_grpc as pb_grpc
