@@ -3,7 +3,8 @@ string and item input, instructions, output_text; the streamed event order and s
 numbers (wire-shapes.md); the SDK's responses.stream and responses.parse helpers; function
 tools round trip; text.format json_schema; previous_response_id over three turns and
 across a restart; retrieve (and its stream replay), input_items, delete; store=false;
-logprobs; background create -> poll, and cancel (the engine request ends); reasoning
+logprobs; background create -> poll, and cancel (the engine request ends); a closed stream
+aborts its generation; reasoning
 items; a failure mid-stream; bad input (400/404 naming the param); per-key isolation.
 
 One service with two API keys (owners A and B) serves the module. Besides the tiny chat
@@ -370,6 +371,21 @@ def test_background_cancel_ends_its_generation(svc, a):
     assert a.responses.retrieve(r.id).status == "cancelled"
     with pytest.raises(openai.BadRequestError):
         a.responses.cancel(create(a).id)  # not a background response
+
+
+def test_closing_a_foreground_stream_aborts_its_generation(svc, a):
+    stats = lambda: next(e for e in svc_stats(svc) if e.model == PAUSED)  # noqa: E731
+    svc.pause.touch()
+    try:
+        with create(a, stream=True, model=PAUSED) as stream:
+            first = [next(stream), next(stream)]
+            assert wait_until(lambda: stats().active_sequences == 1, timeout_s=60)
+        assert [e.type for e in first] == ["response.created", "response.in_progress"]
+        assert wait_until(lambda: stats().active_sequences == 0, timeout_s=30)
+    finally:
+        svc.pause.unlink()
+    with pytest.raises(openai.NotFoundError):  # a response its client abandoned is not stored
+        a.responses.retrieve(first[0].response.id)
 
 
 def svc_stats(svc):
