@@ -3,9 +3,10 @@ string and item input, instructions, output_text; the streamed event order and s
 numbers (wire-shapes.md); the SDK's responses.stream and responses.parse helpers; function
 tools round trip; text.format json_schema; previous_response_id over three turns and
 across a restart; retrieve (and its stream replay), input_items, delete; store=false;
-logprobs; background create -> poll, and cancel (the engine request ends); a closed stream
-aborts its generation; reasoning
-items; a failure mid-stream; bad input (400/404 naming the param); per-key isolation.
+logprobs; truncation; background create -> poll, streamed, and cancel (the engine request
+ends); a closed stream aborts its generation; reasoning items; a failure mid-stream;
+batches of responses; conversations; the typed gRPC service; bad input (400/404 naming
+the param); per-key isolation.
 
 One service with two API keys (owners A and B) serves the module. Besides the tiny chat
 model it runs the same weights as a reasoning model, as a model whose decoding pauses
