@@ -13,13 +13,15 @@ final status, each step a compare-and-set in the store, so a cancel from any rep
 its generation. A running response is leased to its runner (LEASE_S, renewed while it
 runs): a runner resumes the background responses a previous run of its node left
 unfinished at once, and those of another node once that node's lease expired (run again
-from their stored input). Callers streaming a background response
+from their stored input). A background response the engine refuses for capacity
+(RESOURCE_EXHAUSTED, UNAVAILABLE) waits and tries again instead of failing. Callers streaming a background response
 listen to its task: they get its events as they happen and, once it ended, its stored
 final state; a listener that leaves does not stop the response.
 """
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import socket
 import time
@@ -44,6 +46,8 @@ log = logging.getLogger("genapi.responses")
 POLL_S = 0.5  # how often a background task looks for a cancel made elsewhere
 CLAIM_S = 2.0  # how often the store is asked for background responses nobody runs
 LEASE_S = 30.0  # a running response's lease, renewed every LEASE_S / 3
+TRANSIENT = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)  # retried in the background
+RETRY_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 STATUS_NAMES = {
     pb.RESPONSE_STATUS_QUEUED: "queued", pb.RESPONSE_STATUS_IN_PROGRESS: "in_progress",
     pb.RESPONSE_STATUS_COMPLETED: "completed", pb.RESPONSE_STATUS_INCOMPLETE: "incomplete",
@@ -293,12 +297,18 @@ class BackgroundRunner:
             self._emit(rec.id, event)
 
         messages = conversation_messages(response, items_from_json(rec.history), items_from_json(rec.input))
-        try:
-            await execute(self.generation, response, messages, emit, f"req_{uuid.uuid4().hex}")
-        except Refused as e:
-            response.status = pb.RESPONSE_STATUS_FAILED
-            response.error.code = status_reason(e.status) or "invalid_request"
-            response.error.message = e.status.details
+        for attempt in itertools.count():
+            try:
+                await execute(self.generation, response, messages, emit, f"req_{uuid.uuid4().hex}")
+                return
+            except Refused as e:
+                if e.status.code not in TRANSIENT:
+                    response.status = pb.RESPONSE_STATUS_FAILED
+                    response.error.code = status_reason(e.status) or "invalid_request"
+                    response.error.message = e.status.details
+                    return
+                # The engine is full or briefly unavailable: a background response waits its turn.
+                await asyncio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
 
     async def _save(self, rec: ResponseRecord, response: pb.Response) -> None:
         finish_time(response)

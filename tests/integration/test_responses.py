@@ -55,7 +55,8 @@ def svc(tmp_path_factory):
         name = "{PAUSED}"
         path = "{TINY_MODEL}"
         [models.options]
-        max_batch = 4
+        max_batch = 1
+        max_queue = 1
         [models.options.fault]
         pause_decode_file = "{tmp / 'pause'}"
         [[models]]
@@ -372,6 +373,20 @@ def test_background_cancel_ends_its_generation(svc, a):
     assert a.responses.retrieve(r.id).status == "cancelled"
     with pytest.raises(openai.BadRequestError):
         a.responses.cancel(create(a).id)  # not a background response
+
+
+def test_background_responses_the_engine_refuses_wait_their_turn(svc, a):
+    stats = lambda: next(e for e in svc_stats(svc) if e.model == PAUSED)  # noqa: E731
+    rejected = stats().requests_rejected
+    svc.pause.touch()
+    try:  # one slot and one queue place: the third is refused (engine_overloaded) and retried
+        ids = [create(a, background=True, model=PAUSED).id for _ in range(3)]
+        assert wait_until(lambda: stats().requests_rejected > rejected, timeout_s=60)
+        assert all(a.responses.retrieve(i).status == "in_progress" for i in ids)
+    finally:
+        svc.pause.unlink()
+    assert wait_until(lambda: all(a.responses.retrieve(i).status == "completed" for i in ids), timeout_s=120)
+    assert {a.responses.retrieve(i).output_text for i in ids} == {create(a).output_text}
 
 
 def test_closing_a_foreground_stream_aborts_its_generation(svc, a):
