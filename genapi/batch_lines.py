@@ -234,10 +234,50 @@ def _embeddings_codec() -> LineCodec:
                      accumulator, _http_error, _usage)
 
 
-#: Batch endpoint -> codec factory (responses joins when it exists).
+
+
+def _responses_codec() -> LineCodec:
+    from shim.errors import from_grpc_error
+    from shim.protocol.common import unsupported
+    from shim.protocol.responses import validate_response_request
+    from shim.translate.responses import create_request, response_to_dict
+
+    def validate(body: dict) -> dict:
+        body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}  # results are whole
+        body = validate_response_request(body)
+        if body.get("background"):
+            raise unsupported("background", "Background responses in a batch")
+        return body
+
+    class Accumulator:
+        """Keeps the last response snapshot of the stream (the final one)."""
+
+        def __init__(self):
+            self.response = None
+
+        def add(self, event) -> None:
+            if event.HasField("response"):
+                self.response = event.response
+
+        def result(self) -> dict:
+            return response_to_dict(self.response)
+
+    def error(status) -> tuple[int, dict]:
+        e = from_grpc_error(_StatusCall(status))
+        return e.status, e.envelope()
+
+    def usage(result: dict) -> tuple[int, int]:
+        u = result.get("usage") or {}
+        return int(u.get("input_tokens") or 0), int(u.get("output_tokens") or 0)
+
+    return LineCodec("responses", _rejecting(validate, create_request), lambda body: Accumulator(), error, usage)
+
+
+#: Batch endpoint -> codec factory.
 ENDPOINTS: dict[str, Callable[[], LineCodec]] = {
     "/v1/chat/completions": _chat_codec,
     "/v1/embeddings": _embeddings_codec,
+    "/v1/responses": _responses_codec,
 }
 
 

@@ -34,9 +34,12 @@ from genapi.v1 import (
     model_service_pb2_grpc,
     rerank_service_pb2,
     rerank_service_pb2_grpc,
+    response_service_pb2,
+    response_service_pb2_grpc,
 )
 
 from .batches.runner import BatchRunner
+from .responses.runner import BackgroundRunner
 from .interceptors.auth import AuthInterceptor
 from .drain import Drain
 from .registry import Registry
@@ -46,6 +49,7 @@ from .services.batches import BatchServicer
 from .services.files import FileServicer
 from .services.generation import GenerationServicer
 from .services.models import ModelServicer
+from .services.responses import ResponseServicer
 from .store import open_store
 
 log = logging.getLogger("genapi.core")
@@ -70,6 +74,7 @@ SERVICES = (
     rerank_service_pb2.DESCRIPTOR.services_by_name["RerankService"].full_name,
     file_service_pb2.DESCRIPTOR.services_by_name["FileService"].full_name,
     batch_service_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name,
+    response_service_pb2.DESCRIPTOR.services_by_name["ResponseService"].full_name,
 )
 
 
@@ -138,10 +143,13 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     generation_service_pb2_grpc.add_GenerationServiceServicer_to_server(generation, server)
     store, objects = open_store(cfg)
     embedding = EmbeddingServicer(registry, drain)
-    runner = BatchRunner(store, objects, {"generation": generation, "embedding": embedding}, registry,
-                         cfg.batch_concurrency)
     file_service_pb2_grpc.add_FileServiceServicer_to_server(
         FileServicer(store, objects, cfg.max_upload_mb * 1024 * 1024), server)
+    responses = BackgroundRunner(store, generation)
+    response_servicer = ResponseServicer(store, generation, responses)
+    response_service_pb2_grpc.add_ResponseServiceServicer_to_server(response_servicer, server)
+    runner = BatchRunner(store, objects, {"generation": generation, "embedding": embedding,
+                                          "responses": response_servicer}, registry, cfg.batch_concurrency)
     batch_service_pb2_grpc.add_BatchServiceServicer_to_server(BatchServicer(
         store, runner, cfg.batch_window_s, cfg.s3_input_buckets), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
@@ -177,8 +185,10 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
 
     watcher = asyncio.create_task(_watch_engines(registry, health, stop))
     runner.start()  # resumes the batches a previous run left unfinished
+    responses.start()  # and the background responses
     await stop.wait()
     watcher.cancel()
+    await responses.stop()  # background responses in flight run again at the next start
     await runner.stop()  # batch lines in flight are abandoned (no result): they run again at the next start
     await health.enter_graceful_shutdown()  # NOT_SERVING everywhere first, and it stays so
     drain.start()

@@ -47,3 +47,13 @@ def obfuscated_frame(obj: dict) -> bytes:
 
 def obfuscated_frames(objs) -> bytes:
     return b"".join(obfuscated_frame(o) for o in objs)
+
+
+def event_frame(obj: dict) -> bytes:
+    """One named-event frame, `event: <obj["type"]>` then `data: {json}` (the Responses
+    API's framing)."""
+    return b"event: " + str(obj["type"]).encode("ascii", "replace") + b"\n" + frame(obj)
+
+
+def event_frames(objs) -> bytes:
+    return b"".join(event_frame(o) for o in objs)

@@ -31,25 +31,23 @@ class LineContext:
         return self.status is not None
 
 
-async def run_generate(generation, request, request_id: str) -> LineContext:
-    """GenerationService.Generate in-process; the events (or status) are on the result."""
+async def run_call(method, request, request_id: str) -> LineContext:
+    """A servicer method in-process: what a streaming method writes, or the one reply of a
+    unary one, is on the result's `events` (its abort status on `status`)."""
     ctx = LineContext(request_id)
     try:
-        await generation.Generate(request, ctx)
+        reply = await method(request, ctx)
+        if reply is not None:  # unary: the reply; streaming methods write their events
+            ctx.events.append(reply)
     except grpc.aio.AbortError:
         pass
     return ctx
 
 
-async def run_embed(embedding, request, request_id: str) -> LineContext:
-    """EmbeddingService.Embed in-process; the one EmbedResponse (or status) is on the result."""
-    ctx = LineContext(request_id)
-    try:
-        ctx.events.append(await embedding.Embed(request, ctx))
-    except grpc.aio.AbortError:
-        pass
-    return ctx
-
-
-#: LineCodec.service -> how the runner executes a line of it.
-EXECUTORS = {"generation": run_generate, "embedding": run_embed}
+#: LineCodec.service -> (the servicer of it) -> the method a line runs through. Responses
+#: run as the current owner (the batch's).
+EXECUTORS = {
+    "generation": lambda generation, request, rid: run_call(generation.Generate, request, rid),
+    "embedding": lambda embedding, request, rid: run_call(embedding.Embed, request, rid),
+    "responses": lambda responses, request, rid: run_call(responses.CreateResponse, request, rid),
+}

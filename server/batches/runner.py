@@ -33,6 +33,7 @@ import grpc
 from genapi import batch_lines
 from genapi.batch_lines import LineRejected
 
+from ..interceptors.auth import act_as
 from ..store import BatchRecord, FileRecord, LineResult, S3Url, Store
 from ..store.s3 import beside
 from .inprocess import EXECUTORS
@@ -190,6 +191,7 @@ class BatchRunner:
             await asyncio.sleep(0.02)
 
     async def _run_line(self, b: BatchRecord, codec, line, cancelled: asyncio.Event) -> None:
+        act_as(b.owner)  # this line's task runs as the batch's owner (stored responses are theirs)
         rid = f"req_{uuid.uuid4().hex}"
         try:
             request = codec.to_request(line.body, rid)

@@ -22,6 +22,12 @@ def current_owner() -> str:
     return _principal.get()
 
 
+def act_as(owner: str) -> None:
+    """Makes `owner` the current principal of this asyncio task (and the tasks it starts):
+    work done on someone's behalf outside an RPC, such as a batch line."""
+    _principal.set(owner)
+
+
 def _with_principal(handler, name: str):
     """`handler` whose behaviour runs with `name` as the current principal."""
     for kind, factory in (("unary_unary", grpc.unary_unary_rpc_method_handler),

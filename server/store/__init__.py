@@ -3,12 +3,12 @@ implementation, and object storage for file contents: a local directory (`object
 S3 (`s3`, which also reads and writes the s3:// URLs of Scaleway-style batches)."""
 from __future__ import annotations
 
-from .base import BatchRecord, FileRecord, LineResult, Store
+from .base import BatchRecord, ConversationItem, ConversationRecord, FileRecord, LineResult, ResponseRecord, Store
 from .objects import LocalObjects
 from .s3 import S3Objects, S3Url
 from .sqlite import SqliteStore
 
-__all__ = ["BatchRecord", "FileRecord", "LineResult", "LocalObjects", "S3Objects", "S3Url", "SqliteStore", "Store",
+__all__ = ["BatchRecord", "ConversationItem", "ConversationRecord", "ResponseRecord", "FileRecord", "LineResult", "LocalObjects", "S3Objects", "S3Url", "SqliteStore", "Store",
            "open_store"]
 
 

@@ -69,6 +69,41 @@ class LineResult:
     output_tokens: int = 0
 
 
+@dataclass
+class ResponseRecord:
+    """A stored response. `data` is the response (JSON text of a genapi.v1.Response);
+    `history` and `input` are JSON lists of items (genapi.v1.Item as JSON): the items of
+    the responses it continues, and its own new input. Continuing it means history +
+    input + the output in `data`."""
+
+    id: str
+    owner: str
+    created_at: int
+    status: str  # queued in_progress completed incomplete failed cancelled
+    data: str
+    history: str = "[]"
+    input: str = "[]"
+    background: bool = False
+    stored: bool = True  # False: kept only while a background response runs
+
+
+@dataclass
+class ConversationRecord:
+    id: str
+    owner: str
+    created_at: int
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass
+class ConversationItem:
+    """One item of a conversation: `data` is the item (JSON text of a genapi.v1.Item)."""
+
+    conversation_id: str
+    item_id: str
+    data: str
+
+
 class Store(Protocol):
     # files
     def put_file(self, rec: FileRecord) -> None:
@@ -97,3 +132,29 @@ class Store(Protocol):
     def done_custom_ids(self, batch_id: str) -> set[str]: ...
     def results(self, batch_id: str, ok: bool) -> Iterator[LineResult]:
         """The batch's results of one kind, in input-line order."""
+
+    # responses
+    def put_response(self, rec: ResponseRecord) -> None:
+        """Inserts or replaces the response `rec.id` (same owner)."""
+    def get_response(self, owner: str | None, response_id: str) -> ResponseRecord | None:
+        """The owner's live response (any owner's when `owner` is None), else None."""
+    def delete_response(self, owner: str, response_id: str) -> bool: ...
+    def set_response_status(self, response_id: str, from_status: tuple[str, ...], status: str,
+                            data: str | None = None) -> bool:
+        """Compare-and-set of the status (and the data) while in one of `from_status`."""
+    def claim_response(self, response_id: str, holder: str, lease_s: float, now: float) -> bool:
+        """Leases a queued or in-progress response to `holder` until now + lease_s: True
+        when it was unleased, its lease expired, or `holder` held it (a renewal)."""
+    def claimable_responses(self, holder: str, now: float) -> list[str]:
+        """Ids of background responses still queued or in progress that `holder` may claim
+        (no lease, an expired one, or its own: a restarted node takes its work back)."""
+
+    # conversations and their items (insertion order)
+    def put_conversation(self, rec: ConversationRecord) -> None: ...
+    def get_conversation(self, owner: str, conversation_id: str) -> ConversationRecord | None: ...
+    def update_conversation(self, owner: str, conversation_id: str, metadata: dict) -> bool: ...
+    def delete_conversation(self, owner: str, conversation_id: str) -> bool: ...
+    def add_conversation_items(self, conversation_id: str, items: list[ConversationItem]) -> None: ...
+    def conversation_items(self, conversation_id: str) -> list[ConversationItem]:
+        """Every live item, oldest first."""
+    def delete_conversation_item(self, conversation_id: str, item_id: str) -> bool: ...

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .base import ACTIVE, BatchRecord, FileRecord, LineResult
+from .sqlite_responses import MIGRATION as RESPONSES_MIGRATION, ResponseTables
 
 # Each entry moves the schema one version up; never edit a released entry, append one.
 MIGRATIONS = [
@@ -66,6 +67,7 @@ MIGRATIONS = [
     );
     CREATE INDEX batch_results_line ON batch_results (batch_id, ok, line);
     """,
+    RESPONSES_MIGRATION,  # 2: responses, conversations, conversation_items
 ]
 
 _BATCH_FIELDS = [f.name for f in fields(BatchRecord)]
@@ -73,7 +75,7 @@ _FILE_FIELDS = [f.name for f in fields(FileRecord)]
 _JSON_FIELDS = ("metadata", "errors")
 
 
-class SqliteStore:
+class SqliteStore(ResponseTables):
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
