@@ -93,7 +93,7 @@ def test_invalid_input_fails_with_the_line(a, lines, code, line_no):
 
 
 @pytest.mark.parametrize("endpoint, window, param", [
-    ("/v1/responses", "24h", "endpoint"),
+    ("/v1/completions", "24h", "endpoint"),
     ("/v1/images/generations", "24h", "endpoint"),
     (CHAT, "1h", "completion_window"),
 ])
