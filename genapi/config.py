@@ -88,6 +88,8 @@ class ModelConfig:
         defaults); beyond it the core answers 429."""
         if self.task in SHAREABLE_TASKS:
             return ENCODER_MAX_QUEUE if self.max_queue is None else self.max_queue
+        if self.task is Task.TRANSCRIPTION:
+            return TRANSCRIPTION_MAX_QUEUE if self.max_queue is None else self.max_queue
         if self.task is not Task.CHAT:
             return 0
         batch, queue = ENGINE_ADMISSION_DEFAULTS.get(self.backend, ENGINE_ADMISSION_DEFAULTS["torch"])
@@ -118,6 +120,8 @@ class ModelConfig:
 ENGINE_ADMISSION_DEFAULTS = {"torch": (32, 256), "trtllm": (64, 256)}
 # Requests in flight per embedding/rerank engine (server/engines/torch/embed.py).
 ENCODER_MAX_QUEUE = 256
+# Requests in flight per transcription engine (server/engines/torch/whisper.py).
+TRANSCRIPTION_MAX_QUEUE = 64
 # Request threads per worker when `threads = 0` (auto): each worker's share of the core's
 # capacity plus this much room (requests routed unevenly between workers, /health, /v1/models).
 AUTO_THREADS_HEADROOM = 32
@@ -135,7 +139,8 @@ def _int_option(mc: ModelConfig, key: str, default, minimum: int):
 # Engine options checked when the config loads (both backends read them; see README
 # "Configuration"): integer options and their smallest value, and the choices of the others.
 _INT_OPTIONS = {"max_batch": 1, "max_queue": 1, "max_budget_tokens": 0, "max_output_tokens": 0,
-                "max_context": 1, "prefill_chunk": 0, "max_prefill_tokens": 1, "threads": 1}
+                "max_context": 1, "prefill_chunk": 0, "max_prefill_tokens": 1, "threads": 1,
+                "max_new_tokens": 1}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 BACKEND_NAMES = ("torch", "trtllm")  # server/registry.py BACKENDS serves these

@@ -1,0 +1,390 @@
+"""The transcription engine process: a Whisper-architecture checkpoint through
+transformers (WhisperForConditionalGeneration, its WhisperFeatureExtractor and tokenizer),
+decoding the windows of concurrent requests together.
+
+Messages (engines/worker.py): `Submit(TranscribeJob)` in (16 kHz int16 samples and the
+window plan, made by the parent); out, one `Step` per decoded batch whose
+`events[request_id]` lists that request's `WindowResult`s and whose `ended[request_id]`
+is "finished" once all its windows are done (or the error text).
+
+A batch takes waiting windows in arrival order (any request's), waiting up to
+`max_wait_ms` after the first for more, up to `max_batch` windows of equal prompt length
+(so rows stay aligned: prompts differ only by the optional conditioning text). Each batch
+runs the encoder once and decodes all rows together with a KV cache until every row has
+sampled `<|endoftext|>` or `max_new_tokens`.
+
+Decoding follows Whisper's rules (openai/whisper `decoding.py`): the prompt is
+`[<|startofprev|> prompt...] <|startoftranscript|> <|lang|> <|task|>`; at each step other
+special tokens are suppressed, blank and EOT are suppressed at the first position, and
+the timestamp rules hold (the first token is a timestamp no later than
+`max_initial_timestamp_index`, timestamps come in pairs and never decrease, a timestamp
+is forced when timestamps are together likelier than any text token). `no_speech_prob` is
+the probability of `<|nospeech|>` after `<|startoftranscript|>`. The language of a request
+without one is detected on its first window (the likeliest language token after
+`<|startoftranscript|>`). Word times come from a second, teacher-forced pass over the
+text tokens: the cross-attention of the checkpoint's `alignment_heads`, normalized and
+median-filtered, aligned to the encoder frames by DTW (whisper_windows.token_start_times).
+
+Options: device, dtype, threads, max_batch (8 windows), max_wait_ms (10),
+max_new_tokens (half the decoder context, Whisper's sample_len).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..worker import Abort, Step, Stop, Submit
+from .whisper_windows import FRAMES_PER_SECOND, SAMPLE_RATE, token_start_times
+
+log = logging.getLogger("genapi.engine.whisper")
+
+DEFAULT_MAX_BATCH = 8
+DEFAULT_MAX_WAIT_MS = 10.0
+MEDIAN_FILTER_WIDTH = 7
+
+
+@dataclass
+class TranscribeJob:
+    """One request as the engine process sees it. `windows`: [(start, end)] in samples."""
+
+    request_id: str
+    samples: np.ndarray  # int16 [n], mono 16 kHz
+    windows: list[tuple[int, int]]
+    task: str = "transcribe"
+    language: str | None = None  # code; None: detect on the first window
+    prompt_ids: list[int] = field(default_factory=list)
+    temperature: float = 0.0
+    words: bool = False
+
+
+@dataclass
+class WindowResult:
+    """What one window decoded to. `tokens`: sampled ids after the prompt (timestamps
+    included, EOT excluded); `logprobs`: one per token; `sum_logprob` includes EOT's;
+    `token_times`: when words were asked for, start time (s, from the window's start) of
+    each text token plus the end of the last one (len = text tokens + 1)."""
+
+    index: int
+    language: str
+    tokens: list[int]
+    logprobs: list[float]
+    sum_logprob: float
+    no_speech_prob: float
+    temperature: float
+    token_times: list[float] | None = None
+
+
+@dataclass
+class _Row:
+    job: TranscribeJob
+    index: int
+
+
+class WhisperLoop:
+    """The child side (engines/worker.py `factory`): `load()` then `run(conn)`."""
+
+    def __init__(self, name: str, path: str, options: dict):
+        self.name, self.path = name, path
+        self.options = dict(options)
+        self.max_batch = int(self.options.get("max_batch", DEFAULT_MAX_BATCH))
+        self.max_wait_s = float(self.options.get("max_wait_ms", DEFAULT_MAX_WAIT_MS)) / 1000
+        self.languages: dict[str, int] = {}
+
+    # ---- loading -------------------------------------------------------------------
+    def load(self) -> dict:
+        import torch
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a directory, never the hub
+        device = self.options.get("device", "auto")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError("device = 'cuda' but no CUDA device is available")
+        dtype = self.options.get("dtype", "auto")
+        if dtype == "auto":
+            dtype = "float16" if device.startswith("cuda") else "float32"
+        if self.options.get("threads"):
+            torch.set_num_threads(int(self.options["threads"]))
+        from transformers import AutoTokenizer, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+        # Eager attention: the word-timestamp pass reads the cross-attention weights.
+        model = WhisperForConditionalGeneration.from_pretrained(
+            self.path, local_files_only=True, attn_implementation="eager", dtype=getattr(torch, dtype))
+        self.model = model.to(device).eval()
+        self.device, self.dtype = torch.device(device), getattr(torch, dtype)
+        self.features = WhisperFeatureExtractor.from_pretrained(self.path, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        gc = model.generation_config
+        ids = tok.convert_tokens_to_ids
+        self.eot = ids("<|endoftext|>")
+        self.sot = ids("<|startoftranscript|>")
+        self.sot_prev = ids("<|startofprev|>")
+        self.no_timestamps = ids("<|notimestamps|>")
+        self.timestamp_begin = self.no_timestamps + 1
+        nospeech = [i for i in (ids("<|nospeech|>"), ids("<|nocaptions|>")) if i is not None and i != tok.unk_token_id]
+        self.no_speech = nospeech[0] if nospeech else None
+        lang_to_id = dict(getattr(gc, "lang_to_id", None) or {})
+        self.languages = {k[2:-2]: v for k, v in lang_to_id.items()}
+        task_to_id = dict(getattr(gc, "task_to_id", None) or {})
+        self.task_ids = {k: v for k, v in task_to_id.items()}
+        self.n_ctx = int(model.config.max_target_positions)
+        self.max_new_tokens = int(self.options.get("max_new_tokens", self.n_ctx // 2))
+        self.max_initial_ts = int(getattr(gc, "max_initial_timestamp_index", 50) or 50)
+        vocab = int(model.config.vocab_size)
+        specials = [i for i in range(self.eot + 1, self.timestamp_begin) if i < vocab]  # sot .. notimestamps
+        suppress = [t for t in (getattr(gc, "suppress_tokens", None) or []) if 0 <= t < vocab]
+        self.suppress = torch.tensor(sorted(set(specials + suppress)), dtype=torch.long, device=self.device)
+        self.blank = [t for t in tok.encode(" ", add_special_tokens=False)] + [self.eot]
+        heads = getattr(gc, "alignment_heads", None)
+        if not heads:  # openai/whisper's default: every head of the last half of the layers
+            L, H = model.config.decoder_layers, model.config.decoder_attention_heads
+            heads = [[layer, h] for layer in range(L // 2, L) for h in range(H)]
+        self.alignment_heads = [tuple(h) for h in heads]
+        log.info("%s: Whisper %s on %s (%s), %d languages, %d-token context", self.name,
+                 type(model).__name__, device, dtype, len(self.languages), self.n_ctx)
+        return {"tokenizer": tok, "languages": sorted(self.languages), "task_ids": sorted(self.task_ids),
+                "n_ctx": self.n_ctx, "eot": self.eot, "timestamp_begin": self.timestamp_begin,
+                "max_prompt_tokens": self.n_ctx // 2 - 1}
+
+    # ---- one batch -------------------------------------------------------------------
+    def _encode(self, rows: list[_Row]):
+        import torch
+
+        audio = [r.job.samples[slice(*r.job.windows[r.index])].astype(np.float32) / 32768.0 for r in rows]
+        feats = self.features(audio, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
+        x = torch.from_numpy(np.asarray(feats)).to(self.device, self.dtype)
+        return self.model.model.encoder(x).last_hidden_state
+
+    def detect_language(self, job: TranscribeJob) -> str:
+        """The likeliest language token after <|startoftranscript|> on the first window."""
+        import torch
+
+        if not self.languages:
+            return "en"
+        with torch.inference_mode():
+            enc = self._encode([_Row(job, 0)])
+            out = self.model.model.decoder(input_ids=torch.tensor([[self.sot]], device=self.device),
+                                           encoder_hidden_states=enc)
+            logits = self.model.proj_out(out.last_hidden_state[:, -1]).float()[0]
+        codes = list(self.languages)
+        best = int(torch.argmax(logits[[self.languages[c] for c in codes]]))
+        return codes[best]
+
+    def prompt(self, job: TranscribeJob) -> tuple[list[int], int]:
+        """The decoder prompt of a job's windows and the position of <|startoftranscript|>."""
+        prev = [self.sot_prev, *job.prompt_ids[-(self.n_ctx // 2 - 1):]] if job.prompt_ids else []
+        seq = [self.sot]
+        if self.languages:
+            seq.append(self.languages[job.language])
+            seq.append(self.task_ids.get(job.task, self.task_ids.get("transcribe")))
+        return prev + seq, len(prev)
+
+    def _rules(self, logits, sampled: list[list[int]]):
+        """Whisper's suppression and timestamp rules on logits [B, V], in place."""
+        import torch
+
+        ninf = -float("inf")
+        logits[:, self.suppress] = ninf
+        tb = self.timestamp_begin
+        for b, seq in enumerate(sampled):
+            row = logits[b]
+            if not seq:
+                row[self.blank] = ninf
+                row[:tb] = ninf  # the first token is a timestamp ...
+                row[tb + self.max_initial_ts + 1:] = ninf  # ... not too late
+                continue
+            last_ts = seq[-1] >= tb
+            penult_ts = len(seq) < 2 or seq[-2] >= tb
+            if last_ts:
+                if penult_ts:
+                    row[tb:] = ninf  # after a pair: text or EOT
+                else:
+                    row[:self.eot] = ninf  # after text and a timestamp: its pair or EOT
+            stamps = [t for t in seq if t >= tb]
+            if stamps:
+                floor = stamps[-1] if last_ts and not penult_ts else stamps[-1] + 1
+                row[tb:floor] = ninf  # timestamps never decrease
+        logprobs = torch.log_softmax(logits, dim=-1)
+        ts_mass = torch.logsumexp(logprobs[:, tb:], dim=-1)
+        text_max = logprobs[:, :tb].max(dim=-1).values
+        force = ts_mass > text_max
+        if force.any():
+            logits[force, :tb] = ninf
+        return logits
+
+    def decode(self, rows: list[_Row]) -> list[WindowResult]:
+        """Decodes one batch of windows (equal prompt lengths)."""
+        import torch
+
+        with torch.inference_mode():
+            enc = self._encode(rows)
+            prompts = [self.prompt(r.job) for r in rows]
+            sot_at = prompts[0][1]
+            ids = torch.tensor([p for p, _ in prompts], device=self.device)
+            out = self.model.model.decoder(input_ids=ids, encoder_hidden_states=enc, use_cache=True)
+            cache = out.past_key_values
+            hidden = out.last_hidden_state
+            if self.no_speech is not None:
+                no_speech = torch.softmax(self.model.proj_out(hidden[:, sot_at]).float(), -1)[:, self.no_speech]
+            else:
+                no_speech = torch.zeros(len(rows))
+            logits = self.model.proj_out(hidden[:, -1]).float()
+            B = len(rows)
+            sampled: list[list[int]] = [[] for _ in rows]
+            lps: list[list[float]] = [[] for _ in rows]
+            sums = [0.0] * B
+            done = [False] * B
+            temps = torch.tensor([r.job.temperature for r in rows], device=logits.device)
+            budget = max(1, min(self.max_new_tokens, self.n_ctx - ids.shape[1]))
+            for step in range(budget):
+                logits = self._rules(logits, sampled)
+                logprobs = torch.log_softmax(logits, dim=-1)
+                greedy = logits.argmax(-1)
+                nxt = greedy
+                if (temps > 0).any():
+                    t = torch.where(temps > 0, temps, torch.ones_like(temps))
+                    drawn = torch.multinomial(torch.softmax(logits / t[:, None], -1), 1)[:, 0]
+                    nxt = torch.where(temps > 0, drawn, greedy)
+                if step == budget - 1:
+                    nxt = torch.full_like(nxt, self.eot)  # out of room: the window ends here
+                chosen = logprobs.gather(1, nxt[:, None])[:, 0].tolist()
+                nxt_list = nxt.tolist()
+                for b in range(B):
+                    if done[b]:
+                        continue
+                    sums[b] += chosen[b] if step < budget - 1 else 0.0
+                    if nxt_list[b] == self.eot:
+                        done[b] = True
+                    else:
+                        sampled[b].append(nxt_list[b])
+                        lps[b].append(chosen[b])
+                if all(done):
+                    break
+                feed = torch.tensor([self.eot if done[b] else nxt_list[b] for b in range(B)], device=self.device)
+                out = self.model.model.decoder(input_ids=feed[:, None], encoder_hidden_states=enc,
+                                               past_key_values=cache, use_cache=True)
+                cache = out.past_key_values
+                logits = self.model.proj_out(out.last_hidden_state[:, -1]).float()
+            results = []
+            for b, r in enumerate(rows):
+                times = None
+                if r.job.words:
+                    times = self.align(enc[b:b + 1], r, [t for t in sampled[b] if t < self.eot])
+                results.append(WindowResult(r.index, r.job.language, sampled[b], lps[b], sums[b],
+                                            float(no_speech[b]), r.job.temperature, times))
+            return results
+
+    def align(self, enc, row: _Row, text_tokens: list[int]) -> list[float]:
+        """Start times (s) of each text token and the end of the last (len + 1)."""
+        import torch
+
+        if not text_tokens:
+            return [0.0]
+        prompt, sot_at = self.prompt(row.job)
+        head = prompt[sot_at:] + [self.no_timestamps]
+        ids = torch.tensor([head + text_tokens + [self.eot]], device=self.device)
+        out = self.model.model.decoder(input_ids=ids, encoder_hidden_states=enc, output_attentions=True)
+        cross = out.cross_attentions
+        start, end = row.job.windows[row.index]
+        frames = max(1, min(enc.shape[1], int(np.ceil((end - start) / SAMPLE_RATE * FRAMES_PER_SECOND))))
+        w = torch.stack([cross[layer][0, h] for layer, h in self.alignment_heads]).float()[:, :, :frames]
+        std, mean = torch.std_mean(w, dim=-2, keepdim=True, unbiased=False)
+        w = ((w - mean) / (std + 1e-9)).cpu().numpy()
+        w = _median_filter(w, MEDIAN_FILTER_WIDTH)
+        matrix = w.mean(axis=0)[len(head) - 1:len(head) + len(text_tokens)]  # rows predicting each token + EOT
+        return [float(t) for t in token_start_times(matrix)]
+
+    # ---- the loop ------------------------------------------------------------------
+    def run(self, conn) -> None:
+        jobs: dict[str, TranscribeJob] = {}
+        left: dict[str, int] = {}  # windows not yet decoded, per request
+        queue: deque[_Row] = deque()
+        while True:
+            try:
+                if not queue and not self._take(conn.recv(), jobs, left, queue, conn):
+                    return
+                deadline = time.monotonic() + self.max_wait_s
+                while len(queue) < self.max_batch:
+                    if not conn.poll(max(0.0, deadline - time.monotonic())):
+                        break
+                    if not self._take(conn.recv(), jobs, left, queue, conn):
+                        return
+                while conn.poll(0):
+                    if not self._take(conn.recv(), jobs, left, queue, conn):
+                        return
+            except (EOFError, OSError):
+                return
+            if not queue:
+                continue
+            first = queue[0]
+            width = len(self.prompt(first.job)[0])
+            rows: list[_Row] = []
+            rest: deque[_Row] = deque()
+            while queue:
+                r = queue.popleft()
+                if len(rows) < self.max_batch and len(self.prompt(r.job)[0]) == width:
+                    rows.append(r)
+                else:
+                    rest.append(r)
+            queue = rest
+            try:
+                results = self.decode(rows)
+                step = Step(forward_passes=1)
+                for r, res in zip(rows, results):
+                    rid = r.job.request_id
+                    step.events.setdefault(rid, []).append(res)
+                    left[rid] -= 1
+                    if left[rid] == 0:
+                        step.ended[rid] = "finished"
+                        jobs.pop(rid, None)
+                        left.pop(rid, None)
+            except Exception as e:  # a failed batch fails the requests it served, not the engine
+                log.exception("%s: decoding failed", self.name)
+                step = Step()
+                for rid in {r.job.request_id for r in rows}:
+                    step.ended[rid] = f"decoding failed: {e}"
+                    jobs.pop(rid, None)
+                    left.pop(rid, None)
+                queue = deque(r for r in queue if r.job.request_id in jobs)
+            try:
+                conn.send(step)
+            except (EOFError, OSError):
+                return
+
+    def _take(self, msg, jobs: dict, left: dict, queue: deque, conn) -> bool:
+        """Files one message; False on Stop."""
+        if isinstance(msg, Submit):
+            job: TranscribeJob = msg.request
+            try:
+                if job.language is None:
+                    job.language = self.detect_language(job)
+            except Exception as e:
+                log.exception("%s: language detection failed", self.name)
+                conn.send(Step(ended={job.request_id: f"language detection failed: {e}"}))
+                return True
+            jobs[job.request_id] = job
+            left[job.request_id] = len(job.windows)
+            queue.extend(_Row(job, i) for i in range(len(job.windows)))
+        elif isinstance(msg, Abort):
+            if jobs.pop(msg.request_id, None) is not None:
+                left.pop(msg.request_id, None)
+                kept = [r for r in queue if r.job.request_id != msg.request_id]
+                queue.clear()
+                queue.extend(kept)
+        elif isinstance(msg, Stop):
+            return False
+        return True
+
+
+def _median_filter(x: np.ndarray, width: int) -> np.ndarray:
+    """Median over a sliding window of `width` (odd) along the last axis, edges reflected."""
+    if x.shape[-1] < width or width < 2:
+        return x
+    pad = width // 2
+    padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, width, axis=-1), axis=-1)
