@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install genapi into ./.venv, generate the gRPC stubs, the embedded tiny chat model and
 # the tiny cross-encoder; with npm, also the pinned buf (protos lint and breaking) into
-# ./.tools/buf; then the example clients in clients/ (TypeScript, Go, C++), installing
+# ./.tools/buf; espeak-ng (Debian) for the transcription tests; then the example clients in clients/ (TypeScript, Go, C++), installing
 # their Debian toolchains with apt-get when run as root.
 #
 #   ./build.sh                  install (idempotent; fast when nothing changed)
@@ -126,10 +126,27 @@ elif command -v npm >/dev/null 2>&1; then
     || say "warning: could not install buf; tests/unit/test_protos.py will skip the buf checks"
 fi
 
-# 7. the embedded tiny chat model and the tiny cross-encoder of the rerank tests (each
-#    prints "up to date" when nothing changed) ------------------------------------------
+# 7. the embedded tiny chat model, the tiny cross-encoder of the rerank tests and the tiny
+#    Whisper of transcription (each prints "up to date" when nothing changed) -----------
 "$PY" -m tools.tiny_models --out models/tiny-chat --preset tiny
 "$PY" -m tools.tiny_cross_encoder --out models/tiny-cross-encoder
+"$PY" -m tools.tiny_whisper --out models/tiny-whisper
+
+# 7b. espeak-ng (Debian) speaks the transcription tests' audio; without it (not root, no
+#     apt) the tests fall back to a generated tone ---------------------------------------
+if ! command -v espeak-ng >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing espeak-ng (apt-get) for the transcription tests"
+    mkdir -p .tools
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get install -y -q --no-install-recommends espeak-ng >.tools/apt-espeak.log 2>&1 \
+      || { apt-get update -q >>.tools/apt-espeak.log 2>&1 \
+           && apt-get install -y -q --no-install-recommends espeak-ng >>.tools/apt-espeak.log 2>&1; }; } \
+      || say "warning: could not install espeak-ng (see .tools/apt-espeak.log); the tests use a tone"
+  else
+    say "note: espeak-ng is missing (as root: apt-get install espeak-ng); the transcription tests use a tone"
+  fi
+fi
 
 # 8. example clients: stubs from protos/buf.gen.yaml, then each client, when changed ----
 if [ "${GENAPI_SKIP_CLIENTS:-0}" = 1 ]; then

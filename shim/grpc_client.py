@@ -19,6 +19,7 @@ from genapi.v1 import (
     generation_service_pb2_grpc,
     model_service_pb2_grpc,
     rerank_service_pb2_grpc,
+    transcription_service_pb2_grpc,
 )
 
 # Client keepalive: ping after 30 s without activity, drop the peer after 10 s without
@@ -59,6 +60,7 @@ class CoreClient:
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.files = file_service_pb2_grpc.FileServiceStub(self.channel)
         self.batches = batch_service_pb2_grpc.BatchServiceStub(self.channel)
+        self.transcription = transcription_service_pb2_grpc.TranscriptionServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
