@@ -13,7 +13,7 @@ deterministic) with real processor files made here, offline:
 - `generation_config.json`: what Whisper's generate needs (lang_to_id, task_to_id,
   no_timestamps_token_id, suppress tokens, alignment_heads for word timestamps, ...).
 
-    python -m tools.tiny_whisper [--out models/tiny-whisper] [--force]
+    python -m tools.tiny_whisper [--out models/tiny-whisper] [--preset tiny|bench] [--force]
 
 Rebuilds only when `genapi_fingerprint.json` in the directory differs from what this
 module would build (a build-time tool: the server never imports it).
@@ -31,10 +31,17 @@ from pathlib import Path
 SEED = 20261202
 BPE_VOCAB = 2048  # byte-level BPE tokens before Whisper's special tokens
 CORPUS = Path(__file__).resolve().parent / "assets" / "corpus"
-# Whisper geometry (80 mel bins, 1,500 encoder positions = 30 s); tiny widths and depths.
-GEOMETRY = {"num_mel_bins": 80, "d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
-            "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_ffn_dim": 128,
-            "decoder_ffn_dim": 128, "max_source_positions": 1500, "max_target_positions": 128}
+# Whisper geometry (80 mel bins, 1,500 encoder positions = 30 s). "tiny": the embedded
+# default, tiny widths and depths; "bench": openai/whisper-tiny's widths, depths and context
+# (bench/transcription.py: real compute per window, random weights).
+PRESETS = {
+    "tiny": {"num_mel_bins": 80, "d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
+             "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_ffn_dim": 128,
+             "decoder_ffn_dim": 128, "max_source_positions": 1500, "max_target_positions": 128},
+    "bench": {"num_mel_bins": 80, "d_model": 384, "encoder_layers": 4, "decoder_layers": 4,
+              "encoder_attention_heads": 6, "decoder_attention_heads": 6, "encoder_ffn_dim": 1536,
+              "decoder_ffn_dim": 1536, "max_source_positions": 1500, "max_target_positions": 448},
+}
 FINGERPRINT_FILE = "genapi_fingerprint.json"
 VERSION = 2  # bump when the build changes
 SPECIALS_BEFORE = ["<|endoftext|>", "<|startoftranscript|>"]
@@ -50,8 +57,8 @@ def _corpus_digest() -> str:
     return h.hexdigest()
 
 
-def fingerprint() -> dict:
-    return {"version": VERSION, "seed": SEED, "geometry": GEOMETRY, "bpe_vocab": BPE_VOCAB,
+def fingerprint(preset: str = "tiny") -> dict:
+    return {"version": VERSION, "seed": SEED, "geometry": PRESETS[preset], "bpe_vocab": BPE_VOCAB,
             "corpus": _corpus_digest()}
 
 
@@ -118,10 +125,11 @@ def generation_config(tok, config) -> dict:
     }
 
 
-def build(out: str | Path, force: bool = False) -> Path:
-    """Writes the checkpoint to `out` (atomically: built next to it, then renamed)."""
+def build(out: str | Path, force: bool = False, preset: str = "tiny") -> Path:
+    """Writes the checkpoint of `preset` to `out` (atomically: built next to it, then renamed)."""
     out = Path(out).resolve()
-    fp = fingerprint()
+    geometry = PRESETS[preset]
+    fp = fingerprint(preset)
     marker = out / FINGERPRINT_FILE
     if not force and marker.is_file() and json.loads(marker.read_text()) == fp:
         _log(f"{out} up to date")
@@ -142,7 +150,7 @@ def build(out: str | Path, force: bool = False) -> Path:
     eot, sot = tokenizer.convert_tokens_to_ids("<|endoftext|>"), tokenizer.convert_tokens_to_ids(
         "<|startoftranscript|>")
     config = WhisperConfig(vocab_size=len(tokenizer), decoder_start_token_id=sot, pad_token_id=eot, bos_token_id=eot,
-                           eos_token_id=eot, **GEOMETRY)
+                           eos_token_id=eot, **geometry)
     torch.manual_seed(SEED)
     model = WhisperForConditionalGeneration(config).eval()
     model.generation_config = GenerationConfig(**generation_config(tokenizer, config))
@@ -151,7 +159,7 @@ def build(out: str | Path, force: bool = False) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        WhisperFeatureExtractor(feature_size=GEOMETRY["num_mel_bins"]).save_pretrained(tmp)
+        WhisperFeatureExtractor(feature_size=geometry["num_mel_bins"]).save_pretrained(tmp)
         (tmp / FINGERPRINT_FILE).write_text(json.dumps(fp, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
@@ -168,9 +176,10 @@ def build(out: str | Path, force: bool = False) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.tiny_whisper", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="models/tiny-whisper", help="output directory (default: %(default)s)")
+    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="geometry (default: %(default)s)")
     ap.add_argument("--force", action="store_true", help="rebuild even if up to date")
     args = ap.parse_args(argv)
-    build(args.out, args.force)
+    build(args.out, args.force, args.preset)
     return 0
 
 

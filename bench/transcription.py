@@ -1,0 +1,137 @@
+"""Transcription: real-time factor through the shim vs. the engine in-process, and 4
+concurrent requests vs. 4 sequential ones (window batching), in one run.
+
+Checkpoint: the `bench` preset of tools/tiny_whisper.py (openai/whisper-tiny's geometry,
+random weights, so every window decodes to the token limit), built into bench/.models/.
+Audio: espeak-ng speech (a tone without it), repeated to the length asked for, as mp3.
+
+Side A: the engine's own code in this process (server/engines/torch/whisper_loop.py:
+decode the file with PyAV, plan the windows, detect the language, decode all windows of
+the request as one batch), measured before and after side B (the ratio uses the mean).
+Side B: the same file through `genapi serve` (POST /v1/audio/transcriptions, json), one
+request at a time. RTF = processing seconds / audio seconds; the ratio B/A (target
+<= 1.05) is the cost of the HTTP shim, gRPC and the engine process.
+
+Then: 4 requests for a 30 s file (one window each) one after another vs. 4 at once
+(their windows share one batch; target >= 1.5x the throughput).
+
+    .venv/bin/python bench/transcription.py [--device cpu|cuda] [--seconds 60] [--runs 3] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, free_port, grpc_ready, http_ready, running
+
+sys.path.insert(0, str(ROOT))
+
+MODEL = "bench-whisper"
+TEXT = ("The harbour was quiet in the morning, and the old clockmaker walked past the mill "
+        "to the market, where travellers asked about the road to the coast.")
+
+
+def bench_checkpoint() -> Path:
+    from tools.tiny_whisper import build
+
+    return build(ROOT / "bench" / ".models" / "whisper-bench", preset="bench")
+
+
+def audio(seconds: float) -> bytes:
+    import numpy as np
+
+    from tests.integration.audio_support import RATE, encode, silence, speech
+
+    unit = np.concatenate([speech(TEXT), silence(0.5)])
+    n = int(seconds * RATE)
+    return encode(np.tile(unit, n // len(unit) + 1)[:n], "mp3")
+
+
+class InProcess:
+    """The engine's own loop, in this process."""
+
+    def __init__(self, path: Path, device: str, threads: int):
+        from server.engines.torch.whisper_loop import WhisperLoop
+
+        self.loop = WhisperLoop("bench", str(path), {"device": device, "max_batch": 8, "threads": threads})
+        self.loop.load()
+
+    def transcribe(self, data: bytes) -> float:
+        from server.engines.torch.whisper_loop import TranscribeJob, _Row
+        from server.engines.torch.whisper_windows import plan_windows
+        from server.media.audio import decode_audio
+
+        t = time.perf_counter()
+        samples = decode_audio(data)
+        windows = plan_windows(len(samples))
+        job = TranscribeJob("r", samples, [(w.start, w.end) for w in windows])
+        job.language = self.loop.detect_language(job)
+        for i in range(0, len(windows), self.loop.max_batch):
+            self.loop.decode([_Row(job, k) for k in range(i, min(len(windows), i + self.loop.max_batch))])
+        return time.perf_counter() - t
+
+
+def through_shim(base: str, data: bytes) -> float:
+    import httpx
+
+    t = time.perf_counter()
+    r = httpx.post(f"{base}/v1/audio/transcriptions", data={"model": MODEL},
+                   files={"file": ("a.mp3", data, "audio/mpeg")}, timeout=600)
+    assert r.status_code == 200, r.text
+    return time.perf_counter() - t
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--seconds", type=float, default=60.0, help="length of the RTF audio")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads on both sides (1: on a shared 2-core machine more threads contend)")
+    args = ap.parse_args()
+    path = bench_checkpoint()
+    long_file, short_file = audio(args.seconds), audio(30.0)
+    a = InProcess(path, args.device, args.threads)
+    a.transcribe(short_file)  # warm-up
+    a_before = statistics.median(a.transcribe(long_file) for _ in range(args.runs))
+
+    cfg = Path(tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False).name)
+    cfg.write_text(f'[shim]\nworkers = 2\nthreads = 16\n[[models]]\nname = "{MODEL}"\ntask = "transcription"\n'
+                   f'path = "{path}"\n[models.options]\ndevice = "{args.device}"\nmax_batch = 8\n'
+                   f'max_wait_ms = 10\nthreads = {args.threads}\n')
+    port, gport = free_port(), free_port()
+    base, target = f"http://127.0.0.1:{port}", f"127.0.0.1:{gport}"
+    argv = [sys.executable, "-m", "genapi", "serve", "--config", str(cfg), "--port", str(port),
+            "--grpc-port", str(gport)]
+    with running(argv, lambda: grpc_ready(target)() and http_ready(f"{base}/health")(),
+                 log_name="bench-transcription.log"):
+        through_shim(base, short_file)  # warm-up
+        b = statistics.median(through_shim(base, long_file) for _ in range(args.runs))
+        t = time.perf_counter()
+        for _ in range(4):
+            through_shim(base, short_file)
+        sequential = time.perf_counter() - t
+        t = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda _: through_shim(base, short_file), range(4)))
+        concurrent_s = time.perf_counter() - t
+    a_after = statistics.median(a.transcribe(long_file) for _ in range(args.runs))
+    a_mean = (a_before + a_after) / 2
+    print(f"{MODEL} (whisper-tiny geometry, random weights) on {args.device}, {args.threads} torch thread(s); "
+          f"{args.seconds:g} s of audio "
+          f"({len(long_file) // 1024} KiB mp3), median of {args.runs}")
+    print(f"A: in-process engine loop: {a_before:.2f} / {a_after:.2f} s (before / after B), "
+          f"RTF {a_mean / args.seconds:.4f}")
+    print(f"B: through the shim:       {b:.2f} s, RTF {b / args.seconds:.4f}, ratio B/A {b / a_mean:.3f} "
+          f"(target <= 1.05)")
+    print(f"4 x 30 s sequential: {sequential:.2f} s; 4 concurrent: {concurrent_s:.2f} s; "
+          f"throughput ratio {sequential / concurrent_s:.2f}x (target >= 1.5x)")
+
+
+if __name__ == "__main__":
+    main()
