@@ -19,7 +19,7 @@ from genapi.v1 import admin_service_pb2, admin_service_pb2_grpc
 from genapi.v1 import transcription_service_pb2 as pb
 from genapi.v1 import transcription_service_pb2_grpc as pb_grpc
 
-from ..conftest import ROOT, Service
+from ..conftest import ROOT, Service, wait_until
 from .audio_support import RATE, encode, silence, speech
 
 WHISPER = "genapi-tiny-whisper"
@@ -363,3 +363,18 @@ def test_concurrent_requests_share_batches(svc, stub, files):
         texts = list(pool.map(lambda _: [e for e in stub.Transcribe(req)][-1].done.text, range(4)))
     assert len(set(texts)) == 1  # the same audio gives the same text in any row of a batch
     assert passes() - before == 1  # four one-window requests, one batch (max_batch 4)
+
+
+def test_a_caller_that_leaves_aborts_its_windows_and_the_engine_keeps_serving(svc, stub, long_audio, files):
+    admin = admin_service_pb2_grpc.AdminServiceStub(grpc.insecure_channel(svc.grpc_target))
+
+    def stats():
+        return admin.GetEngineStats(admin_service_pb2.GetEngineStatsRequest(model=WHISPER)).engines[0]
+
+    before = stats().requests_aborted
+    call = stub.Transcribe(pb.TranscribeRequest(model=WHISPER, audio=encode(long_audio, "wav")))
+    assert next(call).HasField("started")  # decoded and admitted
+    call.cancel()
+    assert wait_until(lambda: stats().requests_aborted == before + 1 and stats().queued_requests == 0, 30)
+    events = list(stub.Transcribe(pb.TranscribeRequest(model=WHISPER, audio=files["wav"])))
+    assert events[-1].HasField("done")

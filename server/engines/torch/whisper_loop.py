@@ -112,9 +112,10 @@ class WhisperLoop:
             torch.set_num_threads(int(self.options["threads"]))
         from transformers import AutoTokenizer, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-        # Eager attention: the word-timestamp pass reads the cross-attention weights.
+        # SDPA for decoding (faster, also on CPU); the word-timestamp pass switches to eager
+        # attention, the one that returns the cross-attention weights.
         model = WhisperForConditionalGeneration.from_pretrained(
-            self.path, local_files_only=True, attn_implementation="eager", dtype=getattr(torch, dtype))
+            self.path, local_files_only=True, attn_implementation="sdpa", dtype=getattr(torch, dtype))
         self.model = model.to(device).eval()
         self.device, self.dtype = torch.device(device), getattr(torch, dtype)
         self.features = WhisperFeatureExtractor.from_pretrained(self.path, local_files_only=True)
@@ -288,7 +289,11 @@ class WhisperLoop:
         prompt, sot_at = self.prompt(row.job)
         head = prompt[sot_at:] + [self.no_timestamps]
         ids = torch.tensor([head + text_tokens + [self.eot]], device=self.device)
-        out = self.model.model.decoder(input_ids=ids, encoder_hidden_states=enc, output_attentions=True)
+        self.model.set_attn_implementation("eager")
+        try:
+            out = self.model.model.decoder(input_ids=ids, encoder_hidden_states=enc, output_attentions=True)
+        finally:
+            self.model.set_attn_implementation("sdpa")
         cross = out.cross_attentions
         start, end = row.job.windows[row.index]
         frames = max(1, min(enc.shape[1], int(np.ceil((end - start) / SAMPLE_RATE * FRAMES_PER_SECOND))))
@@ -337,6 +342,8 @@ class WhisperLoop:
                 step = Step(forward_passes=1)
                 for r, res in zip(rows, results):
                     rid = r.job.request_id
+                    if rid not in left:
+                        continue  # aborted while its window was being decoded
                     step.events.setdefault(rid, []).append(res)
                     left[rid] -= 1
                     if left[rid] == 0:
