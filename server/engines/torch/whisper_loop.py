@@ -30,6 +30,7 @@ max_new_tokens (half the decoder context, Whisper's sample_len).
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -118,6 +119,9 @@ class WhisperLoop:
             self.path, local_files_only=True, attn_implementation="sdpa", dtype=getattr(torch, dtype))
         self.model = model.to(device).eval()
         self.device, self.dtype = torch.device(device), getattr(torch, dtype)
+        # transformers 5 names the decoder's KV cache argument `cache` (`past_key_values` before)
+        params = inspect.signature(self.model.model.decoder.forward).parameters
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
         self.features = WhisperFeatureExtractor.from_pretrained(self.path, local_files_only=True)
         tok = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         gc = model.generation_config
@@ -228,7 +232,7 @@ class WhisperLoop:
             sot_at = prompts[0][1]
             ids = torch.tensor([p for p, _ in prompts], device=self.device)
             out = self.model.model.decoder(input_ids=ids, encoder_hidden_states=enc, use_cache=True)
-            cache = out.past_key_values
+            cache = _cache_of(out)
             hidden = out.last_hidden_state
             if self.no_speech is not None:
                 no_speech = torch.softmax(self.model.proj_out(hidden[:, sot_at]).float(), -1)[:, self.no_speech]
@@ -268,8 +272,8 @@ class WhisperLoop:
                     break
                 feed = torch.tensor([self.eot if done[b] else nxt_list[b] for b in range(B)], device=self.device)
                 out = self.model.model.decoder(input_ids=feed[:, None], encoder_hidden_states=enc,
-                                               past_key_values=cache, use_cache=True)
-                cache = out.past_key_values
+                                               use_cache=True, **{self.cache_kw: cache})
+                cache = _cache_of(out)
                 logits = self.model.proj_out(out.last_hidden_state[:, -1]).float()
             results = []
             for b, r in enumerate(rows):
@@ -386,6 +390,12 @@ class WhisperLoop:
         elif isinstance(msg, Stop):
             return False
         return True
+
+
+def _cache_of(out):
+    """The KV cache a decoder call returned (`cache` in transformers 5, else `past_key_values`)."""
+    cache = out.get("cache") if hasattr(out, "get") else None
+    return cache if cache is not None else out.past_key_values
 
 
 def _median_filter(x: np.ndarray, width: int) -> np.ndarray:

@@ -1,0 +1,82 @@
+"""The transcription engine process's decoding (server/engines/torch/whisper_loop.py) on
+the embedded tiny Whisper, in this process: the KV-cached batched loop against the
+checkpoint's own uncached forward, batching against single rows, language detection and
+word alignment."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from server.engines.torch.whisper_loop import TranscribeJob, WhisperLoop, _Row
+from server.engines.torch.whisper_windows import SAMPLE_RATE
+
+from ..conftest import ROOT
+
+TINY_WHISPER = ROOT / "models" / "tiny-whisper"
+
+
+@pytest.fixture(scope="module")
+def loop():
+    if not (TINY_WHISPER / "config.json").is_file():
+        pytest.skip("models/tiny-whisper is missing (./build.sh builds it)")
+    w = WhisperLoop("tiny", str(TINY_WHISPER), {"threads": 1, "device": "cpu"})
+    w.info = w.load()
+    return w
+
+
+def job(seconds: float, seed: int, **kw) -> TranscribeJob:
+    x = (np.random.default_rng(seed).standard_normal(int(seconds * SAMPLE_RATE)) * 3000).astype(np.int16)
+    return TranscribeJob(f"r{seed}", x, [(0, len(x))], **{"language": "en", **kw})
+
+
+def test_cached_batched_decoding_equals_the_uncached_forward_under_the_rules(loop):
+    j = job(4.0, 1)
+    res = loop.decode([_Row(j, 0)])[0]
+    assert res.tokens and len(res.logprobs) == len(res.tokens)
+    prompt, _ = loop.prompt(j)
+    with torch.inference_mode():
+        enc = loop._encode([_Row(j, 0)])
+        for k, token in enumerate(res.tokens[:20]):
+            ids = torch.tensor([prompt + res.tokens[:k]])
+            hidden = loop.model.model.decoder(input_ids=ids, encoder_hidden_states=enc).last_hidden_state
+            logits = loop._rules(loop.model.proj_out(hidden[:, -1]).float(), [res.tokens[:k]])
+            lp = torch.log_softmax(logits, -1)[0]
+            assert int(lp.argmax()) == token  # greedy
+            assert float(lp[token]) == pytest.approx(res.logprobs[k], abs=1e-4)
+
+
+def test_timestamps_follow_whisper_rules(loop):
+    res = loop.decode([_Row(job(6.0, 2), 0)])[0]
+    tb = loop.timestamp_begin
+    assert res.tokens[0] >= tb and res.tokens[0] - tb <= loop.max_initial_ts
+    stamps = [t for t in res.tokens if t >= tb]
+    assert stamps == sorted(stamps)  # never decrease
+    assert all(t < loop.eot or t >= tb for t in res.tokens)  # no special tokens
+
+
+def test_a_row_decodes_the_same_alone_and_in_a_batch(loop):
+    jobs = [job(3.0, 3), job(9.0, 4), job(20.0, 5, temperature=0.0)]
+    alone = [loop.decode([_Row(j, 0)])[0].tokens for j in jobs]
+    together = [r.tokens for r in loop.decode([_Row(j, 0) for j in jobs])]
+    assert together == alone
+
+
+def test_language_detection_and_prompt(loop):
+    j = job(3.0, 6, language=None)
+    code = loop.detect_language(j)
+    assert code in loop.languages
+    j.language = "fr"
+    j.prompt_ids = [5, 6, 7]
+    prompt, sot_at = loop.prompt(j)
+    assert prompt[0] == loop.sot_prev and prompt[1:4] == [5, 6, 7] and sot_at == 4
+    assert prompt[4:] == [loop.sot, loop.languages["fr"], loop.task_ids["transcribe"]]
+
+
+def test_word_alignment_times_are_monotone_within_the_window(loop):
+    j = job(5.0, 7, words=True)
+    res = loop.decode([_Row(j, 0)])[0]
+    text = [t for t in res.tokens if t < loop.eot]
+    assert len(res.token_times) == len(text) + 1
+    assert res.token_times == sorted(res.token_times)
+    assert 0 <= res.token_times[0] and res.token_times[-1] <= 5.0 + 0.02
