@@ -272,13 +272,46 @@ def test_bad_files_are_400_naming_the_problem(sdk, name):
         assert e.value.status_code == 400 and err["param"] == "file" and words in err["message"], err
 
 
-def test_truncated_and_video_less_files(sdk, files):
+def test_corrupt_header_is_400_and_a_wrong_extension_does_not_matter(sdk, files):
+    """Reliability plan row B12: the container is found from the bytes, not the name."""
+    broken = b"\xff" * 12 + files["wav"][12:]
+    with pytest.raises(openai.BadRequestError) as e:
+        sdk.audio.transcriptions.create(file=("x.wav", broken), model=WHISPER)
+    assert e.value.body["param"] == "file" and "not a supported audio file" in e.value.body["message"]
+    named_wrong = sdk.audio.transcriptions.create(file=("speech.wav", files["mp3"]), model=WHISPER)
+    assert named_wrong.text == sdk.audio.transcriptions.create(file=("speech.mp3", files["mp3"]), model=WHISPER).text
+
+
+def video_only() -> bytes:
+    """An mp4 with one video stream and no audio."""
+    import io
+
+    import av
+
+    buf = io.BytesIO()
+    out = av.open(buf, "w", format="mp4")
+    stream = out.add_stream("mpeg4", rate=5)
+    stream.width = stream.height = 32
+    stream.pix_fmt = "yuv420p"
+    for _ in range(3):
+        for packet in stream.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")):
+            out.mux(packet)
+    for packet in stream.encode(None):
+        out.mux(packet)
+    out.close()
+    return buf.getvalue()
+
+
+def test_truncated_files_and_a_video_without_audio(sdk, files):
     with pytest.raises(openai.BadRequestError) as e:
         sdk.audio.transcriptions.create(file=("x.mp3", files["mp3"][:100]), model=WHISPER)
     assert e.value.body["param"] == "file"
     # a truncated flac still transcribes what decodes
     r = sdk.audio.transcriptions.create(file=("x.flac", files["flac"][:len(files["flac"]) // 2]), model=WHISPER)
     assert r.usage.seconds >= 1
+    with pytest.raises(openai.BadRequestError) as e:
+        sdk.audio.transcriptions.create(file=("clip.mp4", video_only()), model=WHISPER)
+    assert e.value.body["message"] == "The file has no audio stream."
 
 
 def test_oversized_file_is_413_and_the_server_keeps_serving(sdk, svc, files):
