@@ -15,7 +15,6 @@ max_new_tokens).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 from typing import AsyncIterator
@@ -80,7 +79,6 @@ class WhisperEngine(EngineBase):
         self._waiting: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._stats = EngineStats()
         self._stopping = False
-        self._ids = itertools.count()
         self._worker = WorkerProcess(name, path, self.options, WhisperLoop, self._on_step, self._on_exit)
 
     # ---- lifecycle -------------------------------------------------------------
@@ -144,7 +142,7 @@ class WhisperEngine(EngineBase):
         if request.task == "translate" and "translate" not in self._info.get("task_ids", []):
             raise EngineInvalidRequest(f"The model `{self.name}` cannot translate (it is English-only).", "model")
         self._language(request.language)  # refuse a bad language before decoding anything
-        with self._lock:
+        with self._lock:  # and a full queue (checked again once decoded, when it counts)
             if len(self._waiting) >= self.max_queue:
                 self._stats.requests_rejected += 1
                 raise EngineOverloaded(f"{self.name}: request queue is full ({self.max_queue} in flight)")
