@@ -80,3 +80,17 @@ def test_word_alignment_times_are_monotone_within_the_window(loop):
     assert len(res.token_times) == len(text) + 1
     assert res.token_times == sorted(res.token_times)
     assert 0 <= res.token_times[0] and res.token_times[-1] <= 5.0 + 0.02
+
+
+def test_batched_detection_keeps_the_first_windows_states_for_decoding(loop):
+    a, b = job(3.0, 8, language=None), job(35.0, 9, language=None)
+    b.windows = [(0, 30 * SAMPLE_RATE), (30 * SAMPLE_RATE, len(b.samples))]
+    loop.detect_languages([a, b])
+    assert a.language in loop.languages and a.first_states is not None
+    assert loop.detect_language(job(3.0, 8, language=None)) == a.language  # alone or together
+    kept = loop.decode([_Row(a, 0), _Row(b, 0), _Row(b, 1)])
+    assert a.first_states is None and b.first_states is None  # used once, then dropped
+    again = [job(3.0, 8, language=a.language), job(35.0, 9, language=b.language)]
+    again[1].windows = b.windows
+    fresh = loop.decode([_Row(again[0], 0), _Row(again[1], 0), _Row(again[1], 1)])
+    assert [r.tokens for r in kept] == [r.tokens for r in fresh]

@@ -21,7 +21,8 @@ the timestamp rules hold (the first token is a timestamp no later than
 is forced when timestamps are together likelier than any text token). `no_speech_prob` is
 the probability of `<|nospeech|>` after `<|startoftranscript|>`. The language of a request
 without one is detected on its first window (the likeliest language token after
-`<|startoftranscript|>`). Word times come from a second, teacher-forced pass over the
+`<|startoftranscript|>`), for all such requests of a batch together, before it is formed;
+the first windows' encoder states are kept for their decoding. Word times come from a second, teacher-forced pass over the
 text tokens: the cross-attention of the checkpoint's `alignment_heads`, normalized and
 median-filtered, aligned to the encoder frames by DTW (whisper_windows.token_start_times).
 
@@ -61,6 +62,7 @@ class TranscribeJob:
     prompt_ids: list[int] = field(default_factory=list)
     temperature: float = 0.0
     words: bool = False
+    first_states: object = None  # engine process only: encoder states kept by language detection
 
 
 @dataclass
@@ -158,27 +160,52 @@ class WhisperLoop:
 
     # ---- one batch -------------------------------------------------------------------
     def _encode(self, rows: list[_Row]):
+        """Encoder states [rows, 1500, d] of the rows' windows; a first window whose states
+        language detection already computed reuses them (and lets them go)."""
         import torch
 
-        audio = [r.job.samples[slice(*r.job.windows[r.index])].astype(np.float32) / 32768.0 for r in rows]
-        feats = self.features(audio, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
-        x = torch.from_numpy(np.asarray(feats)).to(self.device, self.dtype)
-        return self.model.model.encoder(x).last_hidden_state
+        fresh = [r for r in rows if not (r.index == 0 and r.job.first_states is not None)]
+        states = {}
+        if fresh:
+            audio = [r.job.samples[slice(*r.job.windows[r.index])].astype(np.float32) / 32768.0 for r in fresh]
+            feats = self.features(audio, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
+            x = torch.from_numpy(np.asarray(feats)).to(self.device, self.dtype)
+            out = self.model.model.encoder(x).last_hidden_state
+            states = {id(r): out[i:i + 1] for i, r in enumerate(fresh)}
+        parts = []
+        for r in rows:
+            if id(r) in states:
+                parts.append(states[id(r)])
+            else:
+                parts.append(r.job.first_states)
+                r.job.first_states = None
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
-    def detect_language(self, job: TranscribeJob) -> str:
-        """The likeliest language token after <|startoftranscript|> on the first window."""
+    def detect_languages(self, jobs: list[TranscribeJob]) -> None:
+        """Sets each job's language: the likeliest language token after
+        <|startoftranscript|> on its first window (one batched encoder pass and one decoder
+        step for all of them). The encoder states are kept for the window's decoding."""
         import torch
 
         if not self.languages:
-            return "en"
+            for job in jobs:
+                job.language = "en"
+            return
         with torch.inference_mode():
-            enc = self._encode([_Row(job, 0)])
-            out = self.model.model.decoder(input_ids=torch.tensor([[self.sot]], device=self.device),
-                                           encoder_hidden_states=enc)
-            logits = self.model.proj_out(out.last_hidden_state[:, -1]).float()[0]
+            enc = self._encode([_Row(job, 0) for job in jobs])
+            sot = torch.full((len(jobs), 1), self.sot, device=self.device)
+            out = self.model.model.decoder(input_ids=sot, encoder_hidden_states=enc)
+            logits = self.model.proj_out(out.last_hidden_state[:, -1]).float()
         codes = list(self.languages)
-        best = int(torch.argmax(logits[[self.languages[c] for c in codes]]))
-        return codes[best]
+        best = logits[:, [self.languages[c] for c in codes]].argmax(-1).tolist()
+        for i, job in enumerate(jobs):
+            job.language = codes[best[i]]
+            job.first_states = enc[i:i + 1]
+
+    def detect_language(self, job: TranscribeJob) -> str:
+        """The language of one job (see detect_languages)."""
+        self.detect_languages([job])
+        return job.language
 
     def prompt(self, job: TranscribeJob) -> tuple[list[int], int]:
         """The decoder prompt of a job's windows and the position of <|startoftranscript|>."""
@@ -315,21 +342,37 @@ class WhisperLoop:
         queue: deque[_Row] = deque()
         while True:
             try:
-                if not queue and not self._take(conn.recv(), jobs, left, queue, conn):
+                if not queue and not self._take(conn.recv(), jobs, left, queue):
                     return
                 deadline = time.monotonic() + self.max_wait_s
                 while len(queue) < self.max_batch:
                     if not conn.poll(max(0.0, deadline - time.monotonic())):
                         break
-                    if not self._take(conn.recv(), jobs, left, queue, conn):
+                    if not self._take(conn.recv(), jobs, left, queue):
                         return
                 while conn.poll(0):
-                    if not self._take(conn.recv(), jobs, left, queue, conn):
+                    if not self._take(conn.recv(), jobs, left, queue):
                         return
             except (EOFError, OSError):
                 return
             if not queue:
                 continue
+            undetected = list({id(r.job): r.job for r in queue if r.job.language is None}.values())
+            if undetected:
+                try:
+                    self.detect_languages(undetected)
+                except Exception as e:
+                    log.exception("%s: language detection failed", self.name)
+                    failed = {j.request_id for j in undetected}
+                    for rid in failed:
+                        jobs.pop(rid, None)
+                        left.pop(rid, None)
+                    queue = deque(r for r in queue if r.job.request_id not in failed)
+                    try:
+                        conn.send(Step(ended={rid: f"language detection failed: {e}" for rid in failed}))
+                    except (EOFError, OSError):
+                        return
+                    continue
             first = queue[0]
             width = len(self.prompt(first.job)[0])
             rows: list[_Row] = []
@@ -367,17 +410,10 @@ class WhisperLoop:
             except (EOFError, OSError):
                 return
 
-    def _take(self, msg, jobs: dict, left: dict, queue: deque, conn) -> bool:
+    def _take(self, msg, jobs: dict, left: dict, queue: deque) -> bool:
         """Files one message; False on Stop."""
         if isinstance(msg, Submit):
-            job: TranscribeJob = msg.request
-            try:
-                if job.language is None:
-                    job.language = self.detect_language(job)
-            except Exception as e:
-                log.exception("%s: language detection failed", self.name)
-                conn.send(Step(ended={job.request_id: f"language detection failed: {e}"}))
-                return True
+            job: TranscribeJob = msg.request  # a job without a language is detected with the next batch
             jobs[job.request_id] = job
             left[job.request_id] = len(job.windows)
             queue.extend(_Row(job, i) for i in range(len(job.windows)))
