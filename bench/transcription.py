@@ -114,7 +114,7 @@ def main():
     cfg = Path(tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False).name)
     cfg.write_text(f'[shim]\nworkers = 2\nthreads = 16\n[[models]]\nname = "{MODEL}"\ntask = "transcription"\n'
                    f'path = "{path}"\n[models.options]\ndevice = "{args.device}"\nmax_batch = 8\n'
-                   f'max_wait_ms = 10\nthreads = {args.threads}\n')
+                   f'threads = {args.threads}\n')
     port, gport = free_port(), free_port()
     base, target = f"http://127.0.0.1:{port}", f"127.0.0.1:{gport}"
     argv = [sys.executable, "-m", "genapi", "serve", "--config", str(cfg), "--port", str(port),

@@ -70,8 +70,9 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
             await abort(context, INTERNAL_ERROR)
             return
         try:
-            log.info("request %s transcription model=%s task=%s duration=%.2fs windows=%d", rid, request.model,
-                     req.task, first.duration_s, first.windows)
+            log.info("request %s transcription model=%s task=%s file=%s bytes=%d duration=%.2fs windows=%d", rid,
+                     request.model, req.task, clip(request.filename, 64) or "-", len(request.audio),
+                     first.duration_s, first.windows)
             for msg in event_protos(first, req.task):
                 await context.write(msg)
             async for ev in events:

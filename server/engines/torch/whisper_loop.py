@@ -26,7 +26,7 @@ the first windows' encoder states are kept for their decoding. Word times come f
 text tokens: the cross-attention of the checkpoint's `alignment_heads`, normalized and
 median-filtered, aligned to the encoder frames by DTW (whisper_windows.token_start_times).
 
-Options: device, dtype, threads, max_batch (8 windows), max_wait_ms (10),
+Options: device, dtype, threads, max_batch (8 windows), max_wait_ms (100),
 max_new_tokens (half the decoder context, Whisper's sample_len).
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ from .whisper_windows import FRAMES_PER_SECOND, SAMPLE_RATE, token_start_times
 log = logging.getLogger("genapi.engine.whisper")
 
 DEFAULT_MAX_BATCH = 8
-DEFAULT_MAX_WAIT_MS = 10.0
+DEFAULT_MAX_WAIT_MS = 100.0  # a window decodes for seconds: waiting for company costs a few %
 MEDIAN_FILTER_WIDTH = 7
 
 
