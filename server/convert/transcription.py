@@ -75,5 +75,5 @@ def event_protos(ev, task: str) -> list[pb.TranscribeResponse]:
         return [pb.TranscribeResponse(done=pb.TranscribeDone(
             text=ev.text, language=ev.language, duration_s=ev.duration_s, task=TASK_PROTO[task],
             usage=pb.TranscriptionUsage(seconds=ev.duration_s, prompt_tokens=ev.prompt_tokens,
-                                        output_tokens=ev.output_tokens)))]
+                                        output_tokens=ev.output_tokens, audio_tokens=ev.audio_tokens)))]
     raise TypeError(f"unexpected engine event {ev!r}")

@@ -370,6 +370,7 @@ class TranscriptionDone:
     duration_s: float
     prompt_tokens: int
     output_tokens: int
+    audio_tokens: int = 0  # encoder positions carrying the audio (50 per second)
 
 
 TranscriptionEvent = TranscriptionStarted | TranscriptionDelta | TranscriptionDone

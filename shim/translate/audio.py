@@ -3,7 +3,8 @@ TranscribeRequest proto, Transcribe events -> OpenAI bodies (json, text, srt, vt
 verbose_json) and SSE events (`transcript.text.delta`, `transcript.text.done`).
 
 Usage is reported as OpenAI does for Whisper: `{"type": "duration", "seconds": N}`,
-the audio's duration rounded up to a whole second.
+the audio's duration rounded up to a whole second; the streamed `transcript.text.done`
+event carries token usage (the spec's only shape there) with those `seconds` added.
 """
 from __future__ import annotations
 
@@ -34,6 +35,17 @@ def audio_request_to_proto(body: dict, audio: bytes, filename: str, request_id: 
 def usage_seconds(duration_s: float) -> dict:
     """OpenAI's duration usage: seconds of audio rounded up (at least 1)."""
     return {"type": "duration", "seconds": max(1, math.ceil(round(duration_s, 6)))}
+
+
+def usage_tokens(usage: pb.TranscriptionUsage) -> dict:
+    """The streamed done event's usage: OpenAI's token usage (TranscriptTextUsageTokens:
+    audio tokens are Whisper's encoder positions, text tokens the prompt's), plus the
+    `seconds` of audio (rounded up, as in usage_seconds) that Whisper is billed by."""
+    text, audio = usage.prompt_tokens, usage.audio_tokens
+    return {"type": "tokens", "input_tokens": text + audio,
+            "input_token_details": {"text_tokens": text, "audio_tokens": audio},
+            "output_tokens": usage.output_tokens, "total_tokens": text + audio + usage.output_tokens,
+            "seconds": usage_seconds(usage.seconds)["seconds"]}
 
 
 def logprob_dicts(logprobs) -> list[dict]:
@@ -145,6 +157,6 @@ class TranscriptStreamBuilder:
             out = {"type": "transcript.text.done", "text": ev.done.text}
             if self.logprobs:
                 out["logprobs"] = self.all_logprobs
-            out["usage"] = usage_seconds(ev.done.duration_s)
+            out["usage"] = usage_tokens(ev.done.usage)
             return [out]
         return []

@@ -214,7 +214,10 @@ def test_streamed_deltas_concatenate_to_the_non_streamed_text(sdk, long_audio):
     assert len(deltas) == 2  # one per window
     assert [e.type for e in events][-1] == "transcript.text.done" and len(events) == len(deltas) + 1
     assert "".join(d.delta for d in deltas) == events[-1].text == whole.text
-    assert events[-1].usage.seconds == 40
+    usage = events[-1].usage  # token usage (the spec's shape for this event) plus the seconds
+    assert usage.type == "tokens" and usage.model_extra["seconds"] == whole.usage.seconds == 40
+    assert usage.input_token_details.audio_tokens == 40 * 50 and usage.input_token_details.text_tokens == 0
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens and usage.output_tokens > 0
 
 
 def test_logprobs_in_json_and_stream(sdk, files):

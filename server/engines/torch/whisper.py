@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 from typing import AsyncIterator
 
@@ -40,6 +41,7 @@ from ..base import (
 from ..worker import Abort, Step, Submit, WorkerProcess
 from .whisper_loop import TranscribeJob, WhisperLoop, WindowResult
 from .whisper_windows import (
+    FRAMES_PER_SECOND,
     SAMPLE_RATE,
     Window,
     clamp_words,
@@ -147,7 +149,6 @@ class WhisperEngine(EngineBase):
                 self._stats.requests_rejected += 1
                 raise EngineOverloaded(f"{self.name}: request queue is full ({self.max_queue} in flight)")
         job, windows, duration = await asyncio.to_thread(self._job, request)
-        yield TranscriptionStarted(duration, len(windows))
         if not self.ready():
             raise EngineError(f"the engine process for {self.name!r} is not running")
         loop = asyncio.get_running_loop()
@@ -160,6 +161,8 @@ class WhisperEngine(EngineBase):
         finished = False
         try:
             self._worker.send(Submit(job))
+            # Started once the job is with the engine: a caller leaving from here on aborts it.
+            yield TranscriptionStarted(duration, len(windows))
             assembler = TranscriptAssembler(self._info, self._names, windows, duration, request)
             assembler.prompt_tokens = len(job.prompt_ids)
             ready: dict[int, WindowResult] = {}
@@ -275,5 +278,7 @@ class TranscriptAssembler:
 
     def done(self) -> TranscriptionDone:
         language = "english" if self.request.task == "translate" else self.names.get(self.language, self.language)
-        return TranscriptionDone(self.text, language, self.duration, self.prompt_tokens, self.output_tokens)
+        audio_tokens = sum(math.ceil((w.end - w.start) * FRAMES_PER_SECOND / SAMPLE_RATE) for w in self.windows)
+        return TranscriptionDone(self.text, language, self.duration, self.prompt_tokens, self.output_tokens,
+                                 audio_tokens)
 
