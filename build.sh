@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Install genapi into ./.venv, generate the gRPC stubs, the embedded tiny chat model and
 # the tiny cross-encoder; with npm, also the pinned buf (protos lint and breaking) into
-# ./.tools/buf; espeak-ng (Debian) for the transcription tests; then the example clients in clients/ (TypeScript, Go, C++), installing
-# their Debian toolchains with apt-get when run as root.
+# ./.tools/buf; the playground's front-end libraries (marked, DOMPurify) from npm into
+# shim/playground/vendor; Debian's chromium for the browser tests (apt-get, when root);
+# espeak-ng (Debian) for the transcription tests; then the example clients in clients/
+# (TypeScript, Go, C++), installing their Debian toolchains with apt-get when run as root.
 #
 #   ./build.sh                  install (idempotent; fast when nothing changed)
 #   ./build.sh serve [args...]  install, then `genapi serve args...`
 #   ./build.sh test [args...]   install, then `python -m pytest args...`
 #
 # Environment: PYTHON (interpreter used to create the venv, default python3);
-# GENAPI_SKIP_CLIENTS=1 skips the client toolchains and clients (their tests then skip).
+# GENAPI_SKIP_CLIENTS=1 skips the client toolchains and clients (their tests then skip);
+# GENAPI_SKIP_BROWSER=1 skips Debian's chromium (the browser tests then skip).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 TORCH_VERSION=2.13.0
 BUF_VERSION=1.75.0
+MARKED_VERSION=18.2.1
+DOMPURIFY_VERSION=3.4.18
 VENV=.venv
 PY=$VENV/bin/python
 STAMP=$VENV/.genapi-install-stamp
@@ -23,7 +28,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 say() { printf '[build] %s\n' "$*"; }
 die() { printf '[build] error: %s\n' "$*" >&2; exit 1; }
 
-usage() { sed -n '2,12s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,16s/^# \{0,1\}//p' "$0"; }
 
 cmd=install
 if [ $# -gt 0 ]; then
@@ -70,24 +75,9 @@ EOF
   printf '%s\n' "$want" > "$STAMP"
 fi
 
-# 4. gRPC stubs (genapi/v1/*_pb2*.py, gitignored), regenerated when a proto changes -----
-stale=0
-for proto in protos/genapi/v1/*.proto; do
-  name=$(basename "$proto" .proto)
-  for stub in "genapi/v1/${name}_pb2.py" "genapi/v1/${name}_pb2.pyi" "genapi/v1/${name}_pb2_grpc.py"; do
-    if [ ! -f "$stub" ] || [ "$proto" -nt "$stub" ]; then stale=1; fi
-  done
-done
-# A removed proto leaves a stub behind: regenerate from scratch.
-for stub in genapi/v1/*_pb2.py; do
-  [ -e "$stub" ] || continue
-  [ -f "protos/genapi/v1/$(basename "$stub" _pb2.py).proto" ] || stale=1
-done
-if [ "$stale" = 1 ]; then
-  "$PY" -m tools.gen_stubs
-else
-  say "gRPC stubs up to date"
-fi
+# 4. gRPC stubs (genapi/v1/*_pb2.py, *_pb2.pyi, *_pb2_grpc.py, gitignored), regenerated
+#    when a proto or the generator changed, or a proto was removed ----------------------
+"$PY" -m tools.gen_stubs --if-stale
 
 # 5. Debian toolchains of the example clients (protoc, grpc++, Go with Debian's gRPC
 #    sources; npm when missing), installed non-interactively when root; quiet when present.
@@ -126,11 +116,53 @@ elif command -v npm >/dev/null 2>&1; then
     || say "warning: could not install buf; tests/unit/test_protos.py will skip the buf checks"
 fi
 
+# 6b. the playground's markdown renderer and sanitizer (marked, DOMPurify), pinned, from
+#     npm into .tools/playground, their ES modules and licences copied into
+#     shim/playground/vendor (gitignored; the page renders answers as plain text without
+#     them); then Debian's chromium for tests/browser (apt-get when root) -----------------
+VENDOR=shim/playground/vendor
+VENDOR_STAMP="$VENDOR/.versions"
+want_vendor="marked@$MARKED_VERSION dompurify@$DOMPURIFY_VERSION"
+if [ "$(cat "$VENDOR_STAMP" 2>/dev/null || true)" = "$want_vendor" ] && [ -f "$VENDOR/marked.esm.js" ] \
+    && [ -f "$VENDOR/purify.es.mjs" ]; then
+  say "playground libraries up to date ($want_vendor)"
+elif command -v npm >/dev/null 2>&1; then
+  say "installing the playground libraries ($want_vendor) into $VENDOR"
+  nm=.tools/playground/node_modules
+  if npm install --prefix .tools/playground --no-audit --no-fund --silent --no-save $want_vendor >/dev/null; then
+    rm -rf "$VENDOR" && mkdir -p "$VENDOR"
+    cp "$nm/marked/lib/marked.esm.js" "$VENDOR/marked.esm.js"
+    cp "$nm/marked/LICENSE" "$VENDOR/LICENSE.marked"
+    cp "$nm/dompurify/dist/purify.es.mjs" "$VENDOR/purify.es.mjs"
+    cp "$nm/dompurify/LICENSE" "$VENDOR/LICENSE.dompurify"
+    printf '%s\n' "$want_vendor" > "$VENDOR_STAMP"
+  else
+    say "warning: npm could not install $want_vendor; the playground renders answers as plain text"
+  fi
+else
+  say "warning: npm not found: the playground renders answers as plain text (no marked/DOMPurify)"
+fi
+if [ "${GENAPI_SKIP_BROWSER:-0}" = 1 ] || command -v chromium >/dev/null 2>&1; then
+  :
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  say "installing Debian's chromium for the browser tests (apt-get install chromium)"
+  mkdir -p .tools
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -q --no-install-recommends chromium >.tools/apt-chromium.log 2>&1 \
+      || { apt-get update -q >>.tools/apt-chromium.log 2>&1 \
+           && apt-get install -y -q --no-install-recommends chromium >>.tools/apt-chromium.log 2>&1; }; } \
+    || say "warning: apt-get could not install chromium (see .tools/apt-chromium.log); tests/browser will skip"
+else
+  say "warning: the browser tests need Debian's chromium (as root: apt-get install chromium)"
+fi
+
 # 7. the embedded tiny chat model, the tiny cross-encoder of the rerank tests and the tiny
 #    Whisper of transcription (each prints "up to date" when nothing changed) -----------
 "$PY" -m tools.tiny_models --out models/tiny-chat --preset tiny
 "$PY" -m tools.tiny_cross_encoder --out models/tiny-cross-encoder
 "$PY" -m tools.tiny_whisper --out models/tiny-whisper
+# the tiny chat model's reasoning variant (same weights, a template that opens <think>)
+"$PY" -m tools.reasoning_variant --base models/tiny-chat --out models/tiny-chat-reasoning
 
 # 7b. espeak-ng (Debian) speaks the transcription tests' audio; without it (not root, no
 #     apt) the tests fall back to a generated tone ---------------------------------------

@@ -12,6 +12,7 @@ $GENAPI_API_KEY / $OPENAI_API_KEY. Exit status: 0 completed, 1 any other end or 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -24,24 +25,39 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 
 def register(sub) -> None:
     """Adds `batch` and its subcommands to the `genapi` argument parser."""
-    p = sub.add_parser("batch", help="submit, list, inspect or cancel batches (HTTP client of the REST API)")
-    p.add_argument("--base-url", default=os.environ.get("GENAPI_BASE_URL", DEFAULT_BASE_URL),
-                   help=f"REST API base URL (default $GENAPI_BASE_URL or {DEFAULT_BASE_URL})")
-    p.add_argument("--api-key", default=os.environ.get("GENAPI_API_KEY") or os.environ.get("OPENAI_API_KEY"),
-                   help="API key (default $GENAPI_API_KEY or $OPENAI_API_KEY)")
+    # --base-url and --api-key go before or after the subcommand (`genapi batch --base-url U
+    # submit f` or `genapi batch submit f --base-url U`): the subcommands know them too,
+    # without defaults of their own, so a value given before is kept.
+    def shared(with_defaults: bool) -> argparse.ArgumentParser:
+        opts = argparse.ArgumentParser(add_help=False)
+        env_url = os.environ.get("GENAPI_BASE_URL", DEFAULT_BASE_URL)
+        env_key = os.environ.get("GENAPI_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        opts.add_argument("--base-url", default=env_url if with_defaults else argparse.SUPPRESS,
+                          help=f"REST API base URL (default $GENAPI_BASE_URL or {DEFAULT_BASE_URL})")
+        opts.add_argument("--api-key", default=env_key if with_defaults else argparse.SUPPRESS,
+                          help="API key (default $GENAPI_API_KEY or $OPENAI_API_KEY)")
+        return opts
+
+    p = sub.add_parser("batch", parents=[shared(True)],
+                       help="submit, list, inspect or cancel batches (HTTP client of the REST API)")
+    common = shared(False)
     ops = p.add_subparsers(dest="batch_cmd", required=True)
-    s = ops.add_parser("submit", help="upload a JSONL file, run it as a batch, download the results")
+
+    def add(name: str, **kw):
+        return ops.add_parser(name, parents=[common], **kw)
+
+    s = add("submit", help="upload a JSONL file, run it as a batch, download the results")
     s.add_argument("file", type=Path, help="JSONL input: one {custom_id, method, url, body} per line")
     s.add_argument("--endpoint", default="/v1/chat/completions", help="endpoint of every line")
     s.add_argument("--output", type=Path, help="directory for the result files (default: beside the input)")
     s.add_argument("--interval", type=float, default=1.0, help="seconds between progress polls")
     s.add_argument("--no-wait", action="store_true", help="print the batch and return without waiting")
     s.set_defaults(func=cmd_submit)
-    ls = ops.add_parser("list", help="list batches, newest first")
+    ls = add("list", help="list batches, newest first")
     ls.add_argument("--limit", type=int, default=20)
     ls.set_defaults(func=cmd_list)
     for name, func, text in (("get", cmd_get, "show one batch"), ("cancel", cmd_cancel, "cancel a batch")):
-        q = ops.add_parser(name, help=text)
+        q = add(name, help=text)
         q.add_argument("batch_id")
         q.set_defaults(func=func)
 

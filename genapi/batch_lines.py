@@ -55,6 +55,7 @@ def parse_input(data: bytes, endpoint: str) -> tuple[list[InputLine], list[dict]
     lines: list[InputLine] = []
     errors: list[dict] = []
     seen: set[str] = set()
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Windows editors write one)
     for number, raw in enumerate(data.split(b"\n"), 1):
         if len(errors) >= MAX_ERRORS:
             break
@@ -167,40 +168,76 @@ class _StatusCall:
         return self._status.trailing_metadata
 
 
-def _chat_codec() -> LineCodec:
-    from functools import partial
+def _rejecting(validate, to_proto) -> Callable:
+    """to_request: the interactive endpoint's validation and translation, its 4xx as a
+    LineRejected."""
+    from shim.errors import APIError
 
-    from shim.errors import APIError, from_grpc_error
+    def to_request(body: dict, request_id: str):
+        try:
+            return to_proto(validate(body), request_id)
+        except APIError as e:
+            raise LineRejected(e.status, e.envelope()) from None
+
+    return to_request
+
+
+def _http_error(status) -> tuple[int, dict]:
+    from shim.errors import from_grpc_error
+
+    e = from_grpc_error(_StatusCall(status), not_found_param="model", not_found_code="model_not_found")
+    return e.status, e.envelope()
+
+
+def _usage(result: dict) -> tuple[int, int]:
+    u = result.get("usage") or {}
+    return int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
+
+
+def _chat_codec() -> LineCodec:
     from shim.protocol.chat import validate_chat_request
     from shim.translate.chat import ChatCompletionAccumulator, chat_request_to_proto
 
-    map_error = partial(from_grpc_error, not_found_param="model", not_found_code="model_not_found")
-
-    def to_request(body: dict, request_id: str):
+    def validate(body: dict) -> dict:
         body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}  # results are whole
-        try:
-            return chat_request_to_proto(validate_chat_request(body), request_id)
-        except APIError as e:
-            raise LineRejected(e.status, e.envelope()) from None
+        return validate_chat_request(body)
 
     def accumulator(body: dict):
         return ChatCompletionAccumulator(model=body["model"], n=body.get("n") or 1,
                                          logprobs=body.get("logprobs") is True)
 
-    def error(status) -> tuple[int, dict]:
-        e = map_error(_StatusCall(status))
-        return e.status, e.envelope()
-
-    def usage(result: dict) -> tuple[int, int]:
-        u = result.get("usage") or {}
-        return int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
-
-    return LineCodec("generation", to_request, accumulator, error, usage)
+    return LineCodec("generation", _rejecting(validate, chat_request_to_proto), accumulator, _http_error, _usage)
 
 
-#: Batch endpoint -> codec factory. Embeddings, rerank and responses join when they exist.
+class _OneReply:
+    """The accumulator of a unary endpoint: its one reply, as the endpoint's JSON."""
+
+    def __init__(self, to_dict: Callable):
+        self._to_dict = to_dict
+        self._reply = None
+
+    def add(self, reply) -> None:
+        self._reply = reply
+
+    def result(self) -> dict:
+        return self._to_dict(self._reply)
+
+
+def _embeddings_codec() -> LineCodec:
+    from shim.protocol.embeddings import validate_embeddings_request
+    from shim.translate.embeddings import embed_response_to_dict, embeddings_request_to_proto
+
+    def accumulator(body: dict):
+        return _OneReply(lambda reply: embed_response_to_dict(reply, body.get("encoding_format")))
+
+    return LineCodec("embedding", _rejecting(validate_embeddings_request, embeddings_request_to_proto),
+                     accumulator, _http_error, _usage)
+
+
+#: Batch endpoint -> codec factory (responses joins when it exists).
 ENDPOINTS: dict[str, Callable[[], LineCodec]] = {
     "/v1/chat/completions": _chat_codec,
+    "/v1/embeddings": _embeddings_codec,
 }
 
 

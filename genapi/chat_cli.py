@@ -20,7 +20,7 @@ def add_arguments(p) -> None:
     p.add_argument("question", nargs="*", help="the question (default: read from stdin)")
     p.add_argument("--url", default=os.environ.get("GENAPI_URL", DEFAULT_URL),
                    help="the API's base URL (default: $GENAPI_URL, else %(default)s)")
-    p.add_argument("--model", help="model name (default: the first one GET /models lists)")
+    p.add_argument("--model", help="model name (default: the first chat model GET /models lists)")
     p.add_argument("--system", help="a system message sent before the question")
     p.add_argument("--max-tokens", type=int, help="cap on the answer's length in tokens")
     p.add_argument("--temperature", type=float, help="sampling temperature (0: greedy)")
@@ -38,8 +38,13 @@ def _request(args, path: str, body: dict | None = None):
         headers["Content-Type"] = "application/json"
     if args.api_key:
         headers["Authorization"] = f"Bearer {args.api_key}"
-    req = urllib.request.Request(args.url.rstrip("/") + path, headers=headers,
-                                 data=json.dumps(body).encode() if body is not None else None)
+    try:
+        req = urllib.request.Request(args.url.rstrip("/") + path, headers=headers,
+                                     data=json.dumps(body).encode() if body is not None else None)
+    except ValueError:  # not a URL at all
+        raise ChatError(f"--url {args.url!r} is not an http(s) URL (e.g. {DEFAULT_URL})") from None
+    if req.type not in ("http", "https"):
+        raise ChatError(f"--url {args.url!r} is not an http(s) URL (e.g. {DEFAULT_URL})")
     try:
         return urllib.request.urlopen(req, timeout=600)
     except urllib.error.HTTPError as e:
@@ -56,17 +61,24 @@ def _error_message(raw: bytes) -> str:
         return raw.decode("utf-8", "replace")[:500] or "no details"
 
 
+def first_chat_model(models: list[dict]) -> str | None:
+    """The id of the first chat model of a GET /models `data` list (genapi marks each
+    model with its `task`; other servers' models, which carry none, count as chat)."""
+    return next((m["id"] for m in models if m.get("task", "chat") == "chat"), None)
+
+
 def _first_model(args) -> str:
     with _request(args, "/models") as r:
-        models = json.loads(r.read()).get("data") or []
-    if not models:
-        raise ChatError(f"{args.url} serves no model")
-    return models[0]["id"]
+        model = first_chat_model(json.loads(r.read()).get("data") or [])
+    if model is None:
+        raise ChatError(f"{args.url} serves no chat model")
+    return model
 
 
 def stream_answer(args, question: str, out=sys.stdout) -> None:
     """POSTs one chat completion with `stream: true` and writes each text delta to `out`
-    as it arrives, then a newline. Raises ChatError."""
+    as it arrives, then a newline; a reasoning model's thinking goes to stderr as it
+    arrives. Raises ChatError."""
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
         [{"role": "user", "content": question}]
     body = {"model": args.model or _first_model(args), "messages": messages, "stream": True,
@@ -84,7 +96,11 @@ def stream_answer(args, question: str, out=sys.stdout) -> None:
             if "error" in chunk:
                 raise ChatError(chunk["error"].get("message") or "the stream failed")
             for choice in chunk.get("choices") or ():
-                if text := (choice.get("delta") or {}).get("content"):
+                delta = choice.get("delta") or {}
+                if thought := delta.get("reasoning_content"):  # a reasoning model's thinking: on stderr
+                    sys.stderr.write(thought)
+                    sys.stderr.flush()
+                if text := delta.get("content"):
                     out.write(text)
                     out.flush()
     out.write("\n")

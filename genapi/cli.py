@@ -55,9 +55,13 @@ def _load(args) -> Config:
               f"{e if not isinstance(e, KeyError) else f'missing key {e}'}")
     if getattr(args, "host", None):
         cfg.shim_host = cfg.core_host = args.host
-    if getattr(args, "port", None):
+    for flag in ("port", "grpc_port"):
+        value = getattr(args, flag, None)
+        if value is not None and not 1 <= value <= 65535:
+            _fail(f"--{flag.replace('_', '-')} {value}: a port must be 1-65535")
+    if getattr(args, "port", None) is not None:
         cfg.shim_port = args.port
-    if getattr(args, "grpc_port", None):
+    if getattr(args, "grpc_port", None) is not None:
         cfg.core_port = args.grpc_port
     if getattr(args, "core", None):
         cfg.core_targets = args.core
@@ -143,6 +147,7 @@ def _shim_env(cfg: Config, args) -> dict:
         env["GENAPI_CONFIG"] = os.path.abspath(args.config)
     env["GENAPI_HOST"] = cfg.shim_host
     env["GENAPI_PORT"] = str(cfg.shim_port)
+    env["GENAPI_DRAIN_GRACE_S"] = str(cfg.drain_grace_s)
     if cfg.core_targets:
         env["GENAPI_CORE"] = ",".join(cfg.core_targets)
     else:  # a wildcard listen address is dialled through loopback
@@ -157,6 +162,8 @@ def _shim_argv() -> list[str]:
 
 def cmd_shim(args) -> None:
     cfg = _prepare_tier(args, "REST API", lambda c: (c.shim_host, c.shim_port), "--port")
+    if args.drain_grace is not None:
+        cfg.drain_grace_s = args.drain_grace
     os.execve(sys.executable, _shim_argv(), _shim_env(cfg, args))
 
 
@@ -252,7 +259,7 @@ def cmd_serve(args) -> None:
         # The core first: it drains while the shim still answers (503 for new requests,
         # /health 503), then the shim, whose requests have all ended by then.
         _stop_tier(core, "core", args.drain_grace + 10)
-        _stop_tier(shim, "shim", args.stop_timeout)
+        _stop_tier(shim, "shim", max(args.stop_timeout, cfg.drain_grace_s + 10))
     if any(p is not None and p.returncode not in (0, -signal.SIGTERM) for p in (core, shim)):
         sys.exit(1)
 
@@ -288,9 +295,9 @@ def main(argv: list[str] | None = None) -> None:
         if grpc:
             p.add_argument("--grpc-port", type=int, help="gRPC port (default 50051)")
 
-    def drain_grace(p):
-        p.add_argument("--drain-grace", type=float, default=30,
-                       help="on SIGTERM/SIGINT, seconds in-flight requests get to finish (default 30)")
+    def drain_grace(p, default=30.0, what="30"):
+        p.add_argument("--drain-grace", type=float, default=default,
+                       help=f"on SIGTERM/SIGINT, seconds in-flight requests get to finish (default {what})")
 
     p = sub.add_parser("serve", help="start the gRPC core and the REST shim together")
     common(p)
@@ -305,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("shim", help="start the REST shim only (gunicorn)")
     common(p, grpc=False)
     p.add_argument("--core", action="append", help="core address host:port (repeat for several replicas)")
+    drain_grace(p, None, "the config's [shim] drain_grace_s, 30")
     p.set_defaults(func=cmd_shim)
     p = sub.add_parser("chat", help="ask a running server a question and stream the answer")
     from . import chat_cli

@@ -4,7 +4,7 @@ Layout (every key optional; see README "Configuration"):
 
     [core]   host, port, max_message_mb
     [shim]   host, port, core (list of addresses), workers, threads,
-             request_timeout_s, read_timeout_s, max_body_mb, keepalive_s
+             request_timeout_s, read_timeout_s, max_body_mb, keepalive_s, drain_grace_s
     [auth]   api_key_sha256 = ["<hex digest>", ...]   (unnamed keys)
              [[auth.keys]] name, sha256                (named keys)
     [[models]] name, task, backend, path, [models.options]
@@ -21,6 +21,7 @@ Defaults live in the dataclasses below and nowhere else. The bundled default con
 """
 from __future__ import annotations
 
+import difflib
 import enum
 import hashlib
 import ipaddress
@@ -131,8 +132,10 @@ def _int_option(mc: ModelConfig, key: str, default, minimum: int):
     value = mc.options.get(key, default)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"model {mc.name!r}: option {key} = {value!r}: must be an integer >= {minimum}")
+    maximum = _INT_OPTION_MAXIMUM.get(key, _INT_OPTION_CEILING)
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ValueError(f"model {mc.name!r}: option {key} = {value!r}: must be an integer "
+                         f"between {minimum} and {maximum}")
     return value
 
 
@@ -140,7 +143,36 @@ def _int_option(mc: ModelConfig, key: str, default, minimum: int):
 # "Configuration"): integer options and their smallest value, and the choices of the others.
 _INT_OPTIONS = {"max_batch": 1, "max_queue": 1, "max_budget_tokens": 0, "max_output_tokens": 0,
                 "max_context": 1, "prefill_chunk": 0, "max_prefill_tokens": 1, "threads": 1,
-                "max_new_tokens": 1}
+                "grammar_cache_size": 0, "grammar_compile_threads": 1, "max_batch_tokens": 1,
+                "max_request_tokens": 1, "max_new_tokens": 1}
+# ... and their largest (far above any real machine: a typo like 10**12 slots is refused here
+# instead of exhausting memory at start-up).
+_INT_OPTION_MAXIMUM = {"max_batch": 65536, "threads": 4096}
+_INT_OPTION_CEILING = 2**40
+#: Every model option some layer reads, for the misspelling check (a new option is added
+#: here by whoever reads it): engines (server/engines/torch, trtllm/mapping.py OPTION_KEYS),
+#: the chat output conventions (server/chat/output.py), the registry and /v1/models.
+MODEL_OPTIONS = frozenset({
+    # every engine
+    "device", "dtype", "threads", "max_batch", "max_queue", "fault", "owned_by",
+    # chat
+    "max_budget_tokens", "max_output_tokens", "max_context", "prefill_chunk", "max_prefill_tokens",
+    "grammar_compile_timeout_s", "grammar_cache_size", "grammar_compile_threads",
+    "tool_parser", "reasoning_parser", "reasoning_markers",
+    # embedding and rerank
+    "max_batch_tokens", "max_wait_ms", "max_request_tokens",
+    # transcription (server/engines/torch/whisper.py, whisper_loop.py; max_wait_ms as above)
+    "max_audio_s", "max_new_tokens",
+    # TensorRT-LLM
+    "max_num_tokens", "tensor_parallel_size", "free_gpu_memory_fraction", "trust_remote_code", "llm_args",
+})
+_MODEL_KEYS = ("name", "task", "backend", "path", "options")
+# Tables and keys of the file besides the _SETTINGS ones.
+_OTHER_KEYS = {"shim": ("core",), "auth": ("api_key_sha256", "keys"), "files": ("s3_input_buckets",),
+               "models": ()}
+# Number options: True when they must be > 0 (else >= 0).
+_NUMBER_OPTIONS = {"grammar_compile_timeout_s": True, "max_wait_ms": False, "free_gpu_memory_fraction": True,
+                   "max_audio_s": True}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 BACKEND_NAMES = ("torch", "trtllm")  # server/registry.py BACKENDS serves these
@@ -150,9 +182,18 @@ def _check_model(mc: ModelConfig) -> None:
     """ValueError naming the setting and its value for an unusable [[models]] table."""
     if mc.backend not in BACKEND_NAMES:
         raise ValueError(f"model {mc.name!r}: backend = {mc.backend!r}: unknown ({' or '.join(BACKEND_NAMES)})")
+    for key in mc.options:
+        if key not in MODEL_OPTIONS:
+            raise ValueError(f"model {mc.name!r}: unknown option {key!r}{_did_you_mean(key, MODEL_OPTIONS)}")
     for key, minimum in _INT_OPTIONS.items():
         if key in mc.options:
             _int_option(mc, key, None, minimum)
+    for key, positive in _NUMBER_OPTIONS.items():
+        value = mc.options.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not (value > 0 if positive else value >= 0) or value == math.inf):
+            raise ValueError(f"model {mc.name!r}: option {key} = {value!r}: must be a number "
+                             f"{'> 0' if positive else '>= 0'}")
     if (dtype := mc.options.get("dtype", "auto")) not in DTYPES:
         raise ValueError(f"model {mc.name!r}: option dtype = {dtype!r}: unknown ({', '.join(DTYPES)})")
     device = mc.options.get("device", "auto")
@@ -180,10 +221,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 def log_level(env=os.environ) -> str:
     """GENAPI_LOG_LEVEL in any case (default info), upper-cased for `logging`;
     ValueError for a name that is not a level."""
-    value = env.get("GENAPI_LOG_LEVEL", "info")
-    if value.strip().lower() not in LOG_LEVELS:
+    value = env.get("GENAPI_LOG_LEVEL", "").strip() or "info"  # set but empty: the default
+    if value.lower() not in LOG_LEVELS:
         raise ValueError(f"GENAPI_LOG_LEVEL={value!r} is not a log level ({', '.join(LOG_LEVELS)})")
-    return value.strip().upper()
+    return value.upper()
 
 
 @dataclass(frozen=True)
@@ -209,6 +250,7 @@ class Config:
     read_timeout_s: float = 30.0  # request head + body must arrive within it; also each blocked send
     max_body_mb: int = 32
     keepalive_s: float = 10.0
+    drain_grace_s: float = 30.0  # on SIGTERM/SIGINT: how long the shim's requests in flight get
     api_keys: list[ApiKey] = field(default_factory=list)
     models: list[ModelConfig] = field(default_factory=list)
     path: Path | None = None
@@ -294,6 +336,7 @@ _SETTINGS = (
     ("files", "max_upload_mb", "max_upload_mb", int, "GENAPI_MAX_UPLOAD_MB"),
     ("batches", "concurrency", "batch_concurrency", int, "GENAPI_BATCH_CONCURRENCY"),
     ("batches", "window_s", "batch_window_s", float, "GENAPI_BATCH_WINDOW_S"),
+    ("shim", "drain_grace_s", "drain_grace_s", float, "GENAPI_DRAIN_GRACE_S"),
 )
 
 
@@ -357,7 +400,37 @@ def _api_keys(auth: dict) -> list[ApiKey]:
     return keys
 
 
+def _did_you_mean(key: str, known) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_keys(raw: dict) -> None:
+    """ValueError naming the first table or key of the file that no setting reads (a
+    misspelling would otherwise be ignored silently), with the closest known name."""
+    known: dict[str, set] = {t: set(k) for t, k in _OTHER_KEYS.items()}
+    for table, key, *_ in _SETTINGS:
+        known.setdefault(table, set()).add(key)
+    for table, value in raw.items():
+        if table not in known:
+            raise ValueError(f"unknown table [{table}]{_did_you_mean(table, known)}")
+        if table == "models":
+            for m in value if isinstance(value, list) else ():
+                for key in m if isinstance(m, dict) else ():
+                    if key not in _MODEL_KEYS:
+                        raise ValueError(f"[[models]] {m.get('name', '')!r}: unknown key {key!r}"
+                                         f"{_did_you_mean(key, _MODEL_KEYS)}")
+            continue
+        if not isinstance(value, dict):
+            raise ValueError(f"{table} = {value!r}: must be a table ([{table}])")
+        for key in value:
+            if key not in known[table]:
+                raise ValueError(f"[{table}] unknown key {key!r}{_did_you_mean(key, known[table])}")
+
+
 def _model(m: dict, base: Path) -> ModelConfig:
+    if not isinstance(m, dict):
+        raise ValueError(f"[[models]] entry {m!r}: must be a table")
     name = m.get("name")
     if not isinstance(name, str) or not name:
         raise ValueError(f"[[models]] name = {name!r}: every model needs a non-empty name")
@@ -377,6 +450,9 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     path = Path(path or os.environ.get("GENAPI_CONFIG") or DEFAULT_CONFIG)
     with open(path, "rb") as f:
         raw = tomllib.load(f)
+    check_keys(raw)
+    if not isinstance(raw.get("models", []), list):
+        raise ValueError("models must be an array of tables ([[models]])")
     # Relative model paths: against the home directory for the bundled config, else
     # against the config file's directory.
     base = home_dir() if path.resolve() == DEFAULT_CONFIG else path.resolve().parent
@@ -412,8 +488,8 @@ _KIND = {str: "a string", int: "an integer", float: "a number"}
 # Smallest accepted value of the numeric settings (ports also at most 65535).
 _MINIMUM = {"port": 1, "max_message_mb": 1, "workers": 1, "threads": 0, "request_timeout_s": 0.001,
             "read_timeout_s": 0.001, "max_body_mb": 1, "keepalive_s": 0, "max_upload_mb": 1, "concurrency": 1,
-            "window_s": 0}
-_MAXIMUM = {"port": 65535}
+            "window_s": 0, "drain_grace_s": 0}
+_MAXIMUM = {"port": 65535, "drain_grace_s": 86400}
 _MINIMUM_NOTE = {"threads": " (0 = auto)"}
 
 

@@ -135,17 +135,22 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
         options=grpc_options(cfg) + [("grpc.so_reuseport", 0)],
     )
     drain = Drain()
-    generation = GenerationServicer(registry, drain)
+    try:
+        generation = GenerationServicer(registry, drain)  # checks the chat models' output options
+    except ValueError as e:
+        raise StartupError(one_line(e)) from None
     generation_service_pb2_grpc.add_GenerationServiceServicer_to_server(generation, server)
     store, objects = open_store(cfg)
-    runner = BatchRunner(store, objects, {"generation": generation}, registry, cfg.batch_concurrency)
+    embedding = EmbeddingServicer(registry, drain)
+    runner = BatchRunner(store, objects, {"generation": generation, "embedding": embedding}, registry,
+                         cfg.batch_concurrency)
     file_service_pb2_grpc.add_FileServiceServicer_to_server(
         FileServicer(store, objects, cfg.max_upload_mb * 1024 * 1024), server)
     batch_service_pb2_grpc.add_BatchServiceServicer_to_server(BatchServicer(
         store, runner, cfg.batch_window_s, cfg.s3_input_buckets), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry), server)
-    embedding_service_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(registry, drain), server)
+    embedding_service_pb2_grpc.add_EmbeddingServiceServicer_to_server(embedding, server)
     rerank_service_pb2_grpc.add_RerankServiceServicer_to_server(RerankServicer(registry, drain), server)
     transcription_service_pb2_grpc.add_TranscriptionServiceServicer_to_server(
         TranscriptionServicer(registry, drain), server)

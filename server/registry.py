@@ -135,11 +135,13 @@ class Registry:
 
     def available(self, task: Task | None = None, limit: int = 20) -> str:
         """For a not-found message: the served names (of `task`, when given), at most
-        `limit` of them, e.g. "Available models: `a`, `b`." """
+        `limit` of them, e.g. "Available models: `a`, `b`." or, for a task, "Available
+        chat models: `a`." """
         names = [n for n, sm in self.models.items() if task is None or sm.config.task == task]
         shown = ", ".join(f"`{n}`" for n in names[:limit])
         more = f" and {len(names) - limit} more (GET /v1/models lists them)" if len(names) > limit else ""
-        return f"Available models: {shown}{more}." if names else "No model is served for this task."
+        kind = "models" if task is None else f"{task.value} models"
+        return f"Available {kind}: {shown}{more}." if names else f"No {kind} are served."
 
     def ready(self) -> bool:
         return all(e.ready() for e in self.engines())

@@ -28,7 +28,7 @@ def create_app(config=None) -> Flask:
     from shim.auth import register_auth
     from shim.errors import register_error_handlers
     from shim.request_id import register_request_id
-    from shim.routes import audio, batches, chat, embeddings, files, health, models, rerank
+    from shim.routes import audio, batches, chat, embeddings, files, health, models, playground, rerank
 
     if config is None:
         config = load_config()
@@ -44,6 +44,7 @@ def create_app(config=None) -> Flask:
     register_request_id(app)  # first: every later hook and error carries the id
     register_auth(app)
     register_error_handlers(app)
-    for blueprint in (health.bp, models.bp, chat.bp, embeddings.bp, rerank.bp, files.bp, batches.bp, audio.bp):
+    for blueprint in (health.bp, models.bp, chat.bp, embeddings.bp, rerank.bp, files.bp, batches.bp,
+                      playground.bp, audio.bp):
         app.register_blueprint(blueprint)
     return app

@@ -12,7 +12,8 @@ from genapi.keys import ANONYMOUS, KeyChecker, mask
 
 from shim.errors import APIError
 
-PUBLIC_PATHS = frozenset({"/health"})
+PUBLIC_PATHS = frozenset({"/health", "/", "/playground"})
+PUBLIC_PREFIXES = ("/playground/",)  # the playground's static files (the page asks for a key itself)
 
 MISSING_MESSAGE = (
     "You didn't provide an API key. You need to provide your API key in an Authorization "
@@ -46,11 +47,16 @@ def check_authorization(header: str | None, keys: KeyChecker) -> str:
     return name
 
 
+def is_public_path(path: str) -> bool:
+    """Paths served without a key: /health and the playground's static files."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
 def register_auth(app: Flask) -> None:
     keys = KeyChecker(app.config["GENAPI"].api_keys)
 
     @app.before_request
     def _require_api_key():
-        if request.path in PUBLIC_PATHS:
+        if is_public_path(request.path):
             return
         g.principal = check_authorization(request.headers.get("Authorization"), keys)

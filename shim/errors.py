@@ -21,6 +21,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from genapi.untrusted import clip
+from shim import grpc_client
 from shim.jsonutil import dumps_bytes
 
 log = logging.getLogger("genapi.shim")
@@ -62,6 +63,9 @@ GENERIC_MESSAGES = {
     503: "The service is temporarily unavailable; please retry shortly.",
     504: "The request timed out before the model finished.",
 }
+
+# What a client is told while the service drains (the core's words too).
+SHUTTING_DOWN_MESSAGE = "The server is shutting down; retry the request shortly."
 
 # HTTP statuses a client may retry; only these carry Retry-After.
 RETRYABLE_WITH_RETRY_AFTER = {429, 503}
@@ -167,6 +171,10 @@ def from_grpc_error(
     whose only lookup is the model pass "model"/"model_not_found").
     """
     code = _code_of(err)
+    if code == grpc.StatusCode.CANCELLED and grpc_client.is_shut_down():
+        # This worker cancelled it: its drain grace period is over (shim/worker.py).
+        return APIError(503, SHUTTING_DOWN_MESSAGE, "server_error", None, "server_shutting_down",
+                        {"Retry-After": str(DEFAULT_RETRY_AFTER_S)})
     details = _details_of(err)
     info = _error_info(err)
     from_core = info is not None and info.domain == ERROR_DOMAIN

@@ -68,6 +68,22 @@ class CoreClient:
 
 _lock = threading.Lock()
 _clients: dict[tuple, CoreClient] = {}
+_shut_down = False
+
+
+def shut_down() -> None:
+    """Closes this process's channels, which cancels every call still open on them (the
+    worker's drain grace period is over); a call made afterwards fails at once."""
+    global _shut_down
+    with _lock:
+        _shut_down = True
+        clients = [c for (pid, *_), c in _clients.items() if pid == os.getpid()]
+    for client in clients:
+        client.close()
+
+
+def is_shut_down() -> bool:
+    return _shut_down
 
 
 def get_client(config) -> CoreClient:

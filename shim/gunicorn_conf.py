@@ -12,6 +12,9 @@ admission control decides, and its 429 comes back at once. Streams are plain ite
 written by the worker threads, and the worker's heartbeat runs in its main loop, so a
 long stream does not trigger WORKER TIMEOUT.
 """
+import math
+import os
+
 from genapi.config import exposure_error, load_config, log_level
 
 _cfg = load_config()
@@ -28,7 +31,10 @@ worker_connections = max(1000, threads + 100)  # busy threads, plus requests arr
 # gthread's timeout is the worker heartbeat (sent from the main loop), not a request
 # limit; request length is bounded by request_timeout_s (the gRPC deadline).
 timeout = 120
-graceful_timeout = 30
+# SIGTERM: the workers drain for drain_grace_s (shim/worker.py), then close what is left;
+# the master kills a worker only after this, which leaves time for that close.
+STOP_MARGIN_S = 5
+graceful_timeout = math.ceil(_cfg.drain_grace_s) + STOP_MARGIN_S
 keepalive = 5
 preload_app = False  # no gRPC state in the master; each worker builds its own app
 
@@ -47,7 +53,11 @@ control_socket_disable = True
 
 
 def on_starting(server):
-    """A shim that admits fewer requests than its core holds refuses the difference itself."""
+    """SIGINT drains like SIGTERM (as the core does): gunicorn's master would quit at once
+    on it, its workers too. A second one quits at once.
+
+    A shim that admits fewer requests than its core holds refuses the difference itself."""
+    server.handle_int = server.handle_term
     if _cfg.core_capacity > workers * threads:
         server.log.warning(
             "genapi: the shim serves %d requests at once (workers %d x threads %d) but the core holds %d "

@@ -20,19 +20,21 @@ def too_large(cap: int) -> APIError:
                     "file_too_large")
 
 
-def parse_upload(environ: dict, cap: int) -> tuple[MultiDict, MultiDict]:
-    """(form fields, files) of a multipart body of at most `cap` bytes. Raises APIError
-    415 (not multipart), 413 (over the cap); werkzeug raises 413/400 for bodies that run
-    over while streaming or are malformed (mapped by shim.errors)."""
+def parse_upload(environ: dict, cap: int, framing: int = 0) -> tuple[MultiDict, MultiDict]:
+    """(form fields, files) of a multipart body of at most `cap` + `framing` bytes (room
+    for the boundaries and the other fields: the file itself is checked against `cap` by
+    the caller). Raises APIError 415 (not multipart), 413 (over; the message names `cap`);
+    werkzeug raises 413/400 for bodies that run over while streaming or are malformed
+    (mapped by shim.errors)."""
     ctype = environ.get("CONTENT_TYPE", "")
     if not ctype.lower().startswith("multipart/form-data"):
         raise APIError(415, "Unsupported Content-Type: uploads must be sent as 'multipart/form-data'.",
                        "invalid_request_error", None, "unsupported_media_type")
     length = environ.get("CONTENT_LENGTH")
-    if length and length.isdigit() and int(length) > cap:
+    if length and length.isdigit() and int(length) > cap + framing:
         discard_oversized(environ, int(length))
         raise too_large(cap)
-    _, form, files = parse_form_data(environ, max_content_length=cap, max_form_memory_size=MAX_FIELD_BYTES,
+    _, form, files = parse_form_data(environ, max_content_length=cap + framing, max_form_memory_size=MAX_FIELD_BYTES,
                                      max_form_parts=MAX_FORM_PARTS, silent=False)
     return form, files
 

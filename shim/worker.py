@@ -22,7 +22,15 @@ loop (gthread did that on the loop itself, blocking it up to 2 s per client that
 close its side). The pool's threads are all started with the worker (see get_thread_pool).
 
 So a slow client holds a socket and a buffer of at most FRONT_BUFFER_BYTES, never a
-thread, and a refusal costs the event loop a few microseconds. Connections that are not
+thread, and a refusal costs the event loop a few microseconds.
+
+Drain (SIGTERM, or a first SIGINT; the same as the core's): the worker keeps listening for
+`drain_grace_s`, and the front answers every new request (`/health` included) 503
+`server_shutting_down` with Retry-After, while the requests already on a thread (streams
+included) run to their end; it stops as soon as none is left. At the end of the grace
+period the core calls still open are cancelled (their clients get 503, or an error frame
+mid-stream) and it stops. gthread alone would stop listening at once and hold the
+requests in flight without answering anyone else. A second SIGINT quits at once. Connections that are not
 plain HTTP/1.1 (TLS, cleartext HTTP/2) take gthread's stock path. Written against
 gunicorn 27's ThreadWorker and TConn (pinned in pyproject.toml; tests/unit/test_shim_front.py
 checks the methods overridden here still exist with the same parameters).
@@ -31,6 +39,7 @@ from __future__ import annotations
 
 import errno
 import selectors
+import signal
 import socket
 import threading
 import time
@@ -38,6 +47,8 @@ from functools import partial
 
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from shim import grpc_client
+from shim.errors import DEFAULT_RETRY_AFTER_S, SHUTTING_DOWN_MESSAGE
 from shim.gunicorn_errors import error_response
 from shim.gunicorn_http import ShimParser, read_deadline, timeout_response
 from shim.request_scan import RequestScan
@@ -55,6 +66,11 @@ def overloaded_response() -> bytes:
                           "The server is at capacity (every request thread is busy); please retry shortly.",
                           type="rate_limit_error", code="server_overloaded",
                           headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def shutting_down_response() -> bytes:
+    return error_response(503, "Service Unavailable", SHUTTING_DOWN_MESSAGE, type="server_error",
+                          code="server_shutting_down", headers={"Retry-After": str(DEFAULT_RETRY_AFTER_S)})
 
 
 class ShimConn(TConn):
@@ -85,13 +101,52 @@ class ShimWorker(ThreadWorker):
     def init_process(self):
         from genapi.config import load_config
 
-        self.read_timeout_s = load_config().read_timeout_s
+        cfg = load_config()
+        self.read_timeout_s = cfg.read_timeout_s
+        self.drain_grace_s = cfg.drain_grace_s
+        self.drain_until: float | None = None  # set by SIGTERM: the end of the grace period
         self.front = not self.cfg.is_ssl and getattr(self.cfg, "http2_cleartext", "off") == "off"
         self.busy = 0  # connections handed to the thread pool and not finished
         self.reading: dict[ShimConn, None] = {}  # requests arriving (insertion-ordered set)
         self.lingering: dict[ShimConn, None] = {}  # refused, draining before the close
         self._next_sweep = 0.0
         super().init_process()  # runs the worker
+
+    # ---- drain ---------------------------------------------------------------------------
+    def init_signals(self):
+        super().init_signals()
+        if self.front:
+            signal.signal(signal.SIGINT, self.handle_int)
+
+    def handle_exit(self, sig, frame):
+        """SIGTERM (from the master, or sent to this process): drain, then stop."""
+        if not self.front:
+            return super().handle_exit(sig, frame)
+        if self.drain_until is None:
+            self.drain_until = time.monotonic() + self.drain_grace_s
+
+    def handle_int(self, sig, frame):
+        """SIGINT (Ctrl-C reaches every process of the group): drains like SIGTERM; a second
+        one quits at once."""
+        if self.drain_until is None:
+            return self.handle_exit(sig, frame)
+        return self.handle_quit(sig, frame)
+
+    def _drain_step(self) -> None:
+        """In the event loop while draining: stops once no request is in flight, or the
+        grace period is over (the core calls still open are cancelled first)."""
+        if self.busy and time.monotonic() < self.drain_until:
+            return
+        if self.busy:
+            self.log.warning("genapi: grace period over: cancelling %d request(s) still in flight", self.busy)
+            grpc_client.shut_down()
+        else:
+            self.log.info("genapi: drained: no request in flight")
+        for conn in list(self.reading):  # half-arrived requests are new ones: 503 too
+            self.reading.pop(conn)
+            self._unregister(conn)
+            self._refuse(conn, shutting_down_response())
+        self.alive = False  # gthread's stop follows: kept-alive connections closed, then exit
 
     # ---- the thread pool -------------------------------------------------------------
     def get_thread_pool(self):
@@ -203,6 +258,9 @@ class ShimWorker(ThreadWorker):
         self.reading.pop(conn, None)
         self._unregister(conn)
         data, conn.scan = bytes(conn.scan.buf), None
+        if self.drain_until is not None:
+            self._refuse(conn, shutting_down_response())
+            return
         if self.busy >= self.cfg.threads:
             self._refuse(conn, overloaded_response())
             return
@@ -263,9 +321,12 @@ class ShimWorker(ThreadWorker):
 
     # ---- deadlines ------------------------------------------------------------------------
     def wait_for_and_dispatch_events(self, timeout):
-        if self.reading or self.lingering:
+        draining = self.alive and self.drain_until is not None
+        if self.reading or self.lingering or draining:
             timeout = min(timeout, SWEEP_S)
         super().wait_for_and_dispatch_events(timeout)
+        if draining:
+            self._drain_step()
 
     def murder_pending(self):
         super().murder_pending()

@@ -126,6 +126,10 @@ PRESETS: dict[str, Preset] = {
                    min_vocab=TOKENIZER_VOCAB, train=TrainSettings()),
     # ~28M parameters, random weights: CPU throughput benchmarks.
     "bench": Preset(hidden=512, layers=8, heads=8, kv_heads=4, intermediate=1408, context=2048),
+    # One small layer before a 32000-row output, random weights: the per-step host
+    # overhead benchmark (bench/step_overhead.py), where the forward pass is not the point.
+    "step": Preset(hidden=64, layers=1, heads=2, kv_heads=1, intermediate=128, context=2048,
+                   min_vocab=32000, vocab_multiple=64),
     # ~1.1B parameters (32000-row embedding, like Llama-2/TinyLlama), random weights: GPU
     # roofline benchmarks.
     "1b": Preset(hidden=2048, layers=16, heads=32, kv_heads=8, intermediate=8192, context=4096,

@@ -1,20 +1,25 @@
 // Calls the genapi gRPC API from C++ (grpc++, protoc-generated stubs): ListModels, a
-// streaming Generate printing text and usage, and an unknown model to show the error
-// model (status code plus google.rpc.ErrorInfo from the grpc-status-details-bin trailer).
+// streaming Generate printing text and usage, Embed and Rerank, and an unknown model to
+// show the error model (status code plus google.rpc.ErrorInfo from the
+// grpc-status-details-bin trailer).
 //
-//   build/example [TARGET [MODEL]]   (defaults 127.0.0.1:50051, genapi-tiny-chat)
+//   build/example [TARGET [MODEL [EMBED_MODEL [RERANK_MODEL]]]]
+//   (defaults 127.0.0.1:50051, genapi-tiny-chat, all-MiniLM-L6-v2, all-MiniLM-L6-v2-rerank)
 //
 // GENAPI_API_KEY, when set, is sent as "authorization: Bearer <key>" metadata.
 #include <chrono>
 #include <cstdlib>
+#include <iomanip>
 #include <iostream>
 #include <memory>
 #include <string>
 
 #include <grpcpp/grpcpp.h>
 
+#include "genapi/v1/embedding_service.grpc.pb.h"
 #include "genapi/v1/generation_service.grpc.pb.h"
 #include "genapi/v1/model_service.grpc.pb.h"
+#include "genapi/v1/rerank_service.grpc.pb.h"
 #include "google/rpc/code.pb.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
@@ -106,11 +111,55 @@ grpc::Status Generate(v1::GenerationService::Stub& stub, const std::string& mode
   return status;
 }
 
+// Embeds two texts; each vector comes back as a packed float list.
+grpc::Status Embed(v1::EmbeddingService::Stub& stub, const std::string& model) {
+  v1::EmbedRequest request;
+  request.set_model(model);
+  request.add_inputs()->set_text("The cat sat on the mat.");
+  request.add_inputs()->set_text("Paris is in France.");
+  grpc::ClientContext context;
+  Prepare(context, std::chrono::seconds(30));
+  v1::EmbedResponse response;
+  grpc::Status status = stub.Embed(&context, request, &response);
+  if (!status.ok()) return status;
+  std::cout << std::fixed << std::setprecision(4);
+  for (const auto& e : response.embeddings()) {
+    std::cout << "embedding: index=" << e.index() << " dimensions=" << e.values_size() << " head=";
+    for (int i = 0; i < e.values_size() && i < 3; ++i) std::cout << (i ? "," : "") << e.values(i);
+    std::cout << "\n";
+  }
+  std::cout << "embedding_usage: prompt_tokens=" << response.usage().prompt_tokens() << "\n";
+  return status;
+}
+
+// Scores three documents against a query; the results come sorted by relevance.
+grpc::Status Rerank(v1::RerankService::Stub& stub, const std::string& model) {
+  v1::RerankRequest request;
+  request.set_model(model);
+  request.set_query("What is the capital of France?");
+  for (const char* document : {"Paris is the capital of France.", "Bananas are yellow.",
+                               "Berlin is the capital of Germany."}) {
+    request.add_documents(document);
+  }
+  request.set_return_documents(true);
+  grpc::ClientContext context;
+  Prepare(context, std::chrono::seconds(30));
+  v1::RerankResponse response;
+  grpc::Status status = stub.Rerank(&context, request, &response);
+  for (const auto& r : response.results()) {
+    std::cout << "rerank: index=" << r.index() << " relevance_score=" << std::fixed << std::setprecision(4)
+              << r.relevance_score() << " document=" << std::quoted(r.document()) << "\n";
+  }
+  return status;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const std::string target = argc > 1 ? argv[1] : "127.0.0.1:50051";
   const std::string model = argc > 2 ? argv[2] : "genapi-tiny-chat";
+  const std::string embed_model = argc > 3 ? argv[3] : "all-MiniLM-L6-v2";
+  const std::string rerank_model = argc > 4 ? argv[4] : "all-MiniLM-L6-v2-rerank";
   // Plaintext on loopback; grpc::SslCredentials behind a TLS-terminating proxy.
   auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
   auto models = v1::ModelService::NewStub(channel);
@@ -118,6 +167,8 @@ int main(int argc, char** argv) {
 
   grpc::Status status = ListModels(*models);
   if (status.ok()) status = Generate(*gen, model);
+  if (status.ok()) status = Embed(*v1::EmbeddingService::NewStub(channel), embed_model);
+  if (status.ok()) status = Rerank(*v1::RerankService::NewStub(channel), rerank_model);
   if (!status.ok()) {
     std::cout << Describe(status) << std::endl;
     return 1;

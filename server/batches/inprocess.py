@@ -41,5 +41,15 @@ async def run_generate(generation, request, request_id: str) -> LineContext:
     return ctx
 
 
+async def run_embed(embedding, request, request_id: str) -> LineContext:
+    """EmbeddingService.Embed in-process; the one EmbedResponse (or status) is on the result."""
+    ctx = LineContext(request_id)
+    try:
+        ctx.events.append(await embedding.Embed(request, ctx))
+    except grpc.aio.AbortError:
+        pass
+    return ctx
+
+
 #: LineCodec.service -> how the runner executes a line of it.
-EXECUTORS = {"generation": run_generate}
+EXECUTORS = {"generation": run_generate, "embedding": run_embed}

@@ -53,6 +53,13 @@ def result_file_id(batch_id: str, kind: str) -> str:
     return "file-" + hashlib.sha256(f"{batch_id}:{kind}".encode()).hexdigest()[:32]
 
 
+def batch_model(lines) -> str:
+    """The batch's `model` (OpenAI's "model ID used to process the batch"): the one model
+    every line names; "" (null) when the lines name several."""
+    models = {line.body.get("model") for line in lines}
+    return models.pop() if len(models) == 1 and isinstance(next(iter(models)), str) else ""
+
+
 class BatchRunner:
     def __init__(self, store: Store, objects, services: dict, registry, concurrency: int,
                  holder: str | None = None, urls: S3Url | None = None):
@@ -139,7 +146,7 @@ class BatchRunner:
                                     errors=errors, failed_at=now)
             return
         await asyncio.to_thread(self.store.transition, b.id, ("validating",), status="in_progress",
-                                total=len(lines), in_progress_at=now)
+                                total=len(lines), in_progress_at=now, model=batch_model(lines))
         log.info("batch %s: %d lines in progress", b.id, len(lines))
 
     async def _execute(self, b: BatchRecord) -> None:

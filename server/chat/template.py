@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 
 from genapi.v1 import content_pb2
 
@@ -39,7 +40,7 @@ def to_template_messages(messages) -> list[dict]:
             d["name"] = m.name
         if m.tool_calls:
             d["tool_calls"] = [
-                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _arguments(c.arguments)}}
                 for c in m.tool_calls
             ]
         if m.tool_call_id:
@@ -48,9 +49,23 @@ def to_template_messages(messages) -> list[dict]:
     return out
 
 
-def render_prompt(tokenizer, messages) -> list[int]:
+def _arguments(text: str):
+    """Call arguments as templates expect them (Hugging Face's convention: a dict); text
+    that is not a JSON object stays text."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, dict) else text
+
+
+def render_prompt(tokenizer, messages, tools: list[dict] | None = None,
+                  template_kwargs: dict | None = None) -> list[int]:
     """Adapts the conversation to the template (`normalize.py`), applies the chat template
     (with the assistant generation prompt) and tokenizes.
+
+    `tools`: OpenAI-shaped function definitions (convert.tools.ToolPlan.tools) the template renders into the
+    prompt; `template_kwargs`: extra template variables (e.g. `enable_thinking`).
 
     Control tokens the caller writes into a message (`<|im_end|>\n<|im_start|>system`)
     are encoded as plain text: only the template's own control tokens become tokens, so
@@ -61,11 +76,13 @@ def render_prompt(tokenizer, messages) -> list[int]:
     sanitizes = _can_sanitize(type(tokenizer))
     if not sanitizes:
         refuse_control_tokens(tokenizer, dicts)
+    kwargs = dict(template_kwargs or {}, tools=tools or None)
     try:
         if sanitizes:
             return list(tokenizer.apply_chat_template(
-                dicts, add_generation_prompt=True, tokenize=True, return_dict=False, sanitize_control_tokens=True))
-        text = tokenizer.apply_chat_template(dicts, add_generation_prompt=True, tokenize=False)
+                dicts, add_generation_prompt=True, tokenize=True, return_dict=False, sanitize_control_tokens=True,
+                **kwargs))
+        text = tokenizer.apply_chat_template(dicts, add_generation_prompt=True, tokenize=False, **kwargs)
     except Exception as e:  # templates reject bad turn orders with raise_exception()
         raise invalid(f"messages could not be formatted with the model's chat template: {quote(e)}", "messages")
     return tokenizer.encode(text, add_special_tokens=False)

@@ -15,15 +15,12 @@ from genapi.untrusted import MAX_ID_CHARS, MAX_REQUEST_ID_CHARS, MAX_STOP_CHARS,
 from genapi.v1 import content_pb2
 from genapi.v1 import generation_service_pb2 as pb
 
-from ..engines.base import Constraint, GenerationRequest, SamplingParams
+from ..engines.base import GREEDY_BELOW_TEMPERATURE, Constraint, GenerationRequest, SamplingParams
 from ..errors import GenapiError, invalid, quote, too_long
 
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
 MAX_N = 128
-# Below this temperature sampling is greedy (as in vLLM): dividing logits by a tiny or
-# subnormal temperature overflows float32 to inf, and the engine's softmax to NaN.
-GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 def _range(value, lo, hi, param, lo_open=False):
@@ -46,7 +43,7 @@ def check_request_id(request_id: str, param: str = "request_id") -> None:
 
 def check_identifiers(req: pb.GenerateRequest, request_id: str = "") -> None:
     """INVALID_ARGUMENT string_above_max_length for any identifier over its bound,
-    including those of features refused as unsupported (tools, tool_choice)."""
+    including those of tools and tool_choice (checked further in convert.tools)."""
     check_request_id(req.request_id)
     if request_id and request_id != req.request_id:  # from x-request-id metadata
         check_request_id(request_id, "x-request-id")
@@ -63,16 +60,6 @@ def check_identifiers(req: pb.GenerateRequest, request_id: str = "") -> None:
     _bound(req.response_format.name, "response_format.json_schema.name")
 
 
-def check_unsupported(req: pb.GenerateRequest) -> None:
-    """Declared fields whose features are not served yet: a clear INVALID_ARGUMENT."""
-    if req.tools:
-        raise invalid("tools are not supported yet", "tools", "unsupported_parameter")
-    if req.HasField("tool_choice") and req.tool_choice.WhichOneof("choice") == "function_name":
-        raise invalid("tool_choice is not supported yet", "tool_choice", "unsupported_parameter")
-    if req.tool_choice.mode in (content_pb2.TOOL_CHOICE_MODE_AUTO, content_pb2.TOOL_CHOICE_MODE_REQUIRED):
-        raise invalid("tool_choice is not supported yet", "tool_choice", "unsupported_parameter")
-
-
 def constraint_of(fmt: content_pb2.ResponseFormat) -> Constraint | None:
     """ResponseFormat -> the grammar constraint the engine enforces: none for text (or
     unset), any JSON object for json_object, the schema for json_schema (required; enforced
@@ -87,7 +74,7 @@ def constraint_of(fmt: content_pb2.ResponseFormat) -> Constraint | None:
     if not fmt.HasField("schema"):
         raise invalid("response_format json_schema needs a schema (response_format.json_schema.schema)",
                       "response_format")
-    schema = _integral(json_format.MessageToDict(fmt.schema))
+    schema = integral_numbers(json_format.MessageToDict(fmt.schema))
     import jsonschema
 
     what = f"Invalid schema for response_format {quote(fmt.name)!r}"
@@ -101,15 +88,15 @@ def constraint_of(fmt: content_pb2.ResponseFormat) -> Constraint | None:
     return Constraint("json_schema", json.dumps(schema))
 
 
-def _integral(value):
+def integral_numbers(value):
     """google.protobuf.Struct holds every number as a double: whole numbers back to ints,
     so keywords like maxLength or minItems get the integers their metaschema wants."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
     if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
+        return {k: integral_numbers(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_integral(v) for v in value]
+        return [integral_numbers(v) for v in value]
     return value
 
 
@@ -138,6 +125,17 @@ def sampling_params(req: pb.GenerateRequest, vocab: int) -> SamplingParams:
     return p
 
 
+def check_max_tokens(req: pb.GenerateRequest, max_output: int) -> None:
+    """max_tokens, when set, against what needs no prompt: at least 1, at most the output cap."""
+    if not req.stopping.HasField("max_tokens"):
+        return
+    mt = req.stopping.max_tokens
+    if mt < 1:
+        raise invalid(f"max_tokens must be at least 1, got {mt}", "max_tokens")
+    if max_output and mt > max_output:
+        raise invalid(f"max_tokens is {mt}, above this model's output limit of {max_output}", "max_tokens")
+
+
 def resolve_max_tokens(req: pb.GenerateRequest, prompt_len: int, context: int, max_output: int) -> int:
     """The completion budget per choice: the request's, checked against the context and the
     output cap, or else what fits."""
@@ -150,11 +148,8 @@ def resolve_max_tokens(req: pb.GenerateRequest, prompt_len: int, context: int, m
             "context_length_exceeded", "messages")
     if not req.stopping.HasField("max_tokens"):
         return min(room, max_output) if max_output else room
+    check_max_tokens(req, max_output)
     mt = req.stopping.max_tokens
-    if mt < 1:
-        raise invalid(f"max_tokens must be at least 1, got {mt}", "max_tokens")
-    if max_output and mt > max_output:
-        raise invalid(f"max_tokens is {mt}, above this model's output limit of {max_output}", "max_tokens")
     if mt > room:
         raise GenapiError(
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -165,10 +160,20 @@ def resolve_max_tokens(req: pb.GenerateRequest, prompt_len: int, context: int, m
     return mt
 
 
-def build_request(req: pb.GenerateRequest, request_id: str, prompt_ids: list[int], *, context: int,
-                  vocab: int, max_output: int = 0, max_n: int = MAX_N) -> GenerationRequest:
+def least_budget_tokens(req: pb.GenerateRequest, n: int) -> int:
+    """A lower bound of what the request will charge to the engine's token budget, known
+    before its prompt is tokenized: n × max_tokens when the caller set max_tokens."""
+    return n * req.stopping.max_tokens if req.stopping.HasField("max_tokens") else 0
+
+
+def check_request(req: pb.GenerateRequest, request_id: str, *, vocab: int, max_output: int = 0,
+                  max_n: int = MAX_N) -> GenerationRequest:
+    """Every check that needs no prompt (identifiers, unsupported features, stop, n,
+    logprobs, sampling ranges, max_tokens against the output cap): INVALID_ARGUMENT
+    before anything costly, so bad input is a 400 however loaded the engine is. Returns
+    the engine request without its prompt (`prompt_ids` empty, `max_tokens` 0):
+    `with_prompt` completes it."""
     check_identifiers(req)
-    check_unsupported(req)
     stop = list(req.stopping.stop)
     if len(stop) > MAX_STOP:
         raise invalid(f"stop accepts at most {MAX_STOP} sequences, got {len(stop)}", "stop")
@@ -186,10 +191,12 @@ def build_request(req: pb.GenerateRequest, request_id: str, prompt_ids: list[int
         raise invalid(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {top}", "top_logprobs")
     if top and not logprobs:
         raise invalid("top_logprobs requires logprobs to be true", "top_logprobs")
+    check_max_tokens(req, max_output)
     return GenerationRequest(
         request_id=request_id,
-        prompt_ids=prompt_ids,
-        max_tokens=resolve_max_tokens(req, len(prompt_ids), context, max_output),
+        prompt_ids=[],
+        max_tokens=0,
+        charge_by_use=not req.stopping.HasField("max_tokens") and not max_output,
         n=n,
         stop=stop,
         ignore_eos=req.stopping.ignore_eos,
@@ -198,3 +205,19 @@ def build_request(req: pb.GenerateRequest, request_id: str, prompt_ids: list[int
         sampling=sampling_params(req, vocab),
         constraint=constraint_of(req.response_format),
     )
+
+
+def with_prompt(gen: GenerationRequest, req: pb.GenerateRequest, prompt_ids: list[int], *, context: int,
+                max_output: int = 0) -> GenerationRequest:
+    """`gen` (from check_request) with its prompt and its max_tokens resolved against the
+    context (INVALID_ARGUMENT context_length_exceeded)."""
+    gen.max_tokens = resolve_max_tokens(req, len(prompt_ids), context, max_output)
+    gen.prompt_ids = prompt_ids
+    return gen
+
+
+def build_request(req: pb.GenerateRequest, request_id: str, prompt_ids: list[int], *, context: int,
+                  vocab: int, max_output: int = 0, max_n: int = MAX_N) -> GenerationRequest:
+    """check_request then with_prompt, for a prompt already tokenized."""
+    gen = check_request(req, request_id, vocab=vocab, max_output=max_output, max_n=max_n)
+    return with_prompt(gen, req, prompt_ids, context=context, max_output=max_output)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Literal, Protocol, runtime_checkable
+from typing import Any, AsyncIterator, Callable, Literal, Protocol, runtime_checkable
 
 from genapi.config import Task
 
@@ -43,9 +43,14 @@ class EngineUnavailable(EngineError):
     """The backend cannot be used here (missing extra, no GPU) (-> FAILED_PRECONDITION / UNAVAILABLE)."""
 
 
+# Below this temperature sampling is greedy (as in vLLM): dividing logits by a tiny or
+# subnormal temperature overflows float32 to inf, and softmax to NaN.
+GREEDY_BELOW_TEMPERATURE = 1e-5
+
+
 @dataclass
 class SamplingParams:
-    temperature: float = 1.0  # 0 = greedy
+    temperature: float = 1.0  # below GREEDY_BELOW_TEMPERATURE (0 included): greedy
     top_p: float = 1.0
     seed: int | None = None
     presence_penalty: float = 0.0
@@ -88,6 +93,58 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     media: list[MediaPart] = field(default_factory=list)
     constraint: Constraint | None = None
+    #: max_tokens is only what the context leaves (the caller gave none and the model has
+    #: no max_output_tokens): the token budget charges the completion as it is generated
+    #: instead of reserving the whole context up front (see BudgetCharge).
+    charge_by_use: bool = False
+
+
+@dataclass
+class BudgetCharge:
+    """What one request holds of an engine's token budget (`max_budget_tokens`): its prompt
+    plus `reserved` (choices × max_tokens) from admission on, or, when it is charged by use
+    (`reserved` 0), its prompt plus the tokens generated so far."""
+
+    prompt: int
+    reserved: int
+    generated: int = 0
+
+    @classmethod
+    def of(cls, request: GenerationRequest, choices: int | None = None) -> "BudgetCharge":
+        """`choices`: sequences the engine really runs (default request.n)."""
+        per_choice = 0 if request.charge_by_use else request.max_tokens
+        return cls(len(request.prompt_ids), per_choice * (request.n if choices is None else choices))
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt + max(self.reserved, self.generated)
+
+    def add(self, generated: int) -> int:
+        """Counts `generated` more tokens; returns how much the charge grew (0 while they
+        fit in what was reserved)."""
+        before = self.tokens
+        self.generated += generated
+        return self.tokens - before
+
+
+class Reservation:
+    """A request's place in an engine's admission, taken by `Generator.reserve` before the
+    request is templated and tokenized, so that a full engine refuses it before that work.
+    `generate(request, reservation)` takes it over (from then on the request's end gives
+    the place back); `release()` gives it back if the request never gets there. Idempotent."""
+
+    def __init__(self, n: int, on_release: Callable[["Reservation"], None]):
+        self.n = n
+        self._on_release: Callable[["Reservation"], None] | None = on_release
+
+    def take(self) -> None:
+        """The engine's generate() owns the place now: release() does nothing."""
+        self._on_release = None
+
+    def release(self) -> None:
+        give_back, self._on_release = self._on_release, None
+        if give_back is not None:
+            give_back(self)
 
 
 @dataclass
@@ -181,9 +238,18 @@ class Generator(Protocol):
 
     chat_info: ChatModelInfo | None
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]:
-        """Admit the request right away (raise EngineOverloaded when full; this is a plain
-        method, not a coroutine) and return an async iterator of its events. The caller
+    def reserve(self, n: int = 1, least_tokens: int = 0) -> Reservation:
+        """Takes an admission place for a request of `n` choices before it is templated
+        and tokenized (a plain method): EngineOverloaded at once when the engine would
+        refuse it anyway (its queue is full; its token budget lacks `least_tokens`, a lower
+        bound of the request's charge such as n × max_tokens)."""
+
+    def generate(self, request: GenerationRequest, reservation: Reservation | None = None
+                 ) -> AsyncIterator[EngineEvent]:
+        """Admit the request right away, in the place `reservation` holds (without one it
+        reserves its own), raising EngineOverloaded when full (the token budget is checked
+        here, now that the prompt is known; the reservation is then released); a plain
+        method, not a coroutine. Returns an async iterator of its events. The caller
         must end it with `close_events()` whatever happens (finished, cancelled, failed,
         never iterated): closing it before the end aborts the request, so a request
         lives exactly as long as its caller wants it.

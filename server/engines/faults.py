@@ -38,8 +38,8 @@ class FaultInjectingEngine(EngineBase):
     async def stop(self) -> None:
         await self.inner.stop()
 
-    def generate(self, request: GenerationRequest):
-        return _FaultyStream(self, self.inner.generate(request))
+    def generate(self, request: GenerationRequest, reservation=None):
+        return _FaultyStream(self, self.inner.generate(request, reservation))
 
     async def _wrap(self, events):
         if self.delay:

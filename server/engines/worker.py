@@ -1,4 +1,4 @@
-"""An engine's own process: spawn, pipe, typed messages, and the reader thread.
+"""An engine's own process: spawn, pipe, typed messages, and the reader and writer threads.
 
 Heavy engines (the torch chat scheduler; embeddings and transcription next) run their
 model in a child process, so their many small torch calls never share a GIL with the
@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
+import queue
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -120,10 +122,12 @@ class WorkerProcess:
         self._args = (factory, name, path, options)
         self._on_message = on_message
         self._on_exit = on_exit
-        self._send_lock = threading.Lock()  # one writer at a time on the pipe
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()  # to the child, in order
+        self._broken = False  # the writer found the pipe closed
         self._proc = None
         self._conn = None
         self._reader: threading.Thread | None = None
+        self._writer: threading.Thread | None = None
 
     async def start(self) -> dict:
         """Spawns the process and waits for its Ready info; EngineUnavailable otherwise."""
@@ -145,12 +149,18 @@ class WorkerProcess:
             raise EngineUnavailable(msg.message if isinstance(msg, Fatal) else f"unexpected message {msg!r}")
         self._reader = threading.Thread(target=self._read, name=f"engine-reader-{self.name}", daemon=True)
         self._reader.start()
+        self._writer = threading.Thread(target=self._write, name=f"engine-writer-{self.name}", daemon=True)
+        self._writer.start()
         return msg.info
 
     def send(self, msg) -> None:
-        """Raises OSError when the process is gone."""
-        with self._send_lock:
-            self._conn.send(msg)
+        """Queues `msg` for the child without blocking; raises OSError when the process is
+        gone. The pipe is written by a thread of its own: while the child is busy with a
+        long step it reads nothing, the pipe fills, and a write would hold up the caller
+        (the core's event loop: every other call, refusals included) until the step ends."""
+        if self._broken or self._reader is None or not self._reader.is_alive():
+            raise OSError(f"the engine process for {self.name!r} is gone")
+        self._outbox.put(msg)
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.is_alive() and self._reader is not None \
@@ -163,13 +173,28 @@ class WorkerProcess:
     async def stop(self, timeout_s: float = 10) -> None:
         if self._proc is None:
             return
-        try:
-            self.send(Stop())
-        except OSError:
-            pass
+        if self._writer is not None:
+            self._outbox.put(Stop())  # after whatever is still queued
+        else:  # stopped while loading: the child reads it once loaded
+            try:
+                self._conn.send(Stop())
+            except OSError:
+                pass
         await asyncio.to_thread(self._proc.join, timeout_s)
         if self._proc.is_alive():
             self._proc.kill()
+
+    def _write(self) -> None:
+        while not isinstance(msg := self._outbox.get(), Stop):
+            try:
+                self._conn.send(msg)
+            except OSError:  # the child is gone: its reader sees the pipe close and fails what is left
+                self._broken = True
+                return
+        try:
+            self._conn.send(msg)
+        except OSError:
+            pass
 
     def _read(self) -> None:
         try:

@@ -156,4 +156,9 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
                                    status="cancelling", cancelling_at=int(time.time())):
             self.runner.cancel(b.id)
         b = await asyncio.to_thread(self.store.get_batch, None, b.id)
+        if b.status in ("completed", "failed", "expired"):  # cancelling/cancelled: already done
+            await abort(context, GenapiError(grpc.StatusCode.FAILED_PRECONDITION,
+                                             f"Cannot cancel a batch with status '{b.status}'.", "invalid_batch_status",
+                                             "batch_id"))
+            return
         return pb.CancelBatchResponse(batch=batch_proto(b))

@@ -2,31 +2,38 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
 
 import grpc
 
-from genapi.v1 import admin_service_pb2, common_pb2, content_pb2
+from genapi.v1 import admin_service_pb2, common_pb2
 from genapi.v1 import generation_service_pb2 as pb
 from genapi.v1 import generation_service_pb2_grpc as pb_grpc
 
 from genapi.config import Task
 from genapi.untrusted import clip
 
+from ..chat.events import ChatEvents
+from ..chat.output import THINKING_SWITCH, OutputConventions, check_options
+from ..chat.reasoning import prompt_opens_thinking
 from ..chat.template import render_prompt
-from ..convert.generation import build_request, check_identifiers
+from ..chat.tool_grammar import think_first, tool_structural_tag
+from ..convert.generation import MAX_N, check_identifiers, check_request, least_budget_tokens, with_prompt
+from ..convert.tools import tool_plan
 from ..drain import Drain, shutting_down
-from ..engines.base import EngineError, EngineInvalidRequest, FinishEvent, close_events, wait_ready
-from ..errors import INTERNAL_ERROR, GenapiError, abort, from_engine_error
+from ..engines.base import Constraint, EngineError, EngineInvalidRequest, close_events, wait_ready
+from ..errors import INTERNAL_ERROR, GenapiError, abort, from_engine_error, invalid, quote
 from ..registry import Registry
 from .admin import get_engine_stats
 from .lookup import model_for
 
 log = logging.getLogger("genapi.generation")
 
-_FINISH = {"stop": content_pb2.FINISH_REASON_STOP, "length": content_pb2.FINISH_REASON_LENGTH}
+# Prompt tokens decoded to see whether the generation prompt opened a thinking block.
+PROMPT_TAIL_TOKENS = 16
 
 
 def request_id_of(context: grpc.aio.ServicerContext, request_id: str) -> str:
@@ -46,6 +53,22 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     def __init__(self, registry: Registry, drain: Drain | None = None):
         self.registry = registry
         self.drain = drain or Drain()
+        for sm in registry.models.values():
+            if sm.config.task is Task.CHAT:
+                try:
+                    check_options(sm.config.options)
+                except ValueError as e:
+                    raise ValueError(f"model {sm.config.name!r}: {e}") from None
+        self._conventions: dict[str, OutputConventions] = {}
+
+    def conventions(self, sm) -> OutputConventions:
+        """The model's tool-call and reasoning conventions (resolved once, from its options
+        and chat template)."""
+        conv = self._conventions.get(sm.config.name)
+        if conv is None:
+            template = getattr(sm.engine.chat_info.tokenizer, "chat_template", None)
+            conv = self._conventions[sm.config.name] = OutputConventions.resolve(sm.config.options, template)
+        return conv
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> None:
         """Writes the events with `context.write` from a coroutine (not an async generator):
@@ -71,15 +94,31 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             check_identifiers(request, rid)  # bounded before anything echoes or logs them
             sm = chat_model(self.registry, request.model)
             engine, info = sm.engine, sm.engine.chat_info
-            prompt_ids = await asyncio.to_thread(render_prompt, info.tokenizer, request.messages)
-            gen = build_request(
-                request, engine_id, prompt_ids,
-                context=info.context_length, vocab=info.vocab_size,
-                max_output=sm.config.max_output_tokens,
-                max_n=min(128, sm.config.max_batch or 128),
-            )
+            max_output = sm.config.max_output_tokens
+            gen = check_request(request, engine_id, vocab=info.vocab_size, max_output=max_output,
+                                max_n=min(MAX_N, sm.config.max_batch or MAX_N))
+            plan = tool_plan(request)
+            conv = self.conventions(sm)
+            if plan.mode != "none" and conv.tool_parser is None:
+                raise invalid(f"The model `{quote(request.model)}` has no tool-call format (set its tool_parser "
+                              "option).", "tools", "unsupported_parameter")
             try:
-                events = engine.generate(gen)
+                # The cheap refusals (queue full, budget short of n × max_tokens) come
+                # before templating and tokenizing, which cost milliseconds each: a burst
+                # beyond capacity is refused at once instead of queueing behind that work.
+                place = engine.reserve(gen.n, least_budget_tokens(request, gen.n))
+                try:
+                    prompt_ids = await asyncio.to_thread(render_prompt, info.tokenizer, request.messages,
+                                                         plan.tools, template_kwargs(conv, request.reasoning_effort))
+                    with_prompt(gen, request, prompt_ids, context=info.context_length, max_output=max_output)
+                    thinking = conv.reasoning_markers is not None and prompt_opens_thinking(
+                        info.tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:]), conv.reasoning_markers)
+                    tool_constraint = constrain_tools(gen, plan, conv, thinking)
+                    if thinking and gen.constraint is not None and not tool_constraint:
+                        gen.constraint = think_first(gen.constraint, conv.reasoning_markers[1])
+                    events = engine.generate(gen, place)
+                finally:
+                    place.release()  # the request never got to the engine (a no-op once it did)
             except EngineError as e:
                 raise from_engine_error(e) from e
         except GenapiError as e:
@@ -90,12 +129,16 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             log.exception("request %s failed before generation", clip(rid))
             await abort(context, INTERNAL_ERROR)
             return
+        mapper = ChatEvents(conv, usage, gen.n, tools=plan.mode != "none", parallel=plan.parallel, thinking=thinking,
+                            constrained=tool_constraint)
         # From here on the engine request exists: every way out goes through `finally`.
         try:
             try:
                 await wait_ready(events)  # a constraint's grammar compiled (or bad input)
             except EngineInvalidRequest as e:
                 err = from_engine_error(e)
+                if tool_constraint:  # the grammar that failed is that of the tools
+                    err.param = "tools"
                 log.info("request %s rejected: %s %s", clip(rid), err.code.name, clip(err.message, 1024))
                 await abort(context, err)
             usage.prompt_tokens = usage.total_tokens = len(prompt_ids)
@@ -104,16 +147,11 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             await context.write(pb.GenerateResponse(
                 usage=usage, started=pb.Started(request_id=rid, model=request.model, max_tokens=gen.max_tokens)))
             async for ev in events:
-                usage.completion_tokens += ev.num_tokens
-                usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-                if isinstance(ev, FinishEvent):
-                    finish.append(ev.reason)
-                    await context.write(pb.GenerateResponse(
-                        choice_index=ev.choice, usage=usage,
-                        finished=pb.Finished(reason=_FINISH[ev.reason], stop_sequence=ev.stop_sequence)))
-                else:
-                    await context.write(pb.GenerateResponse(choice_index=ev.choice, usage=usage,
-                                                            text=_text_delta(ev)))
+                for response in mapper.on_event(ev):
+                    await context.write(response)
+                if mapper.done:  # every choice made its one tool call: end the engine request
+                    break
+            finish = mapper.finished + ["tool_calls"] * len(mapper.closed)
         except asyncio.CancelledError:  # the caller left (cancel, deadline, disconnect), or shutdown
             if self.drain.expired:
                 log.info("request %s cancelled after %d tokens: the drain grace period is over", rid,
@@ -143,14 +181,28 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         return await get_engine_stats(self.registry, request, context)
 
 
-def _text_delta(ev) -> pb.TextDelta:
-    return pb.TextDelta(
-        text=ev.text,
-        logprobs=[
-            pb.TokenLogprob(
-                token=lp.token, logprob=lp.logprob, bytes=lp.bytes,
-                top_logprobs=[pb.TopLogprob(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in lp.top],
-            )
-            for lp in ev.logprobs
-        ],
-    )
+def constrain_tools(gen, plan, conv: OutputConventions, thinking: bool) -> bool:
+    """Sets `gen.constraint` to the tool-call grammar (chat.tool_grammar) when tools are in
+    use; True when it did. A response_format constraint wins over `auto` (the output is
+    then that JSON, not calls); with a forced call the two contradict: INVALID_ARGUMENT."""
+    tag = tool_structural_tag(plan, conv.tool_parser, conv.reasoning_markers[1] if thinking else None)
+    if tag is None:
+        return False
+    if gen.constraint is not None:
+        if plan.mode == "auto":
+            return False
+        raise invalid("response_format cannot be combined with tool_choice 'required' or a named function",
+                      "response_format")
+    gen.constraint = Constraint("structural_tag", json.dumps(tag))
+    return True
+
+
+EFFORT_THINKS = {pb.REASONING_EFFORT_NONE: False}
+
+
+def template_kwargs(conv: OutputConventions, effort: int) -> dict:
+    """`reasoning_effort` -> the template's thinking switch: `none` turns it off, any
+    other value on; unset (or a template without a switch) leaves the template's default."""
+    if not conv.thinking_switch or effort == pb.REASONING_EFFORT_UNSPECIFIED:
+        return {}
+    return {THINKING_SWITCH: EFFORT_THINKS.get(effort, True)}

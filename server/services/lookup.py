@@ -17,7 +17,10 @@ _TASK_NOUN = {
 
 
 def model_for(registry: Registry, name: str, task: Task) -> ServedModel:
-    """The model named `name`, served for `task`; raises GenapiError otherwise."""
+    """The model named `name`, served for `task`; raises GenapiError otherwise (an empty
+    name is INVALID_ARGUMENT, as the REST endpoints answer it)."""
+    if not name:
+        raise invalid("Invalid 'model': expected a non-empty string.", "model")
     sm = registry.get(name)
     if sm is None:
         raise not_found(f"The model `{quote(name)}` does not exist. {registry.available(task)}", "model",

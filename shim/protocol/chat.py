@@ -8,14 +8,14 @@ Policy for the spec's fields:
   implemented        model, messages, temperature, top_p, seed, presence_penalty,
                      frequency_penalty, logit_bias, max_tokens, max_completion_tokens,
                      stop, n, logprobs, top_logprobs, stream, stream_options,
-                     response_format (text, json_object, json_schema: enforced by the core)
+                     response_format (text, json_object, json_schema: enforced by the core),
+                     reasoning_effort, tools, tool_choice, parallel_tool_calls, functions,
+                     function_call (checked in shim.protocol.tools)
   accepted, ignored  user, metadata, store, service_tier, safety_identifier,
                      prompt_cache_key, prompt_cache_retention, prompt_cache_options,
-                     verbosity, reasoning_effort, parallel_tool_calls
-  not implemented    tools (non-empty), tool_choice (other than none/auto), functions,
-                     function_call (other than none/auto), audio, prediction,
-                     web_search_options, moderation,
-                     modalities with "audio", image/audio/file content parts
+                     verbosity
+  not implemented    audio, prediction, web_search_options, moderation, modalities with
+                     "audio", image/audio/file content parts, custom tools
                      -> 400 unsupported_parameter
   genapi extensions  ignore_eos (bool: keep generating past end-of-sequence; benchmarks)
   anything else      -> 400 unknown_parameter "Unrecognized request argument supplied: x"
@@ -34,6 +34,7 @@ from typing import Any
 
 from genapi.untrusted import MAX_ID_CHARS, MAX_STOP_CHARS
 from shim.errors import APIError
+from shim.protocol.tools import validate_tools
 from shim.protocol.common import (
     INT32_MAX,
     INT64_MAX,
@@ -61,17 +62,17 @@ from shim.protocol.common import (
 IMPLEMENTED = frozenset({
     "model", "messages", "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty",
     "logit_bias", "max_tokens", "max_completion_tokens", "stop", "n", "logprobs", "top_logprobs",
-    "stream", "stream_options", "ignore_eos", "response_format",
+    "stream", "stream_options", "ignore_eos", "response_format", "reasoning_effort", "tools", "tool_choice",
+    "parallel_tool_calls", "functions", "function_call",
 })
 IGNORED = frozenset({
     "user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key",
-    "prompt_cache_retention", "prompt_cache_options", "verbosity", "reasoning_effort",
-    "parallel_tool_calls",
+    "prompt_cache_retention", "prompt_cache_options", "verbosity",
 })
 NOT_IMPLEMENTED = frozenset({
-    "tools", "tool_choice", "functions", "function_call", "audio", "prediction",
-    "web_search_options", "moderation", "modalities",
+    "audio", "prediction", "web_search_options", "moderation", "modalities",
 })
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 KNOWN_FIELDS = IMPLEMENTED | IGNORED | NOT_IMPLEMENTED
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -111,6 +112,7 @@ def validate_chat_request(body: Any) -> dict:
     _validate_stopping(body)
     _validate_output(body)
     _validate_stream(body)
+    _validate_reasoning(body)
     _validate_ignored(body)
     _validate_not_implemented(body)
     _validate_response_format(body)
@@ -147,8 +149,14 @@ def validate_message(message: Any, param: str) -> None:
     role = msg["role"]
     if not isinstance(role, str):
         raise invalid_type(f"{param}.role", "a string", role)
-    if role == "function":
-        raise unsupported(f"{param}.role", "The 'function' role (deprecated; use 'tool')")
+    if role == "function":  # legacy function calling: the result of the assistant's function_call
+        if "name" not in msg:
+            raise missing(f"{param}.name")
+        expect_id(msg["name"], f"{param}.name", non_empty=True)
+        if msg.get("content") is None:
+            raise missing(f"{param}.content")
+        _validate_content(msg["content"], f"{param}.content", "tool")
+        return
     if role not in ROLES:
         raise invalid_value(f"{param}.role", f"Invalid value for '{param}.role': {quote(role)}. Supported values are: "
                                              + ", ".join(repr(r) for r in ROLES) + ".")
@@ -163,9 +171,18 @@ def validate_message(message: Any, param: str) -> None:
             expect_str(msg["refusal"], f"{param}.refusal")
         if msg.get("tool_calls") is not None:
             _validate_tool_calls(msg["tool_calls"], f"{param}.tool_calls")
-        for key in ("function_call", "audio"):
-            if msg.get(key) is not None:
-                raise unsupported(f"{param}.{key}")
+        if msg.get("function_call") is not None:  # legacy function calling
+            if msg.get("tool_calls") is not None:
+                raise invalid_value(f"{param}.function_call", f"Invalid '{param}': give either 'tool_calls' or "
+                                                              "'function_call', not both.")
+            fn = expect_object(msg["function_call"], f"{param}.function_call")
+            for key in ("name", "arguments"):
+                if key not in fn:
+                    raise missing(f"{param}.function_call.{key}")
+            expect_id(fn["name"], f"{param}.function_call.name", non_empty=True)
+            expect_str(fn["arguments"], f"{param}.function_call.arguments")
+        if msg.get("audio") is not None:
+            raise unsupported(f"{param}.audio")
         return
 
     if "content" not in msg:
@@ -303,20 +320,28 @@ def _validate_stream(body: dict) -> None:
                 expect_bool(value, f"stream_options.{key}")
 
 
+def _validate_reasoning(body: dict) -> None:
+    if _present(body, "reasoning_effort"):
+        effort = expect_str(body["reasoning_effort"], "reasoning_effort")
+        if effort not in REASONING_EFFORTS:
+            raise invalid_value("reasoning_effort", f"Invalid value for 'reasoning_effort': {quote(effort)}. "
+                                                    "Supported values are: "
+                                                    + ", ".join(repr(e) for e in REASONING_EFFORTS) + ".")
+
+
 IGNORED_ID_BOUNDS = {"user": MAX_ID_CHARS, "prompt_cache_key": MAX_ID_CHARS,
                      "safety_identifier": MAX_SAFETY_IDENTIFIER}
 
 
 def _validate_ignored(body: dict) -> None:
     for key in ("user", "service_tier", "safety_identifier", "prompt_cache_key", "prompt_cache_retention",
-                "verbosity", "reasoning_effort"):
+                "verbosity"):
         if _present(body, key) and not isinstance(body[key], str):
             raise invalid_type(key, "a string", body[key])
         if key in IGNORED_ID_BOUNDS and _present(body, key):
             check_max_length(body[key], key, IGNORED_ID_BOUNDS[key])
-    for key in ("store", "parallel_tool_calls"):
-        if _present(body, key):
-            expect_bool(body[key], key)
+    if _present(body, "store"):
+        expect_bool(body["store"], "store")
     if _present(body, "prompt_cache_options"):
         expect_object(body["prompt_cache_options"], "prompt_cache_options")
     if _present(body, "metadata"):
@@ -347,7 +372,7 @@ def _bound_name(obj: Any, path: tuple[str, ...], param: str) -> None:
 
 
 def _validate_not_implemented(body: dict) -> None:
-    # Names are bounded even though these features are refused below.
+    # Names are bounded first (string_above_max_length before any other check of theirs).
     for key, path in (("tools", ("function", "name")), ("functions", ("name",))):
         if _present(body, key) and isinstance(body[key], list):
             for i, item in enumerate(body[key]):
@@ -359,23 +384,7 @@ def _validate_not_implemented(body: dict) -> None:
         _bound_name(body.get(key), path, f"{key}.{'.'.join(path)}")
     _bound_name(body.get("response_format"), ("json_schema", "name"), "response_format.json_schema.name")
 
-    if _present(body, "tools") and expect_array(body["tools"], "tools"):
-        raise unsupported("tools", "Tool calling ('tools')")
-    if _present(body, "functions"):
-        raise unsupported("functions")
-    for key in ("tool_choice", "function_call"):
-        if _present(body, key):
-            value = body[key]
-            if isinstance(value, str):
-                # Without tools, "auto" means the same as "none": no tool is called.
-                if value in ("none", "auto"):
-                    continue
-                if key == "tool_choice" and value == "required":
-                    raise unsupported(key, f"'{key}': 'required'")
-                raise invalid_value(key, f"Invalid value for '{key}': {quote(value)}.")
-            if isinstance(value, dict):
-                raise unsupported(key, f"Forcing a tool with '{key}'")
-            raise invalid_type(key, "a string or an object", value)
+    validate_tools(body)
     for key in ("audio", "prediction", "web_search_options", "moderation"):
         if _present(body, key):
             raise unsupported(key)

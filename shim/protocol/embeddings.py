@@ -56,6 +56,14 @@ def _token_ids(value: list, param: str) -> list[int]:
     return value
 
 
+def non_empty_item(value: Any, param: str, index: int) -> str:
+    """Item `index` of the array `param`: a non-empty string (the message names the item)."""
+    expect_str(value, param)
+    if not value:
+        raise invalid_value(param, f"Invalid '{param}[{index}]': expected a non-empty string.")
+    return value
+
+
 def check_count(items: list, param: str) -> None:
     if not items:
         raise invalid_value(param, f"Invalid '{param}': expected at least 1 item, got an empty array.")
@@ -74,7 +82,7 @@ def validate_input(value: Any) -> list[str | list[int]]:
     if is_int(first):
         return [_token_ids(value, "input")]
     if isinstance(first, str):
-        return [expect_str(s, "input", non_empty=True) for s in value]
+        return [non_empty_item(s, "input", i) for i, s in enumerate(value)]
     if isinstance(first, list):
         for item in value:
             if not isinstance(item, list):

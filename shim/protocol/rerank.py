@@ -23,7 +23,7 @@ from shim.protocol.common import (
     invalid_value,
     missing,
 )
-from shim.protocol.embeddings import check_count, check_fields, validate_truncation
+from shim.protocol.embeddings import check_count, check_fields, non_empty_item, validate_truncation
 
 KNOWN_FIELDS = frozenset({"model", "query", "documents", "top_n", "return_documents", "truncate_prompt_tokens",
                           "max_tokens_per_doc", "rank_fields", "max_chunks_per_doc", "user"})
@@ -32,14 +32,14 @@ KNOWN_FIELDS = frozenset({"model", "query", "documents", "top_n", "return_docume
 def document_texts(documents: list) -> list[str]:
     """Each document's text: a string, or an object's `text` string."""
     out = []
-    for doc in documents:
+    for i, doc in enumerate(documents):
         if isinstance(doc, dict):
             if "text" not in doc:
                 raise invalid_value("documents", "Invalid 'documents': a document object needs a 'text' string.")
             doc = doc["text"]
         if not isinstance(doc, str):
             raise invalid_type("documents", "a string or an object with a 'text' string", doc)
-        out.append(expect_str(doc, "documents", non_empty=True))
+        out.append(non_empty_item(doc, "documents", i))
     return out
 
 

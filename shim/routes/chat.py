@@ -26,6 +26,7 @@ from shim.translate.chat import (
     chat_request_to_proto,
     include_obfuscation_requested,
     include_usage_requested,
+    uses_legacy_functions,
 )
 
 bp = Blueprint("chat", __name__)
@@ -47,14 +48,15 @@ def create_chat_completion():
 
     n = body.get("n") or 1
     logprobs = body.get("logprobs") is True
+    legacy = uses_legacy_functions(body)
     if body.get("stream"):
         builder = ChatChunkBuilder(model=body["model"], n=n, logprobs=logprobs,
-                                   include_usage=include_usage_requested(body))
+                                   include_usage=include_usage_requested(body), legacy_functions=legacy)
         frames = sse.obfuscated_frames if include_obfuscation_requested(body) else sse.frames
         return stream.sse_response(first, on_event=lambda event: frames(builder.on_event(event)),
                                    finish=lambda: frames(builder.finish()) + sse.DONE,
                                    keepalive_s=cfg.keepalive_s)
 
-    acc = ChatCompletionAccumulator(model=body["model"], n=n, logprobs=logprobs)
+    acc = ChatCompletionAccumulator(model=body["model"], n=n, logprobs=logprobs, legacy_functions=legacy)
     stream.drain(first, acc.add)
     return json_response(acc.result())

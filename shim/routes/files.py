@@ -30,7 +30,7 @@ log = logging.getLogger("genapi.shim")
 @bp.post("/v1/files")
 def upload_file():
     cap = config().max_upload_mb * 1024 * 1024
-    form, files = parse_upload(request.environ, cap + 64 * 1024)  # room for the multipart framing
+    form, files = parse_upload(request.environ, cap, framing=64 * 1024)
     purpose = validate_purpose(form.get("purpose"))
     upload = single_file(files)
     filename = validate_filename(os.path.basename(upload.filename or ""))

@@ -13,6 +13,8 @@ import time
 import uuid
 from typing import Iterable
 
+from google.protobuf import struct_pb2
+
 from genapi.v1 import common_pb2, content_pb2, generation_service_pb2 as gen_pb2
 
 ROLE_TO_PROTO = {
@@ -30,6 +32,9 @@ FINISH_REASONS = {
     content_pb2.FINISH_REASON_TOOL_CALLS: "tool_calls",
     content_pb2.FINISH_REASON_CONTENT_FILTER: "content_filter",
 }
+
+# With the legacy `functions`, a call ends the choice as "function_call".
+LEGACY_FINISH = {"tool_calls": "function_call"}
 
 # OpenAI's stand-in for "too unlikely to say"; JSON has no -Infinity.
 VERY_UNLIKELY_LOGPROB = -9999.0
@@ -76,6 +81,76 @@ def message_to_proto(msg: dict) -> content_pb2.ChatMessage:
     return out
 
 
+def messages_to_proto(messages: list[dict]) -> list[content_pb2.ChatMessage]:
+    """The conversation, with legacy function calling in today's terms: an assistant
+    `function_call` becomes a one-call `tool_calls` and a `function` message the `tool`
+    result of the latest call of that name (ids `call_fn_<message index>`: the legacy
+    format has none, the chat template pairs calls and results by them)."""
+    out, open_calls = [], {}
+    for i, msg in enumerate(messages):
+        if msg["role"] == "assistant" and msg.get("function_call") is not None:
+            fn = msg["function_call"]
+            open_calls[fn["name"]] = call_id = f"call_fn_{i}"
+            msg = {**msg, "tool_calls": [{"id": call_id, "type": "function", "function": fn}]}
+        elif msg["role"] == "function":
+            msg = {**msg, "role": "tool", "tool_call_id": open_calls.get(msg["name"], f"call_fn_{i}")}
+        out.append(message_to_proto(msg))
+    return out
+
+
+TOOL_CHOICE_MODES = {
+    "none": content_pb2.TOOL_CHOICE_MODE_NONE,
+    "auto": content_pb2.TOOL_CHOICE_MODE_AUTO,
+    "required": content_pb2.TOOL_CHOICE_MODE_REQUIRED,
+}
+REASONING_EFFORTS = {
+    "none": gen_pb2.REASONING_EFFORT_NONE,
+    "minimal": gen_pb2.REASONING_EFFORT_MINIMAL,
+    "low": gen_pb2.REASONING_EFFORT_LOW,
+    "medium": gen_pb2.REASONING_EFFORT_MEDIUM,
+    "high": gen_pb2.REASONING_EFFORT_HIGH,
+    "xhigh": gen_pb2.REASONING_EFFORT_XHIGH,
+    "max": gen_pb2.REASONING_EFFORT_MAX,
+}
+
+
+def tool_to_proto(fn: dict) -> content_pb2.Tool:
+    """One function definition (a `tools[i].function` or a legacy `functions[i]`)."""
+    tool = content_pb2.Tool(name=fn["name"], description=fn.get("description") or "",
+                            strict=fn.get("strict") is True)
+    if fn.get("parameters") is not None:
+        params = struct_pb2.Struct()
+        params.update(fn["parameters"])
+        tool.parameters.CopyFrom(params)
+    return tool
+
+
+def tool_choice_to_proto(choice) -> content_pb2.ToolChoice:
+    """"none" | "auto" | "required" | {"type": "function", "function": {"name"}} | a legacy
+    function_call {"name"}."""
+    if isinstance(choice, str):
+        return content_pb2.ToolChoice(mode=TOOL_CHOICE_MODES[choice])
+    return content_pb2.ToolChoice(function_name=(choice.get("function") or choice)["name"])
+
+
+def uses_legacy_functions(body: dict) -> bool:
+    """The request declared `functions` (answered with `function_call`, OpenAI's old shape)."""
+    return bool(body.get("functions"))
+
+
+def _tools_to_proto(body: dict, req: gen_pb2.GenerateRequest) -> None:
+    if body.get("tools"):
+        req.tools.extend(tool_to_proto(t["function"]) for t in body["tools"])
+    if uses_legacy_functions(body):
+        req.tools.extend(tool_to_proto(f) for f in body["functions"])
+        req.parallel_tool_calls = False  # a legacy answer holds one function_call
+    choice = body.get("tool_choice", body.get("function_call"))
+    if choice is not None:
+        req.tool_choice.CopyFrom(tool_choice_to_proto(choice))
+    if body.get("parallel_tool_calls") is not None:
+        req.parallel_tool_calls = body["parallel_tool_calls"]
+
+
 def stop_list(stop) -> list[str]:
     if stop is None:
         return []
@@ -85,7 +160,7 @@ def stop_list(stop) -> list[str]:
 def chat_request_to_proto(body: dict, request_id: str = "") -> gen_pb2.GenerateRequest:
     """A validated chat request -> GenerateRequest; knobs absent (or null) stay unset."""
     req = gen_pb2.GenerateRequest(request_id=request_id, model=body["model"])
-    req.messages.extend(message_to_proto(m) for m in body["messages"])
+    req.messages.extend(messages_to_proto(body["messages"]))
 
     def present(key: str) -> bool:
         return body.get(key) is not None
@@ -120,6 +195,9 @@ def chat_request_to_proto(body: dict, request_id: str = "") -> gen_pb2.GenerateR
         req.output.n = body["n"]
     if present("response_format"):
         req.response_format.CopyFrom(response_format_to_proto(body["response_format"]))
+    _tools_to_proto(body, req)
+    if present("reasoning_effort"):
+        req.reasoning_effort = REASONING_EFFORTS[body["reasoning_effort"]]
     return req
 
 
@@ -156,11 +234,14 @@ def include_obfuscation_requested(body: dict) -> bool:
 def usage_to_dict(usage: common_pb2.Usage | None) -> dict:
     if usage is None:
         return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    return {
+    out = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
+    if usage.reasoning_tokens:
+        out["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    return out
 
 
 def _logprob(value: float) -> float:
@@ -208,9 +289,10 @@ class ChatCompletionAccumulator:
     """Folds a Generate event stream into one `chat.completion` object."""
 
     def __init__(self, *, model: str, n: int = 1, logprobs: bool = False,
-                 completion_id: str | None = None, created: int | None = None):
+                 completion_id: str | None = None, created: int | None = None, legacy_functions: bool = False):
         self.model = model
         self.logprobs = logprobs
+        self.legacy_functions = legacy_functions
         self.id = completion_id or new_completion_id()
         self.created = created if created is not None else now()
         self.choices: dict[int, _Choice] = {i: _Choice() for i in range(max(1, n))}
@@ -253,13 +335,17 @@ class ChatCompletionAccumulator:
             }
             if c.reasoning:
                 message["reasoning_content"] = "".join(c.reasoning)
-            if c.tool_calls:
+            finish_reason = c.finish_reason or "stop"
+            if c.tool_calls and self.legacy_functions:
+                message["function_call"] = c.tool_calls[min(c.tool_calls)]["function"]
+                finish_reason = LEGACY_FINISH.get(finish_reason, finish_reason)
+            elif c.tool_calls:
                 message["tool_calls"] = [c.tool_calls[k] for k in sorted(c.tool_calls)]
             choices.append({
                 "index": index,
                 "message": message,
                 "logprobs": {"content": c.logprobs, "refusal": None} if self.logprobs else None,
-                "finish_reason": c.finish_reason or "stop",
+                "finish_reason": finish_reason,
             })
         return {
             "id": self.id,
@@ -273,9 +359,9 @@ class ChatCompletionAccumulator:
 
 def build_chat_completion(events: Iterable[gen_pb2.GenerateResponse], *, model: str, n: int = 1,
                           logprobs: bool = False, completion_id: str | None = None,
-                          created: int | None = None) -> dict:
+                          created: int | None = None, legacy_functions: bool = False) -> dict:
     acc = ChatCompletionAccumulator(model=model, n=n, logprobs=logprobs, completion_id=completion_id,
-                                    created=created)
+                                    created=created, legacy_functions=legacy_functions)
     for ev in events:
         acc.add(ev)
     return acc.result()
@@ -294,8 +380,9 @@ class ChatChunkBuilder:
     """
 
     def __init__(self, *, model: str, n: int = 1, logprobs: bool = False, include_usage: bool = False,
-                 completion_id: str | None = None, created: int | None = None):
+                 completion_id: str | None = None, created: int | None = None, legacy_functions: bool = False):
         self.model = model
+        self.legacy_functions = legacy_functions
         self.n = max(1, n)
         self.logprobs = logprobs
         self.include_usage = include_usage
@@ -354,15 +441,19 @@ class ChatChunkBuilder:
         elif kind == "tool_call":
             d = ev.tool_call
             seen = self._tool_calls_seen.setdefault(index, set())
-            call: dict = {"index": d.index, "function": {"arguments": d.arguments}}
+            fn: dict = {"arguments": d.arguments}
+            call: dict = {"index": d.index, "function": fn}
             if d.index not in seen:
                 seen.add(d.index)
-                call = {"index": d.index, "id": d.id, "type": "function",
-                        "function": {"name": d.name, "arguments": d.arguments}}
-            out.append(self._chunk([self._choice(index, {"tool_calls": [call]})], usage))
+                fn = {"name": d.name, "arguments": d.arguments}
+                call = {"index": d.index, "id": d.id, "type": "function", "function": fn}
+            delta = {"function_call": fn} if self.legacy_functions else {"tool_calls": [call]}
+            out.append(self._chunk([self._choice(index, delta)], usage))
         elif kind == "finished":
             self._finished.add(index)
             reason = finish_reason_name(ev.finished.reason)
+            if self.legacy_functions:
+                reason = LEGACY_FINISH.get(reason, reason)
             out.append(self._chunk([self._choice(index, {}, None, reason)], usage))
         return out
 

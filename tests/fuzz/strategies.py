@@ -103,11 +103,7 @@ def chat_requests(draw):
 
 # (field, value, expected param): each refused with 400 unsupported_parameter.
 UNSUPPORTED = [
-    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}], "tools"),
-    ("tool_choice", "required", "tool_choice"),
-    ("tool_choice", {"type": "function", "function": {"name": "f"}}, "tool_choice"),
-    ("functions", [{"name": "f"}], "functions"),
-    ("function_call", {"name": "f"}, "function_call"),
+    ("tools", [{"type": "custom", "custom": {"name": "f"}}], "tools[0].type"),
     ("audio", {"voice": "alloy", "format": "wav"}, "audio"),
     ("prediction", {"type": "content", "content": "x"}, "prediction"),
     ("web_search_options", {}, "web_search_options"),

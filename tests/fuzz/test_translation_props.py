@@ -19,7 +19,7 @@ from server.chat.template import to_template_messages
 from server.convert.generation import GREEDY_BELOW_TEMPERATURE, build_request, check_identifiers
 from shim.errors import APIError
 from shim.protocol.chat import KNOWN_FIELDS, validate_chat_request
-from shim.translate.chat import MIN_POSITIVE_FLOAT32, ROLE_TO_PROTO, chat_request_to_proto
+from shim.translate.chat import MIN_POSITIVE_FLOAT32, ROLE_TO_PROTO, TOOL_CHOICE_MODES, chat_request_to_proto
 
 from .strategies import chat_requests, unsupported_requests
 
@@ -102,8 +102,13 @@ def test_valid_requests_round_trip_every_supported_field(body):
     assert out.HasField("n") == set_(body, "n") and (not set_(body, "n") or out.n == body["n"])
     assert out.logprobs == bool(body.get("logprobs"))
     assert out.top_logprobs == (body.get("top_logprobs") or 0)
-    # Nothing refused or ignored leaks into the proto.
-    assert not req.tools and not req.HasField("tool_choice")
+    # Tool choice without tools is kept (the core treats it as no tools); nothing refused or
+    # ignored leaks into the proto.
+    choice = body.get("tool_choice")
+    assert req.HasField("tool_choice") == (choice is not None)
+    assert choice is None or req.tool_choice.mode == TOOL_CHOICE_MODES[choice]
+    assert req.HasField("parallel_tool_calls") == set_(body, "parallel_tool_calls")
+    assert not req.tools
     assert req.HasField("response_format") == set_(body, "response_format")
 
 

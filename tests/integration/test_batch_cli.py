@@ -28,10 +28,12 @@ def test_submit_shows_progress_and_downloads_results(service, tmp_path):
     batch_id = out.stderr.split("batch ", 1)[1].split()[0]
     got = genapi_batch(service, "get", batch_id)
     assert got.returncode == 0 and json.loads(got.stdout)["status"] == "completed"
-    listed = genapi_batch(service, "list", "--limit", "100")
-    assert batch_id in [b["id"] for b in json.loads(listed.stdout)["data"]]
-    again = genapi_batch(service, "cancel", batch_id)  # a finished batch stays as it is
-    assert again.returncode == 0 and json.loads(again.stdout)["status"] == "completed"
+    # The shared options go after the subcommand too.
+    listed = subprocess.run([sys.executable, "-m", "genapi", "batch", "list", "--limit", "100", "--base-url",
+                             f"{service.base_url}/v1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert batch_id in [b["id"] for b in json.loads(listed.stdout)["data"]], listed.stderr
+    again = genapi_batch(service, "cancel", batch_id)  # a finished batch cannot be cancelled
+    assert again.returncode == 1 and "Cannot cancel a batch with status 'completed'." in again.stderr
 
 
 def test_errors_are_one_line_and_exit_1(service, tmp_path):

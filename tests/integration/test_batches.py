@@ -47,6 +47,7 @@ def test_batch_runs_every_line_and_writes_chat_bodies(a):
     batch = wait_batch(a, batch.id)
     assert batch.status == "completed", batch
     assert batch.in_progress_at and batch.finalizing_at and batch.completed_at and batch.expires_at
+    assert batch.model is None  # the lines name two models
     out, err = assert_exactly_once(a, batch, ids + ["bad-model"])
     assert sorted(r["custom_id"] for r in out) == sorted(ids)
     for r in out:
@@ -69,7 +70,7 @@ def test_batch_runs_every_line_and_writes_chat_bodies(a):
 def test_bad_parameter_line_gets_the_interactive_400(a):
     f = upload(a, [chat_line("ok"), chat_line("hot", temperature=9)])
     batch = wait_batch(a, a.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h").id)
-    assert batch.status == "completed"
+    assert batch.status == "completed" and batch.model == MODEL  # every line names it
     _, err = assert_exactly_once(a, batch, ["ok", "hot"])
     with pytest.raises(openai.BadRequestError) as interactive:
         a.chat.completions.create(**chat_line("hot", temperature=9)["body"])
@@ -92,7 +93,7 @@ def test_invalid_input_fails_with_the_line(a, lines, code, line_no):
 
 
 @pytest.mark.parametrize("endpoint, window, param", [
-    ("/v1/embeddings", "24h", "endpoint"),
+    ("/v1/responses", "24h", "endpoint"),
     ("/v1/images/generations", "24h", "endpoint"),
     (CHAT, "1h", "completion_window"),
 ])
@@ -136,6 +137,18 @@ def test_cancel_mid_run_keeps_finished_results(a):
     assert done.request_counts.completed == len(out)
     again = wait_batch(a, batch.id)  # nothing starts after the cancel
     assert again.request_counts.completed == done.request_counts.completed
+    assert a.batches.cancel(batch.id).status == "cancelled"  # cancelling twice is harmless
+
+
+def test_a_finished_batch_cannot_be_cancelled_and_a_bom_is_ignored(a):
+    f = a.files.create(file=("bom.jsonl", b"\xef\xbb\xbf" + json.dumps(chat_line("bom")).encode() + b"\n"),
+                       purpose="batch")
+    batch = wait_batch(a, a.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h").id)
+    assert batch.status == "completed" and batch.request_counts.completed == 1
+    with pytest.raises(openai.BadRequestError) as e:
+        a.batches.cancel(batch.id)
+    assert e.value.code == "invalid_batch_status" and e.value.param == "batch_id"
+    assert e.value.body["message"] == "Cannot cancel a batch with status 'completed'."
 
 
 # ---- security: X6 (path-like ids), X7 (per-key isolation), upload cap ------------------

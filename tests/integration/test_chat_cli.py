@@ -39,4 +39,8 @@ def test_chat_says_why_in_one_line_when_it_cannot_answer(service):
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
     out = genapi_chat("hi", "--url", f"http://127.0.0.1:{free_port()}/v1")
     assert out.returncode == 1 and "cannot reach" in out.stderr and "genapi serve" in out.stderr
+    for url in ("notaurl", "ftp://example.com/v1"):
+        out = genapi_chat("hi", "--url", url)
+        assert out.returncode == 1 and out.stderr == f"genapi chat: --url {url!r} is not an http(s) URL " \
+                                                     "(e.g. http://127.0.0.1:8000/v1)\n", out.stderr
     assert genapi_chat(stdin="  \n").returncode == 2

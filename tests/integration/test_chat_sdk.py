@@ -331,7 +331,7 @@ def test_error_response_has_request_id(client):
                                        extra_headers={"x-request-id": rid})
     assert ei.value.response.headers["x-request-id"] == rid
     assert ei.value.code == "model_not_found"
-    assert f"Available models: `{MODEL}`." in ei.value.message  # what the caller could ask for instead
+    assert f"Available chat models: `{MODEL}`." in ei.value.message  # what the caller could ask for instead
     with pytest.raises(openai.NotFoundError) as ei:
         client.models.retrieve("no-such-model")
     assert f"Available models: `{MODEL}`." in ei.value.message

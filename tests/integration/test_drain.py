@@ -257,3 +257,135 @@ def test_core_alone_drains_and_cancels_what_outlives_the_grace_period(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+# ---- `genapi shim` on its own, in front of a `genapi core` started separately -------------
+
+def start_tier(argv: list[str], log_path, env: dict) -> subprocess.Popen:
+    with open(log_path, "w") as log:
+        return subprocess.Popen([sys.executable, "-m", "genapi", *argv], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_tier(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def lone_core(tmp_path_factory):
+    """`genapi core` alone (decode pause available) for the shims of the tests below."""
+    tmp = tmp_path_factory.mktemp("lone")
+    svc, pause = paused_service(tmp, "lone")
+    proc = start_tier(["core", "--config", str(svc.config), "--grpc-port", str(svc.grpc_port)],
+                      tmp / "core.log", svc.env)
+    core = Core(svc.grpc_target)
+
+    def serving():
+        try:
+            return core.status() == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            return False
+    try:
+        assert wait_until(serving, 180, 0.3), (tmp / "core.log").read_text()
+        yield svc, pause, core
+    finally:
+        pause.unlink(missing_ok=True)
+        core.close()
+        stop_tier(proc)
+
+
+def start_shim(svc: Service, tmp_path, *extra: str) -> tuple[subprocess.Popen, "os.PathLike"]:
+    """`genapi shim` on a port of its own; `svc.base_url` is pointed at it."""
+    svc.port = free_port()
+    svc.base_url = f"http://127.0.0.1:{svc.port}"
+    log_path = tmp_path / "shim.log"
+    proc = start_tier(["shim", "--config", str(svc.config), "--port", str(svc.port), "--core", svc.grpc_target,
+                       *extra], log_path, svc.env)
+
+    def healthy():
+        assert proc.poll() is None, log_path.read_text()
+        try:
+            return httpx.get(f"{svc.base_url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+    assert wait_until(healthy, 60, 0.2), log_path.read_text()
+    return proc, log_path
+
+
+def shim_health(svc: Service) -> int:
+    return httpx.get(f"{svc.base_url}/health", timeout=10).status_code
+
+
+@pytest.mark.parametrize("how", ["sigterm", "ctrl_c"])
+def test_shim_alone_drains_in_flight_requests_refuses_new_ones_then_exits(lone_core, tmp_path, how):
+    """SIGTERM to `genapi shim` (gunicorn's master), or SIGINT to its whole process group:
+    /health and new requests get 503 `server_shutting_down` with Retry-After from the
+    shim itself while its streams in flight run to their end; then it exits 0, cleanly."""
+    svc, pause, core = lone_core
+    proc, log_path = start_shim(svc, tmp_path)
+    try:
+        pause.touch()
+        inflight = InFlight()
+        inflight.start("rest_stream", lambda: rest_stream(svc))
+        inflight.start("rest", lambda: svc.sdk().chat.completions.create(
+            model=MODEL, messages=MESSAGES, max_tokens=TOKENS, extra_body={"ignore_eos": True}))
+        assert wait_until(lambda: core.stats().active_sequences == 2, 30), core.stats()
+        kids = descendants(proc.pid)
+
+        if how == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        assert wait_until(lambda: shim_health(svc) == 503, 10)
+        assert_rest_refuses(svc)
+        assert core.status() == health_pb2.HealthCheckResponse.SERVING  # only the shim stops
+        assert inflight.running() and proc.poll() is None  # held in flight, and waited for
+
+        pause.unlink()
+        inflight.join(60)
+        assert_complete_stream(inflight.results["rest_stream"])
+        rest = inflight.results["rest"]
+        assert not isinstance(rest, Exception), rest
+        assert rest.choices[0].finish_reason == "length" and rest.usage.completion_tokens == TOKENS
+
+        assert proc.wait(GRACE_S) == 0
+        assert_nothing_left(proc.pid, kids, svc.port)
+        text = log_path.read_text()
+        assert "drained: no request in flight" in text
+        assert_clean_log(text)
+    finally:
+        pause.unlink(missing_ok=True)
+        stop_tier(proc)
+
+
+def test_shim_alone_ends_what_outlives_its_grace_period(lone_core, tmp_path):
+    """`genapi shim --drain-grace 2`: a stream still held when the grace period ends gets an
+    error frame `server_shutting_down` and [DONE], its core request is aborted, and the
+    shim exits 0 without an ERROR line (gunicorn's master does not have to kill it)."""
+    svc, pause, core = lone_core
+    proc, log_path = start_shim(svc, tmp_path, "--drain-grace", "2")
+    try:
+        aborted = core.stats().requests_aborted
+        pause.touch()
+        with httpx.stream("POST", f"{svc.base_url}/v1/chat/completions", json={**BODY, "stream": True},
+                          timeout=60) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            assert next(line for line in lines if line.startswith("data: "))  # the role chunk
+            assert wait_until(lambda: core.stats().active_sequences == 1, 30), core.stats()
+            proc.send_signal(signal.SIGTERM)
+            frames = [line[6:] for line in lines if line.startswith("data: ")]
+        assert frames[-1] == "[DONE]", frames
+        assert json.loads(frames[-2])["error"]["code"] == "server_shutting_down", frames
+        assert proc.wait(30) == 0
+        assert wait_until(lambda: core.stats().requests_aborted == aborted + 1, 15), core.stats()
+        assert wait_until(lambda: core.stats().active_sequences == 0, 15), core.stats()
+        text = log_path.read_text()
+        assert "grace period over: cancelling 1 request(s)" in text
+        assert_clean_log(text)
+        assert port_free(svc.port)
+    finally:
+        pause.unlink(missing_ok=True)
+        stop_tier(proc)

@@ -198,3 +198,31 @@ def test_grpc_embed(svc, reference):
     with pytest.raises(grpc.RpcError) as ei:
         stub.Embed(pb.EmbedRequest(model=EMBED_MODEL, inputs=[pb.EmbeddingInput(token_ids=pb.TokenIds(ids=[10**6]))]))
     assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "vocabulary" in ei.value.details()
+
+
+def test_embeddings_batch_lines_equal_the_interactive_endpoint(sdk):
+    from .batch_support import result_lines, upload, wait_batch
+
+    bodies = {"e-float": {"model": EMBED_MODEL, "input": SENTENCES[:3]},
+              "e-base64": {"model": EMBED_MODEL, "input": SENTENCES[3], "encoding_format": "base64"},
+              "e-bad": {"model": EMBED_MODEL, "input": []}}
+    f = upload(sdk, [{"custom_id": cid, "method": "POST", "url": "/v1/embeddings", "body": body}
+                     for cid, body in bodies.items()])
+    batch = wait_batch(sdk, sdk.batches.create(input_file_id=f.id, endpoint="/v1/embeddings",
+                                               completion_window="24h").id)
+    assert (batch.status, batch.model, batch.request_counts.completed, batch.request_counts.failed) == \
+        ("completed", EMBED_MODEL, 2, 1)
+    out = {r["custom_id"]: r["response"]["body"] for r in result_lines(sdk, batch.output_file_id)}
+    def vectors(body: dict) -> np.ndarray:
+        values = [d.pop("embedding") for d in body["data"]]
+        return np.array([np.frombuffer(base64.b64decode(v), "<f4") if isinstance(v, str) else v for v in values])
+
+    for cid in ("e-float", "e-base64"):
+        interactive = httpx.post(f"{sdk.base_url}embeddings", json=bodies[cid]).json()
+        # Equal up to float rounding: the line may share a forward pass with other inputs.
+        assert np.allclose(vectors(out[cid]), vectors(interactive), atol=1e-5)
+        assert out[cid] == interactive  # everything else, exactly
+    assert batch.usage.input_tokens == sum(body["usage"]["prompt_tokens"] for body in out.values())
+    [err] = result_lines(sdk, batch.error_file_id)
+    assert err["custom_id"] == "e-bad" and err["response"]["status_code"] == 400
+    assert err["response"]["body"]["error"]["param"] == "input"

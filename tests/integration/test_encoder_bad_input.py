@@ -48,6 +48,8 @@ def test_bad_embeddings_requests(svc, case):
     err = assert_error(post(svc, "/v1/embeddings", {"model": EMBED_MODEL, **body}), 400, param=param)
     if case == "over-long input":
         assert "input[1]" in err["message"] and "256" in err["message"]  # names the input and the limit
+    if case == "empty string in array":
+        assert err["message"] == "Invalid 'input[1]': expected a non-empty string."
     if case == "over 300k tokens":
         assert "300000" in err["message"]
 

@@ -62,6 +62,13 @@ def test_unknown_model_is_not_found_with_error_info(gen):
     assert info.reason == "model_not_found" and info.metadata["param"] == "model"
 
 
+def test_an_empty_model_name_is_invalid_argument(gen):
+    with pytest.raises(grpc.RpcError) as ei:  # as the REST endpoints answer it
+        list(gen.Generate(pb.GenerateRequest(model="", messages=[user("hi")])))
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(ei.value).metadata["param"] == "model"
+
+
 def test_prompt_longer_than_context_is_invalid_argument(gen):
     req = pb.GenerateRequest(model=MODEL, messages=[user("word " * 5000)])
     with pytest.raises(grpc.RpcError) as ei:

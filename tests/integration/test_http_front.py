@@ -7,7 +7,9 @@ front of a core holding 288), where the excess waited in gunicorn's queue withou
 The default config itself keeps the shim's capacity above the core's (unit-tested in
 tests/unit/test_shim_front.py), so there the core's admission control decides.
 
-Raw sockets on loopback throughout: the tests decide every byte and every timing.
+Raw sockets on loopback throughout: the tests decide every byte. They wait on what they
+can observe (answers, closes, the engine's counters; requests held in flight by the
+engine's test-only decode pause), never on how fast a loaded machine answers.
 """
 from __future__ import annotations
 
@@ -31,11 +33,15 @@ PROMPT = [{"role": "user", "content": "Describe the harbour at night."}]
 
 @pytest.fixture(scope="module")
 def front(tmp_path_factory):
-    svc = Service(tmp_path_factory.mktemp("front"), "front", max_batch=MAX_BATCH,
-                  model_options=f"max_queue = {MAX_QUEUE}\n",
+    tmp = tmp_path_factory.mktemp("front")
+    svc = Service(tmp, "front", max_batch=MAX_BATCH,
+                  model_options=f'max_queue = {MAX_QUEUE}\nthreads = 1\n'
+                                f'[models.options.fault]\npause_decode_file = "{tmp / "pause"}"\n',
                   env={"GENAPI_WORKERS": str(WORKERS), "GENAPI_THREADS": str(THREADS),
                        "GENAPI_READ_TIMEOUT_S": str(READ_TIMEOUT_S)}).start()
+    svc.pause_file = tmp / "pause"
     yield svc
+    svc.pause_file.unlink(missing_ok=True)
     svc.stop()
 
 
@@ -73,12 +79,9 @@ class Reply:
 
     def __init__(self):
         self.raw = b""
-        self.first_byte_at: float | None = None
         self.closed_at: float | None = None
 
     def feed(self, data: bytes, now: float) -> None:
-        if data and self.first_byte_at is None:
-            self.first_byte_at = now
         if not data and self.closed_at is None:
             self.closed_at = now
         self.raw += data
@@ -132,23 +135,20 @@ def assert_envelope(reply: Reply, status: int) -> dict:
 # ---- item 2, plan row L2: a burst of 3x capacity ------------------------------------------
 
 def test_burst_beyond_capacity_is_refused_at_once_with_429(front, stats):
+    """Every request beyond what the service holds gets its 429 while the admitted ones are
+    still held in flight (decode paused): refused at once, not queued behind them."""
     assert wait_until(lambda: idle(stats()), 15), stats()
     n, max_tokens = 3 * (MAX_BATCH + MAX_QUEUE), 24
     socks = [socket.create_connection(address(front), timeout=60) for _ in range(n)]
     replies = {s: Reply() for s in socks}
-    sent_at = {}
     sel = selectors.DefaultSelector()
-    try:
-        data = chat_request(max_tokens)
-        for s in socks:
-            sent_at[s] = time.monotonic()
-            s.sendall(data)
-            s.setblocking(False)
-            sel.register(s, selectors.EVENT_READ)
-        deadline = time.monotonic() + 90
-        while any(not r.complete and r.closed_at is None for r in replies.values()):
-            assert time.monotonic() < deadline, {s.fileno(): r.raw[:80] for s, r in replies.items()}
-            for key, _ in sel.select(0.5):
+
+    def read(until, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not until():
+            if time.monotonic() > deadline:
+                return False
+            for key, _ in sel.select(0.1):
                 try:
                     chunk = key.fileobj.recv(65536)
                 except BlockingIOError:
@@ -156,26 +156,48 @@ def test_burst_beyond_capacity_is_refused_at_once_with_429(front, stats):
                 replies[key.fileobj].feed(chunk, time.monotonic())
                 if not chunk:
                     sel.unregister(key.fileobj)
+        return True
+
+    def answered() -> list[Reply]:
+        return [r for r in replies.values() if r.complete or r.closed_at is not None]
+
+    def settled() -> bool:  # every request is answered or inside the engine, which filled its slots
+        s = stats()
+        inside = s.active_sequences + s.queued_requests
+        return len(answered()) + inside == n and s.active_sequences == min(MAX_BATCH, inside)
+
+    try:
+        front.pause_file.touch()  # the admitted ones cannot finish while the refusals come back
+        data = chat_request(max_tokens)
+        for s in socks:
+            s.sendall(data)
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ)
+        assert read(settled, 90), ([r.raw[:80] for r in replies.values()], stats())
+        held = stats()
+        early = answered()
+        assert all(r.complete and r.status == 429 for r in early), [r.raw[:200] for r in early]
+        front.pause_file.unlink()
+        assert read(lambda: len(answered()) == n, 90), [r.raw[:80] for r in replies.values()]
     finally:
+        front.pause_file.unlink(missing_ok=True)
         sel.close()
         for s in socks:
             s.close()
 
     statuses = sorted(r.status for r in replies.values())
     admitted = [r for r in replies.values() if r.status == 200]
-    refused = {s: r for s, r in replies.items() if r.status == 429}
+    refused = [r for r in replies.values() if r.status == 429]
     assert len(admitted) + len(refused) == n, statuses  # nothing else: no 5xx, no timeout
-    assert 1 <= len(admitted) <= MAX_BATCH + MAX_QUEUE, statuses
+    assert len(admitted) == held.active_sequences + held.queued_requests, (statuses, held)
+    assert 1 <= len(admitted) <= min(MAX_BATCH + MAX_QUEUE, WORKERS * THREADS), statuses
     for r in admitted:  # admitted requests finish normally
         choice = r.json()["choices"][0]
         assert choice["finish_reason"] == "length" and r.json()["usage"]["completion_tokens"] == max_tokens
-    latencies = []
-    for s, r in refused.items():
+    for r in refused:
         err = assert_envelope(r, 429)
         assert err["type"] == "rate_limit_error" and err["code"] in ("engine_overloaded", "server_overloaded"), err
         assert r.headers["retry-after"].isdigit() and int(r.headers["retry-after"]) >= 1
-        latencies.append(r.first_byte_at - sent_at[s])
-    assert max(latencies) < 0.1, sorted(latencies)  # refused at once, not queued behind the admitted
 
     # The service is whole again afterwards.
     assert wait_until(lambda: idle(stats()), 30), stats()
@@ -231,7 +253,7 @@ def test_slow_clients_do_not_starve_the_others_and_are_closed_in_time(front):
     sel = selectors.DefaultSelector()
     for c in slow:
         sel.register(c["sock"], selectors.EVENT_READ, c)
-    deadline = time.monotonic() + READ_TIMEOUT_S + 10
+    deadline = time.monotonic() + READ_TIMEOUT_S + 60  # a bound on the wait, not the expectation
     next_trickle = 0.0
     try:
         while any(c["reply"].closed_at is None for c in slow) and time.monotonic() < deadline:
@@ -268,9 +290,12 @@ def test_slow_clients_do_not_starve_the_others_and_are_closed_in_time(front):
             c["sock"].close()
 
     still_open = [c for c in slow if c["reply"].closed_at is None]
-    assert not still_open, f"{len(still_open)} slow connections still open after {READ_TIMEOUT_S + 10} s"
+    assert not still_open, f"{len(still_open)} slow connections still open after {READ_TIMEOUT_S + 60} s"
+    # Closed by the read timeout: not before it, and long before they could finish sending
+    # (a byte a second of 200+ bytes).
     lifetimes = sorted(c["reply"].closed_at - c["opened"] for c in slow)
-    assert lifetimes[-1] <= READ_TIMEOUT_S + 1.5, lifetimes  # closed within the configured timeout
+    assert lifetimes[0] >= READ_TIMEOUT_S, lifetimes
+    assert all(c["pos"] < len(c["data"]) for c in slow), [(c["pos"], len(c["data"])) for c in slow]
     for c in slow:  # answered 408 before the close (or reset: closed all the same)
         if c["expect"]:
             assert c["reply"].raw.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), c["reply"].raw[:100]
@@ -280,12 +305,22 @@ def test_slow_clients_do_not_starve_the_others_and_are_closed_in_time(front):
     assert total >= 10 and outcome["ok"] >= 0.95 * total, outcome
 
 
+STOCK_LINGER_S = 2.0  # gunicorn.util.close_graceful: what stock gthread waits per such client
+
+
 def test_clients_that_never_close_do_not_stall_the_others(front):
     """After a `Connection: close` answer the server half-closes and waits a moment for the
-    client to close its side. That wait must not block a worker's event loop (stock gthread
-    waited there, up to 2 s per connection, and the others waited behind it)."""
-    lingerers = [socket.create_connection(address(front), timeout=10) for _ in range(20)]
+    client to close its side. That wait must not block a worker's event loop: stock gthread
+    waited there, STOCK_LINGER_S per client in turn, and everything else (the next answers,
+    new connections, the next FINs) waited behind it.
+
+    The one time bound here tells a blocked event loop from a slow one: half the smallest
+    stall stock gthread would cause (40 clients over 2 workers: 40 s), where a loaded
+    2-core machine serves all of this in a few seconds."""
+    lingerers = [socket.create_connection(address(front), timeout=60) for _ in range(40)]
+    stall_s = STOCK_LINGER_S * len(lingerers) / WORKERS
     try:
+        t0 = time.monotonic()
         replies = []
         for s in lingerers:
             s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
@@ -295,18 +330,13 @@ def test_clients_that_never_close_do_not_stall_the_others(front):
                 reply.feed(s.recv(65536), time.monotonic())
             assert reply.status in (200, 429), reply.raw[:200]
             replies.append(reply)
-        latencies = []
-        for _ in range(10):
-            t0 = time.monotonic()
-            with httpx.Client(base_url=front.base_url, timeout=30) as c:  # a new connection each time
+        for _ in range(5):
+            with httpx.Client(base_url=front.base_url, timeout=60) as c:  # a new connection each time
                 assert c.get("/v1/models").status_code == 200
-            latencies.append(time.monotonic() - t0)
-        assert max(latencies) < 0.5, [round(x, 3) for x in latencies]
-        t0 = time.monotonic()
         for s, reply in zip(lingerers, replies):  # the server's FIN came with the answer
             while reply.closed_at is None:
                 reply.feed(s.recv(65536), time.monotonic())
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < stall_s / 2
     finally:
         for s in lingerers:
             s.close()

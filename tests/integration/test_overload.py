@@ -192,10 +192,9 @@ def test_burst_admits_batch_plus_queue_and_refuses_the_rest_with_429(oa, stats, 
         held = stats()
         answered = [r for r in results if r is not None]
         assert answered and all(r[0] == "429" for r in answered), answered  # refused at once, not after waiting
-        # Two running; up to two more waiting (a burst can outrun the scheduler taking the
-        # first two off the queue, then fewer are admitted, never more).
-        assert held.active_sequences == MAX_BATCH, held
-        assert MAX_BATCH <= held.active_sequences + held.queued_requests <= MAX_BATCH + MAX_QUEUE, held
+        # Exactly two running and two waiting: max_queue counts only the requests that find
+        # no free slot, however far the burst runs ahead of the scheduler.
+        assert (held.active_sequences, held.queued_requests) == (MAX_BATCH, MAX_QUEUE), held
     for t in threads:
         t.join(120)
 
@@ -270,6 +269,35 @@ def test_client_leaving_while_queued_frees_its_queue_place_and_budget(limited, o
     bg.join(300)
     assert wait_until(lambda: idle(stats()), 15), stats()
     assert stats().requests_finished == quiet.requests_finished + 2
+
+
+def test_cheap_refusals_come_before_the_prompt_is_templated_and_tokenized(limited, oa, stats, quiet, pause):
+    """A prompt longer than the context is only found out by tokenizing it (a 400
+    `context_length_exceeded`); while the queue is full, or the budget cannot hold the
+    request's max_tokens, the same request is a 429: it was refused before its prompt was
+    ever templated or tokenized, which is what keeps refusals fast under a burst."""
+    too_long = [{"role": "user", "content": "harbour " * 3000}]  # > 2048 tokens
+    pause.hold()
+    bg = Background(oa, stats)
+    bg.start(300, lambda s: s.active_sequences == 1)
+    bg.start(300, lambda s: s.active_sequences == 2)
+    room = BUDGET - stats().budget_tokens_used
+    with pytest.raises(openai.RateLimitError) as ei:  # slots busy, queue empty: the budget
+        oa.chat.completions.create(model=MODEL, messages=too_long, max_tokens=room + 1)
+    assert_rate_limited(ei.value, "token budget")
+    bg.start(300, lambda s: s.queued_requests == 1)
+    bg.start(300, lambda s: s.queued_requests == 2)
+    with pytest.raises(openai.RateLimitError) as ei:
+        oa.chat.completions.create(model=MODEL, messages=too_long, max_tokens=5)
+    assert_rate_limited(ei.value, "queue is full")
+    assert stats().requests_rejected == quiet.requests_rejected + 2
+
+    pause.release()
+    bg.join(300)
+    with pytest.raises(openai.BadRequestError) as ei:  # with room, it is tokenized: the 400 it is
+        oa.chat.completions.create(model=MODEL, messages=too_long, max_tokens=5)
+    assert ei.value.code == "context_length_exceeded"
+    assert wait_until(lambda: idle(stats()), 15), stats()
 
 
 # ---- token budget ------------------------------------------------------------------------

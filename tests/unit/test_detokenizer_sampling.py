@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from server.engines.base import SamplingParams
+from server.engines.base import GREEDY_BELOW_TEMPERATURE, SamplingParams
 from server.engines.detokenizer import Detokenizer, token_bytes
 from server.engines.torch.sampling import SeqSampler, logprobs_of, process_logits, sample, seeded_generator
 
@@ -62,6 +63,22 @@ def test_greedy_and_logit_bias():
     assert sample(process_logits(logits, s), s) == [3]
 
 
+@pytest.mark.parametrize("temperature", [5e-324, 1e-30, 1e-6, 9.99e-6, -0.5, float("nan")])
+def test_the_sampler_itself_is_greedy_below_the_temperature_floor(temperature):
+    """Whoever built the params (not only the convert layer): below 1e-5 the draw is the
+    argmax, never a division that overflows to inf and a softmax of NaN."""
+    logits = torch.tensor([[0.0, 5.0, 4.999, 1.0, 0, 0, 0, 0, 0, 0], [3.0, -1.0, 0, 0, 0, 0, 0, 0, 0, 2.5]])
+    s = _samplers(2, temperature=temperature)
+    assert all(x.generator is None for x in s)
+    assert sample(logits, s) == [1, 0]
+
+
+def test_the_temperature_floor_itself_samples():
+    s = _samplers(1, temperature=GREEDY_BELOW_TEMPERATURE)
+    assert s[0].generator is not None
+    assert sample(torch.tensor([[0.0, 5.0, 1.0, 0, 0, 0, 0, 0, 0, 0]]), s) == [1]  # finite, and sharp
+
+
 def test_penalties_use_completion_counts():
     s = _samplers(1, temperature=0, presence_penalty=1.0, frequency_penalty=2.0)
     s[0].observe(1)
@@ -76,6 +93,39 @@ def test_seeded_sampling_is_reproducible_and_independent_of_batch():
     a = [sample(logits[i:i + 1], _samplers(1, temperature=1.0))[0] for i in range(3)]
     b = sample(logits, _samplers(3, temperature=1.0))
     assert a == b
+
+
+def test_a_mixed_batch_samples_each_row_as_if_alone():
+    """Greedy, tempered, top_p and penalized rows in one batch, over many steps: every row
+    draws what it draws alone (sampling is vectorized, the randomness is per row)."""
+    settings = [dict(temperature=0), dict(temperature=0.7, seed=1), dict(temperature=1.3, top_p=0.8, seed=2),
+                dict(temperature=1.0, top_p=0.3, seed=3), dict(temperature=1.0, presence_penalty=1.5, seed=4)]
+
+    def samplers():
+        return [SeqSampler.create(SamplingParams(**{k: v for k, v in kw.items() if k != "seed"}), kw.get("seed", 0),
+                                  50, torch.device("cpu")) for kw in settings]
+
+    together, alone = samplers(), samplers()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        logits = torch.randn(len(settings), 50, generator=gen) * 3
+        batch = sample(process_logits(logits.clone(), together), together)  # in place
+        single = [sample(process_logits(logits[i:i + 1].clone(), [s]), [s])[0] for i, s in enumerate(alone)]
+        assert batch == single
+        for s, a, tok in zip(together, alone, batch):
+            s.observe(tok)
+            a.observe(tok)
+
+
+def test_sampled_frequencies_follow_the_distribution():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().repeat(4000, 1)
+    s = [SeqSampler.create(SamplingParams(temperature=1.0), seed, 4, torch.device("cpu")) for seed in range(4000)]
+    counts = torch.bincount(torch.tensor(sample(logits, s)), minlength=4) / 4000
+    assert torch.allclose(counts, probs, atol=0.03), counts
+    masked = logits.clone()
+    masked[:, 0] = float("-inf")  # a token of no mass is never drawn
+    assert 0 not in sample(masked, s)
 
 
 def test_every_bit_of_a_64_bit_seed_changes_the_stream():

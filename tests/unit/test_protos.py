@@ -124,8 +124,9 @@ def test_buf_breaking_fails_on_an_incompatible_change(tmp_path, file, old, new, 
 
 
 def test_buf_breaking_accepts_an_added_field(tmp_path):
-    added = "  uint32 total_tokens = 3;\n  // Tokens read from a prompt cache.\n  uint32 cached_tokens = 4;\n"
-    code, violations = breaking(edited_copy(tmp_path, "common.proto", "  uint32 total_tokens = 3;\n", added))
+    last = "  uint32 reasoning_tokens = 4;\n"  # Usage's last field
+    added = last + "  // Tokens read from a prompt cache.\n  uint32 cached_tokens = 5;\n"
+    code, violations = breaking(edited_copy(tmp_path, "common.proto", last, added))
     assert code == 0 and not violations, violations
 
 

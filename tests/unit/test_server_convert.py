@@ -7,7 +7,7 @@ import pytest
 
 from genapi.v1 import content_pb2
 from genapi.v1 import generation_service_pb2 as pb
-from server.convert.generation import build_request, check_identifiers
+from server.convert.generation import build_request, check_identifiers, check_request, least_budget_tokens, with_prompt
 from server.engines.base import EngineInvalidRequest
 from server.errors import GenapiError, from_engine_error, not_found, quote
 
@@ -66,6 +66,31 @@ def test_stop_strings_are_bounded():
     assert (err.reason, err.param) == ("string_above_max_length", "stop[1]")
     req = request(stopping=pb.StoppingOptions(stop=["s" * 1024], max_tokens=4))
     assert build_request(req, "rid", [1, 2], context=64, vocab=10).stop == ["s" * 1024]
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"output": pb.OutputOptions(n=9)}, "n"),
+    ({"stopping": pb.StoppingOptions(max_tokens=0)}, "max_tokens"),
+    ({"stopping": pb.StoppingOptions(max_tokens=65)}, "max_tokens"),  # above max_output
+    ({"sampling": pb.SamplingOptions(temperature=3)}, "temperature"),
+    ({"response_format": content_pb2.ResponseFormat(type=content_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA)},
+     "response_format"),  # json_schema without its schema
+])
+def test_bad_input_is_refused_before_the_prompt_exists(fields, param):
+    """check_request runs before admission and templating: bad input is a 400 whether or
+    not the engine has room for it."""
+    assert rejected(check_request, request(**fields), "rid", vocab=10, max_output=64, max_n=8).param == param
+
+
+def test_the_budget_is_charged_by_use_only_when_nothing_bounds_max_tokens():
+    unbounded = request()
+    gen = with_prompt(check_request(unbounded, "rid", vocab=10), unbounded, [1, 2], context=64)
+    assert (gen.max_tokens, gen.charge_by_use, gen.prompt_ids) == (62, True, [1, 2])
+    capped = build_request(unbounded, "rid", [1, 2], context=64, vocab=10, max_output=16)
+    assert (capped.max_tokens, capped.charge_by_use) == (16, False)
+    asked = request(stopping=pb.StoppingOptions(max_tokens=5), output=pb.OutputOptions(n=3))
+    assert build_request(asked, "rid", [1, 2], context=64, vocab=10).charge_by_use is False
+    assert (least_budget_tokens(asked, 3), least_budget_tokens(unbounded, 1)) == (15, 0)
 
 
 def _trailer_bytes(err: GenapiError) -> int:

@@ -68,6 +68,16 @@ def test_internal_never_leaks_details():
     assert "Traceback" not in str(err.envelope())
 
 
+def test_calls_cancelled_by_the_workers_drain_are_a_retryable_503(monkeypatch):
+    from shim import grpc_client
+
+    assert from_grpc_error(FakeRpcError(grpc.StatusCode.CANCELLED, "Channel closed!")).status == 499
+    monkeypatch.setattr(grpc_client, "_shut_down", True)  # the drain grace period is over
+    err = from_grpc_error(FakeRpcError(grpc.StatusCode.CANCELLED, "Channel closed!"))
+    assert (err.status, err.code, err.type) == (503, "server_shutting_down", "server_error")
+    assert err.headers == {"Retry-After": "1"}
+
+
 def test_unavailable_hides_transport_details():
     err = from_grpc_error(FakeRpcError(grpc.StatusCode.UNAVAILABLE,
                                        "failed to connect to all addresses; last error: ipv4:10.0.0.7:50051"))

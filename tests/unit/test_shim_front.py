@@ -274,7 +274,9 @@ def test_gunicorn_internals_the_worker_overrides_are_unchanged():
 
     from gunicorn.http.body import Body, ChunkedReader
     from gunicorn.http.message import Message
+    from gunicorn.arbiter import Arbiter
     from gunicorn.http.unreader import SocketUnreader
+    from gunicorn.workers.base import Worker
     from gunicorn.workers.gthread import TConn, ThreadWorker
 
     def params(fn):
@@ -289,10 +291,16 @@ def test_gunicorn_internals_the_worker_overrides_are_unchanged():
         SocketUnreader.chunk: ["self", "size_hint"], Body._read_reader: ["self", "size"],
         ChunkedReader.parse_chunk_size: ["self", "unreader", "data"], ChunkedReader.parse_chunked: ["self", "unreader"],
         Message.set_body_reader: ["self"],
+        # drain: the worker's signal handlers, and the master's (SIGINT drains like SIGTERM)
+        Worker.init_signals: ["self"], Worker.handle_exit: ["self", "sig", "frame"],
+        Worker.handle_quit: ["self", "sig", "frame"], Arbiter.handle_term: ["self"], Arbiter.handle_int: ["self"],
     }
     assert {fn.__qualname__: params(fn) for fn in expected} == {fn.__qualname__: p for fn, p in expected.items()}
     assert hasattr(TConn, "__init__") and "data_ready" in inspect.getsource(TConn.__init__)
     assert "take_buffered" in dir(SocketUnreader)
+    # gthread's loop runs while `alive`, then closes its listeners: the drain keeps it alive
+    assert "while self.alive:" in inspect.getsource(ThreadWorker.run)
+    assert 'getattr(self, "handle_%s" % signame' in inspect.getsource(Arbiter.run)  # instance handlers win
 
 
 # ---- refusals on the wire ------------------------------------------------------------------
@@ -312,6 +320,15 @@ def test_overloaded_answer_is_a_retryable_429():
     assert status == 429 and headers["retry-after"] == "1" and headers["connection"] == "close"
     assert headers["x-request-id"].startswith("req_")
     assert body["error"]["type"] == "rate_limit_error" and body["error"]["code"] == "server_overloaded"
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+
+
+def test_shutting_down_answer_is_a_retryable_503():
+    from shim.worker import shutting_down_response
+
+    status, headers, body = parse_response(shutting_down_response())
+    assert status == 503 and headers["retry-after"] == "1" and headers["connection"] == "close"
+    assert body["error"]["type"] == "server_error" and body["error"]["code"] == "server_shutting_down"
     assert set(body["error"]) == {"message", "type", "param", "code"}
 
 

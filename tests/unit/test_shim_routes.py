@@ -25,7 +25,7 @@ from .shim_fakes import (  # noqa: F401 (client, core: fixtures)
     ({"max_tokens": "5"}, "invalid_type", "max_tokens"),
     ({"n": True}, "invalid_type", "n"),
     ({"temperature": -1}, "invalid_value", "temperature"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "unsupported_parameter", "tools"),
+    ({"tools": [{"type": "custom", "custom": {"name": "f"}}]}, "unsupported_parameter", "tools[0].type"),
     ({"messages": []}, "invalid_value", "messages"),
     ({"messages": [{"role": "user", "content": "\ud800"}]}, "invalid_value", "messages[0].content"),
 ])

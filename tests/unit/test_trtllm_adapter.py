@@ -211,6 +211,39 @@ def test_token_budget(fake_trt):
     del a
 
 
+def test_a_reservation_holds_a_place_until_generate_takes_it_or_it_is_released(fake_trt):
+    engine = started({"max_batch": 1, "max_queue": 1})
+    first, second = engine.reserve(), engine.reserve()  # requests being templated count
+    with pytest.raises(EngineOverloaded, match="capacity"):
+        engine.reserve()
+    second.release()
+    engine._llm.script.append(FakeResult([[("a", 1, "length", None)]]))
+    stream = engine.generate(req(request_id="a"), first)
+    first.release()  # taken over by generate(): no effect
+    assert engine._inflight_requests == 1
+    asyncio.run(drain(stream))
+    assert engine._inflight_requests == 0
+    place = engine.reserve()
+    with pytest.raises(m.UnsupportedRequest):  # refused in generate(): the place is given back
+        engine.generate(req(request_id="b", prompt_ids=[]), place)
+    assert engine._inflight_requests == 0
+
+
+def test_a_request_without_a_max_tokens_bound_is_charged_what_it_generates(fake_trt):
+    engine = started({"max_budget_tokens": 30})
+
+    async def scenario():
+        engine._llm.script.append(FakeResult([[("a", 4, None, None)], [("ab", 9, "length", None)]]))
+        it = engine.generate(req(request_id="a", max_tokens=125, charge_by_use=True))
+        seen = [engine.stats().budget_tokens_used]
+        async for _ in it:
+            seen.append(engine.stats().budget_tokens_used)
+        return seen
+
+    assert asyncio.run(scenario())[:3] == [3, 3 + 4, 3 + 9]  # not 3 + 125
+    assert engine.stats().budget_tokens_used == 0
+
+
 def test_closing_the_stream_aborts_the_request(fake_trt):
     engine = started()
     result = FakeResult([[("a", 1, None, None)], [("ab", 2, None, None)],

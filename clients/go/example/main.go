@@ -1,8 +1,9 @@
 // Command example calls the genapi gRPC API from Go: ListModels, a streaming Generate
-// printing text and usage, and an unknown model to show the error model (status code
-// plus google.rpc.ErrorInfo from the grpc-status-details-bin trailer).
+// printing text and usage, Embed and Rerank, and an unknown model to show the error
+// model (status code plus google.rpc.ErrorInfo from the grpc-status-details-bin trailer).
 //
-//	example [TARGET [MODEL]]    (defaults 127.0.0.1:50051 and genapi-tiny-chat)
+//	example [TARGET [MODEL [EMBED_MODEL [RERANK_MODEL]]]]
+//	(defaults 127.0.0.1:50051, genapi-tiny-chat, all-MiniLM-L6-v2, all-MiniLM-L6-v2-rerank)
 //
 // GENAPI_API_KEY, when set, is sent as "authorization: Bearer <key>" metadata.
 package main
@@ -13,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	genapiv1 "genapi/gen/genapi/v1"
@@ -109,14 +111,57 @@ func generate(client genapiv1.GenerationServiceClient, model string) error {
 	return nil
 }
 
+// embed embeds two texts; each vector comes back as a packed float list.
+func embed(client genapiv1.EmbeddingServiceClient, model string) error {
+	ctx, cancel := callContext(30 * time.Second)
+	defer cancel()
+	resp, err := client.Embed(ctx, &genapiv1.EmbedRequest{
+		Model: model,
+		Inputs: []*genapiv1.EmbeddingInput{
+			{Input: &genapiv1.EmbeddingInput_Text{Text: "The cat sat on the mat."}},
+			{Input: &genapiv1.EmbeddingInput_Text{Text: "Paris is in France."}},
+		},
+	})
+	if err != nil {
+		return err
+	}
+	for _, e := range resp.GetEmbeddings() {
+		var head []string
+		for i, v := range e.GetValues() {
+			if i == 3 {
+				break
+			}
+			head = append(head, fmt.Sprintf("%.4f", v))
+		}
+		fmt.Printf("embedding: index=%d dimensions=%d head=%s\n", e.GetIndex(), len(e.GetValues()), strings.Join(head, ","))
+	}
+	fmt.Printf("embedding_usage: prompt_tokens=%d\n", resp.GetUsage().GetPromptTokens())
+	return nil
+}
+
+// rerank scores three documents against a query; the results come sorted by relevance.
+func rerank(client genapiv1.RerankServiceClient, model string) error {
+	ctx, cancel := callContext(30 * time.Second)
+	defer cancel()
+	resp, err := client.Rerank(ctx, &genapiv1.RerankRequest{
+		Model:           model,
+		Query:           "What is the capital of France?",
+		Documents:       []string{"Paris is the capital of France.", "Bananas are yellow.", "Berlin is the capital of Germany."},
+		ReturnDocuments: true,
+	})
+	if err != nil {
+		return err
+	}
+	for _, r := range resp.GetResults() {
+		fmt.Printf("rerank: index=%d relevance_score=%.4f document=%q\n", r.GetIndex(), r.GetRelevanceScore(), r.GetDocument())
+	}
+	return nil
+}
+
 func main() {
-	target, model := "127.0.0.1:50051", "genapi-tiny-chat"
-	if len(os.Args) > 1 {
-		target = os.Args[1]
-	}
-	if len(os.Args) > 2 {
-		model = os.Args[2]
-	}
+	args := []string{"127.0.0.1:50051", "genapi-tiny-chat", "all-MiniLM-L6-v2", "all-MiniLM-L6-v2-rerank"}
+	copy(args, os.Args[1:])
+	target, model, embedModel, rerankModel := args[0], args[1], args[2], args[3]
 	// Plaintext on loopback (WithInsecure: Debian's grpc-go 1.33 predates
 	// credentials/insecure); use credentials.NewTLS behind a TLS-terminating proxy.
 	conn, err := grpc.Dial(target, grpc.WithInsecure())
@@ -127,13 +172,16 @@ func main() {
 	defer conn.Close()
 	models, gen := genapiv1.NewModelServiceClient(conn), genapiv1.NewGenerationServiceClient(conn)
 
-	if err := listModels(models); err != nil {
-		fmt.Println(describe(err))
-		os.Exit(1)
-	}
-	if err := generate(gen, model); err != nil {
-		fmt.Println(describe(err))
-		os.Exit(1)
+	for _, call := range []func() error{
+		func() error { return listModels(models) },
+		func() error { return generate(gen, model) },
+		func() error { return embed(genapiv1.NewEmbeddingServiceClient(conn), embedModel) },
+		func() error { return rerank(genapiv1.NewRerankServiceClient(conn), rerankModel) },
+	} {
+		if err := call(); err != nil {
+			fmt.Println(describe(err))
+			os.Exit(1)
+		}
 	}
 	// The error case: an unknown model is NOT_FOUND with reason model_not_found.
 	if err := generate(gen, "no-such-model"); err != nil {

@@ -1,16 +1,20 @@
 // Calls the genapi gRPC API from TypeScript on Node (@grpc/grpc-js, ts-proto types):
-// ListModels, a streaming Generate printing text and usage, and an unknown model to show
-// the error model (status code plus google.rpc.ErrorInfo from grpc-status-details-bin).
+// ListModels, a streaming Generate printing text and usage, Embed and Rerank, and an
+// unknown model to show the error model (status code plus google.rpc.ErrorInfo from
+// grpc-status-details-bin).
 //
-//   node dist/example.js [TARGET [MODEL]]   (defaults 127.0.0.1:50051, genapi-tiny-chat)
+//   node dist/example.js [TARGET [MODEL [EMBED_MODEL [RERANK_MODEL]]]]
+//   (defaults 127.0.0.1:50051, genapi-tiny-chat, all-MiniLM-L6-v2, all-MiniLM-L6-v2-rerank)
 //
 // GENAPI_API_KEY, when set, is sent as "authorization: Bearer <key>" metadata.
 import { credentials, Metadata, ServiceError } from "@grpc/grpc-js";
 
 import { finishReasonToJSON, Role } from "./gen/genapi/v1/content";
 import { modelTaskToJSON } from "./gen/genapi/v1/common";
+import { EmbedRequest, EmbedResponse, EmbeddingServiceClient } from "./gen/genapi/v1/embedding_service";
 import { GenerateRequest, GenerateResponse, GenerationServiceClient } from "./gen/genapi/v1/generation_service";
 import { ListModelsResponse, ModelServiceClient } from "./gen/genapi/v1/model_service";
+import { RerankRequest, RerankResponse, RerankServiceClient } from "./gen/genapi/v1/rerank_service";
 import { Code, codeToJSON } from "./gen/google/rpc/code";
 import { ErrorInfo } from "./gen/google/rpc/error_details";
 import { Status } from "./gen/google/rpc/status";
@@ -55,6 +59,30 @@ function listModels(client: ModelServiceClient): Promise<ListModelsResponse> {
   );
 }
 
+/** Embeds two texts; each vector comes back as a packed float list. */
+function embed(client: EmbeddingServiceClient, model: string): Promise<EmbedResponse> {
+  const request = EmbedRequest.fromPartial({
+    model,
+    inputs: [{ text: "The cat sat on the mat." }, { text: "Paris is in France." }],
+  });
+  return new Promise((resolve, reject) =>
+    client.embed(request, authMetadata(), { deadline: deadline(30) }, (err, resp) => (err ? reject(err) : resolve(resp))),
+  );
+}
+
+/** Scores three documents against a query; the results come sorted by relevance. */
+function rerank(client: RerankServiceClient, model: string): Promise<RerankResponse> {
+  const request = RerankRequest.fromPartial({
+    model,
+    query: "What is the capital of France?",
+    documents: ["Paris is the capital of France.", "Bananas are yellow.", "Berlin is the capital of Germany."],
+    returnDocuments: true,
+  });
+  return new Promise((resolve, reject) =>
+    client.rerank(request, authMetadata(), { deadline: deadline(30) }, (err, resp) => (err ? reject(err) : resolve(resp))),
+  );
+}
+
 /** Streams one completion; `call.cancel()` would end it early, and the core then stops
  * generating for it. Resolves with the last event (its usage is the request's total). */
 function generate(client: GenerationServiceClient, model: string): Promise<GenerateResponse | undefined> {
@@ -84,16 +112,29 @@ function generate(client: GenerationServiceClient, model: string): Promise<Gener
 async function main(): Promise<number> {
   const target = process.argv[2] ?? "127.0.0.1:50051";
   const model = process.argv[3] ?? "genapi-tiny-chat";
+  const embedModel = process.argv[4] ?? "all-MiniLM-L6-v2";
+  const rerankModel = process.argv[5] ?? "all-MiniLM-L6-v2-rerank";
   // Plaintext on loopback; credentials.createSsl() behind a TLS-terminating proxy.
   const creds = credentials.createInsecure();
   const models = new ModelServiceClient(target, creds);
   const gen = new GenerationServiceClient(target, creds);
+  const embeddings = new EmbeddingServiceClient(target, creds);
+  const reranker = new RerankServiceClient(target, creds);
   try {
     for (const m of (await listModels(models)).models) {
       console.log(`model: ${m.id} task=${modelTaskToJSON(m.task)} context_length=${m.contextLength}`);
     }
     const u = (await generate(gen, model))?.usage;
     console.log(`usage: prompt_tokens=${u?.promptTokens} completion_tokens=${u?.completionTokens} total_tokens=${u?.totalTokens}`);
+    const embedded = await embed(embeddings, embedModel);
+    for (const e of embedded.embeddings) {
+      const head = e.values.slice(0, 3).map((v) => v.toFixed(4)).join(",");
+      console.log(`embedding: index=${e.index} dimensions=${e.values.length} head=${head}`);
+    }
+    console.log(`embedding_usage: prompt_tokens=${embedded.usage?.promptTokens}`);
+    for (const r of (await rerank(reranker, rerankModel)).results) {
+      console.log(`rerank: index=${r.index} relevance_score=${r.relevanceScore.toFixed(4)} document=${JSON.stringify(r.document)}`);
+    }
   } catch (err) {
     console.log(describe(err as ServiceError));
     return 1;
@@ -107,8 +148,7 @@ async function main(): Promise<number> {
     console.log(describe(err as ServiceError));
     return 0;
   } finally {
-    models.close();
-    gen.close();
+    for (const client of [models, gen, embeddings, reranker]) client.close();
   }
 }
 

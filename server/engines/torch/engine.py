@@ -5,6 +5,12 @@ The model and its scheduler live in a child process (`scheduler.py`); this side,
 core's event loop, keeps the chat tokenizer, does admission control (bounded queue,
 token budget), sends requests and aborts down a pipe, and hands each step's events to
 the requests' asyncio queues from one reader thread.
+
+Admission counts places, not the scheduler's queue: a request holds a slot place when its
+choices fit in the `max_batch` slots beside every request already holding one (and none
+waits before it), else it waits, and at most `max_queue` requests wait; when a request
+ends, the waiting ones take its place in order. A place is taken (`reserve`) before the
+request is templated and tokenized, so a full engine refuses at once.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import threading
 from dataclasses import dataclass
 
 from ..base import (
+    BudgetCharge,
     ChatModelInfo,
     EngineBase,
     EngineError,
@@ -22,6 +29,7 @@ from ..base import (
     EngineOverloaded,
     EngineStats,
     GenerationRequest,
+    Reservation,
 )
 from ..worker import Abort, Rejected, Step, Submit, WorkerProcess
 from .scheduler import Scheduler
@@ -32,14 +40,20 @@ log = logging.getLogger("genapi.engine.torch")
 _ACCEPTED = object()
 
 
+class _Place(Reservation):
+    """A request's admission place: holding slots (`slotted`) or waiting for them."""
+
+    slotted = False
+
+
 @dataclass
 class _Stream:
     """What this side keeps of a request until the scheduler says it ended."""
 
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
-    budget: int
-    admitted: bool = False
+    place: _Place
+    charge: BudgetCharge
     abort_sent: bool = False
 
 
@@ -106,9 +120,10 @@ class TorchEngine(EngineBase):
         self.max_budget = int(self.options.get("max_budget_tokens", 1_000_000))
         self.chat_info: ChatModelInfo | None = None
         self._stats = EngineStats(cache_slots_total=self.max_batch)
-        self._lock = threading.Lock()  # guards the counters and _streams
+        self._lock = threading.Lock()  # guards the counters, places and _streams
         self._streams: dict[str, _Stream] = {}
-        self._pending = 0  # admitted here, not yet holding slots in the scheduler
+        self._slotted = 0  # choices of the requests holding slot places
+        self._waiting: dict[_Place, None] = {}  # places waiting for slots, oldest first
         self._budget_used = 0
         self._stopping = False  # stop() was called: the process exiting is expected
         self._worker = WorkerProcess(name, path, self.options, Scheduler, self._on_step, self._on_exit)
@@ -129,35 +144,95 @@ class TorchEngine(EngineBase):
         return self._worker.alive()
 
     # ---- requests --------------------------------------------------------------
-    def generate(self, request: GenerationRequest) -> RequestStream:
-        """Admits the request now (EngineOverloaded when the queue or the token budget is
-        full), sends it to the scheduler and returns its RequestStream. The request lives
-        until the scheduler ends it or the stream is closed (which aborts it)."""
-        if not self.ready():
-            raise EngineError(f"the engine process for {self.name!r} is not running")
-        budget = len(request.prompt_ids) + request.max_tokens * request.n
-        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue(), budget)
+    def reserve(self, n: int = 1, least_tokens: int = 0) -> Reservation:
+        """An admission place for a request of `n` choices (Generator.reserve):
+        EngineOverloaded when `max_queue` requests already wait for slots and this one
+        would wait too, or when the budget in use plus `least_tokens` exceeds the budget."""
         with self._lock:
-            if self._pending >= self.max_queue:
-                self._stats.requests_rejected += 1
-                raise EngineOverloaded(f"{self.name}: request queue is full ({self.max_queue} waiting)")
-            # A request larger than the whole budget still runs when nothing else does.
-            if self._budget_used and self._budget_used + budget > self.max_budget:
-                self._stats.requests_rejected += 1
-                raise EngineOverloaded(
-                    f"{self.name}: token budget exhausted ({self._budget_used} of {self.max_budget} in use)")
-            self._pending += 1
-            self._budget_used += budget
+            return self._reserve(n, least_tokens)
+
+    def _reserve(self, n: int, least_tokens: int) -> _Place:
+        if n > self.max_batch:  # could never get its slots
+            raise EngineInvalidRequest(f"n={n} is above {self.name}'s {self.max_batch} batch slots")
+        slot_free = not self._waiting and self._slotted + n <= self.max_batch
+        if not slot_free and len(self._waiting) >= self.max_queue:
+            raise self._refuse(f"request queue is full ({self.max_queue} waiting)")
+        self._check_budget(least_tokens)
+        place = _Place(n, self._give_back)
+        if slot_free:
+            place.slotted = True
+            self._slotted += n
+        else:
+            self._waiting[place] = None
+        return place
+
+    def _check_budget(self, tokens: int) -> None:
+        # A request larger than the whole budget still runs when nothing else does.
+        if self._budget_used and self._budget_used + tokens > self.max_budget:
+            raise self._refuse(f"token budget exhausted ({self._budget_used} of {self.max_budget} in use)")
+
+    def _refuse(self, why: str) -> EngineOverloaded:
+        self._stats.requests_rejected += 1
+        return EngineOverloaded(f"{self.name}: {why}")
+
+    def _give_back(self, place: _Place) -> None:
+        with self._lock:
+            self._leave(place)
+
+    def _leave(self, place: _Place) -> None:
+        """Under the lock: `place` is free again; the oldest waiting ones that now fit
+        take slot places (in order: the scheduler admits first come, first served)."""
+        if place.slotted:
+            place.slotted = False
+            self._slotted -= place.n
+        elif place in self._waiting:
+            del self._waiting[place]
+        else:
+            return  # left already
+        while self._waiting:
+            head = next(iter(self._waiting))
+            if self._slotted + head.n > self.max_batch:
+                break
+            del self._waiting[head]
+            head.slotted = True
+            self._slotted += head.n
+
+    def generate(self, request: GenerationRequest, reservation: Reservation | None = None) -> RequestStream:
+        """Admits the request now, in `reservation`'s place or a new one (EngineOverloaded
+        when the queue or the token budget is full), sends it to the scheduler and
+        returns its RequestStream. The request lives until the scheduler ends it or the
+        stream is closed (which aborts it)."""
+        charge = BudgetCharge.of(request)
+        with self._lock:
+            place = reservation
+            try:
+                if not self.ready():
+                    raise EngineError(f"the engine process for {self.name!r} is not running")
+                if place is None:
+                    place = self._reserve(request.n, 0)
+                self._check_budget(charge.tokens)
+            except BaseException:
+                if place is not None:  # refused: its place is free again
+                    place.take()
+                    self._leave(place)
+                raise
+            place.take()
+            self._budget_used += charge.tokens
+            stream = _Stream(asyncio.get_running_loop(), asyncio.Queue(), place, charge)
             self._streams[request.request_id] = stream
         try:
             self._send(Submit(request))
         except OSError:  # the process died just now: take the request back
             with self._lock:
                 if self._streams.pop(request.request_id, None) is not None:
-                    self._pending -= 1
-                    self._budget_used -= budget
+                    self._end(stream)
             raise EngineError(f"the engine process for {self.name!r} is not running") from None
         return RequestStream(self, request.request_id, stream.queue, request.constraint is not None)
+
+    def _end(self, stream: _Stream) -> None:
+        """Under the lock: the request is over; its place and budget are free."""
+        self._budget_used -= stream.charge.tokens
+        self._leave(stream.place)
 
     def abort_now(self, request_id: str) -> None:
         """Asks the scheduler to drop the request (its slots are freed at the next step).
@@ -179,7 +254,7 @@ class TorchEngine(EngineBase):
     def stats(self) -> EngineStats:
         with self._lock:
             s = EngineStats(**vars(self._stats))
-            s.queued_requests = self._pending
+            s.queued_requests = len(self._waiting)
             s.budget_tokens_used = self._budget_used
         return s
 
@@ -189,8 +264,7 @@ class TorchEngine(EngineBase):
 
     def _on_step(self, step: Step) -> None:
         """Reader thread: one message per scheduler step."""
-        self._dispatch(step.events, step.ended, step.admitted, step.active_sequences, step.cache_slots_used,
-                       step.accepted)
+        self._dispatch(step.events, step.ended, step.active_sequences, step.cache_slots_used, step.accepted)
 
     def _on_exit(self) -> None:
         with self._lock:
@@ -200,23 +274,19 @@ class TorchEngine(EngineBase):
         else:
             log.error("engine process for %s exited (code %s); failing its requests",
                       self.name, self._worker.exitcode)
-        self._dispatch({}, {rid: "the engine process exited" for rid in lost}, [], 0, 0)
+        self._dispatch({}, {rid: "the engine process exited" for rid in lost}, 0, 0)
 
-    def _dispatch(self, events: dict, ended: dict, admitted: list, active: int, slots_used: int,
-                  accepted: list = ()) -> None:
+    def _dispatch(self, events: dict, ended: dict, active: int, slots_used: int, accepted: list = ()) -> None:
         with self._lock:
             self._stats.active_sequences, self._stats.cache_slots_used = active, slots_used
-            for rid in admitted:
-                if (st := self._streams.get(rid)) and not st.admitted:
-                    st.admitted = True
-                    self._pending -= 1
+            for rid, evs in events.items():  # requests charged by use grow with their output
+                if st := self._streams.get(rid):
+                    self._budget_used += st.charge.add(sum(ev.num_tokens for ev in evs))
             finished = {rid: self._streams.pop(rid, None) for rid in ended}
             for rid, st in finished.items():
                 if st is None:
                     continue
-                self._budget_used -= st.budget
-                if not st.admitted:
-                    self._pending -= 1
+                self._end(st)
                 if ended[rid] == "finished":
                     self._stats.requests_finished += 1
                 elif isinstance(ended[rid], Rejected):

@@ -1,8 +1,8 @@
 """Per-request logits processing and sampling inside a shared batch.
 
-Penalties and logit_bias are applied to the whole batch at once; the draw itself uses
-each sequence's own generator so a seeded request samples the same tokens whatever else
-shares its batch.
+Penalties, logit_bias, temperature, top_p and the draw are computed for the whole batch at
+once; each sampled sequence contributes one uniform number from its own generator, so a
+seeded request samples the same tokens whatever else shares its batch.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..base import SamplingParams
+from ..base import GREEDY_BELOW_TEMPERATURE, SamplingParams
 
 
 @dataclass
@@ -25,7 +25,9 @@ class SeqSampler:
     @classmethod
     def create(cls, params: SamplingParams, seed: int, vocab: int, device: torch.device) -> "SeqSampler":
         gen = None
-        if params.temperature > 0:
+        # Greedy below the threshold (NaN and negatives too) whoever built the params:
+        # `sample` divides the logits by the temperature of every sequence with a generator.
+        if params.temperature >= GREEDY_BELOW_TEMPERATURE:
             gen = seeded_generator(seed, device)
         bias = None
         if params.logit_bias:
@@ -68,45 +70,58 @@ def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
 
 
 def process_logits(logits: torch.Tensor, samplers: list[SeqSampler]) -> torch.Tensor:
-    """Applies logit_bias and presence/frequency penalties. logits: [B, vocab] float32."""
-    out = logits
-    needs_pen = any(s.params.presence_penalty or s.params.frequency_penalty for s in samplers)
-    if needs_pen:
-        counts = torch.stack([s.counts for s in samplers])
-        pres = logits.new_tensor([s.params.presence_penalty for s in samplers]).unsqueeze(1)
-        freq = logits.new_tensor([s.params.frequency_penalty for s in samplers]).unsqueeze(1)
-        out = out - pres * (counts > 0) - freq * counts
-    if any(s.bias is not None for s in samplers):
-        if out is logits:
-            out = logits.clone()
-        for i, s in enumerate(samplers):
-            if s.bias is not None:
-                out[i] += s.bias
+    """Applies logit_bias and presence/frequency penalties, to the rows that have them
+    only. logits: [B, vocab] float32; returns `logits` itself when no row has either (the
+    forward's logits are inference tensors: a copy is changed, never them)."""
+    penalized = [i for i, s in enumerate(samplers) if s.params.presence_penalty or s.params.frequency_penalty]
+    biased = [i for i, s in enumerate(samplers) if s.bias is not None]
+    if not penalized and not biased:
+        return logits
+    out = logits.clone()
+    if penalized:
+        counts = torch.stack([samplers[i].counts for i in penalized])
+        pres = logits.new_tensor([samplers[i].params.presence_penalty for i in penalized]).unsqueeze(1)
+        freq = logits.new_tensor([samplers[i].params.frequency_penalty for i in penalized]).unsqueeze(1)
+        out[penalized] -= pres * (counts > 0) + freq * counts
+    if biased:
+        out[biased] += torch.stack([samplers[i].bias for i in biased])
     return out
 
 
 def sample(logits: torch.Tensor, samplers: list[SeqSampler]) -> list[int]:
-    """Draws one token per row from processed logits [B, vocab]."""
-    greedy = logits.argmax(dim=-1).tolist()
-    tokens = []
-    for i, s in enumerate(samplers):
-        if s.generator is None:
-            tokens.append(greedy[i])
-            continue
-        probs = torch.softmax(logits[i] / s.params.temperature, dim=-1)
-        if s.params.top_p < 1.0:
-            probs = _top_p(probs, s.params.top_p)
-        tokens.append(int(torch.multinomial(probs, 1, generator=s.generator)))
-    return tokens
+    """Draws one token per row from processed logits [B, vocab], vectorized over the batch
+    with one device-to-host transfer (the final list).
+
+    Greedy rows take the argmax. Each sampled row draws one uniform number from its own
+    generator and takes the token where it falls in the row's cumulative distribution
+    (inverse-CDF sampling, with its temperature and top_p): in vocabulary order, or, with
+    top_p, in order of probability. A row's draw depends only on its own logits and
+    generator, so a seeded row draws the same tokens whatever else shares the batch."""
+    tokens = logits.argmax(dim=-1)
+    for nucleus in (False, True):
+        rows = [i for i, s in enumerate(samplers) if s.generator is not None and (s.params.top_p < 1.0) == nucleus]
+        if rows:
+            tokens[rows] = _draw(logits[rows], [samplers[i] for i in rows], nucleus)
+    return tokens.tolist()
 
 
-def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    sorted_p, idx = probs.sort(descending=True)
-    cum = sorted_p.cumsum(-1)
-    # Keep the smallest prefix whose mass reaches top_p (always at least one token).
-    drop = cum - sorted_p >= top_p
-    sorted_p[drop] = 0
-    return torch.zeros_like(probs).scatter_(-1, idx, sorted_p)
+def _draw(logits: torch.Tensor, samplers: list[SeqSampler], nucleus: bool) -> torch.Tensor:
+    """One token per row of `logits` [R, vocab] by inverse CDF: [R] token ids. `nucleus`:
+    every row has top_p < 1."""
+    temperature = logits.new_tensor([s.params.temperature for s in samplers]).unsqueeze(1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    ids = None
+    if nucleus:
+        # Keep the smallest prefix (by probability) whose mass reaches top_p (always at
+        # least one token).
+        top_p = logits.new_tensor([s.params.top_p for s in samplers]).unsqueeze(1)
+        probs, ids = probs.sort(dim=-1, descending=True)
+        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
+    cdf = probs.cumsum(-1)
+    u = torch.cat([torch.rand(1, generator=s.generator, device=logits.device) for s in samplers])
+    # right=True: the first index whose cdf exceeds u × total, a token of non-zero mass.
+    picked = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).clamp_(max=cdf.shape[1] - 1)
+    return (picked if ids is None else ids.gather(1, picked)).squeeze(1)
 
 
 def logprobs_of(logits: torch.Tensor, tokens: list[int], k: int):

@@ -19,6 +19,7 @@ import weakref
 from typing import Any, AsyncIterator, Callable
 
 from ..base import (
+    BudgetCharge,
     ChatModelInfo,
     EngineBase,
     EngineError,
@@ -27,6 +28,7 @@ from ..base import (
     EngineStats,
     EngineUnavailable,
     GenerationRequest,
+    Reservation,
 )
 from ..detokenizer import token_bytes
 from .mapping import (
@@ -163,35 +165,61 @@ class TrtllmEngine(EngineBase):
 
     # ------------------------------------------------------------------ requests
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]:
-        """Validates and admits the request now (raising UnsupportedRequest or
-        EngineOverloaded), then returns the event stream."""
-        if self._llm is None:
-            raise EngineUnavailable(f"model {self.name} is not loaded")
-        validate(request, vocab_size=self.vocab_size, max_batch=self.max_batch,
-                 context_length=self.context_length,
-                 max_prompt_tokens=prompt_token_limit(self.options))
-        release = self._admit(request)
-        stream = self._stream(request, release)
-        weakref.finalize(stream, release)  # dropped without being iterated
-        return stream
-
-    def _admit(self, req: GenerationRequest) -> Callable[[], None]:
-        seqs, _ = engine_choices(req)
-        budget = len(req.prompt_ids) + req.max_tokens * seqs
+    def reserve(self, n: int = 1, least_tokens: int = 0) -> Reservation:
+        """An admission place (Generator.reserve). TensorRT-LLM's own scheduler decides
+        which requests run, so the queue here counts the requests in flight beyond
+        max_batch: EngineOverloaded past max_batch + max_queue, or when the budget in use
+        plus `least_tokens` exceeds max_budget_tokens (when set)."""
         if self._inflight_requests >= self.max_batch + self.max_queue:
             self._stats.requests_rejected += 1
             raise EngineOverloaded(
                 f"model {self.name} is at capacity ({self._inflight_requests} requests in flight)")
+        self._check_budget(least_tokens)
+        self._inflight_requests += 1
+        return Reservation(n, self._unreserve)
+
+    def _unreserve(self, _place: Reservation) -> None:
+        self._inflight_requests -= 1
+
+    def _check_budget(self, tokens: int) -> None:
         if (self.max_budget_tokens and self._budget_used
-                and self._budget_used + budget > self.max_budget_tokens):
+                and self._budget_used + tokens > self.max_budget_tokens):
             self._stats.requests_rejected += 1
             raise EngineOverloaded(f"model {self.name} token budget is exhausted")
+
+    def generate(self, request: GenerationRequest, reservation: Reservation | None = None
+                 ) -> AsyncIterator[EngineEvent]:
+        """Validates and admits the request now, in `reservation`'s place or a new one
+        (raising UnsupportedRequest or EngineOverloaded, which give the place back), then
+        returns the event stream."""
+        place = reservation
+        try:
+            if self._llm is None:
+                raise EngineUnavailable(f"model {self.name} is not loaded")
+            validate(request, vocab_size=self.vocab_size, max_batch=self.max_batch,
+                     context_length=self.context_length,
+                     max_prompt_tokens=prompt_token_limit(self.options))
+            if place is None:
+                place = self.reserve(request.n)
+            release, charge = self._admit(request)
+        except BaseException:
+            if place is not None:
+                place.release()
+            raise
+        place.take()  # from here `release` gives the place back
+        stream = self._stream(request, release, charge)
+        weakref.finalize(stream, release)  # dropped without being iterated
+        return stream
+
+    def _admit(self, req: GenerationRequest) -> tuple[Callable[[], None], BudgetCharge]:
+        """Charges the budget (the request holds a place already)."""
+        seqs, _ = engine_choices(req)
+        charge = BudgetCharge.of(req, seqs)
+        self._check_budget(charge.tokens)
         if req.request_id in self._results:
             raise UnsupportedRequest(f"request id {req.request_id!r} is already running")
-        self._inflight_requests += 1
         self._inflight_seqs += seqs
-        self._budget_used += budget
+        self._budget_used += charge.tokens
         released = False
 
         def release() -> None:
@@ -200,12 +228,12 @@ class TrtllmEngine(EngineBase):
                 released = True
                 self._inflight_requests -= 1
                 self._inflight_seqs -= seqs
-                self._budget_used -= budget
+                self._budget_used -= charge.tokens
 
-        return release
+        return release, charge
 
-    async def _stream(self, req: GenerationRequest,
-                      release: Callable[[], None]) -> AsyncIterator[EngineEvent]:
+    async def _stream(self, req: GenerationRequest, release: Callable[[], None],
+                      charge: BudgetCharge) -> AsyncIterator[EngineEvent]:
         rid = req.request_id
         result = None
         completed = False
@@ -222,6 +250,7 @@ class TrtllmEngine(EngineBase):
                     snaps = [self._snapshot(o, logprobs, req) for o in output.outputs
                              if 0 <= o.index < state.num_choices]
                     events, state = events_from_output(state, snaps)
+                    self._budget_used += charge.add(sum(ev.num_tokens for ev in events))
                     for ev in replicate(events, copies):
                         yield ev
                     if state.done:
