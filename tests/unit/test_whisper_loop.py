@@ -94,3 +94,16 @@ def test_batched_detection_keeps_the_first_windows_states_for_decoding(loop):
     again[1].windows = b.windows
     fresh = loop.decode([_Row(again[0], 0), _Row(again[1], 0), _Row(again[1], 1)])
     assert [r.tokens for r in kept] == [r.tokens for r in fresh]
+
+
+def test_sampling_rows_beside_greedy_ones_keep_the_rules(loop):
+    torch.manual_seed(0)
+    greedy, hot = job(6.0, 10), job(6.0, 10, temperature=1.0)
+    hot.request_id = "hot"
+    results = loop.decode([_Row(greedy, 0), _Row(hot, 0)])
+    assert results[0].tokens == loop.decode([_Row(job(6.0, 10), 0)])[0].tokens  # greedy row unaffected
+    tb = loop.timestamp_begin
+    for r in results:
+        stamps = [t for t in r.tokens if t >= tb]
+        assert r.tokens[0] >= tb and stamps == sorted(stamps) and all(lp <= 0 for lp in r.logprobs)
+    assert results[1].temperature == 1.0
