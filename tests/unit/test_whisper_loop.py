@@ -107,3 +107,19 @@ def test_sampling_rows_beside_greedy_ones_keep_the_rules(loop):
         stamps = [t for t in r.tokens if t >= tb]
         assert r.tokens[0] >= tb and stamps == sorted(stamps) and all(lp <= 0 for lp in r.logprobs)
     assert results[1].temperature == 1.0
+
+
+def test_batches_take_windows_round_robin_over_requests():
+    from collections import deque
+
+    from server.engines.torch.whisper_loop import pick_batch
+
+    long_file = TranscribeJob("long", np.zeros(1, np.int16), [(0, 1)] * 5)
+    short = TranscribeJob("short", np.zeros(1, np.int16), [(0, 1)])
+    prompted = TranscribeJob("prompted", np.zeros(1, np.int16), [(0, 1)], prompt_ids=[1, 2])
+    queue = deque([_Row(long_file, i) for i in range(5)] + [_Row(short, 0), _Row(prompted, 0)])
+    width = {"long": 3, "short": 3, "prompted": 6}
+    rows, rest = pick_batch(queue, 3, lambda r: width[r.job.request_id])
+    assert [(r.job.request_id, r.index) for r in rows] == [("long", 0), ("short", 0), ("long", 1)]
+    assert [(r.job.request_id, r.index) for r in rest] == [("long", 2), ("long", 3), ("long", 4), ("prompted", 0)]
+    assert pick_batch(deque(), 3, len) == ([], deque())

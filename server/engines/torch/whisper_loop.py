@@ -7,9 +7,10 @@ window plan, made by the parent); out, one `Step` per decoded batch whose
 `events[request_id]` lists that request's `WindowResult`s and whose `ended[request_id]`
 is "finished" once all its windows are done (or the error text).
 
-A batch takes waiting windows in arrival order (any request's), waiting up to
-`max_wait_ms` after the first for more, up to `max_batch` windows of equal prompt length
-(so rows stay aligned: prompts differ only by the optional conditioning text). Each batch
+A batch takes waiting windows round-robin over their requests (pick_batch: a short
+request is not queued behind all the windows of a long file), waiting up to `max_wait_ms`
+after the first for more, up to `max_batch` windows of equal prompt length (so rows stay
+aligned: prompts differ only by the optional conditioning text). Each batch
 runs the encoder once and decodes all rows together with a KV cache until every row has
 sampled `<|endoftext|>` or `max_new_tokens`.
 
@@ -373,17 +374,7 @@ class WhisperLoop:
                     except (EOFError, OSError):
                         return
                     continue
-            first = queue[0]
-            width = len(self.prompt(first.job)[0])
-            rows: list[_Row] = []
-            rest: deque[_Row] = deque()
-            while queue:
-                r = queue.popleft()
-                if len(rows) < self.max_batch and len(self.prompt(r.job)[0]) == width:
-                    rows.append(r)
-                else:
-                    rest.append(r)
-            queue = rest
+            rows, queue = pick_batch(queue, self.max_batch, lambda r: len(self.prompt(r.job)[0]))
             try:
                 results = self.decode(rows)
                 step = Step(forward_passes=1)
@@ -426,6 +417,33 @@ class WhisperLoop:
         elif isinstance(msg, Stop):
             return False
         return True
+
+
+def pick_batch(queue: deque, max_batch: int, width) -> tuple[list, deque]:
+    """The next batch from the waiting windows and what stays waiting (in order).
+
+    Windows are taken round-robin over their requests (each request's first waiting
+    window, then each one's second, ...), in arrival order, so a short request that
+    arrives behind a long file's windows joins the next batch instead of waiting for all
+    of them; within a request they stay in time order. Only windows whose prompt length
+    (`width(row)`) equals the first one's share the batch (rows stay aligned)."""
+    by_request: dict[str, list] = {}
+    for r in queue:
+        by_request.setdefault(r.job.request_id, []).append(r)
+    order = []
+    for rank in range(max((len(v) for v in by_request.values()), default=0)):
+        order.extend(rows[rank] for rows in by_request.values() if rank < len(rows))
+    if not order:
+        return [], deque()
+    w = width(order[0])
+    picked = []
+    for r in order:
+        if len(picked) == max_batch:
+            break
+        if width(r) == w:
+            picked.append(r)
+    chosen = {id(r) for r in picked}
+    return picked, deque(r for r in queue if id(r) not in chosen)
 
 
 def _cache_of(out):
