@@ -3,8 +3,8 @@
 # the tiny cross-encoder; with npm, also the pinned buf (protos lint and breaking) into
 # ./.tools/buf; the playground's front-end libraries (marked, DOMPurify) from npm into
 # shim/playground/vendor; Debian's chromium for the browser tests (apt-get, when root);
-# then the example clients in clients/ (TypeScript, Go, C++), installing their Debian
-# toolchains with apt-get when run as root.
+# espeak-ng (Debian) for the transcription tests; then the example clients in clients/
+# (TypeScript, Go, C++), installing their Debian toolchains with apt-get when run as root.
 #
 #   ./build.sh                  install (idempotent; fast when nothing changed)
 #   ./build.sh serve [args...]  install, then `genapi serve args...`
@@ -28,7 +28,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 say() { printf '[build] %s\n' "$*"; }
 die() { printf '[build] error: %s\n' "$*" >&2; exit 1; }
 
-usage() { sed -n '2,15s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,16s/^# \{0,1\}//p' "$0"; }
 
 cmd=install
 if [ $# -gt 0 ]; then
@@ -156,12 +156,29 @@ else
   say "warning: the browser tests need Debian's chromium (as root: apt-get install chromium)"
 fi
 
-# 7. the embedded tiny chat model and the tiny cross-encoder of the rerank tests (each
-#    prints "up to date" when nothing changed) ------------------------------------------
+# 7. the embedded tiny chat model, the tiny cross-encoder of the rerank tests and the tiny
+#    Whisper of transcription (each prints "up to date" when nothing changed) -----------
 "$PY" -m tools.tiny_models --out models/tiny-chat --preset tiny
 "$PY" -m tools.tiny_cross_encoder --out models/tiny-cross-encoder
+"$PY" -m tools.tiny_whisper --out models/tiny-whisper
 # the tiny chat model's reasoning variant (same weights, a template that opens <think>)
 "$PY" -m tools.reasoning_variant --base models/tiny-chat --out models/tiny-chat-reasoning
+
+# 7b. espeak-ng (Debian) speaks the transcription tests' audio; without it (not root, no
+#     apt) the tests fall back to a generated tone ---------------------------------------
+if ! command -v espeak-ng >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing espeak-ng (apt-get) for the transcription tests"
+    mkdir -p .tools
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get install -y -q --no-install-recommends espeak-ng >.tools/apt-espeak.log 2>&1 \
+      || { apt-get update -q >>.tools/apt-espeak.log 2>&1 \
+           && apt-get install -y -q --no-install-recommends espeak-ng >>.tools/apt-espeak.log 2>&1; }; } \
+      || say "warning: could not install espeak-ng (see .tools/apt-espeak.log); the tests use a tone"
+  else
+    say "note: espeak-ng is missing (as root: apt-get install espeak-ng); the transcription tests use a tone"
+  fi
+fi
 
 # 8. example clients: stubs from protos/buf.gen.yaml, then each client, when changed ----
 if [ "${GENAPI_SKIP_CLIENTS:-0}" = 1 ]; then

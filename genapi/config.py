@@ -89,6 +89,8 @@ class ModelConfig:
         defaults); beyond it the core answers 429."""
         if self.task in SHAREABLE_TASKS:
             return ENCODER_MAX_QUEUE if self.max_queue is None else self.max_queue
+        if self.task is Task.TRANSCRIPTION:
+            return TRANSCRIPTION_MAX_QUEUE if self.max_queue is None else self.max_queue
         if self.task is not Task.CHAT:
             return 0
         batch, queue = ENGINE_ADMISSION_DEFAULTS.get(self.backend, ENGINE_ADMISSION_DEFAULTS["torch"])
@@ -119,6 +121,8 @@ class ModelConfig:
 ENGINE_ADMISSION_DEFAULTS = {"torch": (32, 256), "trtllm": (64, 256)}
 # Requests in flight per embedding/rerank engine (server/engines/torch/embed.py).
 ENCODER_MAX_QUEUE = 256
+# Requests in flight per transcription engine (server/engines/torch/whisper.py).
+TRANSCRIPTION_MAX_QUEUE = 64
 # Request threads per worker when `threads = 0` (auto): each worker's share of the core's
 # capacity plus this much room (requests routed unevenly between workers, /health, /v1/models).
 AUTO_THREADS_HEADROOM = 32
@@ -140,7 +144,7 @@ def _int_option(mc: ModelConfig, key: str, default, minimum: int):
 _INT_OPTIONS = {"max_batch": 1, "max_queue": 1, "max_budget_tokens": 0, "max_output_tokens": 0,
                 "max_context": 1, "prefill_chunk": 0, "max_prefill_tokens": 1, "threads": 1,
                 "grammar_cache_size": 0, "grammar_compile_threads": 1, "max_batch_tokens": 1,
-                "max_request_tokens": 1}
+                "max_request_tokens": 1, "max_new_tokens": 1}
 # ... and their largest (far above any real machine: a typo like 10**12 slots is refused here
 # instead of exhausting memory at start-up).
 _INT_OPTION_MAXIMUM = {"max_batch": 65536, "threads": 4096}
@@ -157,6 +161,8 @@ MODEL_OPTIONS = frozenset({
     "tool_parser", "reasoning_parser", "reasoning_markers",
     # embedding and rerank
     "max_batch_tokens", "max_wait_ms", "max_request_tokens",
+    # transcription (server/engines/torch/whisper.py, whisper_loop.py; max_wait_ms as above)
+    "max_audio_s", "max_new_tokens",
     # TensorRT-LLM
     "max_num_tokens", "tensor_parallel_size", "free_gpu_memory_fraction", "trust_remote_code", "llm_args",
 })
@@ -165,7 +171,8 @@ _MODEL_KEYS = ("name", "task", "backend", "path", "options")
 _OTHER_KEYS = {"shim": ("core",), "auth": ("api_key_sha256", "keys"), "files": ("s3_input_buckets",),
                "models": ()}
 # Number options: True when they must be > 0 (else >= 0).
-_NUMBER_OPTIONS = {"grammar_compile_timeout_s": True, "max_wait_ms": False, "free_gpu_memory_fraction": True}
+_NUMBER_OPTIONS = {"grammar_compile_timeout_s": True, "max_wait_ms": False, "free_gpu_memory_fraction": True,
+                   "max_audio_s": True}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 BACKEND_NAMES = ("torch", "trtllm")  # server/registry.py BACKENDS serves these

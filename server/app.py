@@ -36,6 +36,8 @@ from genapi.v1 import (
     rerank_service_pb2_grpc,
     response_service_pb2,
     response_service_pb2_grpc,
+    transcription_service_pb2,
+    transcription_service_pb2_grpc,
 )
 
 from .batches.runner import BatchRunner
@@ -50,6 +52,7 @@ from .services.files import FileServicer
 from .services.generation import GenerationServicer
 from .services.models import ModelServicer
 from .services.responses import ResponseServicer
+from .services.transcription import TranscriptionServicer
 from .store import open_store
 
 log = logging.getLogger("genapi.core")
@@ -75,6 +78,7 @@ SERVICES = (
     file_service_pb2.DESCRIPTOR.services_by_name["FileService"].full_name,
     batch_service_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name,
     response_service_pb2.DESCRIPTOR.services_by_name["ResponseService"].full_name,
+    transcription_service_pb2.DESCRIPTOR.services_by_name["TranscriptionService"].full_name,
 )
 
 
@@ -156,6 +160,8 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry), server)
     embedding_service_pb2_grpc.add_EmbeddingServiceServicer_to_server(embedding, server)
     rerank_service_pb2_grpc.add_RerankServiceServicer_to_server(RerankServicer(registry, drain), server)
+    transcription_service_pb2_grpc.add_TranscriptionServiceServicer_to_server(
+        TranscriptionServicer(registry, drain), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     _enable_reflection(server, SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,))

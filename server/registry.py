@@ -34,6 +34,7 @@ BACKENDS: dict[tuple[Task, str], str] = {
     (Task.CHAT, "trtllm"): "server.engines.trtllm.adapter:TrtllmEngine",
     (Task.EMBEDDING, "torch"): "server.engines.torch.embed:EmbeddingEngine",
     (Task.RERANK, "torch"): "server.engines.torch.embed:EmbeddingEngine",
+    (Task.TRANSCRIPTION, "torch"): "server.engines.torch.whisper:WhisperEngine",
 }
 
 

@@ -28,8 +28,8 @@ def create_app(config=None) -> Flask:
     from shim.auth import register_auth
     from shim.errors import register_error_handlers
     from shim.request_id import register_request_id
-    from shim.routes import (batches, chat, conversations, embeddings, files, health, models, playground, rerank,
-                             responses)
+    from shim.routes import (audio, batches, chat, conversations, embeddings, files, health, models, playground,
+                             rerank, responses)
 
     if config is None:
         config = load_config()
@@ -46,6 +46,6 @@ def create_app(config=None) -> Flask:
     register_auth(app)
     register_error_handlers(app)
     for blueprint in (health.bp, models.bp, chat.bp, embeddings.bp, rerank.bp, files.bp, batches.bp,
-                      playground.bp, responses.bp, conversations.bp):
+                      playground.bp, responses.bp, conversations.bp, audio.bp):
         app.register_blueprint(blueprint)
     return app

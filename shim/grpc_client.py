@@ -20,6 +20,7 @@ from genapi.v1 import (
     model_service_pb2_grpc,
     rerank_service_pb2_grpc,
     response_service_pb2_grpc,
+    transcription_service_pb2_grpc,
 )
 
 # Client keepalive: ping after 30 s without activity, drop the peer after 10 s without
@@ -61,6 +62,7 @@ class CoreClient:
         self.files = file_service_pb2_grpc.FileServiceStub(self.channel)
         self.batches = batch_service_pb2_grpc.BatchServiceStub(self.channel)
         self.responses = response_service_pb2_grpc.ResponseServiceStub(self.channel)
+        self.transcription = transcription_service_pb2_grpc.TranscriptionServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()

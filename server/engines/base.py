@@ -357,11 +357,111 @@ class Scorer(Protocol):
     async def score(self, request: ScoreRequest) -> ScoreResult: ...
 
 
+@dataclass(frozen=True)
+class VadParams:
+    """Voice-activity detection that places window cuts at silences (see
+    engines/torch/whisper_windows.plan_windows): a 20 ms frame is voiced when its RMS
+    level relative to the loudest frame is above -60 dB x (1 - threshold)."""
+
+    threshold: float = 0.5
+    prefix_padding_ms: int = 300
+    silence_duration_ms: int = 200
+
+
+@dataclass
+class TranscriptionRequest:
+    """Speech to text. `audio`: the encoded file (decoded by the engine). `task`:
+    "transcribe" or "translate" (into English). `language`: ISO-639-1 code or None
+    (detected from the first window). `prompt`: conditioning text. `temperature`: 0 is
+    greedy. `words`: compute word timestamps. `vad`: cut windows at silences (None:
+    fixed 30 s windows)."""
+
+    request_id: str
+    audio: bytes
+    task: Literal["transcribe", "translate"] = "transcribe"
+    language: str | None = None
+    prompt: str = ""
+    temperature: float = 0.0
+    words: bool = False
+    logprobs: bool = False
+    vad: VadParams | None = None
+
+
+@dataclass
+class TranscriptionStarted:
+    """The audio is decoded: its duration (seconds) and how many windows it is cut into."""
+
+    duration_s: float
+    windows: int
+
+
+@dataclass
+class TranscriptWord:
+    word: str
+    start: float  # seconds, within its segment
+    end: float
+
+
+@dataclass
+class TranscriptSegment:
+    """One segment; times in seconds, ordered, within the audio's duration."""
+
+    id: int
+    seek: int  # start of its window, in 10 ms frames
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+    words: list[TranscriptWord] = field(default_factory=list)
+
+
+@dataclass
+class TranscriptionDelta:
+    """One window's text (deltas concatenate to the done text), its segments, and
+    its tokens' log probabilities when asked for."""
+
+    text: str
+    segments: list[TranscriptSegment]
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class TranscriptionDone:
+    text: str
+    language: str  # Whisper's lower-case English name ("english")
+    duration_s: float
+    prompt_tokens: int
+    output_tokens: int
+    audio_tokens: int = 0  # encoder positions carrying the audio (50 per second)
+
+
+TranscriptionEvent = TranscriptionStarted | TranscriptionDelta | TranscriptionDone
+
+
+@dataclass
+class TranscriberInfo:
+    """What callers of a transcription engine need to know, set by `start()`."""
+
+    #: Language codes the model knows (empty for English-only checkpoints).
+    languages: list[str]
+    #: Longest audio accepted, in seconds.
+    max_audio_s: float
+
+
 @runtime_checkable
 class Transcriber(Protocol):
-    """Speech to text: an async iterator of text, segment and word events."""
+    """Speech to text: `transcribe` decodes the audio (EngineInvalidRequest with param
+    "file" for empty, corrupt or zero-length audio), then yields TranscriptionStarted,
+    one TranscriptionDelta per window in time order, and TranscriptionDone. Closing the
+    iterator early aborts the request's remaining windows."""
 
-    def transcribe(self, request: Any) -> AsyncIterator[Any]: ...
+    transcriber_info: TranscriberInfo | None
+
+    def transcribe(self, request: TranscriptionRequest) -> AsyncIterator[TranscriptionEvent]: ...
 
 
 #: The capability protocol an engine must implement to serve a task.

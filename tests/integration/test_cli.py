@@ -234,11 +234,12 @@ def test_a_model_that_cannot_load_is_one_line_and_exit_2(tmp_path, broken_checkp
     assert_one_line_failure(out, "could not load model 'm'", str(broken_checkpoint), str(config))
 
 
-def test_an_unserved_task_is_one_line_and_exit_2(tmp_path):
+def test_a_backend_that_does_not_serve_the_task_is_one_line_and_exit_2(tmp_path):
+    """Every task is served by torch; TensorRT-LLM serves chat only."""
     config = tmp_path / "transcription.toml"
-    config.write_text(MODEL_TOML + 'task = "transcription"\n')
+    config.write_text(MODEL_TOML + 'task = "transcription"\nbackend = "trtllm"\n')
     out, _ = run_cli("core", "--config", str(config), "--grpc-port", str(free_port()))
-    assert_one_line_failure(out, "transcription", "not served", str(config))
+    assert_one_line_failure(out, "transcription", "unknown backend 'trtllm'", str(config))
 
 
 def test_log_level_in_any_case_and_an_unknown_one_refused(tmp_path, broken_checkpoint):

@@ -110,7 +110,7 @@ def test_reflection_lists_the_services(grpc_channel):
     responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     names = {s.name for r in responses for s in r.list_services_response.service}
     assert {"genapi.v1.GenerationService", "genapi.v1.ModelService", "genapi.v1.AdminService",
-            "grpc.health.v1.Health"} <= names
+            "genapi.v1.TranscriptionService", "grpc.health.v1.Health"} <= names
 
 
 def test_reflection_v1_answers_as_current_clients_ask(grpc_channel):

@@ -35,6 +35,7 @@ def test_default_config_shim_capacity_covers_the_core(clean_env):
     the core can hold (running + waiting), so the core's admission control decides."""
     from server.engines.torch.embed import EmbeddingEngine
     from server.engines.torch.engine import TorchEngine
+    from server.engines.torch.whisper import WhisperEngine
     from server.registry import Registry
 
     import shim.gunicorn_conf as conf
@@ -45,9 +46,10 @@ def test_default_config_shim_capacity_covers_the_core(clean_env):
         if isinstance(engine, TorchEngine):
             core += engine.max_batch + engine.max_queue
         else:
-            assert isinstance(engine, EmbeddingEngine)
+            assert isinstance(engine, (EmbeddingEngine, WhisperEngine))
             core += engine.max_queue
-    assert core >= 288 + 256  # the defaults: 32 slots + 256 waiting; one MiniLM engine, 256 in flight
+    # the defaults: 32 slots + 256 waiting; one MiniLM engine, 256 in flight; Whisper, 64
+    assert core >= 288 + 256 + 64
     assert conf.workers * conf.threads >= core, (conf.workers, conf.threads, core)
     assert conf.worker_class == "shim.worker.ShimWorker"
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from genapi.v1 import common_pb2, generation_service_pb2 as gen_pb2, model_service_pb2
+from genapi.v1 import transcription_service_pb2 as audio_pb2
 from shim.errors import APIError
+from shim.translate.audio import TranscriptAccumulator, TranscriptStreamBuilder
 from shim.translate.chat import ChatChunkBuilder, build_chat_completion
 from shim.translate.models import model_list_to_dict, model_to_dict
 
@@ -132,3 +134,49 @@ def test_checker_catches_mistakes(schemas):
     del bad["created"]
     errors = check(schemas, schemas["CreateChatCompletionResponse"], bad)
     assert any("created" in e for e in errors) and any("bored" in e for e in errors)
+
+
+AUDIO_EVENTS = [
+    audio_pb2.TranscribeResponse(started=audio_pb2.TranscribeStarted(duration_s=3.4, windows=1)),
+    audio_pb2.TranscribeResponse(text=audio_pb2.TranscriptTextDelta(
+        text="Hi there", logprobs=[audio_pb2.TranscriptLogprob(token=" Hi", logprob=-0.1, bytes=b" Hi")])),
+    audio_pb2.TranscribeResponse(segment=audio_pb2.TranscriptSegment(id=0, start=0, end=1.5, text=" Hi there",
+                                                                     tokens=[50364, 1, 2, 50439])),
+    audio_pb2.TranscribeResponse(word=audio_pb2.TranscriptWord(word="Hi", start=0.1, end=0.6)),
+    audio_pb2.TranscribeResponse(done=audio_pb2.TranscribeDone(
+        text="Hi there", language="english", duration_s=3.4, task=audio_pb2.TRANSCRIPTION_TASK_TRANSCRIBE,
+        usage=audio_pb2.TranscriptionUsage(seconds=3.4, output_tokens=5, audio_tokens=170))),
+]
+
+
+def _audio_body(fmt: str, grains=(), logprobs=False) -> dict:
+    return {"response_format": fmt, "timestamp_granularities": list(grains), "logprobs": logprobs}
+
+
+@pytest.mark.parametrize("logprobs", [False, True])
+def test_transcription_json_matches_spec(schemas, logprobs):
+    acc = TranscriptAccumulator(_audio_body("json", logprobs=logprobs))
+    for ev in AUDIO_EVENTS:
+        acc.add(ev)
+    out, _ = acc.result()
+    assert check(schemas, schemas["CreateTranscriptionResponseJson"], out) == []
+    assert check(schemas, schemas["CreateTranslationResponseJson"], out) == []
+
+
+def test_transcription_verbose_json_matches_spec(schemas):
+    acc = TranscriptAccumulator(_audio_body("verbose_json", ("word", "segment")))
+    for ev in AUDIO_EVENTS:
+        acc.add(ev)
+    out, _ = acc.result()
+    assert out["segments"] and out["words"]
+    assert check(schemas, schemas["CreateTranscriptionResponseVerboseJson"], out) == []
+    assert check(schemas, schemas["CreateTranslationResponseVerboseJson"], out) == []
+
+
+def test_transcription_stream_events_match_spec(schemas):
+    b = TranscriptStreamBuilder(_audio_body("json", logprobs=True))
+    events = [e for ev in AUDIO_EVENTS for e in b.on_event(ev)]
+    assert [e["type"] for e in events] == ["transcript.text.delta", "transcript.text.done"]
+    for e in events:
+        assert check(schemas, schemas["CreateTranscriptionResponseStreamEvent"], e) == [], e
+    assert check(schemas, schemas["TranscriptTextDoneEvent"], events[-1]) == []

@@ -1,0 +1,1 @@
+"""Safe decoding of client media (audio now; images and URL fetching with multimodal chat)."""
