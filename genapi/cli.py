@@ -234,6 +234,13 @@ def cmd_serve(args) -> None:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+
+    def reload(*_):  # SIGHUP: both tiers re-read the keys (the shim's gunicorn restarts its workers)
+        for p in (core, shim):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, reload)
     try:
         core = subprocess.Popen(core_argv, env=env, start_new_session=True)
         _wait_core(env["GENAPI_CORE"].split(",")[0], core, args.start_timeout, lambda: stopping)

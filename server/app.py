@@ -1,5 +1,5 @@
 """Builds and runs the grpc.aio core: services, health per service, reflection, auth,
-graceful drain on SIGTERM or SIGINT.
+per-key rate limits, graceful drain on SIGTERM or SIGINT, key reload on SIGHUP.
 
 Drain: health turns NOT_SERVING (every service), new Generate calls are refused with
 UNAVAILABLE `server_shutting_down` + retry_after_s (the shim's 503 with Retry-After),
@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from genapi.config import Config
+from genapi.config import Config, exposure_error, load_config
 from genapi.keys import KeyChecker
 from genapi.v1 import (
     admin_service_pb2,
@@ -39,6 +39,7 @@ from genapi.v1 import (
 from .batches.runner import BatchRunner
 from .interceptors.auth import AuthInterceptor
 from .drain import Drain
+from .limits import RateLimiter
 from .registry import Registry
 from .services.admin import AdminServicer
 from .services.encoder import EmbeddingServicer, RerankServicer
@@ -126,15 +127,19 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     except (ValueError, TypeError, ImportError) as e:  # unknown task/backend, a backend not installed
         raise StartupError(one_line(e)) from None
     checker = KeyChecker(cfg.api_keys)
+    try:
+        limiter = RateLimiter(cfg.limits_storage, checker, cfg.default_rpm, cfg.default_tpm)
+    except Exception as e:  # a bad storage URI, redis extra missing
+        raise StartupError(f"[limits] storage = {cfg.limits_storage!r}: {one_line(e)}") from None
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(checker)] if checker.enabled else [],
+        interceptors=[AuthInterceptor(checker)],
         options=grpc_options(cfg) + [("grpc.so_reuseport", 0)],
     )
     drain = Drain()
-    generation = GenerationServicer(registry, drain)
+    generation = GenerationServicer(registry, drain, limiter)
     generation_service_pb2_grpc.add_GenerationServiceServicer_to_server(generation, server)
     store, objects = open_store(cfg)
-    embedding = EmbeddingServicer(registry, drain)
+    embedding = EmbeddingServicer(registry, drain, limiter)
     runner = BatchRunner(store, objects, {"generation": generation, "embedding": embedding}, registry,
                          cfg.batch_concurrency)
     file_service_pb2_grpc.add_FileServiceServicer_to_server(
@@ -144,7 +149,7 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry), server)
     embedding_service_pb2_grpc.add_EmbeddingServiceServicer_to_server(embedding, server)
-    rerank_service_pb2_grpc.add_RerankServiceServicer_to_server(RerankServicer(registry, drain), server)
+    rerank_service_pb2_grpc.add_RerankServiceServicer_to_server(RerankServicer(registry, drain, limiter), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     _enable_reflection(server, SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,))
@@ -157,6 +162,7 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_keys, cfg, checker, limiter)
     log.info("gRPC core listening on %s; loading models", address)
     try:
         loaded = await _load_unless_stopped(registry, stop)
@@ -189,6 +195,26 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     await registry.stop()
     store.close()
     log.info("gRPC core stopped")
+
+
+def reload_keys(cfg: Config, checker: KeyChecker, limiter: RateLimiter) -> bool:
+    """SIGHUP: re-reads the config file's keys and default limits (models, addresses and
+    storage stay as started). Requests already accepted run on; the next one is checked
+    against the new keys. A file that does not load, or that would leave a non-loopback
+    core without keys, changes nothing (logged). True when applied."""
+    try:
+        new = load_config(cfg.path)
+    except (OSError, ValueError, KeyError) as e:
+        log.error("SIGHUP: config %s not reloaded: %s", cfg.path, one_line(e))
+        return False
+    if err := exposure_error(new, cfg.core_host, "gRPC core"):
+        log.error("SIGHUP: config not reloaded: %s", err)
+        return False
+    checker.replace(new.api_keys)
+    limiter.set_defaults(new.default_rpm, new.default_tpm)
+    cfg.api_keys, cfg.default_rpm, cfg.default_tpm = new.api_keys, new.default_rpm, new.default_tpm
+    log.info("SIGHUP: reloaded %d API key(s): %s", len(new.api_keys), ", ".join(k.name for k in new.api_keys) or "-")
+    return True
 
 
 async def _load_unless_stopped(registry: Registry, stop: asyncio.Event) -> bool:

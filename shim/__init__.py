@@ -27,6 +27,7 @@ def create_app(config=None) -> Flask:
     from genapi.config import load_config
     from shim.auth import register_auth
     from shim.errors import register_error_handlers
+    from shim.ratelimit import register_ratelimit_headers
     from shim.request_id import register_request_id
     from shim.routes import batches, chat, embeddings, files, health, models, playground, rerank
 
@@ -44,6 +45,7 @@ def create_app(config=None) -> Flask:
     register_request_id(app)  # first: every later hook and error carries the id
     register_auth(app)
     register_error_handlers(app)
+    register_ratelimit_headers(app)
     for blueprint in (health.bp, models.bp, chat.bp, embeddings.bp, rerank.bp, files.bp, batches.bp,
                       playground.bp):
         app.register_blueprint(blueprint)

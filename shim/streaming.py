@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 import grpc
 from flask import Response
 
-from shim import sse
+from shim import ratelimit, sse
 from shim.errors import GENERIC_MESSAGES, APIError, from_grpc_error
 
 log = logging.getLogger("genapi.shim")
@@ -59,6 +59,10 @@ class EventPump:
 
     def get(self, timeout: float):
         return self._queue.get(timeout=timeout)
+
+    @property
+    def call(self):
+        return self._call
 
     def cancel(self) -> None:
         """Cancels the call (no-op once it has finished); the pump thread then ends."""
@@ -217,6 +221,7 @@ class CoreStream:
             if item is END:
                 log.error("core ended the stream without events (request_id=%s)", self.request_id)
                 raise internal_error()
+            ratelimit.remember_call(self._pump.call)  # x-ratelimit-* (sent before the first event)
             return item
         except ClientClosed:
             self.cancel()

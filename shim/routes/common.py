@@ -4,7 +4,7 @@ from __future__ import annotations
 import grpc
 from flask import current_app, request
 
-from shim import grpc_client
+from shim import grpc_client, ratelimit
 from shim.errors import from_grpc_error
 from shim.request_id import current_request_id
 
@@ -33,7 +33,11 @@ def unary(method, req, timeout: float | None = None, model_lookup: bool = False)
     `model_lookup` a bare NOT_FOUND names the model."""
     not_found = {"not_found_param": "model", "not_found_code": "model_not_found"} if model_lookup else {}
     try:
-        return method(req, metadata=metadata(), timeout=timeout or short_timeout())
+        if not hasattr(method, "with_call"):  # a client-streaming stand-in
+            return method(req, metadata=metadata(), timeout=timeout or short_timeout())
+        reply, call = method.with_call(req, metadata=metadata(), timeout=timeout or short_timeout())
+        ratelimit.remember_call(call)  # the x-ratelimit-* state the core reported
+        return reply
     except grpc.RpcError as e:
         raise from_grpc_error(e, request_id=current_request_id(), **not_found) from None
 
