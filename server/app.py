@@ -37,7 +37,9 @@ from genapi.v1 import (
 )
 
 from .batches.runner import BatchRunner
+from . import metrics
 from .interceptors.auth import AuthInterceptor
+from .interceptors.metrics import MetricsInterceptor
 from .drain import Drain
 from .limits import RateLimiter
 from .registry import Registry
@@ -132,7 +134,7 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     except Exception as e:  # a bad storage URI, redis extra missing
         raise StartupError(f"[limits] storage = {cfg.limits_storage!r}: {one_line(e)}") from None
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(checker)],
+        interceptors=[AuthInterceptor(checker), MetricsInterceptor(registry.models)],  # outermost first
         options=grpc_options(cfg) + [("grpc.so_reuseport", 0)],
     )
     drain = Drain()
@@ -142,6 +144,10 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     embedding = EmbeddingServicer(registry, drain, limiter)
     runner = BatchRunner(store, objects, {"generation": generation, "embedding": embedding}, registry,
                          cfg.batch_concurrency)
+    try:
+        metrics.install(registry, runner, cfg.metrics_port, cfg.core_host)
+    except OSError as e:
+        raise StartupError(f"the core's metrics port {cfg.core_host}:{cfg.metrics_port} cannot be used: {e}") from None
     file_service_pb2_grpc.add_FileServiceServicer_to_server(
         FileServicer(store, objects, cfg.max_upload_mb * 1024 * 1024), server)
     batch_service_pb2_grpc.add_BatchServiceServicer_to_server(BatchServicer(

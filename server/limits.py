@@ -32,6 +32,7 @@ from limits.strategies import FixedWindowRateLimiter
 
 from genapi.keys import ANONYMOUS, KeyChecker
 
+from . import metrics
 from .errors import GenapiError
 from .interceptors.auth import current_owner
 
@@ -84,9 +85,11 @@ class RateState:
         return tuple(out)
 
 
-def rate_limited(message: str, state: RateState, retry_after_s: float | None) -> GenapiError:
+def rate_limited(key: str, limit: str, message: str, state: RateState, retry_after_s: float | None) -> GenapiError:
     """RESOURCE_EXHAUSTED rate_limit_exceeded with the state in the trailers; retry_after_s
-    None marks it not retryable (a request over the whole budget)."""
+    None marks it not retryable (a request over the whole budget). Counted in
+    genapi_rate_limit_rejections_total{key, limit} (limit: requests, tokens, request_too_large)."""
+    metrics.RATE_LIMITED.labels(key, limit).inc()
     err = GenapiError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, RATE_LIMIT_CODE,
                       retry_after_s=None if retry_after_s is None else max(1, math.ceil(retry_after_s)),
                       metadata=state.metadata())
@@ -192,7 +195,8 @@ class RateLimiter:
             if not ok:
                 if tpm:
                     ticket.state.tokens = await self._peek(tpm, "tokens", key)
-                raise rate_limited(f"Rate limit reached for {_for(model)}key `{key}` on requests per min (RPM): "
+                raise rate_limited(key, "requests",
+                                   f"Rate limit reached for {_for(model)}key `{key}` on requests per min (RPM): "
                                    f"Limit {rpm}, Used {rpm}, Requested 1. Please try again in "
                                    f"{go_duration(budget.reset_s)}.", ticket.state, budget.reset_s)
         if tpm:
@@ -205,14 +209,16 @@ class RateLimiter:
             return
         if tokens > tpm:
             ticket.state.tokens = await self._peek(tpm, "tokens", ticket.key)
-            raise rate_limited(f"Request too large for {_for(what)}key `{ticket.key}` on tokens per min (TPM): "
+            raise rate_limited(ticket.key, "request_too_large",
+                               f"Request too large for {_for(what)}key `{ticket.key}` on tokens per min (TPM): "
                                f"Limit {tpm}, Requested {tokens}. The input or output tokens must be reduced "
                                "in order to run successfully.", ticket.state, None)
         ok, budget = await self._hit(tpm, "tokens", ticket.key, tokens)
         ticket.state.tokens = budget
         if not ok:
             used = tpm - budget.remaining
-            raise rate_limited(f"Rate limit reached for {_for(what)}key `{ticket.key}` on tokens per min (TPM): "
+            raise rate_limited(ticket.key, "tokens",
+                               f"Rate limit reached for {_for(what)}key `{ticket.key}` on tokens per min (TPM): "
                                f"Limit {tpm}, Used {used}, Requested {tokens}. Please try again in "
                                f"{go_duration(budget.reset_s)}.", ticket.state, budget.reset_s)
         ticket.charged = tokens

@@ -27,6 +27,8 @@ def create_app(config=None) -> Flask:
     from genapi.config import load_config
     from shim.auth import register_auth
     from shim.errors import register_error_handlers
+    from shim.metrics import bp as metrics_bp
+    from shim.observe import register_observe
     from shim.ratelimit import register_ratelimit_headers
     from shim.request_id import register_request_id
     from shim.routes import batches, chat, embeddings, files, health, models, playground, rerank
@@ -43,10 +45,11 @@ def create_app(config=None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = int(config.max_body_mb * 1024 * 1024)
 
     register_request_id(app)  # first: every later hook and error carries the id
+    register_observe(app)  # before auth: refusals are logged and counted too
     register_auth(app)
     register_error_handlers(app)
     register_ratelimit_headers(app)
     for blueprint in (health.bp, models.bp, chat.bp, embeddings.bp, rerank.bp, files.bp, batches.bp,
-                      playground.bp):
+                      playground.bp, metrics_bp):
         app.register_blueprint(blueprint)
     return app

@@ -20,6 +20,7 @@ from ..convert.embedding import check_ids, embed_response, embedding_request, re
 from ..drain import Drain, shutting_down
 from ..engines.base import EngineError
 from ..errors import INTERNAL_ERROR, GenapiError, abort, from_engine_error
+from .. import metrics
 from ..limits import UNLIMITED, RateLimiter, admit
 from ..registry import Registry, ServedModel
 from .generation import request_id_of, with_rate_state
@@ -56,6 +57,7 @@ async def _unary(registry: Registry, drain: Drain, request, context: grpc.aio.Se
             await abort(context, with_rate_state(INTERNAL_ERROR, ticket))
             return None
         await ticket.settle(reply.usage.prompt_tokens)
+        metrics.PROMPT_TOKENS.labels(request.model).inc(reply.usage.prompt_tokens)
         if md := ticket.metadata():
             await context.send_initial_metadata(md)
         log.info("request %s %s model=%s prompt_tokens=%d in %.3fs", rid, task.value, request.model,

@@ -27,6 +27,7 @@ from ..convert.tools import tool_plan
 from ..drain import Drain, shutting_down
 from ..engines.base import Constraint, EngineError, EngineInvalidRequest, close_events, wait_ready
 from ..errors import INTERNAL_ERROR, GenapiError, abort, from_engine_error, invalid, quote
+from .. import metrics
 from ..limits import UNLIMITED, RateLimiter, Ticket, admit
 from ..registry import Registry
 from .admin import get_engine_stats
@@ -154,7 +155,15 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                 await context.send_initial_metadata(md)
             await context.write(pb.GenerateResponse(
                 usage=usage, started=pb.Started(request_id=rid, model=request.model, max_tokens=gen.max_tokens)))
+            last_token_at = None
             async for ev in events:
+                if tokens := getattr(ev, "num_tokens", 0):
+                    now = time.perf_counter()
+                    if last_token_at is None:
+                        metrics.TTFT.labels(request.model).observe(now - t0)
+                    else:
+                        metrics.ITL.labels(request.model).observe((now - last_token_at) / tokens)
+                    last_token_at = now
                 for response in mapper.on_event(ev):
                     await context.write(response)
                 if mapper.done:  # every choice made its one tool call: end the engine request
@@ -179,10 +188,16 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             log.exception("request %s failed mid-stream", rid)
             await abort(context, INTERNAL_ERROR)
         else:
+            elapsed = time.perf_counter() - t0
             log.info("request %s done: finish=%s completion_tokens=%d in %.3fs", rid, ",".join(finish),
-                     usage.completion_tokens, time.perf_counter() - t0)
+                     usage.completion_tokens, elapsed)
+            metrics.E2E.labels(request.model).observe(elapsed)
+            for reason in finish:
+                metrics.SUCCESS.labels(request.model, reason).inc()
         finally:
             await close_events(events)  # aborts the engine request unless it ended
+            metrics.PROMPT_TOKENS.labels(request.model).inc(usage.prompt_tokens)
+            metrics.GENERATION_TOKENS.labels(request.model).inc(usage.completion_tokens)
             await ticket.settle(usage.prompt_tokens + usage.completion_tokens)  # refund the unused
 
     async def GetEngineStats(self, request: admin_service_pb2.GetEngineStatsRequest, context):

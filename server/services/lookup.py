@@ -1,7 +1,8 @@
 """The one model lookup of every servicer: NOT_FOUND for a name nothing serves or the
 caller's key may not use (as OpenAI: "does not exist or you do not have access to it",
-and the key's own models listed, never the others), INVALID_ARGUMENT `model_task_mismatch` (naming the model's task) for a model served for
-another task than the RPC's."""
+and the key's own models listed, never the others), INVALID_ARGUMENT
+`model_task_mismatch` (naming the model's task) for a model served for another task than
+the RPC's."""
 from __future__ import annotations
 
 from genapi.config import Task

@@ -4,7 +4,7 @@ from __future__ import annotations
 import grpc
 from flask import current_app, request
 
-from shim import grpc_client, ratelimit
+from shim import grpc_client, observe, ratelimit
 from shim.errors import from_grpc_error
 from shim.request_id import current_request_id
 
@@ -43,5 +43,9 @@ def unary(method, req, timeout: float | None = None, model_lookup: bool = False)
 
 
 def call_core(method, proto):
-    """A unary call on a model (embeddings, rerank) under the whole request deadline."""
-    return unary(method, proto, config().request_timeout_s, model_lookup=True)
+    """A unary call on a model (embeddings, rerank) under the whole request deadline; its
+    usage goes to the access log."""
+    reply = unary(method, proto, config().request_timeout_s, model_lookup=True)
+    if (rec := observe.current_record()) is not None and reply.HasField("usage"):
+        rec.prompt_tokens = reply.usage.prompt_tokens
+    return reply
