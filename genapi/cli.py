@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import socket
@@ -12,10 +11,6 @@ import sys
 import time
 
 from .config import DEFAULT_CONFIG, Config, check_model_paths, exposure_error, hash_key, load_config, log_level
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(level=log_level(), format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
 
 
 def port_free(host: str, port: int) -> bool:
@@ -128,8 +123,11 @@ def _prepare_tier(args, what: str, address, flag: str, loads_models: bool = Fals
 
 def cmd_core(args) -> None:
     cfg = _prepare_tier(args, "gRPC core", lambda c: (c.core_host, c.core_port), "--grpc-port", loads_models=True)
-    _setup_logging()
     from server.app import StartupError, serve  # the core's modules load only in the core's process
+    from server.tracing import log_context
+
+    from . import logs
+    logs.setup(log_level(), cfg.log_format, log_context)  # every line with its request and trace ids
 
     try:
         asyncio.run(serve(cfg, grace_s=args.drain_grace))

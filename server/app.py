@@ -40,6 +40,7 @@ from .batches.runner import BatchRunner
 from . import metrics
 from .interceptors.auth import AuthInterceptor
 from .interceptors.metrics import MetricsInterceptor
+from .tracing import TraceInterceptor, otel_tracer
 from .drain import Drain
 from .limits import RateLimiter
 from .registry import Registry
@@ -133,8 +134,12 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
         limiter = RateLimiter(cfg.limits_storage, checker, cfg.default_rpm, cfg.default_tpm)
     except Exception as e:  # a bad storage URI, redis extra missing
         raise StartupError(f"[limits] storage = {cfg.limits_storage!r}: {one_line(e)}") from None
-    server = grpc.aio.server(
-        interceptors=[AuthInterceptor(checker), MetricsInterceptor(registry.models)],  # outermost first
+    try:
+        tracer = otel_tracer(cfg.otlp_endpoint) if cfg.otlp_endpoint else None
+    except ImportError as e:
+        raise StartupError(str(e)) from None
+    server = grpc.aio.server(  # interceptors: outermost first
+        interceptors=[TraceInterceptor(tracer), AuthInterceptor(checker), MetricsInterceptor(registry.models)],
         options=grpc_options(cfg) + [("grpc.so_reuseport", 0)],
     )
     drain = Drain()

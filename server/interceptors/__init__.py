@@ -2,15 +2,17 @@
 request id into the log lines)."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Callable
 
 import grpc
 
 
-def run_with(handler, enter: Callable[[], None]):
+def run_with(handler, enter: Callable[[], object]):
     """`handler` whose behaviour first calls `enter()` (which sets context variables) in
-    the task that runs the RPC; None stays None."""
+    the task that runs the RPC, and runs inside the context manager `enter()` returns, if
+    any (a tracing span); None stays None."""
     if handler is None:
         return None
     for kind, factory in (("unary_unary", grpc.unary_unary_rpc_method_handler),
@@ -22,12 +24,12 @@ def run_with(handler, enter: Callable[[], None]):
             continue
         if inspect.isasyncgenfunction(behavior):
             async def wrapped(request, context, behavior=behavior):
-                enter()
-                async for item in behavior(request, context):
-                    yield item
+                with enter() or contextlib.nullcontext():
+                    async for item in behavior(request, context):
+                        yield item
         else:
             async def wrapped(request, context, behavior=behavior):
-                enter()
-                return await behavior(request, context)
+                with enter() or contextlib.nullcontext():
+                    return await behavior(request, context)
         return factory(wrapped, handler.request_deserializer, handler.response_serializer)
     return handler

@@ -4,7 +4,7 @@ from __future__ import annotations
 import grpc
 from flask import current_app, request
 
-from shim import grpc_client, observe, ratelimit
+from shim import grpc_client, observe, ratelimit, tracing
 from shim.errors import from_grpc_error
 from shim.request_id import current_request_id
 
@@ -19,7 +19,8 @@ def core():
 
 
 def metadata() -> list[tuple[str, str]]:
-    return grpc_client.call_metadata(current_request_id(), request.headers.get("Authorization"))
+    return grpc_client.call_metadata(current_request_id(), request.headers.get("Authorization"),
+                                     tracing.current_traceparent())
 
 
 def short_timeout() -> float:

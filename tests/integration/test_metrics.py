@@ -118,3 +118,18 @@ def test_access_log_line_per_request(svc):
                   "prompt_tokens=", "completion_tokens=", "ttft_ms=", "duration_ms="):
         assert field in line, line
     assert KEY not in svc.log() and "secret-ish" not in svc.log()
+
+
+def test_a_client_traceparent_reaches_the_core_log_line_of_its_request(svc):
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    rid = "trace-check-1"
+    svc.sdk(api_key=KEY, timeout=60).chat.completions.create(
+        model=MODEL, messages=user_messages("trace me"), max_tokens=2,
+        extra_headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01", "x-request-id": rid})
+
+    def core_line():
+        return next((x for x in svc.log().splitlines() if f"request {rid} model=" in x), None)
+    assert wait_until(lambda: core_line() is not None, timeout_s=10)
+    assert f"trace_id={trace_id}" in core_line()
+    access = next(x for x in svc.log().splitlines() if f"request_id={rid}" in x and "genapi.access" in x)
+    assert f"trace_id={trace_id}" in access
