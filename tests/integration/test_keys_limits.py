@@ -16,7 +16,7 @@ import pytest
 
 from genapi.config import hash_key
 
-from ..conftest import MODEL, TINY_MODEL, Service, user_messages, wait_until
+from ..conftest import MODEL, TINY_MODEL, Service, leaked_secrets, never_logged, user_messages, wait_until
 
 OTHER_MODEL = "genapi-tiny-chat-b"
 KEYS = {  # name -> (key, extra TOML lines)
@@ -28,7 +28,7 @@ KEYS = {  # name -> (key, extra TOML lines)
     "revoked": ("sk-revoked-0123456789abcdef", ""),
 }
 DEFAULT_RPM = 100
-SECRET_PROMPT = "zanzibar-quokka-prompt-7f3a"  # must never reach a log
+SECRET_PROMPT = never_logged("zanzibar-quokka-prompt-7f3a")  # and after the session, no log has it
 
 
 def keys_toml(names) -> str:
@@ -184,3 +184,4 @@ def test_no_key_and_no_prompt_in_the_logs(svc):
         assert key not in log and key[4:-4] not in log
     assert SECRET_PROMPT not in log
     assert "flood" in log  # key names do appear
+    assert not leaked_secrets()  # every log of the session so far (X3; checked again at its end)

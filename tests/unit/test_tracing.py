@@ -52,3 +52,14 @@ def test_log_lines_carry_the_request_and_trace_ids(fmt):
         assert (b["method"], b["status"], b["trace_id"]) == ("POST", 200, "ab" * 16) and "message" not in b
     else:
         assert first.endswith("hello world request_id=req-1 trace_id=" + "ab" * 16)
+
+
+def test_otlp_export_without_the_extra_names_it():
+    """OpenTelemetry is an optional extra (build.sh does not install it)."""
+    import importlib.util
+
+    from server.tracing import otel_tracer
+    if importlib.util.find_spec("opentelemetry") is not None:
+        pytest.skip("OpenTelemetry is installed here")
+    with pytest.raises(ImportError, match=r"genapi\[otel\]"):
+        otel_tracer("http://127.0.0.1:4317")
