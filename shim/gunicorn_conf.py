@@ -16,6 +16,7 @@ import glob
 import math
 import os
 import shutil
+import signal
 import tempfile
 
 from genapi.config import exposure_error, load_config, log_level
@@ -67,6 +68,9 @@ def on_starting(server):
 
     A shim that admits fewer requests than its core holds refuses the difference itself."""
     server.handle_int = server.handle_term
+    # SIGHUP reloads the API keys in every worker in place (shim/auth.reload_keys) instead
+    # of gunicorn's restart of all workers, whose old ones would drain with 503s.
+    server.handle_hup = lambda: _reload_workers(server)
     for stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
         os.unlink(stale)  # samples of a previous run
     if _cfg.core_capacity > workers * threads:
@@ -75,6 +79,15 @@ def on_starting(server):
             "(max_batch + max_queue of every model); beyond %d the shim answers 429 itself. "
             "Leave [shim] threads = 0 (auto) to size it from the models.",
             workers * threads, workers, threads, _cfg.core_capacity, workers * threads)
+
+
+def _reload_workers(server) -> None:
+    server.log.info("genapi: SIGHUP: the workers reload their API keys")
+    for pid in list(server.WORKERS):
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except ProcessLookupError:
+            pass
 
 
 def post_worker_init(worker):
