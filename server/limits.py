@@ -231,6 +231,7 @@ class RateLimiter:
         if ticket.charged == 0:  # charged after the fact (embeddings, rerank)
             if used > 0:
                 await self._run(self.strategy.hit, self._item(tpm), "tokens", ticket.key, cost=used)
+                ticket.state.tokens = await self._peek(tpm, "tokens", ticket.key)  # what the headers say
             return
         refund = ticket.charged - max(0, used)
         if refund <= 0:

@@ -110,3 +110,53 @@ def test_reloaded_keys_apply_to_the_next_request():
         checker.replace([ApiKey("a", hash_key("a"), rpm=10)])
         assert (await lim.admit("a")).state.requests.limit == 10
     run(go())
+
+
+class RecordingContext:
+    """The slice of grpc.aio.ServicerContext the encoder servicers use."""
+
+    def __init__(self):
+        self.initial: dict | None = None
+        self.status = None
+
+    def invocation_metadata(self):
+        return ()
+
+    async def send_initial_metadata(self, md):
+        self.initial = dict(md)
+
+    async def abort_with_status(self, status):
+        self.status = status
+        raise grpc.aio.AbortError()
+
+
+def test_embeddings_count_their_request_up_front_and_their_tokens_after():
+    from types import SimpleNamespace
+
+    from genapi.config import Task
+    from server.drain import Drain
+    from server.services.encoder import _unary
+
+    sm = SimpleNamespace(config=SimpleNamespace(task=Task.EMBEDDING))
+    registry = SimpleNamespace(get=lambda name: sm if name == "emb" else None, models={"emb": sm},
+                               available=lambda task=None, allowed=None: "")
+    lim = RateLimiter("memory://", KeyChecker([]), default_rpm=2, default_tpm=10)  # everyone: ANONYMOUS
+    request = SimpleNamespace(model="emb", request_id="r1")
+
+    async def call(served, engine_id):
+        return SimpleNamespace(usage=SimpleNamespace(prompt_tokens=7))
+
+    async def go():
+        ctx = RecordingContext()
+        await _unary(registry, Drain(), request, ctx, Task.EMBEDDING, call, lim)
+        assert ctx.initial["x-ratelimit-remaining-requests"] == "1"
+        assert ctx.initial["x-ratelimit-remaining-tokens"] == "3"  # 7 of 10 used after it ran
+        ctx = RecordingContext()
+        await _unary(registry, Drain(), request, ctx, Task.EMBEDDING, call, lim)
+        assert ctx.initial["x-ratelimit-remaining-tokens"] == "0"
+        ctx = RecordingContext()
+        with pytest.raises(grpc.aio.AbortError):
+            await _unary(registry, Drain(), request, ctx, Task.EMBEDDING, call, lim)
+        assert ctx.status.code == grpc.StatusCode.RESOURCE_EXHAUSTED and ctx.initial is None
+        assert dict(ctx.status.trailing_metadata)["x-ratelimit-remaining-requests"] == "0"
+    run(go())
