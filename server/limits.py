@@ -242,9 +242,6 @@ class RateLimiter:
         await self._run(self.strategy.hit, self._item(tpm), "tokens", ticket.key, cost=-refund)
         ticket.charged -= refund
 
-    def close(self) -> None:
-        """Nothing to release for memory; Redis connections close with the process."""
-
 
 async def admit(limiter: RateLimiter | None, context, model: str = "") -> Ticket:
     """The caller's ticket for one rate-limited RPC (Generate, Embed, Rerank): counts the
