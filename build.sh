@@ -70,8 +70,8 @@ EOF
     say "installing torch==$TORCH_VERSION"
     "$PY" -m pip install -q "torch==$TORCH_VERSION"
   fi
-  say "installing genapi and its dependencies (pip install -e .[torch,s3,test,bench,dev])"
-  "$PY" -m pip install -q -e ".[torch,s3,test,bench,dev]"
+  say "installing genapi and its dependencies (pip install -e .[torch,s3,redis,test,bench,dev])"
+  "$PY" -m pip install -q -e ".[torch,s3,redis,test,bench,dev]"
   printf '%s\n' "$want" > "$STAMP"
 fi
 
@@ -154,6 +154,22 @@ elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     || say "warning: apt-get could not install chromium (see .tools/apt-chromium.log); tests/browser will skip"
 else
   say "warning: the browser tests need Debian's chromium (as root: apt-get install chromium)"
+fi
+
+# 6c. Debian's redis-server for the shared rate-limit tests (tests/integration/
+#     test_limits_shared.py starts one on loopback; they skip without it), when root -----
+if command -v redis-server >/dev/null 2>&1; then
+  :
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  say "installing Debian's redis-server for the shared rate-limit tests (apt-get install redis-server)"
+  mkdir -p .tools
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -q --no-install-recommends redis-server >.tools/apt-redis.log 2>&1 \
+      || { apt-get update -q >>.tools/apt-redis.log 2>&1 \
+           && apt-get install -y -q --no-install-recommends redis-server >>.tools/apt-redis.log 2>&1; }; } \
+    || say "warning: apt-get could not install redis-server (see .tools/apt-redis.log); the Redis tests will skip"
+else
+  say "warning: the shared rate-limit tests need Debian's redis-server (as root: apt-get install redis-server)"
 fi
 
 # 7. the embedded tiny chat model, the tiny cross-encoder of the rerank tests and the tiny

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import socket
@@ -12,10 +11,6 @@ import sys
 import time
 
 from .config import DEFAULT_CONFIG, Config, check_model_paths, exposure_error, hash_key, load_config, log_level
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(level=log_level(), format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
 
 
 def port_free(host: str, port: int) -> bool:
@@ -132,8 +127,11 @@ def _prepare_tier(args, what: str, address, flag: str, loads_models: bool = Fals
 
 def cmd_core(args) -> None:
     cfg = _prepare_tier(args, "gRPC core", lambda c: (c.core_host, c.core_port), "--grpc-port", loads_models=True)
-    _setup_logging()
     from server.app import StartupError, serve  # the core's modules load only in the core's process
+    from server.tracing import log_context
+
+    from . import logs
+    logs.setup(log_level(), cfg.log_format, log_context)  # every line with its request and trace ids
 
     try:
         asyncio.run(serve(cfg, grace_s=args.drain_grace))
@@ -238,6 +236,13 @@ def cmd_serve(args) -> None:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+
+    def reload(*_):  # SIGHUP: both tiers re-read the keys (the shim's gunicorn restarts its workers)
+        for p in (core, shim):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, reload)
     try:
         core = subprocess.Popen(core_argv, env=env, start_new_session=True)
         _wait_core(env["GENAPI_CORE"].split(",")[0], core, args.start_timeout, lambda: stopping)

@@ -2,11 +2,15 @@
 
 Layout (every key optional; see README "Configuration"):
 
-    [core]   host, port, max_message_mb
+    [core]   host, port, max_message_mb, metrics_port (Prometheus; 0 = off)
     [shim]   host, port, core (list of addresses), workers, threads,
              request_timeout_s, read_timeout_s, max_body_mb, keepalive_s, drain_grace_s
     [auth]   api_key_sha256 = ["<hex digest>", ...]   (unnamed keys)
-             [[auth.keys]] name, sha256                (named keys)
+             [[auth.keys]] name, sha256, models, rpm, tpm   (named keys; optional model
+                                                       list and per-minute limits)
+    [limits] rpm, tpm (default per-key limits; 0 = none), storage ("memory://" or "redis://...")
+    [tracing] otlp_endpoint (OpenTelemetry span export; needs the `otel` extra)
+    [logging] format ("text" or "json"), access_log (one line per HTTP request; default true)
     [[models]] name, task, backend, path, [models.options]
     [store]  url (SQLite file path or sqlite:///path; default var/genapi.db)
     [files]  url (local directory, default var/files; or s3://bucket/prefix), max_upload_mb,
@@ -173,6 +177,7 @@ _OTHER_KEYS = {"shim": ("core",), "auth": ("api_key_sha256", "keys"), "files": (
 # Number options: True when they must be > 0 (else >= 0).
 _NUMBER_OPTIONS = {"grammar_compile_timeout_s": True, "max_wait_ms": False, "free_gpu_memory_fraction": True,
                    "max_audio_s": True}
+LOG_FORMATS = ("text", "json")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 BACKEND_NAMES = ("torch", "trtllm")  # server/registry.py BACKENDS serves these
@@ -230,10 +235,19 @@ def log_level(env=os.environ) -> str:
 @dataclass(frozen=True)
 class ApiKey:
     """A named principal: its name appears in logs, metrics and object ownership; only the
-    SHA-256 digest of the key is stored."""
+    SHA-256 digest of the key is stored.
+
+    models: the model names this key may use (None: every model); rpm / tpm: its requests
+    and tokens per minute (None: the [limits] default; 0: unlimited)."""
 
     name: str
     sha256: str
+    models: tuple[str, ...] | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+
+    def may_use(self, model: str) -> bool:
+        return self.models is None or model in self.models
 
 
 @dataclass
@@ -251,6 +265,13 @@ class Config:
     max_body_mb: int = 32
     keepalive_s: float = 10.0
     drain_grace_s: float = 30.0  # on SIGTERM/SIGINT: how long the shim's requests in flight get
+    metrics_port: int = 0  # the core's Prometheus endpoint (0 = off)
+    default_rpm: int = 0  # requests per minute of a key without its own rpm (0 = unlimited)
+    default_tpm: int = 0  # tokens per minute of a key without its own tpm (0 = unlimited)
+    limits_storage: str = "memory://"  # the `limits` storage URI; redis://host:port shares it
+    otlp_endpoint: str = ""  # OpenTelemetry collector (gRPC OTLP); "" = no export
+    log_format: str = "text"  # "text" or "json"
+    access_log: bool = True  # the shim's one line per request (never prompts or keys)
     api_keys: list[ApiKey] = field(default_factory=list)
     models: list[ModelConfig] = field(default_factory=list)
     path: Path | None = None
@@ -337,6 +358,13 @@ _SETTINGS = (
     ("batches", "concurrency", "batch_concurrency", int, "GENAPI_BATCH_CONCURRENCY"),
     ("batches", "window_s", "batch_window_s", float, "GENAPI_BATCH_WINDOW_S"),
     ("shim", "drain_grace_s", "drain_grace_s", float, "GENAPI_DRAIN_GRACE_S"),
+    ("core", "metrics_port", "metrics_port", int, "GENAPI_METRICS_PORT"),
+    ("limits", "rpm", "default_rpm", int, "GENAPI_LIMIT_RPM"),
+    ("limits", "tpm", "default_tpm", int, "GENAPI_LIMIT_TPM"),
+    ("limits", "storage", "limits_storage", str, "GENAPI_LIMITS_STORAGE"),
+    ("tracing", "otlp_endpoint", "otlp_endpoint", str, "GENAPI_OTLP_ENDPOINT"),
+    ("logging", "format", "log_format", str, "GENAPI_LOG_FORMAT"),
+    ("logging", "access_log", "access_log", bool, "GENAPI_ACCESS_LOG"),
 )
 
 
@@ -391,12 +419,43 @@ def _task(name: str, value) -> Task:
                          f"({', '.join(t.value for t in Task)})") from None
 
 
+_KEY_FIELDS = ("name", "sha256", "models", "rpm", "tpm")
+
+
+def _named_key(k) -> ApiKey:
+    """One [[auth.keys]] table -> ApiKey; ValueError naming the key and the bad field."""
+    if not isinstance(k, dict):
+        raise ValueError(f"[[auth.keys]] entry {k!r}: must be a table")
+    name = k.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"[[auth.keys]] name = {name!r}: every key needs a non-empty name")
+    for key in k:
+        if key not in _KEY_FIELDS:
+            raise ValueError(f"[[auth.keys]] {name!r}: unknown key {key!r}{_did_you_mean(key, _KEY_FIELDS)}")
+    if not isinstance(k.get("sha256"), str):
+        raise ValueError(f"API key {name!r}: sha256 must be 64 hex digits (genapi hash-key KEY prints it)")
+    models = k.get("models")
+    if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) and m for m in models)):
+        raise ValueError(f"API key {name!r}: models = {models!r}: must be a list of model names")
+    limits = {}
+    for field_ in ("rpm", "tpm"):
+        v = k.get(field_)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ValueError(f"API key {name!r}: {field_} = {v!r}: must be an integer >= 0 (0 = unlimited)")
+        limits[field_] = v
+    return ApiKey(name, k["sha256"].lower(), tuple(models) if models is not None else None, **limits)
+
+
 def _api_keys(auth: dict) -> list[ApiKey]:
     keys = [ApiKey(f"key-{h.lower()[:8]}", h.lower()) for h in auth.get("api_key_sha256", [])]
-    keys += [ApiKey(str(k["name"]), str(k["sha256"]).lower()) for k in auth.get("keys", [])]
+    keys += [_named_key(k) for k in auth.get("keys", [])]
+    seen: set[str] = set()
     for k in keys:
         if len(k.sha256) != 64 or any(c not in "0123456789abcdef" for c in k.sha256):
             raise ValueError(f"API key {k.name!r}: sha256 must be 64 hex digits (genapi hash-key KEY prints it)")
+        if k.name in seen:
+            raise ValueError(f"API key name {k.name!r} is used twice (names identify keys in logs and limits)")
+        seen.add(k.name)
     return keys
 
 
@@ -467,7 +526,10 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     for table, key, attr, conv, _ in _SETTINGS:
         if key in raw.get(table, {}):
             value = raw[table][key]
-            if isinstance(value, bool) or not isinstance(value, (int, float) if conv is float else conv):
+            if conv is bool:
+                if not isinstance(value, bool):
+                    raise ValueError(f"[{table}] {key} = {value!r}: must be true or false")
+            elif isinstance(value, bool) or not isinstance(value, (int, float) if conv is float else conv):
                 raise ValueError(f"[{table}] {key} = {value!r}: must be {_KIND[conv]}")
             setattr(cfg, attr, conv(value))
     _apply_env(cfg, os.environ)
@@ -479,17 +541,22 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
             raise ValueError(f"{source}: must be {bound}{_MINIMUM_NOTE.get(key, '')}")
     for mc in cfg.models:
         _check_model(mc)
+    if cfg.log_format not in LOG_FORMATS:
+        raise ValueError(f"[logging] format = {cfg.log_format!r}: unknown ({' or '.join(LOG_FORMATS)})")
+    if not cfg.limits_storage.startswith(LIMITS_STORAGES):
+        raise ValueError(f"[limits] storage = {cfg.limits_storage!r}: expected memory:// or redis://host:port")
     if cfg.files_url.startswith("s3://") and not cfg.files_url[len("s3://"):].split("/")[0]:
         raise ValueError(f"[files] url {cfg.files_url!r}: expected s3://bucket/prefix")
     return cfg
 
 
-_KIND = {str: "a string", int: "an integer", float: "a number"}
+_KIND = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+LIMITS_STORAGES = ("memory://", "redis://", "rediss://", "redis+unix://", "redis+sentinel://", "redis+cluster://")
 # Smallest accepted value of the numeric settings (ports also at most 65535).
 _MINIMUM = {"port": 1, "max_message_mb": 1, "workers": 1, "threads": 0, "request_timeout_s": 0.001,
             "read_timeout_s": 0.001, "max_body_mb": 1, "keepalive_s": 0, "max_upload_mb": 1, "concurrency": 1,
-            "window_s": 0, "drain_grace_s": 0}
-_MAXIMUM = {"port": 65535, "drain_grace_s": 86400}
+            "window_s": 0, "drain_grace_s": 0, "metrics_port": 0, "rpm": 0, "tpm": 0}
+_MAXIMUM = {"port": 65535, "drain_grace_s": 86400, "metrics_port": 65535}
 _MINIMUM_NOTE = {"threads": " (0 = auto)"}
 
 
@@ -504,9 +571,18 @@ def _apply_env(cfg: Config, env) -> None:
     for _, _, attr, conv, var in _SETTINGS:
         if var in env:
             try:
-                setattr(cfg, attr, conv(env[var]))
+                setattr(cfg, attr, _env_bool(env[var]) if conv is bool else conv(env[var]))
             except ValueError:
                 raise ValueError(f"{var}={env[var]!r} is not a valid {conv.__name__}") from None
+
+
+def _env_bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
 
 
 def is_loopback(host: str) -> bool:

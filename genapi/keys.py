@@ -18,12 +18,24 @@ ANONYMOUS = "anonymous"  # the one principal (owner) when no keys are configured
 
 
 class KeyChecker:
+    """The configured keys; `replace` swaps them at once (config reload on SIGHUP): a
+    request checked after it sees only the new keys, one already accepted runs on."""
+
     def __init__(self, keys: list[ApiKey]):
+        self.replace(keys)
+
+    def replace(self, keys: list[ApiKey]) -> None:
+        # One attribute assignment each: readers on other threads see the old or the new set.
+        self._principals = {k.name: k for k in keys}
         self._keys = [(k.name, bytes.fromhex(k.sha256)) for k in keys]
 
     @property
     def enabled(self) -> bool:
         return bool(self._keys)
+
+    def principal(self, name: str) -> ApiKey | None:
+        """The key named `name` (its models and limits), or None (ANONYMOUS, or revoked)."""
+        return self._principals.get(name)
 
     def identify(self, key: str | bytes) -> str | None:
         """The name of the key whose digest matches, or None. Every digest is compared
@@ -32,7 +44,7 @@ class KeyChecker:
         raw = key if isinstance(key, bytes) else key.encode("utf-8", "surrogatepass")
         digest = hashlib.sha256(raw).digest()
         found = None
-        for name, d in self._keys:
+        for name, d in self._keys:  # a local reference: a concurrent replace() does not mix sets
             if hmac.compare_digest(digest, d) and found is None:
                 found = name
         return found

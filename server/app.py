@@ -1,5 +1,5 @@
 """Builds and runs the grpc.aio core: services, health per service, reflection, auth,
-graceful drain on SIGTERM or SIGINT.
+per-key rate limits, graceful drain on SIGTERM or SIGINT, key reload on SIGHUP.
 
 Drain: health turns NOT_SERVING (every service), new Generate calls are refused with
 UNAVAILABLE `server_shutting_down` + retry_after_s (the shim's 503 with Retry-After),
@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from genapi.config import Config
+from genapi.config import Config, exposure_error, load_config
 from genapi.keys import KeyChecker
 from genapi.v1 import (
     admin_service_pb2,
@@ -42,8 +42,12 @@ from genapi.v1 import (
 
 from .batches.runner import BatchRunner
 from .responses.runner import BackgroundRunner
+from . import metrics
 from .interceptors.auth import AuthInterceptor
+from .interceptors.metrics import MetricsInterceptor
+from .tracing import TraceInterceptor, otel_tracer
 from .drain import Drain
+from .limits import RateLimiter
 from .registry import Registry
 from .services.admin import AdminServicer
 from .services.encoder import EmbeddingServicer, RerankServicer
@@ -135,18 +139,26 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     except (ValueError, TypeError, ImportError) as e:  # unknown task/backend, a backend not installed
         raise StartupError(one_line(e)) from None
     checker = KeyChecker(cfg.api_keys)
-    server = grpc.aio.server(
-        interceptors=[AuthInterceptor(checker)] if checker.enabled else [],
+    try:
+        limiter = RateLimiter(cfg.limits_storage, checker, cfg.default_rpm, cfg.default_tpm)
+    except Exception as e:  # a bad storage URI, redis extra missing
+        raise StartupError(f"[limits] storage = {cfg.limits_storage!r}: {one_line(e)}") from None
+    try:
+        tracer = otel_tracer(cfg.otlp_endpoint) if cfg.otlp_endpoint else None
+    except ImportError as e:
+        raise StartupError(str(e)) from None
+    server = grpc.aio.server(  # interceptors: outermost first
+        interceptors=[TraceInterceptor(tracer), AuthInterceptor(checker), MetricsInterceptor(registry.models)],
         options=grpc_options(cfg) + [("grpc.so_reuseport", 0)],
     )
     drain = Drain()
     try:
-        generation = GenerationServicer(registry, drain)  # checks the chat models' output options
+        generation = GenerationServicer(registry, drain, limiter)  # checks the chat models' output options
     except ValueError as e:
         raise StartupError(one_line(e)) from None
     generation_service_pb2_grpc.add_GenerationServiceServicer_to_server(generation, server)
     store, objects = open_store(cfg)
-    embedding = EmbeddingServicer(registry, drain)
+    embedding = EmbeddingServicer(registry, drain, limiter)
     file_service_pb2_grpc.add_FileServiceServicer_to_server(
         FileServicer(store, objects, cfg.max_upload_mb * 1024 * 1024), server)
     responses = BackgroundRunner(store, generation)
@@ -154,12 +166,16 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     response_service_pb2_grpc.add_ResponseServiceServicer_to_server(response_servicer, server)
     runner = BatchRunner(store, objects, {"generation": generation, "embedding": embedding,
                                           "responses": response_servicer}, registry, cfg.batch_concurrency)
+    try:
+        metrics.install(registry, runner, cfg.metrics_port, cfg.core_host)
+    except OSError as e:
+        raise StartupError(f"the core's metrics port {cfg.core_host}:{cfg.metrics_port} cannot be used: {e}") from None
     batch_service_pb2_grpc.add_BatchServiceServicer_to_server(BatchServicer(
         store, runner, cfg.batch_window_s, cfg.s3_input_buckets), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry), server)
     embedding_service_pb2_grpc.add_EmbeddingServiceServicer_to_server(embedding, server)
-    rerank_service_pb2_grpc.add_RerankServiceServicer_to_server(RerankServicer(registry, drain), server)
+    rerank_service_pb2_grpc.add_RerankServiceServicer_to_server(RerankServicer(registry, drain, limiter), server)
     transcription_service_pb2_grpc.add_TranscriptionServiceServicer_to_server(
         TranscriptionServicer(registry, drain), server)
     health = health_aio.HealthServicer()
@@ -174,6 +190,7 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_keys, cfg, checker, limiter)
     log.info("gRPC core listening on %s; loading models", address)
     try:
         loaded = await _load_unless_stopped(registry, stop)
@@ -208,6 +225,26 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     await registry.stop()
     store.close()
     log.info("gRPC core stopped")
+
+
+def reload_keys(cfg: Config, checker: KeyChecker, limiter: RateLimiter) -> bool:
+    """SIGHUP: re-reads the config file's keys and default limits (models, addresses and
+    storage stay as started). Requests already accepted run on; the next one is checked
+    against the new keys. A file that does not load, or that would leave a non-loopback
+    core without keys, changes nothing (logged). True when applied."""
+    try:
+        new = load_config(cfg.path)
+    except (OSError, ValueError, KeyError) as e:
+        log.error("SIGHUP: config %s not reloaded: %s", cfg.path, one_line(e))
+        return False
+    if err := exposure_error(new, cfg.core_host, "gRPC core"):
+        log.error("SIGHUP: config not reloaded: %s", err)
+        return False
+    checker.replace(new.api_keys)
+    limiter.set_defaults(new.default_rpm, new.default_tpm)
+    cfg.api_keys, cfg.default_rpm, cfg.default_tpm = new.api_keys, new.default_rpm, new.default_tpm
+    log.info("SIGHUP: reloaded %d API key(s): %s", len(new.api_keys), ", ".join(k.name for k in new.api_keys) or "-")
+    return True
 
 
 async def _load_unless_stopped(registry: Registry, stop: asyncio.Event) -> bool:

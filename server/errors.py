@@ -20,7 +20,9 @@ from .engines.base import EngineError, EngineInvalidRequest, EngineOverloaded
 
 class GenapiError(Exception):
     def __init__(self, code: grpc.StatusCode, message: str, reason: str = "", param: str | None = None,
-                 retry_after_s: float | None = None):
+                 retry_after_s: float | None = None, metadata: tuple[tuple[str, str], ...] = ()):
+        """`metadata`: extra trailers sent with the status (e.g. the x-ratelimit-* state);
+        `should_retry = False` marks a refusal the client must not retry."""
         message = cap_utf8(message, MAX_STATUS_MESSAGE_BYTES)
         super().__init__(message)
         self.code = code
@@ -28,6 +30,8 @@ class GenapiError(Exception):
         self.reason = reason
         self.param = clip(param, QUOTE_CHARS) if param else param
         self.retry_after_s = retry_after_s
+        self.metadata = tuple(metadata)
+        self.should_retry: bool | None = None
 
     def to_status(self) -> grpc.Status:
         meta = {}
@@ -35,11 +39,16 @@ class GenapiError(Exception):
             meta["param"] = self.param
         if self.retry_after_s is not None:
             meta["retry_after_s"] = f"{self.retry_after_s:g}"
+        if self.should_retry is False:
+            meta["should_retry"] = "false"
         detail = any_pb2.Any()
         detail.Pack(error_details_pb2.ErrorInfo(reason=self.reason or self.code.name.lower(), domain="genapi",
                                                 metadata=meta))
-        return rpc_status.to_status(status_pb2.Status(code=self.code.value[0], message=self.message,
-                                                      details=[detail]))
+        status = rpc_status.to_status(status_pb2.Status(code=self.code.value[0], message=self.message,
+                                                        details=[detail]))
+        if self.metadata:
+            status = status._replace(trailing_metadata=tuple(status.trailing_metadata) + self.metadata)
+        return status
 
 
 def quote(value: str, limit: int = QUOTE_CHARS) -> str:

@@ -133,11 +133,12 @@ class Registry:
         sm = self.models.get(name)
         return sm if sm is not None and sm.config.task == task else None
 
-    def available(self, task: Task | None = None, limit: int = 20) -> str:
-        """For a not-found message: the served names (of `task`, when given), at most
-        `limit` of them, e.g. "Available models: `a`, `b`." or, for a task, "Available
-        chat models: `a`." """
-        names = [n for n, sm in self.models.items() if task is None or sm.config.task == task]
+    def available(self, task: Task | None = None, limit: int = 20, allowed=None) -> str:
+        """For a not-found message: the served names (of `task`, when given; among
+        `allowed`, when given), at most `limit` of them, e.g. "Available models: `a`, `b`."
+        or, for a task, "Available chat models: `a`." """
+        names = [n for n, sm in self.models.items()
+                 if (task is None or sm.config.task == task) and (allowed is None or n in allowed)]
         shown = ", ".join(f"`{n}`" for n in names[:limit])
         more = f" and {len(names) - limit} more (GET /v1/models lists them)" if len(names) > limit else ""
         kind = "models" if task is None else f"{task.value} models"

@@ -1,13 +1,18 @@
 """API-key check: `Authorization: Bearer <key>` against stored SHA-256 digests.
 
-Off when no keys are configured. Matching (constant time, hashes only) is
+Off when no keys are configured. `reload_keys(app)` re-reads them from the config file in
+place (each worker on SIGHUP, shim/worker.py): requests already accepted run on, the next
+one is checked against the new keys. Matching (constant time, hashes only) is
 genapi.keys.KeyChecker, shared with the core; error messages show at most a masked key.
 The matched key's name is kept in `flask.g.principal` (rate limits and ownership use it).
 """
 from __future__ import annotations
 
+import logging
+
 from flask import Flask, g, request
 
+from genapi.config import exposure_error, load_config
 from genapi.keys import ANONYMOUS, KeyChecker, mask
 
 from shim.errors import APIError
@@ -52,8 +57,30 @@ def is_public_path(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
+log = logging.getLogger("genapi.shim")
+
+
+def reload_keys(app: Flask) -> bool:
+    """Re-reads the API keys of the app's config file (environment overrides included);
+    a file that does not load, or that leaves a non-loopback shim without keys, changes
+    nothing (logged). True when applied."""
+    cfg = app.config["GENAPI"]
+    try:
+        new = load_config(cfg.path)
+    except (OSError, ValueError, KeyError) as e:
+        log.error("SIGHUP: config %s not reloaded: %s", cfg.path, " ".join(str(e).split()))
+        return False
+    if err := exposure_error(new, cfg.shim_host, "REST API"):
+        log.error("SIGHUP: config not reloaded: %s", err)
+        return False
+    app.extensions["genapi_keys"].replace(new.api_keys)
+    cfg.api_keys = new.api_keys
+    log.info("SIGHUP: reloaded %d API key(s)", len(new.api_keys))
+    return True
+
+
 def register_auth(app: Flask) -> None:
-    keys = KeyChecker(app.config["GENAPI"].api_keys)
+    keys = app.extensions["genapi_keys"] = KeyChecker(app.config["GENAPI"].api_keys)
 
     @app.before_request
     def _require_api_key():

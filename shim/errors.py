@@ -211,7 +211,9 @@ def from_grpc_error(
     else:
         message = GENERIC_MESSAGES.get(status, "The request failed.")
 
-    headers: dict[str, str] = {}
+    from shim.ratelimit import call_headers
+
+    headers: dict[str, str] = call_headers(err, "trailing_metadata")  # x-ratelimit-* of a refusal
     if status in RETRYABLE_WITH_RETRY_AFTER:
         if meta.get("should_retry", "").lower() == "false":
             headers["x-should-retry"] = "false"

@@ -108,9 +108,13 @@ def _ascii_header(value: str | None) -> str | None:
     return None
 
 
-def call_metadata(request_id: str, authorization: str | None = None) -> list[tuple[str, str]]:
-    """gRPC metadata for a core call: the request id and the caller's Authorization."""
+def call_metadata(request_id: str, authorization: str | None = None,
+                  traceparent: str | None = None) -> list[tuple[str, str]]:
+    """gRPC metadata for a core call: the request id, the W3C traceparent and the caller's
+    Authorization."""
     md = [("x-request-id", request_id)]
+    if traceparent:
+        md.append(("traceparent", traceparent))
     if auth := _ascii_header(authorization):
         md.append(("authorization", auth))
     return md

@@ -12,12 +12,22 @@ admission control decides, and its 429 comes back at once. Streams are plain ite
 written by the worker threads, and the worker's heartbeat runs in its main loop, so a
 long stream does not trigger WORKER TIMEOUT.
 """
+import glob
 import math
 import os
+import shutil
+import signal
+import tempfile
 
 from genapi.config import exposure_error, load_config, log_level
 
 _cfg = load_config()
+
+# Prometheus multiprocess mode (shim/metrics.py): the workers write their samples into one
+# directory, set before they fork; ours unless the operator chose one.
+_OWN_METRICS_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _OWN_METRICS_DIR:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="genapi-shim-metrics-")
 
 if _err := exposure_error(_cfg, _cfg.shim_host, "REST API"):
     raise SystemExit(f"genapi: {_err}")
@@ -58,6 +68,11 @@ def on_starting(server):
 
     A shim that admits fewer requests than its core holds refuses the difference itself."""
     server.handle_int = server.handle_term
+    # SIGHUP reloads the API keys in every worker in place (shim/auth.reload_keys) instead
+    # of gunicorn's restart of all workers, whose old ones would drain with 503s.
+    server.handle_hup = lambda: _reload_workers(server)
+    for stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.unlink(stale)  # samples of a previous run
     if _cfg.core_capacity > workers * threads:
         server.log.warning(
             "genapi: the shim serves %d requests at once (workers %d x threads %d) but the core holds %d "
@@ -66,8 +81,29 @@ def on_starting(server):
             workers * threads, workers, threads, _cfg.core_capacity, workers * threads)
 
 
+def _reload_workers(server) -> None:
+    server.log.info("genapi: SIGHUP: the workers reload their API keys")
+    for pid in list(server.WORKERS):
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except ProcessLookupError:
+            pass
+
+
 def post_worker_init(worker):
     """gunicorn's own refusals (malformed HTTP) in the OpenAI error shape."""
     from shim import gunicorn_errors
 
     gunicorn_errors.install()
+
+
+def child_exit(server, worker):
+    """A worker's live gauges go with it (multiprocess mode); its counters stay counted."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _OWN_METRICS_DIR:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 import grpc
 from flask import Response
 
-from shim import sse
+from shim import observe, ratelimit, sse
 from shim.errors import GENERIC_MESSAGES, APIError, from_grpc_error
 
 log = logging.getLogger("genapi.shim")
@@ -39,8 +39,9 @@ class EventPump:
     """Reads `call` on a daemon thread. `get()` returns an event, the RpcError that
     ended the call, or END; it raises queue.Empty when nothing arrived in time."""
 
-    def __init__(self, call):
+    def __init__(self, call, record=None):
         self._call = call
+        self._record = record  # shim.observe.RequestRecord: usage and first-token time
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="grpc-pump", daemon=True)
         self._thread.start()
@@ -48,6 +49,8 @@ class EventPump:
     def _run(self) -> None:
         try:
             for event in self._call:
+                if self._record is not None:
+                    self._record.on_event(event)
                 self._queue.put(event)
         except grpc.RpcError as e:
             self._queue.put(e)
@@ -59,6 +62,10 @@ class EventPump:
 
     def get(self, timeout: float):
         return self._queue.get(timeout=timeout)
+
+    @property
+    def call(self):
+        return self._call
 
     def cancel(self) -> None:
         """Cancels the call (no-op once it has finished); the pump thread then ends."""
@@ -179,7 +186,7 @@ class CoreStream:
         self.environ = environ
         self.poll_s = poll_s
         self._map_error = map_error
-        self._pump = EventPump(call)
+        self._pump = EventPump(call, observe.current_record())
         self._watch = DisconnectWatch(environ, poll_s)
 
     def cancel(self) -> None:
@@ -217,6 +224,7 @@ class CoreStream:
             if item is END:
                 log.error("core ended the stream without events (request_id=%s)", self.request_id)
                 raise internal_error()
+            ratelimit.remember_call(self._pump.call)  # x-ratelimit-* (sent before the first event)
             return item
         except ClientClosed:
             self.cancel()

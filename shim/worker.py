@@ -117,6 +117,21 @@ class ShimWorker(ThreadWorker):
         super().init_signals()
         if self.front:
             signal.signal(signal.SIGINT, self.handle_int)
+        signal.signal(signal.SIGHUP, self.handle_hup)
+        signal.siginterrupt(signal.SIGHUP, False)
+
+    def handle_hup(self, sig, frame):
+        """SIGHUP (the master forwards its own, see gunicorn_conf.on_starting): re-read the
+        API keys in place; no restart, requests in flight run on."""
+        from shim.auth import reload_keys
+
+        app = getattr(self, "wsgi", None)
+        if app is None or not hasattr(app, "extensions"):
+            return
+        try:
+            reload_keys(app)
+        except Exception:  # never let a reload take the worker down
+            self.log.exception("genapi: SIGHUP: key reload failed")
 
     def handle_exit(self, sig, frame):
         """SIGTERM (from the master, or sent to this process): drain, then stop."""

@@ -70,6 +70,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Log scan (reliability plan X3): every API key a test gives a Service (GENAPI_API_KEYS, the
+# SDK's api_key) and every text a test marks with `never_logged` must not appear in any
+# Service's log; checked once after the whole session (pytest_sessionfinish).
+_LOGS: set[Path] = set()
+_SECRETS: set[str] = set()
+
+
+def never_logged(text: str) -> str:
+    """Marks `text` (a prompt, a key) as one no log may contain; returns it."""
+    if len(text) >= 8:
+        _SECRETS.add(text)
+    return text
+
+
+def leaked_secrets() -> list[tuple[str, str]]:
+    """(log file, masked secret) for every marked secret found in a Service log."""
+    found = []
+    for path in sorted(_LOGS):
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        for secret in _SECRETS:
+            if secret in text:
+                found.append((str(path), f"{secret[:4]}****{secret[-2:]}"))
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if leaks := leaked_secrets():
+        print("\nX3 log scan: secrets found in service logs:\n" + "\n".join(f"  {p}: {s}" for p, s in leaks))
+        session.exitstatus = 1
+
+
 class Service:
     """`genapi serve` running in a subprocess, with its log file."""
 
@@ -98,6 +132,9 @@ class Service:
         # The test decides every genapi setting: nothing leaks in from the caller's shell.
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GENAPI_")}
         self.env.update(env or {})
+        for key in self.env.get("GENAPI_API_KEYS", "").split(","):
+            never_logged(key.strip())
+        _LOGS.add(self.log_path)
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 180) -> "Service":
@@ -149,6 +186,8 @@ class Service:
         """The official openai client for this service (no retries: tests see every error)."""
         import openai
 
+        if api_key != "unused":
+            never_logged(api_key)
         cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
         return cls(base_url=f"{self.base_url}/v1", api_key=api_key, max_retries=0, timeout=timeout)
 

@@ -7,7 +7,10 @@ import grpc
 
 
 class LineContext:
-    """Collects what a servicer writes; `status` is the grpc.Status it aborted with."""
+    """Collects what a servicer writes; `status` is the grpc.Status it aborted with.
+    Batch lines are not counted against per-key rate limits (server/limits.py)."""
+
+    exempt_from_limits = True
 
     def __init__(self, request_id: str):
         self._metadata = (("x-request-id", request_id),)
@@ -16,6 +19,9 @@ class LineContext:
 
     def invocation_metadata(self):
         return self._metadata
+
+    async def send_initial_metadata(self, metadata) -> None:
+        pass
 
     async def write(self, message) -> None:
         self.events.append(message)

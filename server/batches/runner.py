@@ -74,6 +74,7 @@ class BatchRunner:
         self.tasks: dict[str, asyncio.Task] = {}
         self.cancels: dict[str, asyncio.Event] = {}
         self._poller: asyncio.Task | None = None
+        self.lines_waiting = 0  # batch lines not yet started, over every running batch (a metric)
 
     # ---- life cycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -158,6 +159,8 @@ class BatchRunner:
         cancelled = self.cancels.setdefault(b.id, asyncio.Event())
         running: set[asyncio.Task] = set()
         expired = False
+        waiting = len(pending)
+        self.lines_waiting += waiting
         try:
             for line in pending:
                 await self.slots.acquire()
@@ -166,6 +169,8 @@ class BatchRunner:
                     break
                 await self._yield_to_interactive()
                 task = asyncio.create_task(self._run_line(b, codec, line, cancelled))
+                waiting -= 1
+                self.lines_waiting -= 1
                 task.add_done_callback(lambda _: self.slots.release())
                 running.add(task)
                 task.add_done_callback(running.discard)
@@ -175,6 +180,8 @@ class BatchRunner:
             for t in running:
                 t.cancel()
             raise
+        finally:
+            self.lines_waiting -= waiting  # those a cancel or the expiry left unstarted
         now = int(time.time())
         if cancelled.is_set():
             await asyncio.to_thread(self.store.transition, b.id, ("in_progress",), status="cancelling",

@@ -185,6 +185,20 @@ class FinishEvent:
 EngineEvent = TextEvent | FinishEvent
 
 
+#: Timing observers (server/metrics.py registers one): called as `fn(kind, model, seconds)`
+#: with kind "step" (one decode step of a chat engine's batch) or "queue" (a request's wait
+#: from submission to its batch slots). Engines call `observe`; it never raises.
+OBSERVERS: list = []
+
+
+def observe(kind: str, model: str, seconds: float) -> None:
+    for fn in OBSERVERS:
+        try:
+            fn(kind, model, seconds)
+        except Exception:  # a metrics bug must not break the engine's reader thread
+            pass
+
+
 @dataclass
 class EngineStats:
     active_sequences: int = 0

@@ -89,6 +89,7 @@ class Step:
     cache_slots_used: int = 0
     accepted: list[str] = field(default_factory=list)
     forward_passes: int = 0  # run in this step (encoder engines)
+    decode_seconds: float = 0.0  # time spent in decode forward passes since the last Step (chat engines)
 
 
 # ---- child side ----------------------------------------------------------------

@@ -1,20 +1,25 @@
 """gRPC authentication: every RPC but health and reflection needs a valid bearer key in
-its `authorization` metadata (genapi.keys does the matching). The key's name is the
-caller's principal: `current_owner()` gives it to servicers (stored objects belong to
-it); without configured keys (no interceptor) everyone is genapi.keys.ANONYMOUS."""
+its `authorization` metadata (genapi.keys does the matching). The key is the caller's
+principal: `current_owner()` gives its name to servicers (stored objects belong to it,
+rate limits count per name), `current_key()` its models and limits. Without configured
+keys everyone is genapi.keys.ANONYMOUS. The interceptor is always installed and reads
+the checker at every call, so a SIGHUP reload (KeyChecker.replace) applies to the next
+RPC while those already accepted run to their end."""
 from __future__ import annotations
 
 import contextvars
-import inspect
 
 import grpc
 
+from genapi.config import ApiKey
 from genapi.keys import ANONYMOUS, KeyChecker
 
 from ..errors import GenapiError
+from . import run_with
 
 
 _principal: contextvars.ContextVar[str] = contextvars.ContextVar("genapi_principal", default=ANONYMOUS)
+_key: contextvars.ContextVar[ApiKey | None] = contextvars.ContextVar("genapi_key", default=None)
 
 
 def current_owner() -> str:
@@ -28,26 +33,15 @@ def act_as(owner: str) -> None:
     _principal.set(owner)
 
 
-def _with_principal(handler, name: str):
-    """`handler` whose behaviour runs with `name` as the current principal."""
-    for kind, factory in (("unary_unary", grpc.unary_unary_rpc_method_handler),
-                          ("unary_stream", grpc.unary_stream_rpc_method_handler),
-                          ("stream_unary", grpc.stream_unary_rpc_method_handler),
-                          ("stream_stream", grpc.stream_stream_rpc_method_handler)):
-        behavior = getattr(handler, kind)
-        if behavior is None:
-            continue
-        if inspect.isasyncgenfunction(behavior):
-            async def wrapped(request, context, behavior=behavior):
-                _principal.set(name)
-                async for item in behavior(request, context):
-                    yield item
-        else:
-            async def wrapped(request, context, behavior=behavior):
-                _principal.set(name)
-                return await behavior(request, context)
-        return factory(wrapped, handler.request_deserializer, handler.response_serializer)
-    return handler
+def current_key() -> ApiKey | None:
+    """The API key of the RPC being handled (its models and limits); None without keys."""
+    return _key.get()
+
+
+def may_use(model: str) -> bool:
+    """Whether the current caller's key may use `model` (always without keys)."""
+    key = _key.get()
+    return key is None or key.may_use(model)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -59,12 +53,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self.checker = checker
 
     async def intercept_service(self, continuation, details):
-        if details.method.startswith(self.OPEN):
+        if details.method.startswith(self.OPEN) or not self.checker.enabled:
             return await continuation(details)
         auth = dict(details.invocation_metadata or ()).get("authorization")
         if (name := self.checker.identify_header(auth)) is not None:
-            handler = await continuation(details)
-            return None if handler is None else _with_principal(handler, name)
+            key = self.checker.principal(name)
+
+            def enter():
+                _principal.set(name)
+                _key.set(key)
+            return run_with(await continuation(details), enter)
         err = GenapiError(grpc.StatusCode.UNAUTHENTICATED, "Incorrect or missing API key.", "invalid_api_key")
         handler = await continuation(details)
 

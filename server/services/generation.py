@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import time
@@ -26,6 +27,8 @@ from ..convert.tools import tool_plan
 from ..drain import Drain, shutting_down
 from ..engines.base import Constraint, EngineError, EngineInvalidRequest, close_events, wait_ready
 from ..errors import INTERNAL_ERROR, GenapiError, abort, from_engine_error, invalid, quote
+from .. import metrics
+from ..limits import UNLIMITED, RateLimiter, Ticket, admit
 from ..registry import Registry
 from .admin import get_engine_stats
 from .lookup import model_for
@@ -50,9 +53,10 @@ def chat_model(registry: Registry, name: str):
 
 
 class GenerationServicer(pb_grpc.GenerationServiceServicer):
-    def __init__(self, registry: Registry, drain: Drain | None = None):
+    def __init__(self, registry: Registry, drain: Drain | None = None, limiter: RateLimiter | None = None):
         self.registry = registry
         self.drain = drain or Drain()
+        self.limiter = limiter
         for sm in registry.models.values():
             if sm.config.task is Task.CHAT:
                 try:
@@ -90,9 +94,11 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         t0 = time.perf_counter()
         usage = common_pb2.Usage()
         finish = []
+        ticket: Ticket = UNLIMITED
         try:
             check_identifiers(request, rid)  # bounded before anything echoes or logs them
             sm = chat_model(self.registry, request.model)
+            ticket = await admit(self.limiter, context, request.model)  # requests per minute
             engine, info = sm.engine, sm.engine.chat_info
             max_output = sm.config.max_output_tokens
             gen = check_request(request, engine_id, vocab=info.vocab_size, max_output=max_output,
@@ -111,6 +117,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                     prompt_ids = await asyncio.to_thread(render_prompt, info.tokenizer, request.messages,
                                                          plan.tools, template_kwargs(conv, request.reasoning_effort))
                     with_prompt(gen, request, prompt_ids, context=info.context_length, max_output=max_output)
+                    # tokens per minute: the prompt and every choice's whole max_tokens, up front
+                    await ticket.charge(len(prompt_ids) + gen.n * gen.max_tokens, request.model)
                     thinking = conv.reasoning_markers is not None and prompt_opens_thinking(
                         info.tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:]), conv.reasoning_markers)
                     tool_constraint = constrain_tools(gen, plan, conv, thinking)
@@ -123,11 +131,13 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                 raise from_engine_error(e) from e
         except GenapiError as e:
             log.info("request %s rejected: %s %s", clip(rid), e.code.name, clip(e.message, 1024))
-            await abort(context, e)
+            await ticket.settle(0)
+            await abort(context, with_rate_state(e, ticket))
             return
         except Exception:  # a bug, not bad input: log it, tell the caller nothing internal
             log.exception("request %s failed before generation", clip(rid))
-            await abort(context, INTERNAL_ERROR)
+            await ticket.settle(0)
+            await abort(context, with_rate_state(INTERNAL_ERROR, ticket))
             return
         mapper = ChatEvents(conv, usage, gen.n, tools=plan.mode != "none", parallel=plan.parallel, thinking=thinking,
                             constrained=tool_constraint)
@@ -144,9 +154,19 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             usage.prompt_tokens = usage.total_tokens = len(prompt_ids)
             log.info("request %s model=%s prompt_tokens=%d max_tokens=%d n=%d", rid, request.model,
                      len(prompt_ids), gen.max_tokens, gen.n)
+            if md := ticket.metadata():  # the x-ratelimit-* state, before the first event
+                await context.send_initial_metadata(md)
             await context.write(pb.GenerateResponse(
                 usage=usage, started=pb.Started(request_id=rid, model=request.model, max_tokens=gen.max_tokens)))
+            last_token_at = None
             async for ev in events:
+                if tokens := getattr(ev, "num_tokens", 0):
+                    now = time.perf_counter()
+                    if last_token_at is None:
+                        metrics.TTFT.labels(request.model).observe(now - t0)
+                    else:
+                        metrics.ITL.labels(request.model).observe((now - last_token_at) / tokens)
+                    last_token_at = now
                 for response in mapper.on_event(ev):
                     await context.write(response)
                 if mapper.done:  # every choice made its one tool call: end the engine request
@@ -171,14 +191,31 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             log.exception("request %s failed mid-stream", rid)
             await abort(context, INTERNAL_ERROR)
         else:
+            elapsed = time.perf_counter() - t0
             log.info("request %s done: finish=%s completion_tokens=%d in %.3fs", rid, ",".join(finish),
-                     usage.completion_tokens, time.perf_counter() - t0)
+                     usage.completion_tokens, elapsed)
+            metrics.E2E.labels(request.model).observe(elapsed)
+            for reason in finish:
+                metrics.SUCCESS.labels(request.model, reason).inc()
         finally:
             await close_events(events)  # aborts the engine request unless it ended
+            metrics.PROMPT_TOKENS.labels(request.model).inc(usage.prompt_tokens)
+            metrics.GENERATION_TOKENS.labels(request.model).inc(usage.completion_tokens)
+            await ticket.settle(usage.prompt_tokens + usage.completion_tokens)  # refund the unused
 
     async def GetEngineStats(self, request: admin_service_pb2.GetEngineStatsRequest, context):
         """Deprecated alias of AdminService.GetEngineStats, kept for one release."""
         return await get_engine_stats(self.registry, request, context)
+
+
+def with_rate_state(err: GenapiError, ticket: Ticket) -> GenapiError:
+    """`err` carrying the caller's x-ratelimit-* state in its trailers (a copy: module-level
+    errors are shared)."""
+    if err.metadata or not (md := ticket.metadata()):
+        return err
+    err = copy.copy(err)
+    err.metadata = md
+    return err
 
 
 def constrain_tools(gen, plan, conv: OutputConventions, thinking: bool) -> bool:

@@ -17,6 +17,7 @@ from shim import sse
 from shim.body import read_json_object
 from shim.errors import from_grpc_error, json_response
 from shim.protocol.chat import validate_chat_request
+from shim.observe import note_model
 from shim.request_id import current_request_id
 from shim.routes.common import config, core, metadata
 from shim.streaming import CoreStream
@@ -38,6 +39,7 @@ map_error = partial(from_grpc_error, not_found_param="model", not_found_code="mo
 @bp.post("/v1/chat/completions")
 def create_chat_completion():
     body = validate_chat_request(read_json_object())
+    note_model(body["model"])
     cfg = config()
     request_id = current_request_id()
     proto = chat_request_to_proto(body, request_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import grpc
 from flask import current_app, request
 
-from shim import grpc_client
+from shim import grpc_client, observe, ratelimit, tracing
 from shim.errors import from_grpc_error
 from shim.request_id import current_request_id
 
@@ -19,7 +19,8 @@ def core():
 
 
 def metadata() -> list[tuple[str, str]]:
-    return grpc_client.call_metadata(current_request_id(), request.headers.get("Authorization"))
+    return grpc_client.call_metadata(current_request_id(), request.headers.get("Authorization"),
+                                     tracing.current_traceparent())
 
 
 def short_timeout() -> float:
@@ -33,11 +34,19 @@ def unary(method, req, timeout: float | None = None, model_lookup: bool = False)
     `model_lookup` a bare NOT_FOUND names the model."""
     not_found = {"not_found_param": "model", "not_found_code": "model_not_found"} if model_lookup else {}
     try:
-        return method(req, metadata=metadata(), timeout=timeout or short_timeout())
+        if not hasattr(method, "with_call"):  # a client-streaming stand-in
+            return method(req, metadata=metadata(), timeout=timeout or short_timeout())
+        reply, call = method.with_call(req, metadata=metadata(), timeout=timeout or short_timeout())
+        ratelimit.remember_call(call)  # the x-ratelimit-* state the core reported
+        return reply
     except grpc.RpcError as e:
         raise from_grpc_error(e, request_id=current_request_id(), **not_found) from None
 
 
 def call_core(method, proto):
-    """A unary call on a model (embeddings, rerank) under the whole request deadline."""
-    return unary(method, proto, config().request_timeout_s, model_lookup=True)
+    """A unary call on a model (embeddings, rerank) under the whole request deadline; its
+    usage goes to the access log."""
+    reply = unary(method, proto, config().request_timeout_s, model_lookup=True)
+    if (rec := observe.current_record()) is not None and reply.HasField("usage"):
+        rec.prompt_tokens = reply.usage.prompt_tokens
+    return reply

@@ -194,3 +194,56 @@ def test_misspelled_or_out_of_range_settings_are_named(tmp_path, toml, message):
 def test_the_bundled_config_uses_only_known_settings():
     for mc in load_config().models:  # every option of the shipped config is one some layer reads
         assert set(mc.options) <= config.MODEL_OPTIONS, mc.name
+
+
+def test_named_keys_with_models_and_limits(tmp_path, monkeypatch):
+    monkeypatch.delenv("GENAPI_API_KEYS", raising=False)
+    f = tmp_path / "c.toml"
+    f.write_text(f'''
+[[auth.keys]]
+name = "team-a"
+sha256 = "{hash_key("a")}"
+models = ["m1"]
+rpm = 3
+tpm = 0
+[[auth.keys]]
+name = "team-b"
+sha256 = "{hash_key("b")}"
+[limits]
+rpm = 60
+tpm = 1000
+storage = "redis://127.0.0.1:6379"
+[core]
+metrics_port = 9400
+[logging]
+format = "json"
+access_log = false
+''')
+    cfg = load_config(f)
+    a, b = cfg.api_keys
+    assert (a.name, a.models, a.rpm, a.tpm) == ("team-a", ("m1",), 3, 0)
+    assert (b.models, b.rpm, b.tpm) == (None, None, None)
+    assert a.may_use("m1") and not a.may_use("m2") and b.may_use("m2")
+    assert (cfg.default_rpm, cfg.default_tpm, cfg.limits_storage) == (60, 1000, "redis://127.0.0.1:6379")
+    assert (cfg.metrics_port, cfg.log_format, cfg.access_log) == (9400, "json", False)
+    monkeypatch.setenv("GENAPI_ACCESS_LOG", "on")
+    assert load_config(f).access_log is True
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('[[auth.keys]]\nname = "a"\nsha256 = "%s"\nrmp = 3\n' % ("0" * 64), "did you mean 'rpm'"),
+    ('[[auth.keys]]\nname = "a"\nsha256 = "%s"\nrpm = -1\n' % ("0" * 64), "rpm = -1"),
+    ('[[auth.keys]]\nname = "a"\nsha256 = "%s"\nmodels = "m"\n' % ("0" * 64), "list of model names"),
+    ('[[auth.keys]]\nname = "a"\nsha256 = "%s"\n[[auth.keys]]\nname = "a"\nsha256 = "%s"\n' % ("0" * 64, "1" * 64),
+     "used twice"),
+    ('[limits]\nstorage = "mongodb://x"\n', "memory:// or redis://"),
+    ('[limits]\nrmp = 1\n', "did you mean 'rpm'"),
+    ('[logging]\nformat = "xml"\n', "text or json"),
+    ('[logging]\naccess_log = "yes"\n', "true or false"),
+])
+def test_bad_key_and_limit_settings_are_refused(tmp_path, monkeypatch, toml, message):
+    monkeypatch.delenv("GENAPI_API_KEYS", raising=False)
+    f = tmp_path / "c.toml"
+    f.write_text(toml)
+    with pytest.raises(ValueError, match=message):
+        load_config(f)

@@ -18,9 +18,11 @@ import asyncio
 import collections
 import logging
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from ..base import (
+    observe,
     BudgetCharge,
     ChatModelInfo,
     EngineBase,
@@ -55,6 +57,7 @@ class _Stream:
     place: _Place
     charge: BudgetCharge
     abort_sent: bool = False
+    submitted: float = field(default_factory=time.monotonic)  # for the queue-time metric
 
 
 class RequestStream:
@@ -264,6 +267,12 @@ class TorchEngine(EngineBase):
 
     def _on_step(self, step: Step) -> None:
         """Reader thread: one message per scheduler step."""
+        if step.decode_seconds:
+            observe("step", self.name, step.decode_seconds)
+        now = time.monotonic()
+        for rid in step.admitted:
+            if st := self._streams.get(rid):
+                observe("queue", self.name, now - st.submitted)
         self._dispatch(step.events, step.ended, step.active_sequences, step.cache_slots_used, step.accepted)
 
     def _on_exit(self) -> None:

@@ -109,6 +109,7 @@ class Scheduler:
         self._events: dict[str, list] = {}
         self._ended: dict[str, str] = {}
         self._admitted: list[str] = []
+        self._decode_s = 0.0  # decode forward time since the last Step sent (the engine step time metric)
 
     def load(self) -> dict:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -177,7 +178,9 @@ class Scheduler:
                         continue
                 prefill_only = False
                 if self._active and not paused:
+                    t_step = time.perf_counter()
                     self._decode()
+                    self._decode_s += time.perf_counter() - t_step
             except (EOFError, OSError):
                 return
             except Exception as e:  # a poison request must not take the engine down
@@ -242,8 +245,9 @@ class Scheduler:
     def _send(self, conn) -> None:
         if self._events or self._ended or self._admitted or self._accepted:
             conn.send(Step(self._events, self._ended, self._admitted, len(self._active),
-                           self.max_batch - len(self._free_slots), self._accepted))
+                           self.max_batch - len(self._free_slots), self._accepted, decode_seconds=self._decode_s))
             self._events, self._ended, self._admitted, self._accepted = {}, {}, [], []
+            self._decode_s = 0.0
 
     def _apply_aborts(self) -> None:
         if not self._aborts:

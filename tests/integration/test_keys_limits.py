@@ -1,0 +1,195 @@
+"""Keys as named principals and per-key rate limits through the official openai SDK
+(reliability plan L3, L4, X3): two keys, one flooding; requests and tokens per minute with
+the up-front charge and its refund; the non-retryable request over the whole budget;
+per-key model lists; SIGHUP revocation; no key or prompt text in any log.
+
+The limits are enforced by the core (server/limits.py); the shim copies the state into
+OpenAI's x-ratelimit-* headers. Windows are one minute long, so every test uses keys of
+its own."""
+from __future__ import annotations
+
+import signal
+
+import httpx
+import openai
+import pytest
+
+from genapi.config import hash_key
+
+from ..conftest import MODEL, TINY_MODEL, Service, leaked_secrets, never_logged, user_messages, wait_until
+
+OTHER_MODEL = "genapi-tiny-chat-b"
+KEYS = {  # name -> (key, extra TOML lines)
+    "flood": ("sk-flood-0123456789abcdef", "rpm = 3"),
+    "calm": ("sk-calm-0123456789abcdef", ""),
+    "tokens": ("sk-tokens-0123456789abcdef", "rpm = 0\ntpm = 600"),
+    "small": ("sk-small-0123456789abcdef", "tpm = 300"),
+    "narrow": ("sk-narrow-0123456789abcdef", f'models = ["{MODEL}"]'),
+    "revoked": ("sk-revoked-0123456789abcdef", ""),
+}
+DEFAULT_RPM = 100
+SECRET_PROMPT = never_logged("zanzibar-quokka-prompt-7f3a")  # and after the session, no log has it
+
+
+def keys_toml(names) -> str:
+    return "".join(f'[[auth.keys]]\nname = "{n}"\nsha256 = "{hash_key(KEYS[n][0])}"\n{KEYS[n][1]}\n' for n in names)
+
+
+def config_tables(names) -> str:
+    return f"[limits]\nrpm = {DEFAULT_RPM}\n" + keys_toml(names)
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("limits")
+    s = Service(tmp, "limits", extra_toml=config_tables(KEYS),
+                model_options=f'\n[[models]]\nname = "{OTHER_MODEL}"\npath = "{TINY_MODEL}"\n'
+                              f'[models.options.fault]\npause_decode_file = "{tmp / "pause"}"\n')
+    s.pause_file = tmp / "pause"  # while it exists, OTHER_MODEL's requests stop after their first token
+    s.start()
+    yield s
+    s.pause_file.unlink(missing_ok=True)
+    s.stop()
+
+
+def sdk(svc: Service, name: str) -> openai.OpenAI:
+    return svc.sdk(api_key=KEYS[name][0], timeout=60)
+
+
+def chat_raw(client: openai.OpenAI, text: str = "hi", **kw):
+    kw.setdefault("max_tokens", 4)
+    return client.chat.completions.with_raw_response.create(model=kw.pop("model", MODEL),
+                                                            messages=user_messages(text), temperature=0, **kw)
+
+
+def ratelimit_headers(headers) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.startswith("x-ratelimit-")}
+
+
+def test_the_flooding_key_is_limited_and_the_other_is_not(svc):
+    flood, calm = sdk(svc, "flood"), sdk(svc, "calm")
+    remaining, refused, calm_ok = [], [], 0
+    for _ in range(5):
+        try:
+            raw = chat_raw(flood)
+            remaining.append(int(raw.headers["x-ratelimit-remaining-requests"]))
+            assert raw.headers["x-ratelimit-limit-requests"] == "3"
+            assert raw.headers["x-ratelimit-reset-requests"].endswith("s")
+        except openai.RateLimitError as e:
+            refused.append(e)
+        raw = chat_raw(calm)
+        assert raw.headers["x-ratelimit-limit-requests"] == str(DEFAULT_RPM)
+        calm_ok += 1
+    assert remaining == [2, 1, 0]
+    assert len(refused) == 2 and calm_ok == 5
+    for e in refused:
+        assert e.status_code == 429 and e.code == "rate_limit_exceeded"
+        assert "requests per min" in e.message and "flood" in e.message
+        h = e.response.headers
+        assert int(h["retry-after"]) >= 1 and "x-should-retry" not in h
+        assert ratelimit_headers(h)["x-ratelimit-limit-requests"] == "3"
+        assert h["x-ratelimit-remaining-requests"] == "0"
+    # the calm key's counter moved by its own requests only
+    assert int(chat_raw(calm).headers["x-ratelimit-remaining-requests"]) == DEFAULT_RPM - 6
+
+
+def test_streamed_responses_carry_the_headers_too(svc):
+    with sdk(svc, "calm").chat.completions.with_streaming_response.create(
+            model=MODEL, messages=user_messages("hi"), max_tokens=2, stream=True) as resp:
+        assert resp.headers["x-ratelimit-limit-requests"] == str(DEFAULT_RPM)
+        assert int(resp.headers["x-ratelimit-remaining-requests"]) < DEFAULT_RPM
+        assert b"[DONE]" in b"".join(resp.iter_bytes())
+
+
+def test_tokens_are_charged_up_front_and_refunded_to_what_was_used(svc):
+    """The response's remaining tokens are after its up-front charge (prompt + max_tokens);
+    the next response shows that the first was refunded down to prompt + completion."""
+    client = sdk(svc, "tokens")
+    max_tokens = 40
+    # Greedy output is deterministic: a stop string from its start ends the next ones early.
+    probe = chat_raw(sdk(svc, "calm"), max_tokens=max_tokens).parse().choices[0].message.content
+    stop = probe[2:5]
+    assert stop.strip(), probe
+    first = chat_raw(client, max_tokens=max_tokens, stop=[stop])
+    usage = first.parse().usage
+    assert usage.completion_tokens < max_tokens  # something to refund
+    h1 = first.headers
+    assert "x-ratelimit-limit-requests" not in h1  # rpm = 0: unlimited, no request headers
+    assert h1["x-ratelimit-limit-tokens"] == "600"
+    assert int(h1["x-ratelimit-remaining-tokens"]) == 600 - (usage.prompt_tokens + max_tokens)
+    second = chat_raw(client, max_tokens=max_tokens, stop=[stop])
+    used_by_first = usage.prompt_tokens + usage.completion_tokens
+    assert int(second.headers["x-ratelimit-remaining-tokens"]) == \
+        600 - used_by_first - (usage.prompt_tokens + max_tokens)
+    # Until the budget cannot hold another charge: then 429 with Retry-After.
+    with pytest.raises(openai.RateLimitError) as e:
+        for _ in range(20):
+            chat_raw(client, max_tokens=200)
+    h = e.value.response.headers
+    assert "tokens per min" in e.value.message and int(h["retry-after"]) >= 1
+    assert int(h["x-ratelimit-remaining-tokens"]) < 200 + usage.prompt_tokens
+
+
+def test_a_request_over_the_whole_token_budget_is_not_retryable(svc):
+    client = sdk(svc, "small")
+    with pytest.raises(openai.RateLimitError) as e:
+        chat_raw(client, max_tokens=None)  # the model's default: the whole context, over 300
+    h = e.value.response.headers
+    assert e.value.code == "rate_limit_exceeded" and "Request too large" in e.value.message
+    assert h["x-should-retry"] == "false" and "retry-after" not in h
+    assert h["x-ratelimit-limit-tokens"] == "300" and h["x-ratelimit-remaining-tokens"] == "300"
+    assert chat_raw(client, max_tokens=4).parse().choices  # nothing was charged
+
+
+def test_a_key_sees_only_its_models(svc):
+    narrow, calm = sdk(svc, "narrow"), sdk(svc, "calm")
+    assert [m.id for m in narrow.models.list()] == [MODEL]
+    assert {m.id for m in calm.models.list()} == {MODEL, OTHER_MODEL}
+    for call in (lambda: chat_raw(narrow, model=OTHER_MODEL), lambda: narrow.models.retrieve(OTHER_MODEL)):
+        with pytest.raises(openai.NotFoundError) as e:
+            call()
+        assert e.value.code == "model_not_found"
+        assert "does not exist or you do not have access to it" in e.value.message
+        assert f"`{OTHER_MODEL}`" in e.value.message and e.value.message.count("`") == 4  # only its own model listed
+    assert chat_raw(narrow).parse().choices
+    assert chat_raw(calm, model=OTHER_MODEL).parse().choices
+
+
+def test_sighup_revokes_a_key_and_lets_its_request_in_flight_finish(svc):
+    revoked = sdk(svc, "revoked")
+    svc.pause_file.touch()  # the request below stays in flight (decoding paused) across the reload
+    try:
+        with revoked.chat.completions.with_streaming_response.create(
+                model=OTHER_MODEL, messages=user_messages("tell me a story"), max_tokens=8, stream=True,
+                extra_headers={"x-request-id": "in-flight-at-sighup"}) as resp:
+            lines = resp.iter_lines()
+            assert next(line for line in lines if line.startswith("data: {"))  # admitted, streaming
+            svc.config.write_text(svc.config.read_text().replace(keys_toml(["revoked"]), ""))
+            svc.proc.send_signal(signal.SIGHUP)
+            # the core, and each of the shim's two workers (in place: no restart)
+            assert wait_until(lambda: svc.log().count("SIGHUP: reloaded") == 3, timeout_s=30), svc.log()[-3000:]
+            assert "request in-flight-at-sighup done" not in svc.log()
+            svc.pause_file.unlink()
+            rest = [line for line in lines if line]
+    finally:
+        svc.pause_file.unlink(missing_ok=True)
+    assert rest[-1] == "data: [DONE]" and not any('"error"' in line for line in rest)
+    assert "request in-flight-at-sighup done" in svc.log()
+    for _ in range(4):  # whichever worker takes it, on the same connection as before or a new one
+        with pytest.raises(openai.AuthenticationError):
+            revoked.models.list()
+        r = httpx.get(f"{svc.base_url}/v1/models", headers={"Authorization": f"Bearer {KEYS['revoked'][0]}"})
+        assert r.status_code == 401
+    assert chat_raw(sdk(svc, "calm")).parse().choices
+    assert "Booting worker" not in svc.log().partition("SIGHUP")[2]  # no worker was restarted
+
+
+def test_no_key_and_no_prompt_in_the_logs(svc):
+    chat_raw(sdk(svc, "calm"), SECRET_PROMPT)
+    httpx.get(f"{svc.base_url}/v1/models", headers={"Authorization": f"Bearer {SECRET_PROMPT}-not-a-key"})
+    log = svc.log()
+    for key, _ in KEYS.values():
+        assert key not in log and key[4:-4] not in log
+    assert SECRET_PROMPT not in log
+    assert "flood" in log  # key names do appear
+    assert not leaked_secrets()  # every log of the session so far (X3; checked again at its end)
