@@ -456,6 +456,10 @@ def _api_keys(auth: dict) -> list[ApiKey]:
         if k.name in seen:
             raise ValueError(f"API key name {k.name!r} is used twice (names identify keys in logs and limits)")
         seen.add(k.name)
+    by_digest: dict[str, str] = {}
+    for k in keys:
+        if (other := by_digest.setdefault(k.sha256, k.name)) != k.name:
+            raise ValueError(f"API keys {other!r} and {k.name!r} have the same sha256 (one key, two names)")
     return keys
 
 

@@ -14,6 +14,8 @@ import logging
 import time
 from typing import Callable
 
+from genapi.untrusted import clip
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
 
 
@@ -31,7 +33,8 @@ class ContextFilter(logging.Filter):
             ctx = {}
         for k in ("request_id", "trace_id"):
             if not getattr(record, k, None):
-                setattr(record, k, ctx.get(k, ""))
+                # Client-supplied (x-request-id): escaped and bounded like every logged value.
+                setattr(record, k, clip(ctx.get(k, "")) if ctx.get(k) else "")
         return True
 
 

@@ -33,6 +33,12 @@ class GenapiError(Exception):
         self.metadata = tuple(metadata)
         self.should_retry: bool | None = None
 
+    def with_metadata(self, metadata: tuple[tuple[str, str], ...]) -> "GenapiError":
+        """A copy carrying `metadata` as extra trailers (module-level errors are shared)."""
+        err = GenapiError(self.code, self.message, self.reason, self.param, self.retry_after_s, metadata)
+        err.should_retry = self.should_retry
+        return err
+
     def to_status(self) -> grpc.Status:
         meta = {}
         if self.param:

@@ -31,6 +31,7 @@ from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
 from genapi.keys import ANONYMOUS, KeyChecker
+from genapi.untrusted import clip
 
 from . import metrics
 from .errors import GenapiError
@@ -162,9 +163,24 @@ class RateLimiter:
         return item
 
     async def _run(self, fn, *args, **kw):
-        if self._inline:
-            return fn(*args, **kw)
-        return await asyncio.to_thread(fn, *args, **kw)
+        """`fn` on the storage; a storage that cannot be reached (Redis down) is UNAVAILABLE
+        with Retry-After (a 503 the client retries), never an internal error."""
+        try:
+            if self._inline:
+                return fn(*args, **kw)
+            return await asyncio.to_thread(fn, *args, **kw)
+        except (OSError, ConnectionError) as e:
+            raise self._unavailable(e) from None
+        except Exception as e:
+            if type(e).__module__.startswith("redis"):  # redis.exceptions.ConnectionError, TimeoutError
+                raise self._unavailable(e) from None
+            raise
+
+    @staticmethod
+    def _unavailable(e: Exception) -> GenapiError:
+        log.warning("rate-limit storage unavailable: %s", clip(str(e), 300))
+        return GenapiError(grpc.StatusCode.UNAVAILABLE, "The rate-limit storage is unavailable; retry shortly.",
+                           "limits_unavailable", retry_after_s=5)
 
     async def _hit(self, amount: int, kind: str, key: str, cost: int) -> tuple[bool, Budget]:
         """Adds `cost` to the counter; when it went over, takes it back. (ok, budget after)."""

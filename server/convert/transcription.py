@@ -21,6 +21,7 @@ from ..errors import invalid, too_long
 
 MAX_PROMPT_CHARS = 4096
 MAX_LANGUAGE_CHARS = 32
+MAX_AUDIO_BYTES = 25 * 1024 * 1024  # OpenAI's limit for audio files (the REST endpoints' 413)
 TASKS = {pb.TRANSCRIPTION_TASK_UNSPECIFIED: "transcribe", pb.TRANSCRIPTION_TASK_TRANSCRIBE: "transcribe",
          pb.TRANSCRIPTION_TASK_TRANSLATE: "translate"}
 TASK_PROTO = {"transcribe": pb.TRANSCRIPTION_TASK_TRANSCRIBE, "translate": pb.TRANSCRIPTION_TASK_TRANSLATE}
@@ -49,6 +50,12 @@ def transcription_request(req: pb.TranscribeRequest, engine_id: str) -> Transcri
         raise too_long("language", MAX_LANGUAGE_CHARS, len(req.language))
     if req.task not in TASKS:
         raise invalid(f"Invalid 'task': unknown value {req.task}.", "task")
+    if len(req.audio) > MAX_AUDIO_BYTES:  # as the REST endpoints' 413
+        raise invalid(f"The audio is larger than {MAX_AUDIO_BYTES} bytes (25 MB).", "audio", "file_too_large")
+    for g in req.timestamp_granularities:
+        if g not in (pb.TIMESTAMP_GRANULARITY_UNSPECIFIED, pb.TIMESTAMP_GRANULARITY_SEGMENT,
+                     pb.TIMESTAMP_GRANULARITY_WORD):
+            raise invalid(f"Invalid 'timestamp_granularities': unknown value {g}.", "timestamp_granularities")
     words = pb.TIMESTAMP_GRANULARITY_WORD in req.timestamp_granularities
     return TranscriptionRequest(engine_id, req.audio, TASKS[req.task], req.language or None, req.prompt,
                                 temperature, words, req.include_logprobs, _vad(req))

@@ -35,6 +35,7 @@ from grpc_status import rpc_status
 from genapi.v1 import content_pb2
 from genapi.v1 import response_service_pb2 as pb
 
+from ..batches.inprocess import LineContext
 from ..store import ResponseRecord, Store
 from .conversations import append_items
 from .items import items_from_json, items_to_messages, response_from_json, response_to_json
@@ -56,29 +57,19 @@ STATUS_NAMES = {
 Emit = Callable[[pb.CreateResponseResponse], Awaitable[None]]
 
 
-class ForwardContext:
-    """The slice of grpc.aio.ServicerContext that Generate uses; writes go to `on_write`."""
+class ForwardContext(LineContext):
+    """The slice of grpc.aio.ServicerContext that Generate uses (batches.inprocess), with
+    writes going to `on_write`. A response counts against its key's rate limits (its
+    x-ratelimit-* metadata is not forwarded: the Responses endpoints do not send it)."""
+
+    exempt_from_limits = False
 
     def __init__(self, request_id: str, on_write):
-        self._metadata = (("x-request-id", request_id),)
+        super().__init__(request_id)
         self._on_write = on_write
-        self.status: grpc.Status | None = None
-
-    def invocation_metadata(self):
-        return self._metadata
 
     async def write(self, message) -> None:
         await self._on_write(message)
-
-    async def abort_with_status(self, status: grpc.Status) -> None:
-        self.status = status
-        raise grpc.aio.AbortError()
-
-    def cancelled(self) -> bool:
-        return False
-
-    def done(self) -> bool:
-        return self.status is not None
 
 
 def status_reason(status: grpc.Status) -> str:

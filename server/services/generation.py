@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import logging
 import time
@@ -213,9 +212,7 @@ def with_rate_state(err: GenapiError, ticket: Ticket) -> GenapiError:
     errors are shared)."""
     if err.metadata or not (md := ticket.metadata()):
         return err
-    err = copy.copy(err)
-    err.metadata = md
-    return err
+    return err.with_metadata(md)
 
 
 def constrain_tools(gen, plan, conv: OutputConventions, thinking: bool) -> bool:

@@ -39,6 +39,8 @@ VAD_FIELDS = {"type", "threshold", "prefix_padding_ms", "silence_duration_ms"}
 COMMON_FIELDS = {"model", "prompt", "temperature", "response_format", "user", "file"}
 TRANSCRIPTION_FIELDS = COMMON_FIELDS | {"language", "timestamp_granularities", "include", "chunking_strategy",
                                         "stream"}
+# The fields that come with brackets: lists (`include[]`) and the chunking object's keys.
+SUBSCRIPTED = frozenset({"timestamp_granularities", "include", "chunking_strategy"})
 # Translations take the same extras (a superset of OpenAI's, which has none of them).
 TRANSLATION_FIELDS = TRANSCRIPTION_FIELDS
 
@@ -134,6 +136,8 @@ def validate_audio_form(form, task: str) -> dict:
     for key in form.keys():
         if _base(key) not in known:
             raise unknown_parameter(key)
+        if key != _base(key) and _base(key) not in SUBSCRIPTED:  # `prompt[]`: a list where one value goes
+            raise invalid_value(key, f"Invalid '{key}': '{_base(key)}' takes one value, not a list.")
     model = _one(form, "model")
     if not model:
         raise missing("model")

@@ -338,6 +338,8 @@ def test_oversized_file_is_413_and_the_server_keeps_serving(sdk, svc, files):
     ({"stream": "true", "response_format": "srt"}, "response_format"),
     ({"colour": "blue"}, "colour"),
     ({"model": ""}, "model"),
+    ({"temperature[]": "0.5"}, "temperature[]"),  # a one-value field sent as a list
+    ({"prompt[]": "a"}, "prompt[]"),
 ])
 def test_bad_fields_are_400_naming_them(svc, files, fields, param):
     data = {"model": WHISPER, **fields}
@@ -381,9 +383,11 @@ def test_grpc_event_order_words_and_errors(stub, files, clip):
     with pytest.raises(grpc.RpcError) as e:
         list(stub.Transcribe(pb.TranscribeRequest(model=WHISPER, audio=b"\x00\x01garbage")))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    with pytest.raises(grpc.RpcError) as e:
-        list(stub.Transcribe(pb.TranscribeRequest(model=WHISPER, audio=files["wav"], temperature=3)))
-    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for bad in (dict(temperature=3), dict(timestamp_granularities=[99]),
+                dict(audio=b"\0" * (25 * 1024 * 1024 + 1))):  # over 25 MB, as REST's 413
+        with pytest.raises(grpc.RpcError) as e:
+            list(stub.Transcribe(pb.TranscribeRequest(**{"model": WHISPER, "audio": files["wav"], **bad})))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
 
 
 def test_concurrent_requests_share_batches(svc, stub, files):

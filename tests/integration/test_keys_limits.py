@@ -141,6 +141,15 @@ def test_a_request_over_the_whole_token_budget_is_not_retryable(svc):
     assert chat_raw(client, max_tokens=4).parse().choices  # nothing was charged
 
 
+def test_a_limited_key_gets_responses_and_its_400s(svc):
+    calm = sdk(svc, "calm")  # under the default rpm limit
+    out = calm.responses.create(model=MODEL, input="hi", max_output_tokens=4, temperature=0)
+    assert out.status in ("completed", "incomplete") and out.usage.output_tokens > 0
+    with pytest.raises(openai.BadRequestError) as e:  # bad input stays a 400 with the limit state attached
+        chat_raw(calm, max_tokens=100_000)
+    assert "x-ratelimit-limit-requests" in e.value.response.headers
+
+
 def test_a_key_sees_only_its_models(svc):
     narrow, calm = sdk(svc, "narrow"), sdk(svc, "calm")
     assert [m.id for m in narrow.models.list()] == [MODEL]

@@ -93,3 +93,16 @@ def test_the_limit_holds_across_workers_and_replicas(replicas):
     # both replicas served part of the burst: the count is shared, not per process
     for core in cores:
         assert "model=" + MODEL in core.log(), core.log()[-2000:]
+
+
+def test_a_storage_that_is_down_is_a_503_to_retry(tmp_path):
+    tables = (f'[limits]\nstorage = "redis://127.0.0.1:{free_port()}"\n'  # nothing listens there
+              f'[[auth.keys]]\nname = "burst"\nsha256 = "{hash_key(KEY)}"\nrpm = {RPM}\n')
+    svc = Service(tmp_path, "nostorage", extra_toml=tables).start()
+    try:
+        with pytest.raises(openai.InternalServerError) as e:
+            svc.sdk(api_key=KEY).chat.completions.create(model=MODEL, messages=user_messages("hi"), max_tokens=2)
+        assert e.value.status_code == 503 and e.value.response.headers["retry-after"] == "5"
+        assert "rate-limit storage is unavailable" in e.value.message
+    finally:
+        svc.stop()

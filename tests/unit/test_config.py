@@ -247,3 +247,11 @@ def test_bad_key_and_limit_settings_are_refused(tmp_path, monkeypatch, toml, mes
     f.write_text(toml)
     with pytest.raises(ValueError, match=message):
         load_config(f)
+
+
+def test_two_key_entries_with_one_digest_are_refused(tmp_path):
+    digest = hash_key("sk-same")
+    cfg_file = tmp_path / "k.toml"
+    cfg_file.write_text(f'[[auth.keys]]\nname = "a"\nsha256 = "{digest}"\n[[auth.keys]]\nname = "b"\nsha256 = "{digest}"\n')
+    with pytest.raises(ValueError, match="API keys 'a' and 'b' have the same sha256"):
+        load_config(cfg_file)
