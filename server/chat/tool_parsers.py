@@ -172,7 +172,8 @@ class ToolCallParser:
             if not constrained:
                 self._content(out, self._opener + self._lead + (call.raw if call else "") + self._buf)
         elif self._state in ("content", "start"):
-            self._content(out, self._buf)
+            if not (constrained and held_suffix(self._buf, self.openers) == len(self._buf)):
+                self._content(out, self._buf)  # (constrained: a cut-off opener is no content)
         elif self._state == "array":
             self._content(out, self._opener + self._buf)
         self._buf = ""

@@ -86,3 +86,5 @@ def test_a_constrained_call_cut_short_is_never_content():
     assert free.feed(cut) == [] and constrained.feed(cut) == []  # held back while undecided
     assert free.finish() == [cut]  # unconstrained: it may have been text after all
     assert constrained.finish(constrained=True) == []  # the grammar made it a call
+    opener = HermesParser()
+    assert opener.feed("<tool_") == [] and opener.finish(constrained=True) == []  # a cut-off opener too
