@@ -216,7 +216,12 @@ class RateLimiter:
                                    f"Limit {rpm}, Used {rpm}, Requested 1. Please try again in "
                                    f"{go_duration(budget.reset_s)}.", ticket.state, budget.reset_s)
         if tpm:
-            ticket.state.tokens = await self._peek(tpm, "tokens", key)
+            ticket.state.tokens = budget = await self._peek(tpm, "tokens", key)
+            if budget.remaining <= 0:  # spent: refused before it runs (embeddings and rerank, charged after)
+                raise rate_limited(key, "tokens",
+                                   f"Rate limit reached for {_for(model)}key `{key}` on tokens per min (TPM): "
+                                   f"Limit {tpm}, Used {tpm - budget.remaining}. Please try again in "
+                                   f"{go_duration(budget.reset_s)}.", ticket.state, budget.reset_s)
         return ticket
 
     async def _charge(self, ticket: Ticket, tokens: int, what: str) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from genapi.config import hash_key
 
-from ..conftest import MODEL, TINY_MODEL, Service, leaked_secrets, never_logged, user_messages, wait_until
+from ..conftest import EMBED_MODEL, MINILM_PATH, MODEL, TINY_MODEL, Service, leaked_secrets, never_logged, user_messages, wait_until
 
 OTHER_MODEL = "genapi-tiny-chat-b"
 KEYS = {  # name -> (key, extra TOML lines)
@@ -26,6 +26,7 @@ KEYS = {  # name -> (key, extra TOML lines)
     "small": ("sk-small-0123456789abcdef", "tpm = 300"),
     "narrow": ("sk-narrow-0123456789abcdef", f'models = ["{MODEL}"]'),
     "revoked": ("sk-revoked-0123456789abcdef", ""),
+    "embeds": ("sk-embeds-0123456789abcdef", "rpm = 0\ntpm = 40"),
 }
 DEFAULT_RPM = 100
 SECRET_PROMPT = never_logged("zanzibar-quokka-prompt-7f3a")  # and after the session, no log has it
@@ -44,7 +45,8 @@ def svc(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("limits")
     s = Service(tmp, "limits", extra_toml=config_tables(KEYS),
                 model_options=f'\n[[models]]\nname = "{OTHER_MODEL}"\npath = "{TINY_MODEL}"\n'
-                              f'[models.options.fault]\npause_decode_file = "{tmp / "pause"}"\n')
+                              f'[models.options.fault]\npause_decode_file = "{tmp / "pause"}"\n'
+                              f'[[models]]\nname = "{EMBED_MODEL}"\ntask = "embedding"\npath = "{MINILM_PATH}"\n')
     s.pause_file = tmp / "pause"  # while it exists, OTHER_MODEL's requests stop after their first token
     s.start()
     yield s
@@ -130,6 +132,18 @@ def test_tokens_are_charged_up_front_and_refunded_to_what_was_used(svc):
     assert int(h["x-ratelimit-remaining-tokens"]) < 200 + usage.prompt_tokens
 
 
+def test_embeddings_charged_after_they_run_are_refused_once_the_budget_is_spent(svc):
+    client = sdk(svc, "embeds")  # tpm = 40
+    text = "tokens " * 12  # ~14 tokens with the special ones
+    served = 0
+    with pytest.raises(openai.RateLimitError) as e:
+        for _ in range(6):
+            client.embeddings.create(model=EMBED_MODEL, input=[text, text])
+            served += 1
+    assert 1 <= served <= 2  # charged after each run: the one that spent the rest still ran
+    assert "tokens per min" in e.value.message and int(e.value.response.headers["retry-after"]) >= 1
+
+
 def test_a_request_over_the_whole_token_budget_is_not_retryable(svc):
     client = sdk(svc, "small")
     with pytest.raises(openai.RateLimitError) as e:
@@ -153,7 +167,7 @@ def test_a_limited_key_gets_responses_and_its_400s(svc):
 def test_a_key_sees_only_its_models(svc):
     narrow, calm = sdk(svc, "narrow"), sdk(svc, "calm")
     assert [m.id for m in narrow.models.list()] == [MODEL]
-    assert {m.id for m in calm.models.list()} == {MODEL, OTHER_MODEL}
+    assert {m.id for m in calm.models.list()} == {MODEL, OTHER_MODEL, EMBED_MODEL}
     for call in (lambda: chat_raw(narrow, model=OTHER_MODEL), lambda: narrow.models.retrieve(OTHER_MODEL)):
         with pytest.raises(openai.NotFoundError) as e:
             call()
