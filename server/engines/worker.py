@@ -204,3 +204,22 @@ class WorkerProcess:
         except (EOFError, OSError):
             pass
         self._on_exit()
+
+
+class WorkerEngine:
+    """stop/ready/stats for an engine whose model runs in a WorkerProcess: expects
+    `_worker`, `_lock`, `_stats` (EngineStats) and `_waiting` (requests not yet running);
+    `_stopping` tells its exit handler that the process ending is expected."""
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await self._worker.stop()
+
+    def ready(self) -> bool:
+        return self._worker.alive()
+
+    def stats(self):
+        with self._lock:
+            s = type(self._stats)(**vars(self._stats))
+            s.queued_requests = len(self._waiting)
+        return s

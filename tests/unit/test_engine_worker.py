@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
 
 from server.engines.worker import Abort, Step, Stop, WorkerProcess
+
+from ..conftest import wait_until
 
 
 class SlowReader:
@@ -21,8 +22,7 @@ class SlowReader:
         return {}
 
     def run(self, conn) -> None:
-        while not os.path.exists(self.go):
-            time.sleep(0.02)
+        assert wait_until(lambda: os.path.exists(self.go), timeout_s=120, interval_s=0.02)
         count, last = 0, ""
         while not isinstance(msg := conn.recv(), Stop):
             count, last = count + 1, msg.request_id

@@ -35,7 +35,7 @@ from ..base import (
     ScoreRequest,
     ScoreResult,
 )
-from ..worker import Abort, Step, Submit, WorkerProcess
+from ..worker import Abort, Step, Submit, WorkerEngine, WorkerProcess
 from .encoder import EncodeJob, EncoderLoop
 from .encoder_inputs import TokenizerSpec, check_total, tokenize_inputs, tokenize_pairs
 
@@ -45,7 +45,7 @@ DEFAULT_MAX_QUEUE = ENCODER_MAX_QUEUE  # genapi.config sizes the shim's threads 
 DEFAULT_MAX_REQUEST_TOKENS = 300_000
 
 
-class EmbeddingEngine(EngineBase):
+class EmbeddingEngine(WorkerEngine, EngineBase):
     """Embedder and Scorer on one sentence-transformers checkpoint (one engine process;
     the registry shares it between an embedding and a rerank model of the same path)."""
 
@@ -71,18 +71,6 @@ class EmbeddingEngine(EngineBase):
         self._spec = TokenizerSpec(info["tokenizer"], info["max_input_tokens"], info["vocab_size"],
                                    info["do_lower_case"])
 
-    async def stop(self) -> None:
-        self._stopping = True
-        await self._worker.stop()
-
-    def ready(self) -> bool:
-        return self._worker.alive()
-
-    def stats(self) -> EngineStats:
-        with self._lock:
-            s = EngineStats(**vars(self._stats))
-            s.queued_requests = len(self._waiting)
-        return s
 
     # ---- capabilities ------------------------------------------------------------
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:

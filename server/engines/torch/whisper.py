@@ -38,7 +38,7 @@ from ..base import (
     TranscriptSegment,
     TranscriptWord,
 )
-from ..worker import Abort, Step, Submit, WorkerProcess
+from ..worker import Abort, Step, Submit, WorkerEngine, WorkerProcess
 from .whisper_loop import TranscribeJob, WhisperLoop, WindowResult
 from .whisper_windows import (
     FRAMES_PER_SECOND,
@@ -65,7 +65,7 @@ def language_names() -> dict[str, str]:
     return dict(LANGUAGES)
 
 
-class WhisperEngine(EngineBase):
+class WhisperEngine(WorkerEngine, EngineBase):
     """Transcriber on one Whisper checkpoint (its own engine process)."""
 
     def __init__(self, name: str, path: str, options: dict | None = None):
@@ -88,18 +88,6 @@ class WhisperEngine(EngineBase):
         self._info = await self._worker.start()
         self.transcriber_info = TranscriberInfo(list(self._info["languages"]), self.max_audio_s)
 
-    async def stop(self) -> None:
-        self._stopping = True
-        await self._worker.stop()
-
-    def ready(self) -> bool:
-        return self._worker.alive()
-
-    def stats(self) -> EngineStats:
-        with self._lock:
-            s = EngineStats(**vars(self._stats))
-            s.queued_requests = len(self._waiting)
-        return s
 
     # ---- validation --------------------------------------------------------------
     def _language(self, language: str | None) -> str | None:
