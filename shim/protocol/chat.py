@@ -115,7 +115,7 @@ def validate_chat_request(body: Any) -> dict:
     _validate_reasoning(body)
     _validate_ignored(body)
     _validate_not_implemented(body)
-    _validate_response_format(body)
+    validate_response_format(body)
     return body
 
 
@@ -397,7 +397,7 @@ def _validate_not_implemented(body: dict) -> None:
                                                         "or 'audio'.")
 
 
-def _validate_response_format(body: dict) -> None:
+def validate_response_format(body: dict) -> None:
     """{"type": "text" | "json_object"} or {"type": "json_schema", "json_schema": {"name",
     "schema"?, "strict"?, "description"?}}. The schema's own validity (its metaschema, and
     whether it compiles to a grammar) is the core's to judge."""

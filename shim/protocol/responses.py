@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from shim.errors import APIError
-from shim.protocol.chat import MAX_TOP_LOGPROBS, REASONING_EFFORTS, _validate_response_format
+from shim.protocol.chat import MAX_TOP_LOGPROBS, REASONING_EFFORTS, validate_response_format
 from shim.protocol.common import (
     check_text,
     expect_array,
@@ -282,7 +282,7 @@ def _validate_text(body: dict) -> None:
     if fmt.get("type") == "json_schema":
         as_chat = {"type": "json_schema", "json_schema": {k: v for k, v in fmt.items() if k != "type"}}
     try:
-        _validate_response_format({"response_format": as_chat})
+        validate_response_format({"response_format": as_chat})
     except APIError as e:
         rename = (lambda s: s.replace("response_format.json_schema", "text.format")
                   .replace("response_format", "text.format")) if e.param else (lambda s: s)
