@@ -173,7 +173,7 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     batch_service_pb2_grpc.add_BatchServiceServicer_to_server(BatchServicer(
         store, runner, cfg.batch_window_s, cfg.s3_input_buckets), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
-    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry), server)
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry, limiter), server)
     embedding_service_pb2_grpc.add_EmbeddingServiceServicer_to_server(embedding, server)
     rerank_service_pb2_grpc.add_RerankServiceServicer_to_server(RerankServicer(registry, drain, limiter), server)
     transcription_service_pb2_grpc.add_TranscriptionServiceServicer_to_server(

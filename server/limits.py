@@ -200,6 +200,16 @@ class RateLimiter:
         stats = await self._run(self.strategy.get_window_stats, item, kind, key)
         return Budget(amount, stats.remaining, stats.reset_time - time.time())
 
+    async def state_of(self, key: str) -> RateState:
+        """`key`'s budgets now, charging nothing (AdminService.GetRateLimits)."""
+        rpm, tpm = self.limits_of(key)
+        state = RateState()
+        if rpm:
+            state.requests = await self._peek(rpm, "requests", key)
+        if tpm:
+            state.tokens = await self._peek(tpm, "tokens", key)
+        return state
+
     async def admit(self, key: str, model: str = "") -> Ticket:
         """Counts one request of `key`; raises the 429 GenapiError when its rpm is used up.
         The ticket's state also shows the token budget left (peeked)."""

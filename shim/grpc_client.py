@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from genapi.v1 import (
+    admin_service_pb2_grpc,
     batch_service_pb2_grpc,
     embedding_service_pb2_grpc,
     file_service_pb2_grpc,
@@ -55,6 +56,7 @@ class CoreClient:
         self.target = target
         self.channel = grpc.insecure_channel(target, options=options)
         self.generation = generation_service_pb2_grpc.GenerationServiceStub(self.channel)
+        self.admin = admin_service_pb2_grpc.AdminServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
         self.embedding = embedding_service_pb2_grpc.EmbeddingServiceStub(self.channel)
         self.rerank = rerank_service_pb2_grpc.RerankServiceStub(self.channel)

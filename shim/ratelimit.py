@@ -6,12 +6,18 @@ carry `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` in OpenAI's format
 (integers; resets as Go durations like `1s`, `6m0s`); the shim copies them verbatim:
 `remember_call` stores those of a call in `flask.g`, the after-request hook puts them on
 the response; an error response gets them from `from_grpc_error` (shim/errors.py).
+
+Every other response of a key with limits (models, files, batches, a 404, the shim's own
+400s) gets the state from one AdminService.GetRateLimits call, made by the same hook: so
+each response carries them, as OpenAI's do. Keys without limits cost no call.
 """
 from __future__ import annotations
 
-from flask import Flask, g
+import grpc
+from flask import Flask, current_app, g
 
 PREFIX = "x-ratelimit-"
+LOOKUP_TIMEOUT_S = 2.0
 
 
 def headers_from_metadata(metadata) -> dict[str, str]:
@@ -45,9 +51,41 @@ def remember_call(call) -> None:
             pass
 
 
+def has_limits(principal: str) -> bool:
+    """Whether `principal`'s key (or the default) sets an rpm or tpm limit."""
+    cfg = current_app.config["GENAPI"]
+    keys = current_app.extensions.get("genapi_keys")
+    p = keys.principal(principal) if keys is not None else None
+    rpm = p.rpm if p is not None and p.rpm is not None else cfg.default_rpm
+    tpm = p.tpm if p is not None and p.tpm is not None else cfg.default_tpm
+    return bool(rpm or tpm)
+
+
+def looked_up_headers() -> dict[str, str]:
+    """The caller's x-ratelimit-* from the core (GetRateLimits, charging nothing); {} when
+    the core does not answer in time (the response goes out without them)."""
+    from genapi.v1 import admin_service_pb2
+    from shim import grpc_client
+    from shim.routes.common import core, metadata
+
+    if grpc_client.is_shut_down():
+        return {}
+    try:
+        _, call = core().admin.GetRateLimits.with_call(admin_service_pb2.GetRateLimitsRequest(),
+                                                      metadata=metadata(), timeout=LOOKUP_TIMEOUT_S)
+    except grpc.RpcError:
+        return {}
+    return call_headers(call)
+
+
 def register_ratelimit_headers(app: Flask) -> None:
     @app.after_request
     def _add(response):
-        for key, value in (g.get("ratelimit_headers") or {}).items():
+        headers = g.get("ratelimit_headers")
+        principal = g.get("principal")
+        if (headers is None and principal is not None and response.status_code < 500
+                and not any(k.lower().startswith(PREFIX) for k in response.headers.keys()) and has_limits(principal)):
+            headers = looked_up_headers()
+        for key, value in (headers or {}).items():
             response.headers.setdefault(key, value)
         return response

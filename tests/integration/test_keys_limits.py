@@ -27,6 +27,7 @@ KEYS = {  # name -> (key, extra TOML lines)
     "narrow": ("sk-narrow-0123456789abcdef", f'models = ["{MODEL}"]'),
     "revoked": ("sk-revoked-0123456789abcdef", ""),
     "embeds": ("sk-embeds-0123456789abcdef", "rpm = 0\ntpm = 40"),
+    "quiet": ("sk-quiet-0123456789abcdef", "tpm = 5000"),
 }
 DEFAULT_RPM = 100
 SECRET_PROMPT = never_logged("zanzibar-quokka-prompt-7f3a")  # and after the session, no log has it
@@ -162,6 +163,52 @@ def test_a_limited_key_gets_responses_and_its_400s(svc):
     with pytest.raises(openai.BadRequestError) as e:  # bad input stays a 400 with the limit state attached
         chat_raw(calm, max_tokens=100_000)
     assert "x-ratelimit-limit-requests" in e.value.response.headers
+
+
+def test_every_response_of_a_limited_key_carries_the_state_and_only_model_calls_are_charged(svc):
+    quiet = sdk(svc, "quiet")
+    auth = {"Authorization": f"Bearer {KEYS['quiet'][0]}"}
+
+    def state_of(resp) -> tuple[int, int]:
+        h = ratelimit_headers(resp.headers)
+        assert h["x-ratelimit-limit-requests"] == str(DEFAULT_RPM) and h["x-ratelimit-limit-tokens"] == "5000"
+        assert h["x-ratelimit-reset-requests"].endswith("s") and h["x-ratelimit-reset-tokens"].endswith("s")
+        return int(h["x-ratelimit-remaining-requests"]), int(h["x-ratelimit-remaining-tokens"])
+
+    uncharged = [
+        quiet.models.with_raw_response.list(),
+        quiet.files.with_raw_response.list(),
+        quiet.batches.with_raw_response.list(),
+        httpx.post(f"{svc.base_url}/v1/chat/completions", content=b"{not json", headers={**auth, "Content-Type": "application/json"}),  # the shim's own 400
+        httpx.get(f"{svc.base_url}/v1/no-such-route", headers=auth),  # a 404
+        httpx.get(f"{svc.base_url}/v1/files/file-missing", headers=auth),  # the core's 404
+    ]
+    assert [r.status_code for r in uncharged[3:]] == [400, 404, 404]
+    assert {state_of(r) for r in uncharged} == {(DEFAULT_RPM, 5000)}  # none of them charged anything
+    chat = chat_raw(quiet, max_tokens=4)
+    used = chat.parse().usage.total_tokens
+    assert state_of(quiet.models.with_raw_response.list()) == (DEFAULT_RPM - 1, 5000 - used)
+    # A key without limits pays no lookup and gets no headers.
+    free = httpx.get(f"{svc.base_url}/v1/models", headers={"Authorization": f"Bearer {KEYS['tokens'][0]}"})
+    assert "x-ratelimit-limit-requests" not in free.headers  # rpm = 0 for it; its tpm shows
+    assert free.headers["x-ratelimit-limit-tokens"] == "600"
+
+
+def test_grpc_callers_read_their_state_with_get_rate_limits(svc):
+    import grpc
+
+    from genapi.v1 import admin_service_pb2, admin_service_pb2_grpc
+
+    with grpc.insecure_channel(svc.grpc_target) as channel:
+        stub = admin_service_pb2_grpc.AdminServiceStub(channel)
+        reply, call = stub.GetRateLimits.with_call(admin_service_pb2.GetRateLimitsRequest(),
+                                                   metadata=[("authorization", f"Bearer {KEYS['embeds'][0]}")], timeout=10)
+        assert not reply.HasField("requests")  # rpm = 0
+        assert reply.tokens.limit == 40 and 0 <= reply.tokens.remaining <= 40 and 0 < reply.tokens.reset_ms <= 60_000
+        assert dict(call.initial_metadata())["x-ratelimit-limit-tokens"] == "40"
+        with pytest.raises(grpc.RpcError) as e:
+            stub.GetRateLimits(admin_service_pb2.GetRateLimitsRequest(), timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_a_key_sees_only_its_models(svc):
