@@ -437,6 +437,9 @@ def _named_key(k) -> ApiKey:
     models = k.get("models")
     if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) and m for m in models)):
         raise ValueError(f"API key {name!r}: models = {models!r}: must be a list of model names")
+    if models == []:  # would lock the key out of every model; almost surely a mistake
+        raise ValueError(f"API key {name!r}: models = []: allows no model; list the models it may use, "
+                         "or leave `models` out to allow every model (revoke a key by removing it)")
     limits = {}
     for field_ in ("rpm", "tpm"):
         v = k.get(field_)

@@ -165,7 +165,8 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     response_servicer = ResponseServicer(store, generation, responses)
     response_service_pb2_grpc.add_ResponseServiceServicer_to_server(response_servicer, server)
     runner = BatchRunner(store, objects, {"generation": generation, "embedding": embedding,
-                                          "responses": response_servicer}, registry, cfg.batch_concurrency)
+                                          "responses": response_servicer}, registry, cfg.batch_concurrency,
+                         keys=checker)
     try:
         metrics.install(registry, runner, cfg.metrics_port, cfg.core_host)
     except OSError as e:

@@ -7,30 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import re
 
 import grpc
 
+from genapi.traceparent import parse_traceparent
+
 from .interceptors import run_with
 
-TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 _trace_id: contextvars.ContextVar[str] = contextvars.ContextVar("genapi_trace_id", default="")
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("genapi_request_id", default="")
-
-
-def parse_traceparent(value: str | None) -> tuple[str, str, str] | None:
-    """(trace_id, parent_id, flags) of a valid version-00-compatible traceparent, else None
-    (all-zero ids and version ff are invalid, W3C Trace Context §3.2)."""
-    if not value:
-        return None
-    m = TRACEPARENT.fullmatch(value.strip().lower())
-    if m is None:
-        return None
-    version, trace_id, parent_id, flags = m.groups()
-    if version == "ff" or trace_id == "0" * 32 or parent_id == "0" * 16:
-        return None
-    return trace_id, parent_id, flags
 
 
 def log_context() -> dict:

@@ -5,27 +5,13 @@ core as gRPC metadata `traceparent`; the trace id is in the access line and in e
 """
 from __future__ import annotations
 
-import re
 import secrets
 
 from flask import Flask, g, request
 
+from genapi.traceparent import parse_traceparent
+
 HEADER = "traceparent"
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-
-
-def parse_traceparent(value: str | None) -> tuple[str, str, str] | None:
-    """(trace_id, parent_id, flags) of a valid traceparent, else None (W3C Trace Context:
-    lowercase hex, version ff and all-zero ids invalid)."""
-    if not value:
-        return None
-    m = _TRACEPARENT.fullmatch(value.strip())
-    if m is None:
-        return None
-    version, trace_id, parent_id, flags = m.groups()
-    if version == "ff" or trace_id == "0" * 32 or parent_id == "0" * 16:
-        return None
-    return trace_id, parent_id, flags
 
 
 def continue_trace(header: str | None) -> tuple[str, str]:

@@ -63,8 +63,9 @@ def batch_model(lines) -> str:
 
 class BatchRunner:
     def __init__(self, store: Store, objects, services: dict, registry, concurrency: int,
-                 holder: str | None = None, urls: S3Url | None = None):
+                 holder: str | None = None, urls: S3Url | None = None, keys=None):
         self.store = store
+        self.keys = keys  # genapi.keys.KeyChecker: a line may use only the models its owner's key may
         self.objects = objects  # store.LocalObjects or store.S3Objects
         self.urls = urls or S3Url()  # s3:// inputs and the results written beside them
         self.services = services  # LineCodec.service -> servicer
@@ -198,7 +199,7 @@ class BatchRunner:
             await asyncio.sleep(0.02)
 
     async def _run_line(self, b: BatchRecord, codec, line, cancelled: asyncio.Event) -> None:
-        act_as(b.owner)  # this line's task runs as the batch's owner (stored responses are theirs)
+        act_as(b.owner, self.keys)  # runs as the batch's owner: stored responses are theirs, its models only
         rid = f"req_{uuid.uuid4().hex}"
         try:
             request = codec.to_request(line.body, rid)

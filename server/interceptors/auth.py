@@ -27,10 +27,14 @@ def current_owner() -> str:
     return _principal.get()
 
 
-def act_as(owner: str) -> None:
+def act_as(owner: str, checker: KeyChecker | None = None) -> None:
     """Makes `owner` the current principal of this asyncio task (and the tasks it starts):
-    work done on someone's behalf outside an RPC, such as a batch line."""
+    work done on someone's behalf outside an RPC, such as a batch line. With configured
+    keys in `checker`, the owner's key (read now, so a SIGHUP reload applies) also decides
+    which models it may use; a key revoked since may use none."""
     _principal.set(owner)
+    if checker is not None and checker.enabled:
+        _key.set(checker.principal(owner) or ApiKey(owner, "", models=()))
 
 
 def current_key() -> ApiKey | None:

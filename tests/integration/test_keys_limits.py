@@ -225,6 +225,20 @@ def test_a_key_sees_only_its_models(svc):
     assert chat_raw(calm, model=OTHER_MODEL).parse().choices
 
 
+def test_a_batch_line_may_use_only_the_models_of_its_owners_key(svc):
+    from .batch_support import assert_exactly_once, chat_line, upload, wait_batch
+
+    narrow = sdk(svc, "narrow")
+    f = upload(narrow, [chat_line("mine"), chat_line("other", model=OTHER_MODEL)])
+    batch = wait_batch(narrow, narrow.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                                     completion_window="24h").id, timeout_s=120)
+    assert batch.status == "completed"
+    out, err = assert_exactly_once(narrow, batch, ["mine", "other"])
+    assert [r["custom_id"] for r in out] == ["mine"] and out[0]["response"]["status_code"] == 200
+    assert err[0]["custom_id"] == "other" and err[0]["response"]["status_code"] == 404
+    assert err[0]["response"]["body"]["error"]["code"] == "model_not_found"
+
+
 def test_sighup_revokes_a_key_and_lets_its_request_in_flight_finish(svc):
     revoked = sdk(svc, "revoked")
     svc.pause_file.touch()  # the request below stays in flight (decoding paused) across the reload

@@ -234,6 +234,7 @@ access_log = false
     ('[[auth.keys]]\nname = "a"\nsha256 = "%s"\nrmp = 3\n' % ("0" * 64), "did you mean 'rpm'"),
     ('[[auth.keys]]\nname = "a"\nsha256 = "%s"\nrpm = -1\n' % ("0" * 64), "rpm = -1"),
     ('[[auth.keys]]\nname = "a"\nsha256 = "%s"\nmodels = "m"\n' % ("0" * 64), "list of model names"),
+    ('[[auth.keys]]\nname = "a"\nsha256 = "%s"\nmodels = []\n' % ("0" * 64), r"models = \[\]: allows no model"),
     ('[[auth.keys]]\nname = "a"\nsha256 = "%s"\n[[auth.keys]]\nname = "a"\nsha256 = "%s"\n' % ("0" * 64, "1" * 64),
      "used twice"),
     ('[limits]\nstorage = "mongodb://x"\n', "memory:// or redis://"),
