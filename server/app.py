@@ -178,7 +178,7 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     embedding_service_pb2_grpc.add_EmbeddingServiceServicer_to_server(embedding, server)
     rerank_service_pb2_grpc.add_RerankServiceServicer_to_server(RerankServicer(registry, drain, limiter), server)
     transcription_service_pb2_grpc.add_TranscriptionServiceServicer_to_server(
-        TranscriptionServicer(registry, drain), server)
+        TranscriptionServicer(registry, drain, limiter), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     _enable_reflection(server, SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,))

@@ -7,7 +7,7 @@ templates and tokenizes) and what it really used. The shim copies the state the 
 reports (gRPC metadata `x-ratelimit-*`) into the HTTP headers.
 
 Accounting, per key name and one-minute window:
-- requests: one per Generate/Embed/Rerank RPC, counted when it arrives (`admit`);
+- requests: one per Generate/Embed/Rerank/Transcribe RPC, counted when it arrives (`admit`);
 - tokens: a generation is charged prompt tokens + n x max_tokens (or the model's default)
   up front (`Ticket.charge`) and refunded down to what it really used when it ends
   (`Ticket.settle`); embeddings and rerank are charged their input tokens after the fact.

@@ -25,16 +25,17 @@ from ..convert.transcription import event_protos, transcription_request
 from ..drain import Drain, shutting_down
 from ..engines.base import EngineError, EngineInvalidRequest, close_events
 from ..errors import INTERNAL_ERROR, GenapiError, abort, from_engine_error
+from ..limits import UNLIMITED, RateLimiter, admit
 from ..registry import Registry
-from .generation import request_id_of
+from .generation import request_id_of, with_rate_state
 from .lookup import model_for
 
 log = logging.getLogger("genapi.transcription")
 
 
 class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
-    def __init__(self, registry: Registry, drain: Drain):
-        self.registry, self.drain = registry, drain
+    def __init__(self, registry: Registry, drain: Drain, limiter: RateLimiter | None = None):
+        self.registry, self.drain, self.limiter = registry, drain, limiter  # counts requests; audio has no token charge
 
     async def Transcribe(self, request, context: grpc.aio.ServicerContext) -> None:
         rid = request_id_of(context, request.request_id)
@@ -48,9 +49,11 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
     async def _transcribe(self, request, context, rid: str) -> None:
         t0 = time.perf_counter()
         events = None
+        ticket = UNLIMITED
         try:
             check_ids(request.model, request.request_id, rid)
             sm = model_for(self.registry, request.model, Task.TRANSCRIPTION)
+            ticket = await admit(self.limiter, context, request.model)  # requests per minute
             req = transcription_request(request, f"{rid}#{uuid.uuid4().hex[:8]}")
             events = sm.engine.transcribe(req)
             try:
@@ -59,7 +62,7 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
                 raise from_engine_error(e) from e
         except GenapiError as e:
             log.info("request %s rejected: %s %s", clip(rid), e.code.name, clip(e.message, 1024))
-            await abort(context, e)
+            await abort(context, with_rate_state(e, ticket))
             if events is not None:
                 await close_events(events)
             return
@@ -67,9 +70,11 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
             log.exception("request %s failed before transcription", clip(rid))
             if events is not None:
                 await close_events(events)
-            await abort(context, INTERNAL_ERROR)
+            await abort(context, with_rate_state(INTERNAL_ERROR, ticket))
             return
         try:
+            if md := ticket.metadata():
+                await context.send_initial_metadata(md)
             log.info("request %s transcription model=%s task=%s file=%s bytes=%d duration=%.2fs windows=%d", rid,
                      request.model, req.task, clip(request.filename, 64) or "-", len(request.audio),
                      first.duration_s, first.windows)

@@ -41,13 +41,15 @@ MODELS = f"""
     max_batch = 4
     max_wait_ms = 3000
     """
+RPM = 10_000  # high enough never to refuse; its headers show the requests counted
 SRT_TIME = r"(\d\d):(\d\d):(\d\d),(\d\d\d)"
 VTT_TIME = r"(\d\d):(\d\d):(\d\d)\.(\d\d\d)"
 
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory):
-    s = Service(tmp_path_factory.mktemp("audio"), "audio", model_options=MODELS).start(timeout_s=600)
+    s = Service(tmp_path_factory.mktemp("audio"), "audio", model_options=MODELS,
+                extra_toml=f"[limits]\nrpm = {RPM}\n").start(timeout_s=600)
     yield s
     s.stop()
 
@@ -418,3 +420,12 @@ def test_a_caller_that_leaves_aborts_its_windows_and_the_engine_keeps_serving(sv
     assert wait_until(lambda: stats().requests_aborted == before + 1 and stats().queued_requests == 0, 30)
     events = list(stub.Transcribe(pb.TranscribeRequest(model=WHISPER, audio=files["wav"])))
     assert events[-1].HasField("done")
+
+
+def test_a_transcription_counts_against_the_requests_per_minute(sdk, files):
+    def remaining() -> int:
+        raw = sdk.audio.transcriptions.with_raw_response.create(file=("a.wav", files["wav"]), model=WHISPER)
+        assert raw.headers["x-ratelimit-limit-requests"] == str(RPM)
+        return int(raw.headers["x-ratelimit-remaining-requests"])
+    first = remaining()
+    assert first < RPM and remaining() == first - 1  # this module's requests run one at a time
