@@ -8,6 +8,7 @@ Layout (every key optional; see README "Configuration"):
     [auth]   api_key_sha256 = ["<hex digest>", ...]   (unnamed keys)
              [[auth.keys]] name, sha256, models, rpm, tpm   (named keys; optional model
                                                        list and per-minute limits)
+             metrics_keys = ["name", ...]   (only these keys may read the shim's /metrics)
     [limits] rpm, tpm (default per-key limits; 0 = none), storage ("memory://" or "redis://...")
     [tracing] otlp_endpoint (OpenTelemetry span export; needs the `otel` extra)
     [logging] format ("text" or "json"), access_log (one line per HTTP request; default true)
@@ -172,7 +173,7 @@ MODEL_OPTIONS = frozenset({
 })
 _MODEL_KEYS = ("name", "task", "backend", "path", "options")
 # Tables and keys of the file besides the _SETTINGS ones.
-_OTHER_KEYS = {"shim": ("core",), "auth": ("api_key_sha256", "keys"), "files": ("s3_input_buckets",),
+_OTHER_KEYS = {"shim": ("core",), "auth": ("api_key_sha256", "keys", "metrics_keys"), "files": ("s3_input_buckets",),
                "models": ()}
 # Number options: True when they must be > 0 (else >= 0).
 _NUMBER_OPTIONS = {"grammar_compile_timeout_s": True, "max_wait_ms": False, "free_gpu_memory_fraction": True,
@@ -278,6 +279,7 @@ class Config:
     store_url: str = ""  # SQLite database file; "" = <base>/var/genapi.db
     files_url: str = ""  # object directory or s3://bucket/prefix; "" = <base>/var/files
     s3_input_buckets: list[str] = field(default_factory=list)  # s3:// batch inputs allowed from these
+    metrics_keys: tuple[str, ...] = ()  # key names that may read the shim's /metrics (() = every key)
     max_upload_mb: int = 200  # per uploaded file (413 above)
     batch_concurrency: int = 4  # batch lines running at once over all batches
     batch_window_s: float = 0.0  # test-only: when > 0, every batch expires this long after creation
@@ -530,6 +532,7 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         base_dir=base,
         s3_input_buckets=[str(b) for b in raw.get("files", {}).get("s3_input_buckets", [])],
     )
+    cfg.metrics_keys = _metrics_keys(raw.get("auth", {}), cfg.api_keys)
     for table, key, attr, conv, _ in _SETTINGS:
         if key in raw.get(table, {}):
             value = raw[table][key]
@@ -555,6 +558,18 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     if cfg.files_url.startswith("s3://") and not cfg.files_url[len("s3://"):].split("/")[0]:
         raise ValueError(f"[files] url {cfg.files_url!r}: expected s3://bucket/prefix")
     return cfg
+
+
+def _metrics_keys(auth: dict, keys: list[ApiKey]) -> tuple[str, ...]:
+    """[auth] metrics_keys: names of configured keys (a typo would lock Prometheus out)."""
+    names = auth.get("metrics_keys", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"[auth] metrics_keys = {names!r}: must be a list of key names")
+    known = [k.name for k in keys]
+    for n in names:
+        if n not in known:
+            raise ValueError(f"[auth] metrics_keys: no key is named {n!r}{_did_you_mean(n, known)}")
+    return tuple(names)
 
 
 _KIND = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}

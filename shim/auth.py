@@ -74,7 +74,7 @@ def reload_keys(app: Flask) -> bool:
         log.error("SIGHUP: config not reloaded: %s", err)
         return False
     app.extensions["genapi_keys"].replace(new.api_keys)
-    cfg.api_keys = new.api_keys
+    cfg.api_keys, cfg.metrics_keys = new.api_keys, new.metrics_keys
     log.info("SIGHUP: reloaded %d API key(s)", len(new.api_keys))
     return True
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import os
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app, g
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+
+from shim.errors import APIError
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -52,5 +54,9 @@ def exposition() -> bytes:
 
 @bp.get("/metrics")
 def metrics():
+    allowed = current_app.config["GENAPI"].metrics_keys
+    if allowed and g.get("principal") not in allowed:  # the names of every key are in there
+        raise APIError(403, "This API key may not read the metrics ([auth] metrics_keys).", "permission_error",
+                       None, "insufficient_permissions")
     return Response(exposition(), mimetype=CONTENT_TYPE_LATEST.split(";")[0],
                     headers={"Content-Type": CONTENT_TYPE_LATEST})

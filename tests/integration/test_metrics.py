@@ -21,6 +21,7 @@ def svc(tmp_path_factory):
     metrics_port = free_port()
     s = Service(tmp_path_factory.mktemp("metrics"), "metrics", extra_toml=(
         f"[core]\nmetrics_port = {metrics_port}\n"
+        '[auth]\nmetrics_keys = ["observer"]\n'
         f'[[auth.keys]]\nname = "observer"\nsha256 = "{hash_key(KEY)}"\n'
         f'[[auth.keys]]\nname = "limited"\nsha256 = "{hash_key(LIMITED_KEY)}"\nrpm = 1\n'))
     s.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -105,6 +106,9 @@ def test_counters_move_by_the_known_requests(svc):
 
 def test_metrics_need_a_key_when_keys_are_configured(svc):
     assert httpx.get(f"{svc.base_url}/metrics", timeout=30).status_code == 401
+    other = httpx.get(f"{svc.base_url}/metrics", headers={"Authorization": f"Bearer {LIMITED_KEY}"}, timeout=30)
+    assert other.status_code == 403  # not in [auth] metrics_keys: the metrics name every key
+    assert other.json()["error"]["type"] == "permission_error" and "genapi_" not in other.text
 
 
 def test_access_log_line_per_request(svc):
