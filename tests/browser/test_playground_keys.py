@@ -64,6 +64,21 @@ def test_key_prompt_wrong_key_then_right_key(secured, open_page, artifacts):
     assert page.evaluate("sessionStorage.getItem('genapi.apiKey')") is None and dialog.is_visible()
 
 
+def test_esc_on_the_key_prompt_says_a_key_is_needed(secured, open_page):
+    page = open_page(secured)
+    page.locator("#key-dialog").wait_for(state="visible")
+    page.keyboard.press("Escape")
+    page.locator("#key-dialog").wait_for(state="hidden")
+    alert = page.locator(".msg.error[role=alert]")
+    alert.wait_for()
+    assert "API key is needed" in alert.inner_text() and page.locator("#key-button").is_visible()
+    page.click("#key-button")
+    page.fill("#api-key", KEY)
+    page.click("#key-save")
+    page.locator("#key-dialog").wait_for(state="hidden")
+    assert page.locator("#model option").all_inner_texts() == [MODEL]
+
+
 def test_a_key_that_stops_working_shows_the_401(secured, open_page):
     page = open_page(secured)
     page.fill("#api-key", KEY)

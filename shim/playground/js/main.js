@@ -402,6 +402,10 @@ function wire() {
   $("view-code").addEventListener("click", () => codeView.open());
 
   $("key-form").addEventListener("submit", submitKey);
+  // Esc (or closing it) without a key: say what is missing instead of leaving the page waiting.
+  $("key-dialog").addEventListener("close", () => {
+    if (!apiKey()) showError("An API key is needed to load the models: use the API key button to enter one.");
+  });
   $("key-button").addEventListener("click", () => askForKey());
   $("key-forget").addEventListener("click", () => {
     sessionStorage.removeItem(KEY_STORAGE);
