@@ -71,6 +71,26 @@ def check_items(items, param: str) -> None:
             raise invalid(f"Invalid '{where}': a function_call needs call_id and name.", where)
 
 
+def check_links(history, items, param: str, answers_need_calls: bool = True) -> None:
+    """`items` (after `history`) repeat no item id, and with `answers_need_calls` every
+    function_call_output answers a function_call made before it (as OpenAI: "No tool call
+    found for function call output with call_id ...")."""
+    seen = {item.id for item in history if item.id}
+    calls = {item.function_call.call_id for item in history if item.WhichOneof("item") == "function_call"}
+    for i, item in enumerate(items):
+        where = f"{param}[{i}]"
+        if item.id:
+            if item.id in seen:
+                raise invalid(f"Duplicate item found with id {quote(item.id)}.", f"{where}.id")
+            seen.add(item.id)
+        kind = item.WhichOneof("item")
+        if kind == "function_call":
+            calls.add(item.function_call.call_id)
+        elif kind == "function_call_output" and answers_need_calls and item.function_call_output.call_id not in calls:
+            raise invalid(f"No tool call found for function call output with call_id "
+                          f"{quote(item.function_call_output.call_id)}.", f"{where}.call_id")
+
+
 def page(items: list, size: int | None, after: str, order: int) -> tuple[list, bool]:
     """One page of `items` (oldest first as given): `order` DESC (default) newest first,
     starting after the item `after` (when it is in the list)."""
@@ -176,6 +196,7 @@ class ResponseServicer(pb_grpc.ResponseServiceServicer):
             history = [item_from_json(r.data) for r in rows]
         if not history and not new_input:
             raise invalid("Missing required parameter: 'input'.", "input")
+        check_links(history, request.input, "input")
         if params.background:
             self.generation_model_check(params.model)
         response = pb.Response(
@@ -249,6 +270,7 @@ class ResponseServicer(pb_grpc.ResponseServiceServicer):
         try:
             check_metadata(request.metadata)
             check_items(request.items, "items")
+            check_links([], request.items, "items", answers_need_calls=False)
             if len(request.items) > MAX_ITEMS_PER_ADD:
                 raise invalid(f"Invalid 'items': at most {MAX_ITEMS_PER_ADD} at a time.", "items")
         except GenapiError as e:
@@ -294,6 +316,8 @@ class ResponseServicer(pb_grpc.ResponseServiceServicer):
             check_items(request.items, "items")
             if not 1 <= len(request.items) <= MAX_ITEMS_PER_ADD:
                 raise invalid(f"Invalid 'items': expected 1 to {MAX_ITEMS_PER_ADD} items.", "items")
+            rows = await asyncio.to_thread(self.store.conversation_items, request.id)
+            check_links([item_from_json(r.data) for r in rows], request.items, "items", answers_need_calls=False)
         except GenapiError as e:
             await abort(context, e)
             return

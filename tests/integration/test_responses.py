@@ -550,6 +550,9 @@ def test_one_keys_ids_are_not_found_for_another(a, b):
     ({"top_logprobs": 21}, 400, "top_logprobs"),
     ({"model": "no-such-model"}, 404, "model"),
     ({"background": True, "store": False}, 400, "background"),
+    ({"input": [{"type": "function_call_output", "call_id": "call_nope", "output": "x"}]}, 400, "input[0].call_id"),
+    ({"input": [{"type": "message", "id": "msg_1", "role": "user", "content": "a"},
+                {"type": "message", "id": "msg_1", "role": "user", "content": "b"}]}, 400, "input[1].id"),
 ])
 def test_bad_input_names_the_param(svc, kw, status, param):
     body = {"model": MODEL, "input": "hi", **kw}
