@@ -70,8 +70,8 @@ EOF
     say "installing torch==$TORCH_VERSION"
     "$PY" -m pip install -q "torch==$TORCH_VERSION"
   fi
-  say "installing genapi and its dependencies (pip install -e .[torch,s3,redis,test,bench,dev])"
-  "$PY" -m pip install -q -e ".[torch,s3,redis,test,bench,dev]"
+  say "installing genapi and its dependencies (pip install -e .[torch,s3,redis,otel,test,bench,dev])"
+  "$PY" -m pip install -q -e ".[torch,s3,redis,otel,test,bench,dev]"
   printf '%s\n' "$want" > "$STAMP"
 fi
 

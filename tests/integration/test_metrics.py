@@ -1,9 +1,14 @@
 """Prometheus metrics on both tiers, parsed with prometheus_client.parser: the shim's
 /metrics (two gunicorn workers, multiprocess mode) and the core's metrics port. Counters
 move by exactly what known requests did; the shim's TTFT histogram counts the streamed
-requests; the access log has one line per request with key names, never keys."""
+requests; the access log has one line per request with key names, never keys; the core
+exports its spans over OTLP to a collector of the test's own, in the caller's trace."""
 from __future__ import annotations
 
+import threading
+from concurrent import futures
+
+import grpc
 import httpx
 import openai
 import pytest
@@ -16,11 +21,46 @@ from ..conftest import MODEL, Service, free_port, user_messages, wait_until
 KEY, LIMITED_KEY = "sk-metrics-0123456789abcdef", "sk-metrics-limited-0123456789"
 
 
+class Collector:
+    """An OTLP/gRPC trace collector on loopback that keeps every span it receives."""
+
+    def __init__(self):
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+        collector = self
+        self.spans, self.lock = [], threading.Lock()
+
+        class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request, context):
+                with collector.lock:
+                    collector.spans += [span for rs in request.resource_spans for ss in rs.scope_spans
+                                        for span in ss.spans]
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self.port = free_port()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), self.server)
+        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        self.server.start()
+
+    def spans_of(self, trace_id: str) -> list:
+        with self.lock:
+            return [s for s in self.spans if s.trace_id.hex() == trace_id]
+
+
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory):
+def collector():
+    c = Collector()
+    yield c
+    c.server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory, collector):
     metrics_port = free_port()
     s = Service(tmp_path_factory.mktemp("metrics"), "metrics", extra_toml=(
         f"[core]\nmetrics_port = {metrics_port}\n"
+        f'[tracing]\notlp_endpoint = "127.0.0.1:{collector.port}"\n'
         '[auth]\nmetrics_keys = ["observer"]\n'
         f'[[auth.keys]]\nname = "observer"\nsha256 = "{hash_key(KEY)}"\n'
         f'[[auth.keys]]\nname = "limited"\nsha256 = "{hash_key(LIMITED_KEY)}"\nrpm = 1\n'))
@@ -137,3 +177,14 @@ def test_a_client_traceparent_reaches_the_core_log_line_of_its_request(svc):
     assert f"trace_id={trace_id}" in core_line()
     access = next(x for x in svc.log().splitlines() if f"request_id={rid}" in x and "genapi.access" in x)
     assert f"trace_id={trace_id}" in access
+
+
+def test_the_core_exports_its_spans_over_otlp_in_the_callers_trace(svc, collector):
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    svc.sdk(api_key=KEY, timeout=60).chat.completions.create(
+        model=MODEL, messages=user_messages("export me"), max_tokens=2,
+        extra_headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"})
+    assert wait_until(lambda: collector.spans_of(trace_id), timeout_s=20)  # batched: exported within ~5 s
+    span = collector.spans_of(trace_id)[0]
+    assert "Generate" in span.name
+    assert span.parent_span_id and span.parent_span_id.hex() != "b7ad6b7169203331"  # the shim's span, then ours
