@@ -51,17 +51,11 @@ def is_public_address(ip: Address) -> bool:
     site-local addresses, and for IPv6 addresses that embed such an IPv4 address
     (IPv4-mapped, 6to4, Teredo, NAT64)."""
     if ip.version == 6:
-        embedded: list[ipaddress.IPv4Address] = []
-        if ip.ipv4_mapped is not None:
-            embedded.append(ip.ipv4_mapped)
-        if ip.sixtofour is not None:
-            embedded.append(ip.sixtofour)
-        if ip.teredo is not None:
-            embedded.extend(ip.teredo)
-        if any(ip in net for net in _NAT64):
-            embedded.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
         if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d is exactly a.b.c.d
             return is_public_address(ip.ipv4_mapped)
+        if any(ip in net for net in _NAT64):  # NAT64 (DNS64) reaches exactly the IPv4 inside
+            return is_public_address(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        embedded = [v4 for v4 in (ip.sixtofour, *(ip.teredo or ())) if v4 is not None]
         if any(not is_public_address(v4) for v4 in embedded):
             return False
         if ip.is_site_local or ip.scope_id:

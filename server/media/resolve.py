@@ -26,8 +26,10 @@ def check_media_count(n_images: int, policy: MediaPolicy) -> None:
 
 
 async def image_bytes(part, policy: MediaPolicy) -> tuple[bytes, str]:
-    """An ImagePart's bytes and declared MIME type: its `data` (with `mime_type`), its
-    data: URL, or its http(s) URL fetched under `policy` (content type from the server)."""
+    """An ImagePart's bytes and the MIME type to hold them to: its `data` with its
+    `mime_type`, its data: URL with the URL's type, or its http(s) URL fetched under
+    `policy` with the server's Content-Type when that is an image/* type ("" otherwise:
+    servers often send octet-stream or text/plain for images, so the bytes decide)."""
     source = part.WhichOneof("source")
     if source == "data":
         if not part.data:
@@ -40,7 +42,8 @@ async def image_bytes(part, policy: MediaPolicy) -> tuple[bytes, str]:
     url = part.url.strip()
     if url[:5].lower() == "data:":
         return parse_data_url(url, policy)
-    return await fetch_url(url, policy)
+    body, content_type = await fetch_url(url, policy)
+    return body, content_type if content_type.startswith("image/") else ""
 
 
 async def load_image(part, policy: MediaPolicy):
@@ -48,8 +51,8 @@ async def load_image(part, policy: MediaPolicy):
     (decoded in a worker thread, so the event loop keeps serving). MediaError for a
     refused URL, a failed fetch, bad base64, an unsupported type or a bad image."""
     data, mime = await image_bytes(part, policy)
-    check_mime_type(mime if mime.startswith("image/") else "")
-    return await asyncio.to_thread(decode_image, data, policy, mime if mime.startswith("image/") else "")
+    check_mime_type(mime)
+    return await asyncio.to_thread(decode_image, data, policy, mime)
 
 
 def load_audio(part, rate: int = SAMPLE_RATE, max_seconds: float | None = None,
