@@ -288,3 +288,14 @@ def test_a_content_length_over_the_cap_is_refused_before_reading():
             return e.value.message, time.monotonic() - start
     message, elapsed = asyncio.run(go())
     assert message == "The media at the URL is larger than 1 MB." and elapsed < 5
+
+
+def test_the_servers_content_type_is_checked_only_when_it_is_an_image_type():
+    async def go(ctype):
+        async with Listener(serve(PNG, ctype)) as lis:
+            part = content_pb2.ImagePart(url=f"http://127.0.0.1:{lis.port}/x")
+            return await load_image(part, MediaPolicy(allow_hosts=("127.0.0.1",)))
+    assert asyncio.run(go("application/octet-stream")).size == (5, 4)
+    assert asyncio.run(go("text/plain; charset=utf-8")).size == (5, 4)
+    with pytest.raises(MediaError, match="Unsupported image type image/tiff"):
+        asyncio.run(go("image/tiff"))
