@@ -19,7 +19,7 @@ Layout (every key optional; see README "Configuration"):
     [media]  allow_hosts (hostnames, IPs, CIDRs whose URLs skip the private-address check),
              connect_timeout_s, fetch_timeout_s (total per fetch), max_mb (per media part),
              max_redirects, max_images (per request), max_image_pixels, max_image_side,
-             max_audio_s (0 = the model's limit only); see server/media/policy.py
+             max_audio_s (0 = the model's limit only), ca_file; see server/media/policy.py
 
 Relative [store]/[files] paths, like the var/ default, are against the config file's
 directory (for the bundled config: GENAPI_HOME or the checkout).
@@ -296,6 +296,7 @@ class Config:
     media_max_image_pixels: int = 40_000_000  # width x height, checked before decoding
     media_max_image_side: int = 16_384  # longest side in pixels
     media_max_audio_s: float = 600.0  # per audio part; 0 = the model's own limit only
+    media_ca_file: str = ""  # PEM CAs for https fetches instead of certifi's ("" = default)
 
     @property
     def store_path(self) -> Path:
@@ -387,6 +388,7 @@ _SETTINGS = (
     ("media", "max_image_pixels", "media_max_image_pixels", int, "GENAPI_MEDIA_MAX_IMAGE_PIXELS"),
     ("media", "max_image_side", "media_max_image_side", int, "GENAPI_MEDIA_MAX_IMAGE_SIDE"),
     ("media", "max_audio_s", "media_max_audio_s", float, "GENAPI_MEDIA_MAX_AUDIO_S"),
+    ("media", "ca_file", "media_ca_file", str, "GENAPI_MEDIA_CA_FILE"),
 )
 
 

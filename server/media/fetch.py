@@ -29,6 +29,7 @@ import asyncio
 import ipaddress
 import re
 import socket
+import ssl
 import urllib.parse
 
 import httpcore
@@ -167,7 +168,12 @@ async def fetch_url(url: str, policy: MediaPolicy) -> tuple[bytes, str]:
             return await _fetch(url, policy)
     except (TimeoutError, httpcore.TimeoutException):
         raise MediaError(f"Fetching the URL timed out (the limit is {policy.read_timeout_s:g} s).") from None
-    except httpcore.ConnectError:
+    except httpcore.ConnectError as e:
+        causes = _causes(e)
+        if any(isinstance(c, ssl.SSLCertVerificationError) for c in causes):
+            raise MediaError("The URL's server has a TLS certificate that could not be verified.") from None
+        if any(isinstance(c, ssl.SSLError) for c in causes):
+            raise MediaError("The TLS connection to the URL's server failed.") from None
         raise MediaError("The URL's server could not be reached.") from None
     except httpcore.UnsupportedProtocol:
         raise MediaError("The URL is not valid.") from None
@@ -175,12 +181,26 @@ async def fetch_url(url: str, policy: MediaPolicy) -> tuple[bytes, str]:
         raise MediaError("The URL's server sent an invalid or incomplete response.") from None
 
 
+def _causes(e: BaseException) -> list[BaseException]:
+    """The exceptions behind `e` (httpcore and anyio wrap ssl errors)."""
+    out: list[BaseException] = []
+    while (e := e.__cause__ or e.__context__) is not None and len(out) < 8:
+        out.append(e)
+    return out
+
+
 async def _fetch(url: str, policy: MediaPolicy) -> tuple[bytes, str]:
     timeouts = {"connect": policy.connect_timeout_s, "read": policy.read_timeout_s,
                 "write": policy.read_timeout_s, "pool": policy.read_timeout_s}
     headers = [(b"User-Agent", USER_AGENT.encode()), (b"Accept", b"image/*, audio/*;q=0.9, */*;q=0.1"),
                (b"Accept-Encoding", b"identity")]
-    async with httpcore.AsyncConnectionPool(network_backend=_GuardedBackend(policy), retries=0,
+    ssl_context = None  # httpcore's default: certifi's CAs
+    if policy.ca_file:
+        try:
+            ssl_context = ssl.create_default_context(cafile=policy.ca_file)
+        except (OSError, ssl.SSLError):
+            raise MediaError("The server cannot make https fetches (its [media] ca_file is unusable).") from None
+    async with httpcore.AsyncConnectionPool(network_backend=_GuardedBackend(policy), retries=0, ssl_context=ssl_context,
                                             max_connections=1, keepalive_expiry=0) as pool:
         for _ in range(policy.max_redirects + 1):
             target = _Target(url, policy)

@@ -33,6 +33,8 @@ class MediaPolicy:
     max_image_pixels: width × height cap, checked from the header before decoding.
     max_image_side: the longest side in pixels; max_image_aspect: longest/shortest side.
     max_audio_seconds: the longest audio part (None: the model's own limit only).
+    ca_file: a PEM bundle of CAs trusted for https fetches instead of the default
+        (certifi's) bundle, e.g. an internal CA ("" = the default).
     """
 
     allow_hosts: tuple[str, ...] = ()
@@ -46,6 +48,7 @@ class MediaPolicy:
     max_image_side: int = 16_384
     max_image_aspect: float = 200.0
     max_audio_seconds: float | None = 600.0
+    ca_file: str = ""
 
     def __post_init__(self):
         for entry in self.allow_hosts:
@@ -64,6 +67,7 @@ class MediaPolicy:
             max_image_pixels=cfg.media_max_image_pixels,
             max_image_side=cfg.media_max_image_side,
             max_audio_seconds=cfg.media_max_audio_s or None,
+            ca_file=cfg.media_ca_file,
         )
 
     @property

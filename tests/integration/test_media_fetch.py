@@ -202,6 +202,16 @@ def test_redirect_loops_and_redirects_to_file_are_refused():
     assert "scheme" in file_msg
 
 
+def test_a_closed_port_is_a_media_error():
+    async def go():
+        async with Listener() as lis:
+            port = lis.port
+        with pytest.raises(MediaError) as e:  # the listener is gone: nothing listens there now
+            await fetch_url(f"http://127.0.0.1:{port}/", MediaPolicy(allow_hosts=("127.0.0.1",)))
+        return e.value.message
+    assert asyncio.run(go()) == "The URL's server could not be reached."
+
+
 def test_an_error_status_is_a_media_error():
     async def go():
         async with Listener(serve(b"nope", "text/plain", "404 Not Found")) as lis:
@@ -299,3 +309,59 @@ def test_the_servers_content_type_is_checked_only_when_it_is_an_image_type():
     assert asyncio.run(go("text/plain; charset=utf-8")).size == (5, 4)
     with pytest.raises(MediaError, match="Unsupported image type image/tiff"):
         asyncio.run(go("image/tiff"))
+
+
+def _self_signed(tmp_path) -> tuple[str, str]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+def test_https_sends_the_hostname_as_sni_and_verifies_the_certificate(tmp_path):
+    """The TCP connection goes to the checked address, yet TLS is for the URL's hostname:
+    the server sees SNI "localhost", and a certificate no CA signed is refused."""
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    sni: list[str | None] = []
+    server_ctx.sni_callback = lambda sock, name, ctx: sni.append(name)
+
+    async def go():
+        lis = Listener(serve(PNG))
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        lis.port = sock.getsockname()[1]
+        server = await asyncio.start_server(lis._accept, sock=sock, ssl=server_ctx)
+        try:
+            url = f"https://localhost:{lis.port}/x.png"
+            with pytest.raises(MediaError) as e:
+                await fetch_url(url, MediaPolicy(allow_hosts=("localhost",)))
+            trusted = await fetch_url(url, MediaPolicy(allow_hosts=("localhost",), ca_file=cert))
+            with pytest.raises(MediaError) as wrong_name:  # a certificate for localhost, not 127.0.0.1
+                await fetch_url(f"https://127.0.0.1:{lis.port}/", MediaPolicy(allow_hosts=("127.0.0.1",), ca_file=cert))
+            return e.value.message, trusted, wrong_name.value.message
+        finally:
+            server.close()
+    untrusted, trusted, wrong_name = asyncio.run(go())
+    assert untrusted == wrong_name == "The URL's server has a TLS certificate that could not be verified."
+    assert trusted == (PNG, "image/png")
+    assert sni[:2] == ["localhost", "localhost"]
