@@ -19,6 +19,7 @@ SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 SUPPORTED_MIME_TYPES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/pjpeg", "image/webp", "image/gif"})
 _GENERIC_MIME_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 _SUPPORTED_TEXT = "PNG, JPEG, WebP or GIF"
+_SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 
 
 def check_mime_type(mime_type: str) -> None:
@@ -67,6 +68,10 @@ def decode_image(data: bytes, policy: MediaPolicy, mime_type: str = ""):
                 img.seek(0)
                 img.load()
                 img = ImageOps.exif_transpose(img) or img
+                if img.mode in _SIXTEEN_BIT_MODES:  # 16-bit grayscale PNG: 0..65535, not 0..255
+                    import numpy as np
+
+                    img = Image.fromarray((np.asarray(img, dtype=np.float32) / 257).clip(0, 255).astype(np.uint8), "L")
                 if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
                     rgba = img.convert("RGBA")
                     background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

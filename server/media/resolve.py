@@ -1,6 +1,7 @@
 """Content parts -> decoded media: what the core calls for each ImagePart and AudioPart.
 
 `load_image(part, policy)` (async: it may fetch) -> RGB PIL image;
+`load_images([(param, part), ...], policy)` -> the images of a request, fetched at once;
 `load_audio(part, rate, max_seconds, policy)` -> float32 mono samples;
 `check_media_count(n_images, policy)`. All raise MediaError (the caller sets `.param`,
 e.g. "messages[0].content[1]", and answers INVALID_ARGUMENT).
@@ -53,6 +54,35 @@ async def load_image(part, policy: MediaPolicy):
     data, mime = await image_bytes(part, policy)
     check_mime_type(mime)
     return await asyncio.to_thread(decode_image, data, policy, mime)
+
+
+async def load_images(parts, policy: MediaPolicy) -> list:
+    """[(param, ImagePart), ...] -> their RGB images in order, after check_media_count
+    (its MediaError has param = the first image over the limit). The parts are fetched
+    and decoded concurrently; on the first failure the others are cancelled and the
+    MediaError of the earliest failed part (in request order) is raised with its param."""
+    parts = list(parts)
+    try:
+        check_media_count(len(parts), policy)
+    except MediaError as e:
+        e.param = parts[policy.max_images][0]
+        raise
+    tasks = [asyncio.ensure_future(load_image(part, policy)) for _, part in parts]
+    if not tasks:
+        return []
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for (param, _), t in zip(parts, tasks):
+        if not t.cancelled() and (error := t.exception()) is not None:
+            if isinstance(error, MediaError):
+                error.param = error.param or param
+            raise error
+    return [t.result() for t in tasks]
 
 
 def load_audio(part, rate: int = SAMPLE_RATE, max_seconds: float | None = None,

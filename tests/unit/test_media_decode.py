@@ -205,3 +205,27 @@ def test_load_audio_limits():
         load_audio(content_pb2.AudioPart(data=b"not audio at all" * 10, format="mp3"))
     with pytest.raises(MediaError, match="empty"):
         load_audio(content_pb2.AudioPart(format="wav"))
+
+
+def test_sixteen_bit_grayscale_png_keeps_its_levels():
+    raw = encode(Image.new("I;16", (4, 4), 32896), "PNG")  # mid-grey on 0..65535
+    assert load(data=raw).getpixel((2, 2)) == (128, 128, 128)
+    cmyk = encode(Image.new("CMYK", (4, 4), (0, 255, 0, 0)), "JPEG", quality=95)
+    assert load(data=cmyk).mode == "RGB"
+
+
+def test_load_images_keeps_order_and_names_the_failing_part():
+    from server.media.resolve import load_images
+
+    red, blue = (encode(Image.new("RGB", (2, 2), c), "PNG") for c in (RED, (0, 0, 250)))
+    parts = [(f"messages[0].content[{i}]", content_pb2.ImagePart(data=d)) for i, d in enumerate([red, blue, red])]
+    images = asyncio.run(load_images(parts, POLICY))
+    assert [im.getpixel((0, 0)) for im in images] == [RED, (0, 0, 250), RED]
+    bad = parts[:1] + [("messages[1].content[2]", content_pb2.ImagePart(url="data:image/png;base64,!!"))]
+    with pytest.raises(MediaError) as e:
+        asyncio.run(load_images(bad, POLICY))
+    assert (e.value.param, e.value.message) == ("messages[1].content[2]", "The data: URL is not valid base64.")
+    with pytest.raises(MediaError) as e:
+        asyncio.run(load_images(parts * 3, POLICY))
+    assert e.value.param == "messages[0].content[2]" and "Too many images: 9" in e.value.message
+    assert asyncio.run(load_images([], POLICY)) == []
