@@ -17,6 +17,10 @@ Layout (every key optional; see README "Configuration"):
     [files]  url (local directory, default var/files; or s3://bucket/prefix), max_upload_mb,
              s3_input_buckets (buckets whose s3:// URLs batches may read)
     [batches] concurrency, window_s (test-only: shortens every completion window)
+    [media]  allow_hosts (hostnames, IPs, CIDRs whose URLs skip the private-address check),
+             connect_timeout_s, fetch_timeout_s (total per fetch), max_mb (per media part),
+             max_redirects, max_images (per request), max_image_pixels, max_image_side,
+             max_audio_s (0 = the model's limit only), ca_file; see server/media/policy.py
 
 Relative [store]/[files] paths, like the var/ default, are against the config file's
 directory (for the bundled config: GENAPI_HOME or the checkout).
@@ -174,7 +178,7 @@ MODEL_OPTIONS = frozenset({
 _MODEL_KEYS = ("name", "task", "backend", "path", "options")
 # Tables and keys of the file besides the _SETTINGS ones.
 _OTHER_KEYS = {"shim": ("core",), "auth": ("api_key_sha256", "keys", "metrics_keys"), "files": ("s3_input_buckets",),
-               "models": ()}
+               "media": ("allow_hosts",), "models": ()}
 # Number options: True when they must be > 0 (else >= 0).
 _NUMBER_OPTIONS = {"grammar_compile_timeout_s": True, "max_wait_ms": False, "free_gpu_memory_fraction": True,
                    "max_audio_s": True}
@@ -284,6 +288,17 @@ class Config:
     batch_concurrency: int = 4  # batch lines running at once over all batches
     batch_window_s: float = 0.0  # test-only: when > 0, every batch expires this long after creation
     base_dir: Path = field(default_factory=Path.cwd)  # what relative state paths are against
+    # [media]: the fetch and decode limits of image/audio parts (server/media/policy.py)
+    media_allow_hosts: list[str] = field(default_factory=list)  # skip the private-address check
+    media_connect_timeout_s: float = 5.0  # per connection attempt
+    media_fetch_timeout_s: float = 10.0  # total per fetch, every redirect hop and body byte
+    media_max_mb: float = 20.0  # per media part (fetched, data: URL or bytes)
+    media_max_redirects: int = 5
+    media_max_images: int = 8  # image parts per request
+    media_max_image_pixels: int = 40_000_000  # width x height, checked before decoding
+    media_max_image_side: int = 16_384  # longest side in pixels
+    media_max_audio_s: float = 600.0  # per audio part; 0 = the model's own limit only
+    media_ca_file: str = ""  # PEM CAs for https fetches instead of certifi's ("" = default)
 
     @property
     def store_path(self) -> Path:
@@ -367,6 +382,15 @@ _SETTINGS = (
     ("tracing", "otlp_endpoint", "otlp_endpoint", str, "GENAPI_OTLP_ENDPOINT"),
     ("logging", "format", "log_format", str, "GENAPI_LOG_FORMAT"),
     ("logging", "access_log", "access_log", bool, "GENAPI_ACCESS_LOG"),
+    ("media", "connect_timeout_s", "media_connect_timeout_s", float, "GENAPI_MEDIA_CONNECT_TIMEOUT_S"),
+    ("media", "fetch_timeout_s", "media_fetch_timeout_s", float, "GENAPI_MEDIA_FETCH_TIMEOUT_S"),
+    ("media", "max_mb", "media_max_mb", float, "GENAPI_MEDIA_MAX_MB"),
+    ("media", "max_redirects", "media_max_redirects", int, "GENAPI_MEDIA_MAX_REDIRECTS"),
+    ("media", "max_images", "media_max_images", int, "GENAPI_MEDIA_MAX_IMAGES"),
+    ("media", "max_image_pixels", "media_max_image_pixels", int, "GENAPI_MEDIA_MAX_IMAGE_PIXELS"),
+    ("media", "max_image_side", "media_max_image_side", int, "GENAPI_MEDIA_MAX_IMAGE_SIDE"),
+    ("media", "max_audio_s", "media_max_audio_s", float, "GENAPI_MEDIA_MAX_AUDIO_S"),
+    ("media", "ca_file", "media_ca_file", str, "GENAPI_MEDIA_CA_FILE"),
 )
 
 
@@ -531,6 +555,7 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         path=path,
         base_dir=base,
         s3_input_buckets=[str(b) for b in raw.get("files", {}).get("s3_input_buckets", [])],
+        media_allow_hosts=_allow_hosts(raw.get("media", {}).get("allow_hosts", [])),
     )
     cfg.metrics_keys = _metrics_keys(raw.get("auth", {}), cfg.api_keys)
     for table, key, attr, conv, _ in _SETTINGS:
@@ -577,9 +602,62 @@ LIMITS_STORAGES = ("memory://", "redis://", "rediss://", "redis+unix://", "redis
 # Smallest accepted value of the numeric settings (ports also at most 65535).
 _MINIMUM = {"port": 1, "max_message_mb": 1, "workers": 1, "threads": 0, "request_timeout_s": 0.001,
             "read_timeout_s": 0.001, "max_body_mb": 1, "keepalive_s": 0, "max_upload_mb": 1, "concurrency": 1,
-            "window_s": 0, "drain_grace_s": 0, "metrics_port": 0, "rpm": 0, "tpm": 0}
+            "window_s": 0, "drain_grace_s": 0, "metrics_port": 0, "rpm": 0, "tpm": 0,
+            "connect_timeout_s": 0.001, "fetch_timeout_s": 0.001, "max_mb": 0.001, "max_redirects": 0,
+            "max_images": 0, "max_image_pixels": 1, "max_image_side": 1, "max_audio_s": 0}
 _MAXIMUM = {"port": 65535, "drain_grace_s": 86400, "metrics_port": 65535}
-_MINIMUM_NOTE = {"threads": " (0 = auto)"}
+_MINIMUM_NOTE = {"threads": " (0 = auto)", "max_audio_s": " (0 = the model's own limit)"}
+
+
+def _allow_hosts(value) -> list[str]:
+    """[media] allow_hosts: a list of hostnames, IP addresses or CIDR networks."""
+    if not isinstance(value, list) or not all(isinstance(h, str) and h.strip() for h in value):
+        raise ValueError(f"[media] allow_hosts = {value!r}: must be a list of hostnames, addresses or CIDRs")
+    for h in value:
+        parse_allow_entry(h)
+    return [h.strip() for h in value]
+
+
+AllowEntry = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network | None, str | None, int | None]
+
+
+def parse_allow_entry(entry: str) -> AllowEntry:
+    """One allow_hosts entry -> (network or None, hostname or None, port or None);
+    ValueError naming the entry when it is none of the accepted forms."""
+    bad = ValueError(f"[media] allow_hosts entry {entry!r}: expected an address, a CIDR network, "
+                     "a hostname, or one of these (not a network) with :port")
+    if not isinstance(entry, str) or not entry.strip():
+        raise bad
+    text = entry.strip().lower()
+    port = None
+    if text.startswith("["):  # [v6] or [v6]:port
+        inner, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":") or not rest[1:].isdigit():
+                raise bad
+            port = int(rest[1:])
+        text = inner
+    elif text.count(":") == 1:  # v4:port or name:port
+        text, _, p = text.partition(":")
+        if not p.isdigit():
+            raise bad
+        port = int(p)
+    if port is not None and not 0 < port < 65536:
+        raise bad
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        net = None
+    if net is not None:
+        if port is not None and net.num_addresses != 1:
+            raise bad
+        return net, None, port
+    name = text.rstrip(".")
+    if not name or not all(label and len(label) < 64 and all(c.isalnum() or c in "-_" for c in label)
+                           for label in name.split(".")):
+        raise bad
+    return None, name, port
+
 
 
 def _apply_env(cfg: Config, env) -> None:
@@ -588,6 +666,8 @@ def _apply_env(cfg: Config, env) -> None:
         cfg.api_keys += [ApiKey(f"env-{i}", hash_key(k)) for i, k in enumerate(raw_keys, 1)]
     if v := env.get("GENAPI_S3_INPUT_BUCKETS"):
         cfg.s3_input_buckets = [b.strip() for b in v.split(",") if b.strip()]
+    if v := env.get("GENAPI_MEDIA_ALLOW_HOSTS"):
+        cfg.media_allow_hosts = _allow_hosts([h.strip() for h in v.split(",") if h.strip()])
     if v := env.get("GENAPI_CORE"):
         cfg.core_targets = [a.strip() for a in v.split(",") if a.strip()]
     for _, _, attr, conv, var in _SETTINGS:

@@ -13,10 +13,12 @@ import io
 
 import numpy as np
 
+from server.media.errors import MediaError
+
 SAMPLE_RATE = 16_000
 
 
-class AudioError(ValueError):
+class AudioError(MediaError):
     """The bytes are not usable audio; the message says why (safe to show the client)."""
 
 

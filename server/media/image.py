@@ -1,0 +1,86 @@
+"""Image decoding with Pillow, with every size check made from the header first.
+
+Supported formats: PNG, JPEG, WebP and GIF (first frame; animated WebP too). Anything else,
+including TIFF, BMP, SVG and HEIC, is refused: only these four of Pillow's decoders ever
+see client bytes (`Image.open(formats=...)`). A declared MIME type outside
+SUPPORTED_MIME_TYPES is refused before decoding; a missing or generic one
+(application/octet-stream) is sniffed; a wrong but supported one does not matter (the
+bytes decide).
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+from server.media.errors import MediaError
+from server.media.policy import MediaPolicy
+
+SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+SUPPORTED_MIME_TYPES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/pjpeg", "image/webp", "image/gif"})
+_GENERIC_MIME_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+_SUPPORTED_TEXT = "PNG, JPEG, WebP or GIF"
+_SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+
+
+def check_mime_type(mime_type: str) -> None:
+    """MediaError when a declared MIME type is neither supported nor generic."""
+    mime = (mime_type or "").split(";")[0].strip().lower()
+    if mime not in SUPPORTED_MIME_TYPES and mime not in _GENERIC_MIME_TYPES:
+        shown = mime if len(mime) <= 64 and mime.isprintable() else "this type"
+        raise MediaError(f"Unsupported image type {shown}: send {_SUPPORTED_TEXT}.")
+
+
+def decode_image(data: bytes, policy: MediaPolicy, mime_type: str = ""):
+    """Bytes -> a fully loaded RGB `PIL.Image.Image` (transparent pixels on white; EXIF
+    orientation applied). MediaError for an unsupported declared MIME type, bytes that
+    are not a supported image, more than `policy.max_image_pixels` pixels, a side over
+    `policy.max_image_side`, an aspect ratio over `policy.max_image_aspect` (all three
+    read from the header before any pixel is decoded), or data that does not decode
+    (truncated or corrupt)."""
+    from PIL import Image, ImageOps
+
+    check_mime_type(mime_type)
+    if not data:
+        raise MediaError("The image is empty.")
+    if len(data) > policy.max_bytes:
+        raise MediaError(f"The image is larger than {policy.max_mb:g} MB.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+    except Image.DecompressionBombError:
+        raise MediaError(f"The image has more than {policy.max_image_pixels:,} pixels.") from None
+    except Exception:  # Pillow raises UnidentifiedImageError, SyntaxError, struct.error, ...
+        raise MediaError(f"The data is not a supported image ({_SUPPORTED_TEXT}).") from None
+    with img:
+        width, height = img.size
+        if width < 1 or height < 1:
+            raise MediaError("The image has no pixels.")
+        if width * height > policy.max_image_pixels:
+            raise MediaError(f"The image is {width}x{height}: more than {policy.max_image_pixels:,} pixels.")
+        if max(width, height) > policy.max_image_side:
+            raise MediaError(f"The image is {width}x{height}: a side is longer than {policy.max_image_side} pixels.")
+        if max(width, height) / min(width, height) > policy.max_image_aspect:
+            raise MediaError(f"The image is {width}x{height}: its aspect ratio is over {policy.max_image_aspect:g}.")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                img.seek(0)
+                img.load()
+                img = ImageOps.exif_transpose(img) or img
+                if img.mode in _SIXTEEN_BIT_MODES:  # 16-bit grayscale PNG: 0..65535, not 0..255
+                    import numpy as np
+
+                    img = Image.fromarray((np.asarray(img, dtype=np.float32) / 257).clip(0, 255).astype(np.uint8), "L")
+                if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+                    rgba = img.convert("RGBA")
+                    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                    out = Image.alpha_composite(background, rgba).convert("RGB")
+                else:
+                    out = img.convert("RGB")
+                out.load()
+        except MemoryError:
+            raise MediaError("The image is too large to decode.") from None
+        except Exception:  # OSError "image file is truncated", SyntaxError, ValueError, ...
+            raise MediaError("The image data is truncated or corrupt.") from None
+    return out

@@ -1,0 +1,98 @@
+"""Content parts -> decoded media: what the core calls for each ImagePart and AudioPart.
+
+`load_image(part, policy)` (async: it may fetch) -> RGB PIL image;
+`load_images([(param, part), ...], policy)` -> the images of a request, fetched at once;
+`load_audio(part, rate, max_seconds, policy)` -> float32 mono samples;
+`check_media_count(n_images, policy)`. All raise MediaError (the caller sets `.param`,
+e.g. "messages[0].content[1]", and answers INVALID_ARGUMENT).
+"""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from server.media.audio import SAMPLE_RATE, decode_audio
+from server.media.data_url import parse_data_url
+from server.media.errors import MediaError
+from server.media.fetch import fetch_url
+from server.media.image import check_mime_type, decode_image
+from server.media.policy import MediaPolicy
+
+
+def check_media_count(n_images: int, policy: MediaPolicy) -> None:
+    """MediaError when a request carries more than `policy.max_images` images."""
+    if n_images > policy.max_images:
+        raise MediaError(f"Too many images: {n_images} (at most {policy.max_images} per request).")
+
+
+async def image_bytes(part, policy: MediaPolicy) -> tuple[bytes, str]:
+    """An ImagePart's bytes and the MIME type to hold them to: its `data` with its
+    `mime_type`, its data: URL with the URL's type, or its http(s) URL fetched under
+    `policy` with the server's Content-Type when that is an image/* type ("" otherwise:
+    servers often send octet-stream or text/plain for images, so the bytes decide)."""
+    source = part.WhichOneof("source")
+    if source == "data":
+        if not part.data:
+            raise MediaError("The image is empty.")
+        if len(part.data) > policy.max_bytes:
+            raise MediaError(f"The image is larger than {policy.max_mb:g} MB.")
+        return part.data, part.mime_type
+    if source != "url" or not part.url.strip():
+        raise MediaError("The image has neither a URL nor data.")
+    url = part.url.strip()
+    if url[:5].lower() == "data:":
+        return parse_data_url(url, policy)
+    body, content_type = await fetch_url(url, policy)
+    return body, content_type if content_type.startswith("image/") else ""
+
+
+async def load_image(part, policy: MediaPolicy):
+    """A `genapi.v1.content_pb2.ImagePart` -> a fully loaded RGB `PIL.Image.Image`
+    (decoded in a worker thread, so the event loop keeps serving). MediaError for a
+    refused URL, a failed fetch, bad base64, an unsupported type or a bad image."""
+    data, mime = await image_bytes(part, policy)
+    check_mime_type(mime)
+    return await asyncio.to_thread(decode_image, data, policy, mime)
+
+
+async def load_images(parts, policy: MediaPolicy) -> list:
+    """[(param, ImagePart), ...] -> their RGB images in order, after check_media_count
+    (its MediaError has param = the first image over the limit). The parts are fetched
+    and decoded concurrently; on the first failure the others are cancelled and the
+    MediaError of the earliest failed part (in request order) is raised with its param."""
+    parts = list(parts)
+    try:
+        check_media_count(len(parts), policy)
+    except MediaError as e:
+        e.param = parts[policy.max_images][0]
+        raise
+    tasks = [asyncio.ensure_future(load_image(part, policy)) for _, part in parts]
+    if not tasks:
+        return []
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for (param, _), t in zip(parts, tasks):
+        if not t.cancelled() and (error := t.exception()) is not None:
+            if isinstance(error, MediaError):
+                error.param = error.param or param
+            raise error
+    return [t.result() for t in tasks]
+
+
+def load_audio(part, rate: int = SAMPLE_RATE, max_seconds: float | None = None,
+               policy: MediaPolicy | None = None) -> np.ndarray:
+    """A `genapi.v1.content_pb2.AudioPart` (`data` in any container PyAV reads; `format`
+    is a hint only) -> float32 mono samples in [-1, 1) at `rate` Hz, shape [n].
+    `max_seconds`: the model's limit (the policy's max_audio_seconds applies too, and its
+    max_bytes). MediaError (an AudioError) for unusable audio."""
+    limits = [s for s in (max_seconds, policy.max_audio_seconds if policy else None) if s]
+    if policy is not None and len(part.data) > policy.max_bytes:
+        raise MediaError(f"The audio is larger than {policy.max_mb:g} MB.")
+    samples = decode_audio(bytes(part.data), rate=rate, max_seconds=min(limits) if limits else None)
+    return samples.astype(np.float32) / 32768.0
