@@ -37,6 +37,15 @@ class KeyChecker:
         """The key named `name` (its models and limits), or None (ANONYMOUS, or revoked)."""
         return self._principals.get(name)
 
+    def limits_of(self, name: str, default_rpm: int, default_tpm: int) -> tuple[int, int]:
+        """(rpm, tpm) of key `name`: its own, else the defaults ([limits] rpm / tpm); 0 =
+        unlimited. Both tiers ask it: the core to enforce, the shim to know whether to
+        look the state up."""
+        p = self.principal(name)
+        rpm = p.rpm if p is not None and p.rpm is not None else default_rpm
+        tpm = p.tpm if p is not None and p.tpm is not None else default_tpm
+        return rpm, tpm
+
     def identify(self, key: str | bytes) -> str | None:
         """The name of the key whose digest matches, or None. Every digest is compared
         (no early exit), so timing does not depend on which key, or how much of it,

@@ -151,10 +151,7 @@ class RateLimiter:
 
     def limits_of(self, key: str) -> tuple[int, int]:
         """(rpm, tpm) of `key`; 0 = unlimited."""
-        p = self.keys.principal(key)
-        rpm = p.rpm if p is not None and p.rpm is not None else self.default_rpm
-        tpm = p.tpm if p is not None and p.tpm is not None else self.default_tpm
-        return rpm, tpm
+        return self.keys.limits_of(key, self.default_rpm, self.default_tpm)
 
     def _item(self, amount: int) -> RateLimitItemPerMinute:
         item = self._items.get(amount)

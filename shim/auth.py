@@ -75,6 +75,7 @@ def reload_keys(app: Flask) -> bool:
         return False
     app.extensions["genapi_keys"].replace(new.api_keys)
     cfg.api_keys, cfg.metrics_keys = new.api_keys, new.metrics_keys
+    cfg.default_rpm, cfg.default_tpm = new.default_rpm, new.default_tpm  # as the core reloads them
     log.info("SIGHUP: reloaded %d API key(s)", len(new.api_keys))
     return True
 

@@ -54,11 +54,7 @@ def remember_call(call) -> None:
 def has_limits(principal: str) -> bool:
     """Whether `principal`'s key (or the default) sets an rpm or tpm limit."""
     cfg = current_app.config["GENAPI"]
-    keys = current_app.extensions.get("genapi_keys")
-    p = keys.principal(principal) if keys is not None else None
-    rpm = p.rpm if p is not None and p.rpm is not None else cfg.default_rpm
-    tpm = p.tpm if p is not None and p.tpm is not None else cfg.default_tpm
-    return bool(rpm or tpm)
+    return any(current_app.extensions["genapi_keys"].limits_of(principal, cfg.default_rpm, cfg.default_tpm))
 
 
 def looked_up_headers() -> dict[str, str]:
