@@ -30,6 +30,7 @@ from limits import RateLimitItemPerMinute
 from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
+from genapi.durations import go_duration
 from genapi.keys import ANONYMOUS, KeyChecker
 from genapi.untrusted import clip
 
@@ -43,20 +44,6 @@ log = logging.getLogger("genapi.limits")
 # (TTL in whole seconds) wobble by one.
 SAME_WINDOW_S = 2.0
 RATE_LIMIT_CODE = "rate_limit_exceeded"
-
-
-def go_duration(seconds: float) -> str:
-    """OpenAI's `x-ratelimit-reset-*` format (Go durations): `20ms`, `1s`, `6.5s`, `1m0s`,
-    `2m30s`. Negative values read as 0."""
-    seconds = max(0.0, seconds)
-    if seconds < 1:
-        return f"{max(1, round(seconds * 1000)) if seconds > 0 else 0}ms"
-    minutes, rest = divmod(seconds, 60)
-    rest = round(rest, 3)
-    if rest >= 60:  # rounding carried a whole minute
-        minutes, rest = minutes + 1, 0.0
-    text = f"{rest:.3f}".rstrip("0").rstrip(".")
-    return f"{int(minutes)}m{text}s" if minutes else f"{text}s"
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,8 @@ def reload_keys(app: Flask) -> bool:
         log.error("SIGHUP: config not reloaded: %s", err)
         return False
     app.extensions["genapi_keys"].replace(new.api_keys)
+    if refusals := app.extensions.get("genapi_refusals"):
+        refusals.clear()  # a raised or removed limit takes effect at once
     cfg.api_keys, cfg.metrics_keys = new.api_keys, new.metrics_keys
     cfg.default_rpm, cfg.default_tpm = new.default_rpm, new.default_tpm  # as the core reloads them
     log.info("SIGHUP: reloaded %d API key(s)", len(new.api_keys))

@@ -10,14 +10,36 @@ the response; an error response gets them from `from_grpc_error` (shim/errors.py
 Every other response of a key with limits (models, files, batches, a 404, the shim's own
 400s) gets the state from one AdminService.GetRateLimits call, made by the same hook: so
 each response carries them, as OpenAI's do. Keys without limits cost no call.
+
+A key whose requests-per-minute window is spent is answered here, without a gRPC call,
+until that window resets (`Refusals`): a flooding key then costs the shim an HTTP parse
+and a key check per request, and the core nothing (reliability plan L3). This holds
+because a window's request count only grows until it resets (requests are never
+refunded; other workers, replicas and gRPC callers can only add to it). A spent *token*
+budget is not remembered: refunds of requests still running free tokens before the reset.
 """
 from __future__ import annotations
 
+import re
+import threading
+import time
+from dataclasses import dataclass
+
 import grpc
-from flask import Flask, current_app, g
+from flask import Flask, current_app, g, request
+
+from genapi.durations import go_duration, parse_go_duration
+from shim.errors import APIError
 
 PREFIX = "x-ratelimit-"
 LOOKUP_TIMEOUT_S = 2.0
+RATE_LIMIT_CODE = "rate_limit_exceeded"
+# The requests the core admits against the caller's rpm (server/limits.py: admit).
+CHARGED_PATHS = frozenset({
+    "/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/rerank", "/rerank", "/v2/rerank",
+    "/v1/audio/transcriptions", "/v1/audio/translations",
+})
+_TRY_AGAIN = re.compile(r"Please try again in \S+\.$")
 
 
 def headers_from_metadata(metadata) -> dict[str, str]:
@@ -74,11 +96,105 @@ def looked_up_headers() -> dict[str, str]:
     return call_headers(call)
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """The core's 429 for a key whose rpm window is spent, kept until the window resets."""
+
+    at: float  # time.monotonic() of the core's answer
+    until: float  # time.monotonic() the window resets
+    error: dict  # the OpenAI error object (message, type, param, code)
+    headers: dict[str, str]  # its x-ratelimit-* (lower-case names)
+
+
+def requests_spent_for(headers: dict[str, str]) -> float | None:
+    """Seconds until the requests window resets when `headers` (x-ratelimit-*, lower-case
+    names) show it spent (remaining-requests 0 and a positive reset); else None."""
+    if headers.get(PREFIX + "remaining-requests") != "0":
+        return None
+    wait = parse_go_duration(headers.get(PREFIX + "reset-requests", ""))
+    return wait if wait else None
+
+
+def aged(headers: dict[str, str], elapsed: float) -> dict[str, str]:
+    """`headers` `elapsed` seconds later: the reset durations counted down."""
+    out = dict(headers)
+    for name, value in headers.items():
+        if name.startswith(PREFIX + "reset-") and (wait := parse_go_duration(value)) is not None:
+            out[name] = go_duration(wait - elapsed)
+    return out
+
+
+class Refusals:
+    """Per key name, the latest rpm refusal whose window has not reset (one per worker
+    process; thread-safe)."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, Refusal] = {}
+        self._lock = threading.Lock()
+
+    def remember(self, key: str, error: dict, headers: dict[str, str], now: float | None = None) -> bool:
+        """Keeps a 429's error and headers when they show `key`'s requests window spent."""
+        wait = requests_spent_for(headers)
+        if wait is None:
+            return False
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._by_key[key] = Refusal(now, now + wait, dict(error), dict(headers))
+        return True
+
+    def answer(self, key: str, now: float | None = None) -> APIError | None:
+        """The 429 to give `key` now, or None when it has no refusal in force."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            refusal = self._by_key.get(key)
+            if refusal is not None and now >= refusal.until:
+                del self._by_key[key]
+                refusal = None
+        if refusal is None:
+            return None
+        wait = refusal.until - now
+        e = refusal.error
+        message = _TRY_AGAIN.sub(f"Please try again in {go_duration(wait)}.", e.get("message") or "")
+        headers = aged(refusal.headers, now - refusal.at)
+        headers["Retry-After"] = str(max(1, int(-(-wait // 1))))
+        return APIError(429, message, e.get("type") or "rate_limit_error", e.get("param"), e.get("code"), headers)
+
+    def clear(self) -> None:
+        """Forgets every refusal (the limits were reloaded)."""
+        with self._lock:
+            self._by_key.clear()
+
+
+def _lower_ratelimit_headers(headers) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items() if k.lower().startswith(PREFIX)}
+
+
+def _remember_refusal(refusals: Refusals, principal: str, response) -> None:
+    if "x-should-retry" in response.headers or response.is_streamed:
+        return
+    body = response.get_json(silent=True)
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and error.get("code") == RATE_LIMIT_CODE:
+        refusals.remember(principal, error, _lower_ratelimit_headers(response.headers))
+
+
 def register_ratelimit_headers(app: Flask) -> None:
+    refusals = app.extensions["genapi_refusals"] = Refusals()
+
+    @app.before_request
+    def _refuse_spent_key():
+        principal = g.get("principal")
+        if principal is not None and request.method == "POST" and request.path in CHARGED_PATHS:
+            if (err := refusals.answer(principal)) is not None:
+                g.refusal_replayed = True
+                raise err
+
     @app.after_request
     def _add(response):
         headers = g.get("ratelimit_headers")
         principal = g.get("principal")
+        if response.status_code == 429 and principal is not None and not g.get("refusal_replayed"):
+            _remember_refusal(refusals, principal, response)
         if (headers is None and principal is not None and response.status_code < 500
                 and not any(k.lower().startswith(PREFIX) for k in response.headers.keys()) and has_limits(principal)):
             headers = looked_up_headers()

@@ -14,9 +14,13 @@ import httpx
 import openai
 import pytest
 
-from genapi.config import hash_key
+from prometheus_client.parser import text_string_to_metric_families
 
-from ..conftest import EMBED_MODEL, MINILM_PATH, MODEL, TINY_MODEL, Service, leaked_secrets, never_logged, user_messages, wait_until
+from genapi.config import hash_key
+from genapi.durations import parse_go_duration
+
+from ..conftest import (EMBED_MODEL, MINILM_PATH, MODEL, TINY_MODEL, Service, free_port, leaked_secrets, never_logged,
+                        user_messages, wait_until)
 
 OTHER_MODEL = "genapi-tiny-chat-b"
 KEYS = {  # name -> (key, extra TOML lines)
@@ -28,6 +32,7 @@ KEYS = {  # name -> (key, extra TOML lines)
     "revoked": ("sk-revoked-0123456789abcdef", ""),
     "embeds": ("sk-embeds-0123456789abcdef", "rpm = 0\ntpm = 40"),
     "quiet": ("sk-quiet-0123456789abcdef", "tpm = 5000"),
+    "spent": ("sk-spent-0123456789abcdef", "rpm = 1"),
 }
 DEFAULT_RPM = 100
 SECRET_PROMPT = never_logged("zanzibar-quokka-prompt-7f3a")  # and after the session, no log has it
@@ -37,17 +42,19 @@ def keys_toml(names) -> str:
     return "".join(f'[[auth.keys]]\nname = "{n}"\nsha256 = "{hash_key(KEYS[n][0])}"\n{KEYS[n][1]}\n' for n in names)
 
 
-def config_tables(names) -> str:
-    return f"[limits]\nrpm = {DEFAULT_RPM}\n" + keys_toml(names)
+def config_tables(names, metrics_port: int) -> str:
+    return f"[core]\nmetrics_port = {metrics_port}\n[limits]\nrpm = {DEFAULT_RPM}\n" + keys_toml(names)
 
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("limits")
-    s = Service(tmp, "limits", extra_toml=config_tables(KEYS),
+    metrics_port = free_port()
+    s = Service(tmp, "limits", extra_toml=config_tables(KEYS, metrics_port),
                 model_options=f'\n[[models]]\nname = "{OTHER_MODEL}"\npath = "{TINY_MODEL}"\n'
                               f'[models.options.fault]\npause_decode_file = "{tmp / "pause"}"\n'
                               f'[[models]]\nname = "{EMBED_MODEL}"\ntask = "embedding"\npath = "{MINILM_PATH}"\n')
+    s.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     s.pause_file = tmp / "pause"  # while it exists, OTHER_MODEL's requests stop after their first token
     s.start()
     yield s
@@ -266,6 +273,54 @@ def test_sighup_revokes_a_key_and_lets_its_request_in_flight_finish(svc):
         assert r.status_code == 401
     assert chat_raw(sdk(svc, "calm")).parse().choices
     assert "Booting worker" not in svc.log().partition("SIGHUP")[2]  # no worker was restarted
+
+
+def core_refusals(svc: Service, key: str) -> float:
+    """genapi_rate_limit_rejections_total{key, limit="requests"} on the core's /metrics."""
+    text = httpx.get(svc.metrics_url, timeout=10).text
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == "genapi_rate_limit_rejections_total" and s.labels.get("key") == key
+               and s.labels.get("limit") == "requests")
+
+
+def test_a_spent_requests_window_is_answered_by_the_shim_until_it_resets(svc):
+    """Reliability plan L3: once the core has refused a key for its rpm, each shim worker
+    answers that key's model calls itself (no gRPC call) with the same 429 and aged
+    headers, until the window resets or the limits are reloaded."""
+    spent = sdk(svc, "spent")
+    assert chat_raw(spent).parse().choices  # rpm = 1: the window is spent now
+    refused = []
+    for i in range(12):  # chat, embeddings and a stream, whichever worker takes each
+        with pytest.raises(openai.RateLimitError) as e:
+            if i % 3 == 0:
+                chat_raw(spent)
+            elif i % 3 == 1:
+                spent.embeddings.create(model=EMBED_MODEL, input="hi")
+            else:
+                spent.chat.completions.create(model=MODEL, messages=user_messages("hi"), max_tokens=2, stream=True)
+        refused.append(e.value)
+    # the core saw at most one refusal per shim worker (two), not twelve
+    assert 1 <= core_refusals(svc, "spent") <= 2
+    resets = []
+    for e in refused:
+        h = e.response.headers
+        assert e.status_code == 429 and e.code == "rate_limit_exceeded" and e.type == "rate_limit_error"
+        assert "requests per min" in e.message and "`spent`" in e.message
+        assert h["x-ratelimit-limit-requests"] == "1" and h["x-ratelimit-remaining-requests"] == "0"
+        assert "x-should-retry" not in h and 1 <= int(h["retry-after"]) <= 60
+        wait = parse_go_duration(h["x-ratelimit-reset-requests"])
+        assert wait is not None and 0 < wait <= 60 and e.message.endswith(f"Please try again in {h['x-ratelimit-reset-requests']}.")
+        resets.append(wait)
+    assert resets[-1] <= resets[0] + 1.0  # counting down, within Redis-free memory storage's wobble
+    # other keys are untouched, and a reload that raises the limit takes effect at once
+    assert chat_raw(sdk(svc, "calm")).parse().choices
+    reloads = svc.log().count("SIGHUP: reloaded")
+    svc.config.write_text(svc.config.read_text().replace(keys_toml(["spent"]),
+                                                         keys_toml(["spent"]).replace("rpm = 1", "rpm = 50")))
+    svc.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: svc.log().count("SIGHUP: reloaded") == reloads + 3, timeout_s=30), svc.log()[-3000:]
+    for _ in range(4):  # both workers forgot the refusal
+        assert chat_raw(spent).parse().choices
 
 
 def test_no_key_and_no_prompt_in_the_logs(svc):

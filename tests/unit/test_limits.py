@@ -10,7 +10,8 @@ import pytest
 from genapi.config import ApiKey, hash_key
 from genapi.keys import KeyChecker
 from server.errors import GenapiError
-from server.limits import Budget, RateLimiter, RateState, go_duration
+from genapi.durations import go_duration, parse_go_duration
+from server.limits import Budget, RateLimiter, RateState
 
 
 @pytest.mark.parametrize("seconds, text", [
@@ -19,6 +20,19 @@ from server.limits import Budget, RateLimiter, RateState, go_duration
 ])
 def test_go_duration_is_openais_reset_format(seconds, text):
     assert go_duration(seconds) == text
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("0ms", 0.0), ("20ms", 0.02), ("1s", 1.0), ("6.5s", 6.5), ("1m0s", 60.0), ("2m30s", 150.0), ("1h2m3s", 3723.0),
+])
+def test_parse_go_duration_reads_what_go_duration_writes(text, seconds):
+    assert parse_go_duration(text) == pytest.approx(seconds)
+    assert parse_go_duration(go_duration(seconds)) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "5", "-1s", "1d", "1s junk", "s", "1.s"])
+def test_parse_go_duration_refuses_anything_else(text):
+    assert parse_go_duration(text) is None
 
 
 def test_state_metadata_names_and_values():
