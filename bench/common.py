@@ -118,3 +118,40 @@ def latency_summary(name: str, ttft: list[float], itl: list[float]) -> str:
 
 def mean(xs):
     return statistics.fmean(xs) if xs else float("nan")
+
+
+def process_tree(root: int) -> dict[int, bytes]:
+    """pid -> command line of process `root` and its live descendants, from /proc."""
+    parents, cmd = {}, {}
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parents[int(p)] = int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1])
+            cmd[int(p)] = open(f"/proc/{p}/cmdline", "rb").read()
+        except OSError:
+            continue
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        tree.add(pid)
+        todo += [c for c, pp in parents.items() if pp == pid and c not in tree]
+    return {p: cmd.get(p, b"") for p in tree}
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` onto `cpus` (sched_setaffinity sets one thread at a time)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(tid), cpus)
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of process `root` and its live descendants (a service
+    started by `running`: core, scheduler, shim master and workers), from /proc."""
+    total = 0
+    for p in process_tree(root):
+        try:
+            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")

@@ -319,6 +319,15 @@ def test_truncated_files_and_a_video_without_audio(sdk, files):
     assert e.value.body["message"] == "The file has no audio stream."
 
 
+def test_audio_shorter_than_a_tenth_of_a_second_is_400_too_short(sdk):
+    for seconds in (0.0005, 0.09):  # a few samples; just under OpenAI's 0.1 s floor
+        with pytest.raises(openai.BadRequestError) as e:
+            sdk.audio.transcriptions.create(file=("short.wav", encode(silence(seconds), "wav")), model=WHISPER)
+        assert e.value.body["param"] == "file" and e.value.body["code"] == "audio_too_short"
+        assert e.value.body["message"] == "Audio file is too short. Minimum audio length is 0.1 seconds."
+    assert sdk.audio.transcriptions.create(file=("ok.wav", encode(silence(0.2), "wav")), model=WHISPER).text is not None
+
+
 def test_oversized_file_is_413_and_the_server_keeps_serving(sdk, svc, files):
     big = b"\0" * (25 * 1024 * 1024 + 1)
     with pytest.raises(openai.APIStatusError) as e:

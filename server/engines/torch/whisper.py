@@ -56,6 +56,8 @@ log = logging.getLogger("genapi.engine.whisper")
 
 DEFAULT_MAX_QUEUE = TRANSCRIPTION_MAX_QUEUE  # genapi.config sizes the shim's threads from it
 DEFAULT_MAX_AUDIO_S = 7200.0
+# OpenAI's floor, with its words: shorter audio is a 400 `audio_too_short`.
+MIN_AUDIO_S = 0.1
 
 
 def language_names() -> dict[str, str]:
@@ -117,6 +119,9 @@ class WhisperEngine(WorkerEngine, EngineBase):
             samples = decode_audio(request.audio, SAMPLE_RATE, self.max_audio_s)
         except AudioError as e:
             raise EngineInvalidRequest(str(e), "file", "invalid_audio") from None
+        if len(samples) < MIN_AUDIO_S * SAMPLE_RATE:
+            raise EngineInvalidRequest(f"Audio file is too short. Minimum audio length is {MIN_AUDIO_S} seconds.",
+                                       "file", "audio_too_short")
         windows = plan_windows(len(samples), samples, request.vad)
         tok = self._info["tokenizer"]
         prompt_ids = tok.encode(" " + request.prompt.strip(), add_special_tokens=False) if request.prompt.strip() \
