@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import socket
 import time
 import uuid
@@ -126,7 +127,18 @@ def renamed_params(status: grpc.Status) -> grpc.Status:
             info.metadata["param"] = PARAMS[head] if head == "messages" else PARAMS[head] + param[len(head):]
             detail.Pack(info)
             changed = True
+    if changed:  # and the message in the same words ("max_tokens is ..." -> "max_output_tokens is ...")
+        st.message = renamed_words(st.message)
     return rpc_status.to_status(st) if changed else status
+
+
+_WORDS = re.compile(r"\bmax_tokens\b|\bthe messages\b")
+
+
+def renamed_words(message: str) -> str:
+    """A Generate error message in the Responses API's words (max_tokens ->
+    max_output_tokens, the messages -> the input)."""
+    return _WORDS.sub(lambda m: "max_output_tokens" if m.group() == "max_tokens" else "the input", message)
 
 
 class Refused(Exception):

@@ -195,12 +195,14 @@ def test_truncation_auto_drops_the_oldest_items_to_fit(svc, a):
     with pytest.raises(openai.BadRequestError) as e:
         create(a, long, max_output_tokens=8)
     assert e.value.code == "context_length_exceeded" and e.value.param == "input"
+    assert "max_tokens" not in e.value.message and "the messages" not in e.value.message  # the Responses API's words
     r = create(a, long, max_output_tokens=8, truncation="auto", instructions="Be brief.")
     assert r.truncation == "auto" and r.status in ("completed", "incomplete")
     assert 1000 < r.usage.input_tokens + 8 <= 2048
     with pytest.raises(openai.BadRequestError) as e:
         create(a, max_output_tokens=5000)
     assert e.value.param == "max_output_tokens"
+    assert "max_output_tokens" in e.value.message and "max_tokens" not in e.value.message, e.value.message
 
 
 # --- tools ---------------------------------------------------------------------------
