@@ -15,6 +15,7 @@ from flask import Blueprint, Response, request
 
 from shim import sse
 from shim.errors import APIError, from_grpc_error, json_response
+from shim.observe import note_model
 from shim.multipart import parse_upload, single_file, too_large
 from shim.protocol.audio import MAX_UPLOAD_BYTES, validate_audio_form
 from shim.request_id import current_request_id
@@ -43,6 +44,7 @@ def _read_file() -> tuple[dict, bytes, str]:
 def _audio(task: str):
     form, audio, filename = _read_file()
     body = validate_audio_form(form, task)
+    note_model(body["model"])
     cfg = config()
     request_id = current_request_id()
     proto = audio_request_to_proto(body, audio, filename, request_id)

@@ -15,6 +15,7 @@ from genapi.v1 import response_service_pb2 as pb
 from shim import sse
 from shim.body import read_json_object
 from shim.errors import APIError, from_grpc_error, json_response
+from shim.observe import note_model
 from shim.protocol.common import invalid_value
 from shim.protocol.files import query_int
 from shim.protocol.responses import validate_response_request
@@ -43,6 +44,7 @@ def list_order(args) -> int:
 @bp.post("/v1/responses")
 def create_response():
     body = validate_response_request(read_json_object())
+    note_model(body["model"])
     cfg = config()
     request_id = current_request_id()
     call = core().responses.CreateResponse(create_request(body, request_id), metadata=metadata(),

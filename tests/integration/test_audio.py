@@ -438,3 +438,14 @@ def test_a_transcription_counts_against_the_requests_per_minute(sdk, files):
         return int(raw.headers["x-ratelimit-remaining-requests"])
     first = remaining()
     assert first < RPM and remaining() == first - 1  # this module's requests run one at a time
+
+
+def test_the_access_log_names_the_transcription_model(svc, sdk, files):
+    sdk.audio.transcriptions.create(file=("a.wav", files["wav"]), model=WHISPER,
+                                    extra_headers={"x-request-id": "named-model-transcription"})
+    def access_line() -> str | None:
+        return next((ln for ln in svc.log().splitlines()
+                     if "genapi.access" in ln and "request_id=named-model-transcription" in ln), None)
+    assert wait_until(lambda: access_line() is not None, timeout_s=10)
+    line = access_line()
+    assert "path=/v1/audio/transcriptions status=200" in line and f"model={WHISPER} " in line, line
