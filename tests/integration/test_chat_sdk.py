@@ -276,7 +276,9 @@ def test_models_list_and_retrieve(client):
 def test_async_concurrent_requests_match_sequential(client, aclient):
     prompts = ["Tell me about the harbour.", "Count to ten.", "Write a poem about the sea.",
                "List some fruits.", "What is the weather like?"]
-    sequential = [create(client, p, max_tokens=12).choices[0].message.content for p in prompts]
+    def outcome(r) -> tuple:  # the trained model may end its turn before 12 tokens: compare, don't assume
+        return r.choices[0].message.content, r.choices[0].finish_reason, r.usage.completion_tokens
+    sequential = [outcome(create(client, p, max_tokens=12)) for p in prompts]
 
     async def main():
         async with aclient:
@@ -285,8 +287,8 @@ def test_async_concurrent_requests_match_sequential(client, aclient):
                 for p in prompts))
 
     results = asyncio.run(main())
-    assert [r.choices[0].message.content for r in results] == sequential
-    assert all(r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 12 for r in results)
+    assert [outcome(r) for r in results] == sequential
+    assert all(0 < tokens <= 12 and (reason == "length") == (tokens == 12) for _, reason, tokens in sequential)
 
 
 def test_async_streaming(client, aclient):
