@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 
-from .config import DEFAULT_CONFIG, Config, check_model_paths, exposure_error, hash_key, load_config, log_level
+from .config import (DEFAULT_CONFIG, Config, check_model_paths, exposure_error, hash_key, key_problem, load_config,
+                     log_level)
 
 
 def port_free(host: str, port: int) -> bool:
@@ -125,13 +126,24 @@ def _prepare_tier(args, what: str, address, flag: str, loads_models: bool = Fals
     return cfg
 
 
+def _check_distinct_ports(ports: dict[str, int]) -> None:
+    """Refuses two listeners of this process tree on one port (`what -> port`, 0 = off)."""
+    seen: dict[int, str] = {}
+    for what, port in ports.items():
+        if port and port in seen:
+            _fail(f"{what} {port} is also the {seen[port]}: give each its own port")
+        seen.setdefault(port, what)
+
+
 def cmd_core(args) -> None:
     cfg = _prepare_tier(args, "gRPC core", lambda c: (c.core_host, c.core_port), "--grpc-port", loads_models=True)
+    _check_distinct_ports({"gRPC port": cfg.core_port, "[core] metrics_port": cfg.metrics_port})
     from server.app import StartupError, serve  # the core's modules load only in the core's process
     from server.tracing import log_context
 
     from . import logs
     logs.setup(log_level(), cfg.log_format, log_context)  # every line with its request and trace ids
+    os.environ[logs.FORMAT_ENV] = cfg.log_format  # and the engine processes it spawns write the same
 
     try:
         asyncio.run(serve(cfg, grace_s=args.drain_grace))
@@ -218,6 +230,8 @@ def cmd_serve(args) -> None:
     cfg = _load(args)
     _check_models(cfg, args)
     _check_exposure(cfg, cfg.shim_host, "service")
+    _check_distinct_ports({"REST API port": cfg.shim_port, "gRPC port": cfg.core_port,
+                           "[core] metrics_port": cfg.metrics_port})
     for host, port, flag in ((cfg.shim_host, cfg.shim_port, "--port"), (cfg.core_host, cfg.core_port, "--grpc-port")):
         if not port_free(host, port):
             _fail(f"port {host}:{port} is already in use (choose another with {flag})")
@@ -283,8 +297,8 @@ def _stop_tier(p: subprocess.Popen | None, name: str, timeout_s: float) -> None:
 
 
 def cmd_hash_key(args) -> None:
-    if not args.key:
-        _fail("hash-key: the key is empty (an empty key would let any empty bearer token in)")
+    if problem := key_problem(args.key):
+        _fail(f"hash-key: {problem}")
     print(hash_key(args.key))
 
 

@@ -398,6 +398,16 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def key_problem(key: str) -> str | None:
+    """Why `key` cannot be an API key, or None: HTTP headers and gRPC metadata carry
+    printable ASCII, and a bearer token has no spaces (RFC 6750)."""
+    if not key:
+        return "the key is empty (an empty key would let any empty bearer token in)"
+    if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
+        return "a key must be printable ASCII without spaces (HTTP headers and gRPC metadata carry nothing else)"
+    return None
+
+
 def _path_base(cfg: "Config") -> str:
     if cfg.path is None or cfg.path.resolve() == DEFAULT_CONFIG:
         return f"{home_dir()} (the genapi home: $GENAPI_HOME, else the checkout)"
@@ -448,13 +458,22 @@ def _task(name: str, value) -> Task:
 _KEY_FIELDS = ("name", "sha256", "models", "rpm", "tpm")
 
 
+# Key names are label values and log fields: letters, digits and a few marks, bounded.
+KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}")
+# Requests or tokens per minute: far beyond any real limit, and inside int64 (Redis counters).
+MAX_PER_MINUTE = 10**12
+
+
 def _named_key(k) -> ApiKey:
     """One [[auth.keys]] table -> ApiKey; ValueError naming the key and the bad field."""
     if not isinstance(k, dict):
-        raise ValueError(f"[[auth.keys]] entry {k!r}: must be a table")
+        raise ValueError("[[auth.keys]]: each key is a table (`[[auth.keys]]` then name = ..., sha256 = ...)")
     name = k.get("name")
     if not isinstance(name, str) or not name:
-        raise ValueError(f"[[auth.keys]] name = {name!r}: every key needs a non-empty name")
+        raise ValueError("[[auth.keys]]: every key needs a non-empty name (name = \"team-a\")")
+    if not KEY_NAME.fullmatch(name):
+        raise ValueError(f"[[auth.keys]] name = {json.dumps(name)[:80]}: 1 to 64 letters, digits and ._@:- "
+                         "(names appear in logs and metrics), starting with a letter or digit")
     for key in k:
         if key not in _KEY_FIELDS:
             raise ValueError(f"[[auth.keys]] {name!r}: unknown key {key!r}{_did_you_mean(key, _KEY_FIELDS)}")
@@ -469,15 +488,21 @@ def _named_key(k) -> ApiKey:
     limits = {}
     for field_ in ("rpm", "tpm"):
         v = k.get(field_)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            raise ValueError(f"API key {name!r}: {field_} = {v!r}: must be an integer >= 0 (0 = unlimited)")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_PER_MINUTE):
+            shown = str(v).lower() if isinstance(v, bool) else json.dumps(v) if isinstance(v, str) else v
+            raise ValueError(f"API key {name!r}: {field_} = {shown}: must be an integer from 0 to {MAX_PER_MINUTE} "
+                             "(0 = unlimited)")
         limits[field_] = v
     return ApiKey(name, k["sha256"].lower(), tuple(models) if models is not None else None, **limits)
 
 
 def _api_keys(auth: dict) -> list[ApiKey]:
     keys = [ApiKey(f"key-{h.lower()[:8]}", h.lower()) for h in auth.get("api_key_sha256", [])]
-    keys += [_named_key(k) for k in auth.get("keys", [])]
+    tables = auth.get("keys", [])
+    if not isinstance(tables, list):
+        raise ValueError("[auth] keys must be an array of tables: write each key as [[auth.keys]] "
+                         "with name = ... and sha256 = ...")
+    keys += [_named_key(k) for k in tables]
     seen: set[str] = set()
     for k in keys:
         if len(k.sha256) != 64 or any(c not in "0123456789abcdef" for c in k.sha256):
@@ -576,6 +601,12 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
             raise ValueError(f"{source}: must be {bound}{_MINIMUM_NOTE.get(key, '')}")
     for mc in cfg.models:
         _check_model(mc)
+    served = [mc.name for mc in cfg.models]
+    for k in cfg.api_keys:  # a typo would quietly lock the key out of that model
+        for m in k.models or ():
+            if m not in served:
+                raise ValueError(f"API key {k.name!r}: models: no model is named {m!r}{_did_you_mean(m, served)} "
+                                 f"(served: {', '.join(served) or 'none'})")
     if cfg.log_format not in LOG_FORMATS:
         raise ValueError(f"[logging] format = {cfg.log_format!r}: unknown ({' or '.join(LOG_FORMATS)})")
     if not cfg.limits_storage.startswith(LIMITS_STORAGES):
@@ -605,7 +636,8 @@ _MINIMUM = {"port": 1, "max_message_mb": 1, "workers": 1, "threads": 0, "request
             "window_s": 0, "drain_grace_s": 0, "metrics_port": 0, "rpm": 0, "tpm": 0,
             "connect_timeout_s": 0.001, "fetch_timeout_s": 0.001, "max_mb": 0.001, "max_redirects": 0,
             "max_images": 0, "max_image_pixels": 1, "max_image_side": 1, "max_audio_s": 0}
-_MAXIMUM = {"port": 65535, "drain_grace_s": 86400, "metrics_port": 65535}
+_MAXIMUM = {"port": 65535, "drain_grace_s": 86400, "metrics_port": 65535, "rpm": MAX_PER_MINUTE,
+            "tpm": MAX_PER_MINUTE}
 _MINIMUM_NOTE = {"threads": " (0 = auto)", "max_audio_s": " (0 = the model's own limit)"}
 
 
@@ -663,6 +695,9 @@ def parse_allow_entry(entry: str) -> AllowEntry:
 def _apply_env(cfg: Config, env) -> None:
     if keys := env.get("GENAPI_API_KEYS"):
         raw_keys = [k.strip() for k in keys.split(",") if k.strip()]
+        for i, k in enumerate(raw_keys, 1):
+            if problem := key_problem(k):
+                raise ValueError(f"GENAPI_API_KEYS entry {i}: {problem}")
         cfg.api_keys += [ApiKey(f"env-{i}", hash_key(k)) for i, k in enumerate(raw_keys, 1)]
     if v := env.get("GENAPI_S3_INPUT_BUCKETS"):
         cfg.s3_input_buckets = [b.strip() for b in v.split(",") if b.strip()]

@@ -10,10 +10,12 @@ _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
 def go_duration(seconds: float) -> str:
-    """`seconds` as a Go duration rounded to the millisecond; negative values read as 0."""
-    seconds = max(0.0, seconds)
+    """`seconds` as a Go duration rounded to the millisecond (Go writes zero as `0s`);
+    negative values read as 0."""
+    if seconds <= 0:
+        return "0s"
     if seconds < 1:
-        return f"{max(1, round(seconds * 1000)) if seconds > 0 else 0}ms"
+        return f"{max(1, round(seconds * 1000))}ms"
     minutes, rest = divmod(seconds, 60)
     rest = round(rest, 3)
     if rest >= 60:  # rounding carried a whole minute

@@ -62,7 +62,7 @@ class KeyChecker:
         """The key name for an `Authorization: Bearer <key>` value, or None."""
         if not value or value[:len(BEARER)].lower() != BEARER:  # the scheme is case-insensitive (RFC 9110)
             return None
-        key = value[len(BEARER):]
+        key = value[len(BEARER):].strip()  # RFC 6750: one or more spaces after the scheme, as the shim reads it
         return self.identify(key) if key else None
 
 

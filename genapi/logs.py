@@ -17,6 +17,8 @@ from typing import Callable
 from genapi.untrusted import clip
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
+# The format a spawned process (an engine) inherits from the core: "text" or "json".
+FORMAT_ENV = "GENAPI_LOG_FORMAT"
 
 
 class ContextFilter(logging.Filter):

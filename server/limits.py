@@ -46,6 +46,15 @@ SAME_WINDOW_S = 2.0
 RATE_LIMIT_CODE = "rate_limit_exceeded"
 
 
+class PerMinute(RateLimitItemPerMinute):
+    """A one-minute limit whose counter does not depend on its amount: `limits` names the
+    counter after the amount, so a SIGHUP that changed a key's rpm or tpm would start it
+    at 0 mid-window (a lowered limit handing out a fresh budget)."""
+
+    def key_for(self, *identifiers) -> str:
+        return "/".join([self.namespace, *map(str, identifiers), "minute"])
+
+
 @dataclass(frozen=True)
 class Budget:
     """One dimension (requests or tokens) of a key's limit, as the headers show it."""
@@ -131,7 +140,7 @@ class RateLimiter:
         self.keys = keys
         self.default_rpm, self.default_tpm = default_rpm, default_tpm
         self._inline = storage_uri.startswith("memory://")
-        self._items: dict[int, RateLimitItemPerMinute] = {}
+        self._items: dict[int, PerMinute] = {}
 
     def set_defaults(self, rpm: int, tpm: int) -> None:
         self.default_rpm, self.default_tpm = rpm, tpm
@@ -140,10 +149,10 @@ class RateLimiter:
         """(rpm, tpm) of `key`; 0 = unlimited."""
         return self.keys.limits_of(key, self.default_rpm, self.default_tpm)
 
-    def _item(self, amount: int) -> RateLimitItemPerMinute:
+    def _item(self, amount: int) -> PerMinute:
         item = self._items.get(amount)
         if item is None:
-            item = self._items[amount] = RateLimitItemPerMinute(amount, namespace="genapi")
+            item = self._items[amount] = PerMinute(amount, namespace="genapi")
         return item
 
     async def _run(self, fn, *args, **kw):

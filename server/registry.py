@@ -142,7 +142,9 @@ class Registry:
         shown = ", ".join(f"`{n}`" for n in names[:limit])
         more = f" and {len(names) - limit} more (GET /v1/models lists them)" if len(names) > limit else ""
         kind = "models" if task is None else f"{task.value} models"
-        return f"Available {kind}: {shown}{more}." if names else f"No {kind} are served."
+        if names:
+            return f"Available {kind}: {shown}{more}."
+        return f"No {kind} are served." if allowed is None else f"This key may use no {kind}."
 
     def ready(self) -> bool:
         return all(e.ready() for e in self.engines())

@@ -12,7 +12,7 @@ import logging
 
 from flask import Flask, g, request
 
-from genapi.config import exposure_error, load_config
+from genapi.config import exposure_error, key_problem, load_config
 from genapi.keys import ANONYMOUS, KeyChecker, mask
 
 from shim.errors import APIError
@@ -38,15 +38,18 @@ def check_authorization(header: str | None, keys: KeyChecker) -> str:
     if header is None or not header.strip():
         raise _auth_error(MISSING_MESSAGE)
     scheme, _, key = header.partition(" ")
+    key = key.strip()  # RFC 6750: one or more spaces after the scheme
     if scheme.lower() != "bearer":
         raise _auth_error(
             "Invalid authorization scheme: use an Authorization header with Bearer auth "
             "(i.e. Authorization: Bearer YOUR_KEY)."
         )
-    if not key.strip():
+    if not key:
         raise _auth_error(MISSING_MESSAGE)
-    # WSGI header values are latin-1 decoded: recover the raw bytes the client sent.
-    name = keys.identify(key.encode("latin-1", "replace"))
+    # Keys are printable ASCII without spaces (genapi.config.key_problem): anything else
+    # (raw UTF-8 bytes arrive latin-1 decoded) can match no key, and the core could not
+    # be sent it in gRPC metadata.
+    name = None if key_problem(key) else keys.identify(key.encode("ascii"))
     if name is None:
         raise _auth_error(f"Incorrect API key provided: {mask(key)}.")
     return name

@@ -10,6 +10,10 @@ the process's own registry is served.
   genapi_http_request_duration_seconds{endpoint}        arrival -> last byte written
   genapi_http_time_to_first_token_seconds{model}       streamed chat: arrival -> first token
                                                         event received from the core
+  genapi_http_rate_limit_rejections_total{key, limit}  429s the shim answered itself (a key
+                                                        whose rpm window is spent: shim/ratelimit.py);
+                                                        the core's genapi_rate_limit_rejections_total
+                                                        counts the rest: their sum is every one
 
 `endpoint` is the route's rule (`/v1/files/<file_id>`), never the raw path; `model` is the
 request's model only when the request succeeded (a client string never becomes a label
@@ -37,6 +41,9 @@ HTTP_DURATION = Histogram("genapi_http_request_duration_seconds", "HTTP request 
                           ["endpoint"], buckets=DURATION_BUCKETS)
 HTTP_TTFT = Histogram("genapi_http_time_to_first_token_seconds", "Streamed chat: time to the first token.",
                       ["model"], buckets=TTFT_BUCKETS)
+
+SHIM_RATE_LIMITED = Counter("genapi_http_rate_limit_rejections", "Requests the shim refused for a spent rpm window.",
+                            ["key", "limit"])
 
 bp = Blueprint("metrics", __name__)
 

@@ -20,7 +20,7 @@ budget is not remembered: refunds of requests still running free tokens before t
 """
 from __future__ import annotations
 
-import re
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -29,6 +29,7 @@ import grpc
 from flask import Flask, current_app, g, request
 
 from genapi.durations import go_duration, parse_go_duration
+from shim import metrics
 from shim.errors import APIError
 
 PREFIX = "x-ratelimit-"
@@ -39,7 +40,6 @@ CHARGED_PATHS = frozenset({
     "/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/rerank", "/rerank", "/v2/rerank",
     "/v1/audio/transcriptions", "/v1/audio/translations",
 })
-_TRY_AGAIN = re.compile(r"Please try again in \S+\.$")
 
 
 def headers_from_metadata(metadata) -> dict[str, str]:
@@ -98,52 +98,44 @@ def looked_up_headers() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Refusal:
-    """The core's 429 for a key whose rpm window is spent, kept until the window resets."""
+    """A key's spent requests window, from the core's 429, kept until the window resets."""
 
-    at: float  # time.monotonic() of the core's answer
     until: float  # time.monotonic() the window resets
-    error: dict  # the OpenAI error object (message, type, param, code)
-    headers: dict[str, str]  # its x-ratelimit-* (lower-case names)
+    limit: str  # x-ratelimit-limit-requests
 
 
 def requests_spent_for(headers: dict[str, str]) -> float | None:
     """Seconds until the requests window resets when `headers` (x-ratelimit-*, lower-case
     names) show it spent (remaining-requests 0 and a positive reset); else None."""
-    if headers.get(PREFIX + "remaining-requests") != "0":
+    if headers.get(PREFIX + "remaining-requests") != "0" or not headers.get(PREFIX + "limit-requests", "").isdigit():
         return None
     wait = parse_go_duration(headers.get(PREFIX + "reset-requests", ""))
     return wait if wait else None
 
 
-def aged(headers: dict[str, str], elapsed: float) -> dict[str, str]:
-    """`headers` `elapsed` seconds later: the reset durations counted down."""
-    out = dict(headers)
-    for name, value in headers.items():
-        if name.startswith(PREFIX + "reset-") and (wait := parse_go_duration(value)) is not None:
-            out[name] = go_duration(wait - elapsed)
-    return out
-
-
 class Refusals:
-    """Per key name, the latest rpm refusal whose window has not reset (one per worker
-    process; thread-safe)."""
+    """Per key name, the requests window that is spent until it resets (one per worker
+    process; thread-safe). The answer is made for the request at hand, in the core's words
+    for an rpm refusal, without a model (the body is not read); it carries the requests
+    headers only: the token budget is the core's to report (refunds move it), and the
+    key's next admitted request shows it."""
 
     def __init__(self) -> None:
         self._by_key: dict[str, Refusal] = {}
         self._lock = threading.Lock()
 
-    def remember(self, key: str, error: dict, headers: dict[str, str], now: float | None = None) -> bool:
-        """Keeps a 429's error and headers when they show `key`'s requests window spent."""
+    def remember(self, key: str, headers: dict[str, str], now: float | None = None) -> bool:
+        """Keeps `key`'s spent window when a 429's headers show one."""
         wait = requests_spent_for(headers)
         if wait is None:
             return False
         now = time.monotonic() if now is None else now
         with self._lock:
-            self._by_key[key] = Refusal(now, now + wait, dict(error), dict(headers))
+            self._by_key[key] = Refusal(now + wait, headers[PREFIX + "limit-requests"])
         return True
 
     def answer(self, key: str, now: float | None = None) -> APIError | None:
-        """The 429 to give `key` now, or None when it has no refusal in force."""
+        """The 429 to give `key` now, or None when it has no spent window in force."""
         now = time.monotonic() if now is None else now
         with self._lock:
             refusal = self._by_key.get(key)
@@ -152,21 +144,17 @@ class Refusals:
                 refusal = None
         if refusal is None:
             return None
-        wait = refusal.until - now
-        e = refusal.error
-        message = _TRY_AGAIN.sub(f"Please try again in {go_duration(wait)}.", e.get("message") or "")
-        headers = aged(refusal.headers, now - refusal.at)
-        headers["Retry-After"] = str(max(1, int(-(-wait // 1))))
-        return APIError(429, message, e.get("type") or "rate_limit_error", e.get("param"), e.get("code"), headers)
+        reset = go_duration(refusal.until - now)
+        message = (f"Rate limit reached for key `{key}` on requests per min (RPM): Limit {refusal.limit}, "
+                   f"Used {refusal.limit}, Requested 1. Please try again in {reset}.")
+        headers = {PREFIX + "limit-requests": refusal.limit, PREFIX + "remaining-requests": "0",
+                   PREFIX + "reset-requests": reset, "Retry-After": str(max(1, math.ceil(refusal.until - now)))}
+        return APIError(429, message, "rate_limit_error", None, RATE_LIMIT_CODE, headers)
 
     def clear(self) -> None:
-        """Forgets every refusal (the limits were reloaded)."""
+        """Forgets every spent window (the limits were reloaded)."""
         with self._lock:
             self._by_key.clear()
-
-
-def _lower_ratelimit_headers(headers) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items() if k.lower().startswith(PREFIX)}
 
 
 def _remember_refusal(refusals: Refusals, principal: str, response) -> None:
@@ -175,7 +163,9 @@ def _remember_refusal(refusals: Refusals, principal: str, response) -> None:
     body = response.get_json(silent=True)
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict) and error.get("code") == RATE_LIMIT_CODE:
-        refusals.remember(principal, error, _lower_ratelimit_headers(response.headers))
+        headers = {k.lower(): v for k, v in response.headers.items() if k.lower().startswith(PREFIX)}
+        if refusals.remember(principal, headers):
+            metrics.SHIM_RATE_LIMITED.labels(principal, "requests")  # the series exists from the first refusal
 
 
 def register_ratelimit_headers(app: Flask) -> None:
@@ -187,6 +177,7 @@ def register_ratelimit_headers(app: Flask) -> None:
         if principal is not None and request.method == "POST" and request.path in CHARGED_PATHS:
             if (err := refusals.answer(principal)) is not None:
                 g.refusal_replayed = True
+                metrics.SHIM_RATE_LIMITED.labels(principal, "requests").inc()
                 raise err
 
     @app.after_request

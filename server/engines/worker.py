@@ -24,6 +24,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from genapi import logs
 from genapi.config import log_level
 
 from .base import EngineUnavailable
@@ -98,7 +99,7 @@ def child_main(conn, factory: Callable, name: str, path: str, options: dict) -> 
     # Ctrl-C in a terminal reaches the whole process group; the parent decides when this
     # process stops (a Stop message, or its end of the pipe closing).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=log_level(), format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
+    logs.setup(log_level(), os.environ.get(logs.FORMAT_ENV, "text"))  # the core's format
     try:
         loop = factory(name, path, options)
         info = loop.load()

@@ -140,6 +140,39 @@ def test_serve_fails_fast_when_a_port_is_taken(busy_port, which):
     assert port_free(other)  # nothing was left listening on the other port
 
 
+@pytest.mark.parametrize("cmd", ["serve", "core"])
+def test_the_metrics_port_may_not_be_one_of_the_service_ports(cmd):
+    grpc_port = free_port()
+    out, elapsed = run_cli(cmd, "--grpc-port", str(grpc_port), env={"GENAPI_METRICS_PORT": str(grpc_port)})
+    assert out.returncode == 2 and elapsed < 20, out.stderr
+    assert f"[core] metrics_port {grpc_port} is also the gRPC port" in out.stderr and "Traceback" not in out.stderr
+    if cmd == "serve":
+        rest = free_port()
+        out, _ = run_cli(cmd, "--port", str(rest), "--grpc-port", str(free_port()), env={"GENAPI_METRICS_PORT": str(rest)})
+        assert out.returncode == 2 and "is also the REST API port" in out.stderr, out.stderr
+
+
+def test_json_logs_cover_the_engine_process_too(tmp_path):
+    """[logging] format = "json": the core's lines and those of the engine process it
+    spawns (the model's `loaded` line) are all JSON objects."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[logging]\nformat = "json"\n' + MODEL_TOML)
+    out = tmp_path / "core.log"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GENAPI_")}
+    with open(out, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "genapi", "core", "--config", str(cfg), "--grpc-port",
+                                 str(free_port())], cwd=ROOT, env=base, stdout=f, stderr=subprocess.STDOUT)
+    try:
+        assert wait_until(lambda: "gRPC core serving" in out.read_text(), timeout_s=180), out.read_text()[-2000:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    # every log line, or this raises (the CLI's own "genapi: ..." notices are not log lines)
+    lines = [ln for ln in out.read_text().splitlines() if ln.strip() and not ln.startswith("genapi: ")]
+    records = [json.loads(ln) for ln in lines]
+    assert any(r.get("logger") == "genapi.engine.torch" for r in records), lines
+
+
 def test_core_fails_fast_when_its_port_is_taken(busy_port):
     out, elapsed = run_cli("core", "--grpc-port", str(busy_port))
     assert out.returncode != 0 and elapsed < 20
@@ -256,6 +289,11 @@ def test_log_level_in_any_case_and_an_unknown_one_refused(tmp_path, broken_check
 def test_hash_key_refuses_an_empty_key():
     out, _ = run_cli("hash-key", "")
     assert_one_line_failure(out, "empty")
+    for bad in ("ключ-unicode-key-12345", " ", "sp key ", "tab\tkey"):  # no client could send them
+        out, _ = run_cli("hash-key", bad)
+        assert_one_line_failure(out, "printable ASCII without spaces")
+    out, _ = run_cli("serve", "--port", str(free_port()), env={"GENAPI_API_KEYS": "good-key-1,bad key"})
+    assert_one_line_failure(out, "GENAPI_API_KEYS entry 2", "printable ASCII")
     out, _ = run_cli("hash-key", "k")
     assert out.returncode == 0 and len(out.stdout.strip()) == 64
 

@@ -228,6 +228,9 @@ def test_a_key_sees_only_its_models(svc):
         assert e.value.code == "model_not_found"
         assert "does not exist or you do not have access to it" in e.value.message
         assert f"`{OTHER_MODEL}`" in e.value.message and e.value.message.count("`") == 4  # only its own model listed
+    with pytest.raises(openai.NotFoundError) as e:  # served, but not to this key: nothing false said about it
+        narrow.embeddings.create(model=EMBED_MODEL, input="hi")
+    assert e.value.message.endswith("This key may use no embedding models."), e.value.message
     assert chat_raw(narrow).parse().choices
     assert chat_raw(calm, model=OTHER_MODEL).parse().choices
 
@@ -277,9 +280,12 @@ def test_sighup_revokes_a_key_and_lets_its_request_in_flight_finish(svc):
 
 def core_refusals(svc: Service, key: str) -> float:
     """genapi_rate_limit_rejections_total{key, limit="requests"} on the core's /metrics."""
-    text = httpx.get(svc.metrics_url, timeout=10).text
+    return refusals_in(httpx.get(svc.metrics_url, timeout=10).text, key)
+
+
+def refusals_in(text: str, key: str, name: str = "genapi_rate_limit_rejections_total") -> float:
     return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-               if s.name == "genapi_rate_limit_rejections_total" and s.labels.get("key") == key
+               if s.name == name and s.labels.get("key") == key
                and s.labels.get("limit") == "requests")
 
 
@@ -299,8 +305,11 @@ def test_a_spent_requests_window_is_answered_by_the_shim_until_it_resets(svc):
             else:
                 spent.chat.completions.create(model=MODEL, messages=user_messages("hi"), max_tokens=2, stream=True)
         refused.append(e.value)
-    # the core saw at most one refusal per shim worker (two), not twelve
-    assert 1 <= core_refusals(svc, "spent") <= 2
+    # the core saw at most one refusal per shim worker (two), not twelve; the shim counts the rest
+    core = core_refusals(svc, "spent")
+    assert 1 <= core <= 2
+    shim_metrics = httpx.get(f"{svc.base_url}/metrics", headers={"Authorization": f"Bearer {KEYS['calm'][0]}"}).text
+    assert core + refusals_in(shim_metrics, "spent", "genapi_http_rate_limit_rejections_total") == 12
     resets = []
     for e in refused:
         h = e.response.headers

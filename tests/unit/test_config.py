@@ -218,6 +218,9 @@ metrics_port = 9400
 [logging]
 format = "json"
 access_log = false
+[[models]]
+name = "m1"
+path = "m1-dir"
 ''')
     cfg = load_config(f)
     a, b = cfg.api_keys
@@ -240,6 +243,16 @@ access_log = false
     ('[auth]\nmetrics_keys = ["prometheus"]\n[[auth.keys]]\nname = "prometeus"\nsha256 = "%s"\n' % ("0" * 64),
      "no key is named 'prometheus'.*did you mean 'prometeus'"),
     ('[auth]\nmetrics_keys = "ops"\n', "list of key names"),
+    ('[[models]]\nname = "chat-a"\npath = "d"\n[[auth.keys]]\nname = "a"\nsha256 = "%s"\nmodels = ["chat-b"]\n'
+     % ("0" * 64), "no model is named 'chat-b'.*did you mean 'chat-a'"),
+    ('[[auth.keys]]\nname = "team a\\nkey=admin"\nsha256 = "%s"\n' % ("0" * 64), "letters, digits"),
+    ('[[auth.keys]]\nname = "équipe"\nsha256 = "%s"\n' % ("0" * 64), "letters, digits"),
+    ('[auth]\nkeys = "abc"\n', r"array of tables: write each key as \[\[auth.keys\]\]"),
+    ('[auth.keys]\nname = "a"\n', "must be an array of tables"),
+    ('[[auth.keys]]\nsha256 = "%s"\n' % ("0" * 64), "every key needs a non-empty name"),
+    ('[[auth.keys]]\nname = "a"\nsha256 = "%s"\ntpm = true\n' % ("0" * 64), "tpm = true: must be an integer"),
+    ('[[auth.keys]]\nname = "a"\nsha256 = "%s"\nrpm = 9999999999999\n' % ("0" * 64), "from 0 to"),
+    ('[limits]\nrpm = 9999999999999\n', "between 0 and"),
     ('[limits]\nstorage = "mongodb://x"\n', "memory:// or redis://"),
     ('[limits]\nrmp = 1\n', "did you mean 'rpm'"),
     ('[logging]\nformat = "xml"\n', "text or json"),

@@ -15,15 +15,15 @@ from server.limits import Budget, RateLimiter, RateState
 
 
 @pytest.mark.parametrize("seconds, text", [
-    (0, "0ms"), (0.02, "20ms"), (0.9994, "999ms"), (1, "1s"), (6.5, "6.5s"), (59.9996, "1m0s"),
-    (60, "1m0s"), (150, "2m30s"), (360, "6m0s"), (-3, "0ms"),
+    (0, "0s"), (0.02, "20ms"), (0.9994, "999ms"), (1, "1s"), (6.5, "6.5s"), (59.9996, "1m0s"),
+    (60, "1m0s"), (150, "2m30s"), (360, "6m0s"), (-3, "0s"),
 ])
 def test_go_duration_is_openais_reset_format(seconds, text):
     assert go_duration(seconds) == text
 
 
 @pytest.mark.parametrize("text, seconds", [
-    ("0ms", 0.0), ("20ms", 0.02), ("1s", 1.0), ("6.5s", 6.5), ("1m0s", 60.0), ("2m30s", 150.0), ("1h2m3s", 3723.0),
+    ("0s", 0.0), ("0ms", 0.0), ("20ms", 0.02), ("1s", 1.0), ("6.5s", 6.5), ("1m0s", 60.0), ("2m30s", 150.0), ("1h2m3s", 3723.0),
 ])
 def test_parse_go_duration_reads_what_go_duration_writes(text, seconds):
     assert parse_go_duration(text) == pytest.approx(seconds)
@@ -122,7 +122,11 @@ def test_reloaded_keys_apply_to_the_next_request():
         with pytest.raises(GenapiError):
             await lim.admit("a")
         checker.replace([ApiKey("a", hash_key("a"), rpm=10)])
-        assert (await lim.admit("a")).state.requests.limit == 10
+        raised = (await lim.admit("a")).state.requests
+        assert (raised.limit, raised.remaining) == (10, 8)  # the window keeps what the key used (a refusal adds nothing)
+        checker.replace([ApiKey("a", hash_key("a"), rpm=2)])  # lowered below what it used: no fresh budget
+        with pytest.raises(GenapiError):
+            await lim.admit("a")
     run(go())
 
 
