@@ -59,13 +59,16 @@ class SamplingParams:
 
 
 @dataclass
-class MediaPart:
-    """An image or audio clip of a prompt, as bytes (already fetched); the engine's
-    processor decodes it. Media parts follow the order of their placeholders."""
+class MediaInput:
+    """One image of a prompt as the model's processor prepared it (in the core, where the
+    prompt is templated): `arrays` are the processor outputs for this image alone, e.g.
+    {"pixel_values": float32 [1, 3, H, W]} (plus "image_sizes" for processors that
+    give them). The prompt already holds the image's placeholder tokens; the engine's
+    encoder turns `arrays` into the features that replace them. Media inputs follow the
+    order of their placeholders in the prompt."""
 
-    kind: Literal["image", "audio"]
-    data: bytes
-    mime_type: str = ""
+    kind: Literal["image"]
+    arrays: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ class GenerationRequest:
     logprobs: bool = False
     top_logprobs: int = 0
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    media: list[MediaPart] = field(default_factory=list)
+    media: list[MediaInput] = field(default_factory=list)  # images, in placeholder order
     constraint: Constraint | None = None
     #: max_tokens is only what the context leaves (the caller gave none and the model has
     #: no max_output_tokens): the token budget charges the completion as it is generated
