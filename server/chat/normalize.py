@@ -79,7 +79,7 @@ def template_traits(tokenizer) -> TemplateTraits:
 
 def _plain(m: dict) -> bool:
     """Only a role and text: safe to merge with a neighbour."""
-    return set(m) <= {"role", "content"}
+    return set(m) <= {"role", "content"} and isinstance(m["content"], str)
 
 
 def normalize(messages: list[dict], traits: TemplateTraits) -> list[dict]:
@@ -98,7 +98,11 @@ def normalize(messages: list[dict], traits: TemplateTraits) -> list[dict]:
                 pending.append((i, m["content"]))
                 continue
         if m["role"] == "user" and pending:
-            m["content"] = SEPARATOR.join([text for _, text in pending] + [m["content"]])
+            joined = SEPARATOR.join(text for _, text in pending)
+            if isinstance(m["content"], str):
+                m["content"] = joined + SEPARATOR + m["content"]
+            else:  # parts (a message with images): the instructions go first
+                m["content"] = [{"type": "text", "text": joined + SEPARATOR}, *m["content"]]
             pending = []
         # One turn of each role at a time where the template wants that (a template taking
         # a system message only at the start takes only one).

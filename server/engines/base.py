@@ -246,6 +246,11 @@ class ChatModelInfo:
     context_length: int
     #: Size of the output distribution (valid token ids are below it).
     vocab_size: int
+    #: Media kinds the model takes in messages ("image"); empty for a text-only model.
+    media: tuple[str, ...] = ()
+    #: The checkpoint's transformers processor (AutoProcessor) when `media` is not empty:
+    #: turns an image into its placeholder tokens and pixel arrays (chat/media_prompt.py).
+    processor: Any = None
 
 
 @runtime_checkable

@@ -21,13 +21,18 @@ from ..chat.output import THINKING_SWITCH, OutputConventions, check_options
 from ..chat.reasoning import prompt_opens_thinking
 from ..chat.template import render_prompt
 from ..chat.tool_grammar import think_first, tool_structural_tag
+from ..chat.media_prompt import expand_images
 from ..convert.generation import MAX_N, check_identifiers, check_request, least_budget_tokens, with_prompt
+from ..convert.media import check_media, media_parts
 from ..convert.tools import tool_plan
 from ..drain import Drain, shutting_down
 from ..engines.base import Constraint, EngineError, EngineInvalidRequest, close_events, wait_ready
 from ..errors import INTERNAL_ERROR, GenapiError, abort, from_engine_error, invalid, quote
 from .. import metrics
 from ..limits import UNLIMITED, RateLimiter, Ticket, admit
+from ..media.errors import MediaError
+from ..media.policy import MediaPolicy
+from ..media.resolve import load_images
 from ..registry import Registry
 from .admin import get_engine_stats
 from .lookup import model_for
@@ -52,10 +57,12 @@ def chat_model(registry: Registry, name: str):
 
 
 class GenerationServicer(pb_grpc.GenerationServiceServicer):
-    def __init__(self, registry: Registry, drain: Drain | None = None, limiter: RateLimiter | None = None):
+    def __init__(self, registry: Registry, drain: Drain | None = None, limiter: RateLimiter | None = None,
+                 media_policy: MediaPolicy | None = None):
         self.registry = registry
         self.drain = drain or Drain()
         self.limiter = limiter
+        self.media_policy = media_policy or MediaPolicy()  # [media]: fetching and decoding image parts
         for sm in registry.models.values():
             if sm.config.task is Task.CHAT:
                 try:
@@ -107,14 +114,19 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             if plan.mode != "none" and conv.tool_parser is None:
                 raise invalid(f"The model `{quote(request.model)}` has no tool-call format (set its tool_parser "
                               "option).", "tools", "unsupported_parameter")
+            # Images are fetched and decoded before the request takes an admission place:
+            # a slow image server holds no batch slot.
+            images = await request_images(request, info, self.media_policy)
             try:
                 # The cheap refusals (queue full, budget short of n × max_tokens) come
                 # before templating and tokenizing, which cost milliseconds each: a burst
                 # beyond capacity is refused at once instead of queueing behind that work.
                 place = engine.reserve(gen.n, least_budget_tokens(request, gen.n))
                 try:
-                    prompt_ids = await asyncio.to_thread(render_prompt, info.tokenizer, request.messages,
-                                                         plan.tools, template_kwargs(conv, request.reasoning_effort))
+                    prompt_ids, gen.media = await asyncio.to_thread(
+                        chat_prompt, info, request.messages, plan.tools,
+                        template_kwargs(conv, request.reasoning_effort), images)
+                    del images  # the engine request holds the processor's arrays now
                     with_prompt(gen, request, prompt_ids, context=info.context_length, max_output=max_output)
                     # tokens per minute: the prompt and every choice's whole max_tokens, up front
                     await ticket.charge(len(prompt_ids) + gen.n * gen.max_tokens, request.model)
@@ -205,6 +217,30 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     async def GetEngineStats(self, request: admin_service_pb2.GetEngineStatsRequest, context):
         """Deprecated alias of AdminService.GetEngineStats, kept for one release."""
         return await get_engine_stats(self.registry, request, context)
+
+
+async def request_images(request: pb.GenerateRequest, info, policy: MediaPolicy) -> list:
+    """The request's images, fetched and decoded under `policy` (RGB PIL images, in
+    request order). INVALID_ARGUMENT, param = the part, for a media part the model does
+    not take or a part that cannot be used (server/media: refused URL, failed fetch, bad
+    data, too many images, over a size cap)."""
+    parts = media_parts(request.messages)
+    if not parts:
+        return []
+    check_media(request.messages, parts, request.model, info.media)
+    try:
+        return await load_images([(param, part) for param, kind, part in parts if kind == "image"], policy)
+    except MediaError as e:
+        raise invalid(e.message, e.param or "messages", "invalid_image") from None
+
+
+def chat_prompt(info, messages, tools, kwargs: dict, images: list) -> tuple[list[int], list]:
+    """(prompt token ids, the engine's MediaInputs): the conversation templated and
+    tokenized, each image's placeholder expanded by the model's processor."""
+    ids = render_prompt(info.tokenizer, messages, tools, kwargs, info.media)
+    if not images:
+        return ids, []
+    return expand_images(ids, images, info.processor)
 
 
 def with_rate_state(err: GenapiError, ticket: Ticket) -> GenapiError:
