@@ -273,6 +273,14 @@ def test_concurrent_image_and_text_requests_share_the_batch_and_each_equals_its_
     assert [r.choices[0].message.content for r in results] == alone
 
 
+def test_responses_api_input_image_takes_the_same_path(oa):
+    r = oa.responses.create(model=VISION, max_output_tokens=8, temperature=0, input=[{"role": "user", "content": [
+        {"type": "input_text", "text": PROMPT}, {"type": "input_image", "image_url": data_url(RED)}]}])
+    c = chat(oa, ask(data_url(RED)), max_tokens=8)
+    assert r.status in ("completed", "incomplete")  # incomplete: max_output_tokens reached
+    assert (r.output_text, r.usage.input_tokens) == (c.choices[0].message.content, c.usage.prompt_tokens)
+
+
 def test_grpc_image_bytes_and_url(channel, images):
     stub = gen_grpc.GenerationServiceStub(channel)
 
@@ -352,6 +360,35 @@ def test_bad_images_are_400_with_the_part_and_the_next_request_succeeds(oa, case
     url, words = BAD_IMAGES[case]
     assert_400(lambda: chat(oa, ask(data_url(BLUE), url)), "messages[0].content[2]", words)
     assert chat(oa, ask(data_url(BLUE)), max_tokens=2).usage.completion_tokens == 2
+
+
+def session_rss_mb(svc) -> float:
+    """Resident memory of every process of the service (its session: core, engines, shim)."""
+    import os
+
+    total = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.getsid(int(pid)) != svc.proc.pid:
+                continue
+            with open(f"/proc/{pid}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            continue
+    return total / 1024
+
+
+def test_bad_images_over_and_over_do_not_grow_the_servers_memory(svc, oa):
+    for url, _ in BAD_IMAGES.values():  # warm: every code path has run once
+        with pytest.raises(openai.BadRequestError):
+            chat(oa, ask(url))
+    before = session_rss_mb(svc)
+    for _ in range(3):
+        for url, _ in BAD_IMAGES.values():
+            with pytest.raises(openai.BadRequestError):
+                chat(oa, ask(url))
+    assert session_rss_mb(svc) - before < 200
+    assert chat(oa, ask(data_url(RED)), max_tokens=2).usage.completion_tokens == 2
 
 
 def test_too_many_images_names_the_first_one_over(oa):
