@@ -40,58 +40,92 @@ VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "n
           "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE, "projection_dim": 32}
 # The text part of the base template that image parts join (where a text part is rendered).
 TEMPLATE_ANCHOR = "{%- elif part is mapping and part.type in ['text', 'input_text', 'output_text'] and part.text is string -%}"
-IMAGE_BRANCH = ("{%- elif part is mapping and part.type in ['image', 'image_url', 'input_image'] -%}\n"
-                "                {{- ('' if ns.first else '\\n') + '" + IMAGE_TOKEN + "' -}}\n"
-                "                {%- set ns.first = false -%}\n            ")
+
+
+def part_branch(types: list[str], text: str) -> str:
+    """A render_content branch writing `text` for parts of these types, where they stand."""
+    return ("{%- elif part is mapping and part.type in " + repr(types) + " -%}\n"
+            "                {{- ('' if ns.first else '\\n') + '" + text + "' -}}\n"
+            "                {%- set ns.first = false -%}\n            ")
 
 
 def _log(msg: str) -> None:
     print(f"[tiny_llava] {msg}", file=sys.stderr, flush=True)
 
 
-def fingerprint(base: Path) -> dict:
+def fingerprint(base: Path, module_file: str = __file__) -> dict:
     base_fp = json.loads((base / FINGERPRINT_FILE).read_text(encoding="utf-8"))
-    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    code = hashlib.sha256(Path(module_file).read_bytes()).hexdigest()
     return {"version": VERSION, "code_sha256": code, "base": base_fp}
+
+
+def template_with(base_template: str, types: list[str], text: str) -> str:
+    """The base ChatML template with parts of these types rendered as `text` in place."""
+    if TEMPLATE_ANCHOR not in base_template:
+        raise ValueError("the base chat template has changed: tools/tiny_llava.py TEMPLATE_ANCHOR not found")
+    return base_template.replace(TEMPLATE_ANCHOR, part_branch(types, text) + TEMPLATE_ANCHOR, 1)
 
 
 def vision_template(base_template: str) -> str:
     """The base ChatML template with image parts rendered as IMAGE_TOKEN in place."""
-    if TEMPLATE_ANCHOR not in base_template:
-        raise ValueError("the base chat template has changed: tools/tiny_llava.py TEMPLATE_ANCHOR not found")
-    return base_template.replace(TEMPLATE_ANCHOR, IMAGE_BRANCH + TEMPLATE_ANCHOR, 1)
+    return template_with(base_template, ["image", "image_url", "input_image"], IMAGE_TOKEN)
+
+
+def with_template_tokens(base: Path, tokens: list[str], template: str):
+    """The base tokenizer plus `tokens` (special, never split) and `template`."""
+    from transformers import AddedToken, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.add_special_tokens({"additional_special_tokens": [AddedToken(t, special=True, normalized=False)
+                                                                for t in tokens]})
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+def load_language_model(lm_module, base: Path, rows: int, pad_id: int):
+    """The base LM's weights into `lm_module` (a LlamaModel); returns (its lm_head weight,
+    its generation config), both grown to `rows` rows (the new ones copy the pad token's:
+    the embedding is never read, the head row never chosen)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    lm = LlamaForCausalLM.from_pretrained(base, dtype=torch.float32)
+    with torch.no_grad():
+        state = {k.removeprefix("model."): v for k, v in lm.state_dict().items() if k.startswith("model.")}
+        emb = state["embed_tokens.weight"]
+        extra = rows - emb.shape[0]
+        state["embed_tokens.weight"] = torch.cat([emb, emb[pad_id:pad_id + 1].expand(extra, -1)])
+        lm_module.load_state_dict(state)
+        head = lm.lm_head.weight
+        return torch.cat([head, head[pad_id:pad_id + 1].expand(extra, -1)]), lm.generation_config
+
+
+def text_config(base: Path, rows: int) -> dict:
+    """The base LM's config with `rows` embedding rows."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(base)
+    cfg.vocab_size = rows
+    return cfg.to_dict()
 
 
 def _build(base: Path, out: Path) -> int:
     import torch
-    from transformers import (AddedToken, AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, LlamaForCausalLM,
-                              LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     torch.manual_seed(SEED)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    tokenizer.add_special_tokens({"additional_special_tokens": [AddedToken(IMAGE_TOKEN, special=True, normalized=False)]})
+    tokenizer = with_template_tokens(base, [IMAGE_TOKEN],
+                                     vision_template((base / "chat_template.jinja").read_text(encoding="utf-8")))
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    tokenizer.chat_template = vision_template((base / "chat_template.jinja").read_text(encoding="utf-8"))
-
-    lm = LlamaForCausalLM.from_pretrained(base, dtype=torch.float32)
-    text_cfg = lm.config
-    old_rows = text_cfg.vocab_size
-    rows = max(old_rows, len(tokenizer))
-    text_cfg.vocab_size = rows
-    pad_id = tokenizer.pad_token_id or 0
-    cfg = LlavaConfig(vision_config=CLIPVisionConfig(**VISION).to_dict(), text_config=text_cfg.to_dict(),
+    rows, pad_id = len(tokenizer), tokenizer.pad_token_id or 0
+    cfg = LlavaConfig(vision_config=CLIPVisionConfig(**VISION).to_dict(), text_config=text_config(base, rows),
                       image_token_index=image_id, projector_hidden_act="gelu", vision_feature_select_strategy="default",
                       vision_feature_layer=-2, image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,
                       tie_word_embeddings=False)
     model = LlavaForConditionalGeneration(cfg).eval()  # seeded random vision tower and projector
+    head, model.generation_config = load_language_model(model.model.language_model, base, rows, pad_id)
     with torch.no_grad():
-        state = {k.removeprefix("model."): v for k, v in lm.state_dict().items() if k.startswith("model.")}
-        emb = state["embed_tokens.weight"]
-        state["embed_tokens.weight"] = torch.cat([emb, emb[pad_id:pad_id + 1].expand(rows - old_rows, -1)])
-        model.model.language_model.load_state_dict(state)
-        head = lm.lm_head.weight
-        model.lm_head.weight.copy_(torch.cat([head, head[pad_id:pad_id + 1].expand(rows - old_rows, -1)]))
-    model.generation_config = lm.generation_config
+        model.lm_head.weight.copy_(head)
     model.save_pretrained(out)
     image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
                                          crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
@@ -107,10 +141,16 @@ def build(base: str | Path = "models/tiny-chat", out: str | Path = "models/tiny-
     """Builds (or keeps, when up to date) the checkpoint in `out`; returns its path.
     FileNotFoundError when `base` is not a built tiny chat model; FileExistsError when
     `out` holds something this module did not build."""
+    return build_dir(base, out, _build, __file__, force)
+
+
+def build_dir(base, out, builder, module_file: str, force: bool = False) -> Path:
+    """The idempotent build of a checkpoint derived from the tiny chat model: `builder(base,
+    tmp_dir)` -> parameter count, into a temporary directory renamed to `out` when done."""
     base, out = Path(base).resolve(), Path(out).resolve()
     if not (base / FINGERPRINT_FILE).is_file():
         raise FileNotFoundError(f"{base} is not a built tiny chat model (run tools.tiny_models first)")
-    fp = fingerprint(base)
+    fp = fingerprint(base, module_file)
     try:
         current = json.loads((out / FINGERPRINT_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -124,7 +164,7 @@ def build(base: str | Path = "models/tiny-chat", out: str | Path = "models/tiny-
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private
-        n = _build(base, tmp)
+        n = builder(base, tmp)
         (tmp / FINGERPRINT_FILE).write_text(json.dumps(fp, indent=2) + "\n", encoding="utf-8")  # last
         if out.exists():
             shutil.rmtree(out)

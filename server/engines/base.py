@@ -60,14 +60,15 @@ class SamplingParams:
 
 @dataclass
 class MediaInput:
-    """One image of a prompt as the model's processor prepared it (in the core, where the
-    prompt is templated): `arrays` are the processor outputs for this image alone, e.g.
-    {"pixel_values": float32 [1, 3, H, W]} (plus "image_sizes" for processors that
-    give them). The prompt already holds the image's placeholder tokens; the engine's
-    encoder turns `arrays` into the features that replace them. Media inputs follow the
-    order of their placeholders in the prompt."""
+    """One image or audio clip of a prompt as the model's processor prepared it (in the
+    core, where the prompt is templated): `arrays` are the processor outputs for this part
+    alone, e.g. {"pixel_values": float32 [1, 3, H, W]} for an image (plus "image_sizes"
+    for processors that give them), {"input_features": float32 [1, mel, frames],
+    "feature_attention_mask": [1, frames]} for audio. The prompt already holds the part's
+    placeholder tokens; the engine's encoder turns `arrays` into the features that replace
+    them. Media inputs follow the order of their placeholders in the prompt."""
 
-    kind: Literal["image"]
+    kind: Literal["image", "audio"]
     arrays: dict[str, Any] = field(default_factory=dict)
 
 
@@ -94,7 +95,7 @@ class GenerationRequest:
     logprobs: bool = False
     top_logprobs: int = 0
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    media: list[MediaInput] = field(default_factory=list)  # images, in placeholder order
+    media: list[MediaInput] = field(default_factory=list)  # in placeholder order
     constraint: Constraint | None = None
     #: max_tokens is only what the context leaves (the caller gave none and the model has
     #: no max_output_tokens): the token budget charges the completion as it is generated
@@ -246,10 +247,10 @@ class ChatModelInfo:
     context_length: int
     #: Size of the output distribution (valid token ids are below it).
     vocab_size: int
-    #: Media kinds the model takes in messages ("image"); empty for a text-only model.
+    #: Media kinds the model takes in messages ("image", "audio"); empty for a text-only model.
     media: tuple[str, ...] = ()
     #: The checkpoint's transformers processor (AutoProcessor) when `media` is not empty:
-    #: turns an image into its placeholder tokens and pixel arrays (chat/media_prompt.py).
+    #: turns an image or a clip into its placeholder tokens and arrays (chat/media_prompt.py).
     processor: Any = None
 
 

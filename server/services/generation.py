@@ -21,7 +21,7 @@ from ..chat.output import THINKING_SWITCH, OutputConventions, check_options
 from ..chat.reasoning import prompt_opens_thinking
 from ..chat.template import render_prompt
 from ..chat.tool_grammar import think_first, tool_structural_tag
-from ..chat.media_prompt import expand_images
+from ..chat.media_prompt import expand_media, max_audio_seconds, sampling_rate
 from ..convert.generation import MAX_N, check_identifiers, check_request, least_budget_tokens, with_prompt
 from ..convert.media import check_media, media_parts
 from ..convert.tools import tool_plan
@@ -32,7 +32,7 @@ from .. import metrics
 from ..limits import UNLIMITED, RateLimiter, Ticket, admit
 from ..media.errors import MediaError
 from ..media.policy import MediaPolicy
-from ..media.resolve import load_images
+from ..media.resolve import load_audio, load_images
 from ..registry import Registry
 from .admin import get_engine_stats
 from .lookup import model_for
@@ -114,9 +114,9 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             if plan.mode != "none" and conv.tool_parser is None:
                 raise invalid(f"The model `{quote(request.model)}` has no tool-call format (set its tool_parser "
                               "option).", "tools", "unsupported_parameter")
-            # Images are fetched and decoded before the request takes an admission place:
+            # Media are fetched and decoded before the request takes an admission place:
             # a slow image server holds no batch slot.
-            images = await request_images(request, info, self.media_policy)
+            media = await request_media(request, info, self.media_policy)
             try:
                 # The cheap refusals (queue full, budget short of n × max_tokens) come
                 # before templating and tokenizing, which cost milliseconds each: a burst
@@ -125,8 +125,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                 try:
                     prompt_ids, gen.media = await asyncio.to_thread(
                         chat_prompt, info, request.messages, plan.tools,
-                        template_kwargs(conv, request.reasoning_effort), images)
-                    del images  # the engine request holds the processor's arrays now
+                        template_kwargs(conv, request.reasoning_effort), media)
+                    del media  # the engine request holds the processor's arrays now
                     with_prompt(gen, request, prompt_ids, context=info.context_length, max_output=max_output)
                     # tokens per minute: the prompt and every choice's whole max_tokens, up front
                     await ticket.charge(len(prompt_ids) + gen.n * gen.max_tokens, request.model)
@@ -219,28 +219,38 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         return await get_engine_stats(self.registry, request, context)
 
 
-async def request_images(request: pb.GenerateRequest, info, policy: MediaPolicy) -> list:
-    """The request's images, fetched and decoded under `policy` (RGB PIL images, in
-    request order). INVALID_ARGUMENT, param = the part, for a media part the model does
-    not take or a part that cannot be used (server/media: refused URL, failed fetch, bad
-    data, too many images, over a size cap)."""
+async def request_media(request: pb.GenerateRequest, info, policy: MediaPolicy) -> list[tuple[str, object]]:
+    """The request's media parts, fetched and decoded under `policy`, in request order:
+    ("image", RGB PIL image) and ("audio", float32 mono samples at the processor's rate).
+    INVALID_ARGUMENT, param = the part, for a media part the model does not take or a part
+    that cannot be used (server/media: refused URL, failed fetch, bad data, too many
+    images, over a size or duration cap)."""
     parts = media_parts(request.messages)
     if not parts:
         return []
     check_media(request.messages, parts, request.model, info.media)
+    param, kind = "messages", "image"
     try:
-        return await load_images([(param, part) for param, kind, part in parts if kind == "image"], policy)
+        images = iter(await load_images([(p, part) for p, kind, part in parts if kind == "image"], policy))
+        out = []
+        for param, kind, part in parts:
+            if kind == "image":
+                out.append(("image", next(images)))
+            else:
+                out.append(("audio", await asyncio.to_thread(
+                    load_audio, part, sampling_rate(info.processor), max_audio_seconds(info.processor), policy)))
+        return out
     except MediaError as e:
-        raise invalid(e.message, e.param or "messages", "invalid_image") from None
+        raise invalid(e.message, e.param or param, "invalid_image" if kind == "image" else "invalid_audio") from None
 
 
-def chat_prompt(info, messages, tools, kwargs: dict, images: list) -> tuple[list[int], list]:
+def chat_prompt(info, messages, tools, kwargs: dict, media: list) -> tuple[list[int], list]:
     """(prompt token ids, the engine's MediaInputs): the conversation templated and
-    tokenized, each image's placeholder expanded by the model's processor."""
+    tokenized, each media part's placeholder expanded by the model's processor."""
     ids = render_prompt(info.tokenizer, messages, tools, kwargs, info.media)
-    if not images:
+    if not media:
         return ids, []
-    return expand_images(ids, images, info.processor)
+    return expand_media(ids, media, info.processor)
 
 
 def with_rate_state(err: GenapiError, ticket: Ticket) -> GenapiError:

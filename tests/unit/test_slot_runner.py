@@ -97,7 +97,7 @@ def _reference_with(model, ids, splice):
 
 @pytest.mark.parametrize("runner_cls", [SlotRunner, HFRunner])
 def test_media_features_replace_their_placeholders_whole_or_chunked(runner_cls):
-    from server.engines.torch.vision import MediaSplice
+    from server.engines.torch.multimodal import MediaSplice
 
     model = _model()
     placeholder = 96  # stands for an image token

@@ -11,7 +11,7 @@ import inspect
 
 import torch
 
-from .vision import embeddable, splice
+from .multimodal import embeddable, splice
 
 
 class HFRunner:

@@ -34,7 +34,7 @@ from .constrain import apply_masks, fill_masks
 from .hf_runner import HFRunner
 from .sampling import SeqSampler, logprobs_of, process_logits, sample
 from .utf8 import Utf8Table
-from .vision import ImageEncoder, MediaSplice, is_vision_config, text_view
+from .multimodal import MediaEncoder, MediaSplice, media_kinds, text_view
 
 log = logging.getLogger("genapi.engine.torch")
 
@@ -114,7 +114,7 @@ class Scheduler:
         self._decode_s = 0.0  # decode forward time since the last Step sent (the engine step time metric)
 
     def load(self) -> dict:
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMultimodalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         # No progress bars: they are noise in a service log, and tqdm's lock is a named
@@ -135,12 +135,12 @@ class Scheduler:
             torch.set_num_threads(int(self.threads))
         t0 = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        vision = is_vision_config(AutoConfig.from_pretrained(self.path))
-        auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+        kinds = media_kinds(AutoConfig.from_pretrained(self.path))
+        auto = AutoModelForMultimodalLM if kinds else AutoModelForCausalLM
         model = auto.from_pretrained(self.path, dtype=dtype, attn_implementation="sdpa")
         model.to(self.device).eval()
-        # Images are encoded at admission (`_encode_media`); the runners see the text model.
-        self.images = ImageEncoder(model, self.device, dtype) if vision else None
+        # Media are encoded at admission (`_encode_media`); the runners see the text model.
+        self.media = MediaEncoder(model, self.device, dtype) if kinds else None
         lm = text_view(model)
         cfg = lm.config
         ctx = int(getattr(cfg, "max_position_embeddings", 0) or self.tokenizer.model_max_length)
@@ -159,9 +159,7 @@ class Scheduler:
             self.name, self.path, type(model).__name__, self.device, self.dtype_name, ctx,
             self.max_batch, runner_cls.__name__, time.perf_counter() - t0,
         )
-        return {"context_length": ctx, "vocab_size": self.vocab_size,
-                "media": ["image"] if vision else [],
-                "image_token_id": self.images.image_token_id if vision else None}
+        return {"context_length": ctx, "vocab_size": self.vocab_size, "media": list(kinds)}
 
     # ---- the loop ------------------------------------------------------------
     def run(self, conn) -> None:
@@ -312,15 +310,15 @@ class Scheduler:
         return bool(batch)
 
     def _encode_media(self, req: _Req) -> bool:
-        """Admission of a request with images: runs the image encoder (here, between
-        steps, never inside a decode step) and keeps the features until its prompt is
+        """Admission of a request with media: runs their encoders (here, between steps,
+        never inside a decode step) and keeps the features until its prompt is
         prefilled. False when that failed (the request is ended, the others go on)."""
         try:
-            if self.images is None:
-                raise ValueError(f"{self.name} takes no image input")
-            req.media = self.images.splice_for(req.gen.prompt_ids, req.gen.media)
+            if self.media is None:
+                raise ValueError(f"{self.name} takes no media input")
+            req.media = self.media.splice_for(req.gen.prompt_ids, req.gen.media)
         except Exception as e:
-            log.exception("image encoding of %s failed", req.gen.request_id)
+            log.exception("media encoding of %s failed", req.gen.request_id)
             self._fail([req], e)
             return False
         return True

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .vision import embeddable, splice
+from .multimodal import embeddable, splice
 
 
 def supports(model) -> bool:

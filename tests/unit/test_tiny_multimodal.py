@@ -1,5 +1,6 @@
-"""tools/tiny_llava.py: the tiny vision-language checkpoint is a real LLaVA (its own
-processor, image token expansion and chat template), built idempotently."""
+"""tools/tiny_llava.py and tools/tiny_qwen2_audio.py: the tiny vision- and audio-language
+checkpoints are a real LLaVA and a real Qwen2-Audio (their own processors, token
+expansion and chat templates) on the tiny chat LM, built idempotently."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tools import tiny_llava
+from tools import tiny_llava, tiny_qwen2_audio
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "models" / "tiny-chat"
@@ -65,3 +66,25 @@ def test_model_is_llava_with_the_tiny_chat_language_model(built):
     assert type(vlm).__name__ == "LlavaForConditionalGeneration"
     assert torch.equal(vlm.model.language_model.layers[0].mlp.up_proj.weight, lm.model.layers[0].mlp.up_proj.weight)
     assert vlm.lm_head.weight.shape[0] == lm.lm_head.weight.shape[0] + 1
+
+
+@pytest.fixture(scope="module")
+def built_audio(tmp_path_factory) -> Path:
+    return tiny_qwen2_audio.build(BASE, tmp_path_factory.mktemp("audio") / "tiny-audio")
+
+
+def test_audio_checkpoint_is_qwen2_audio_with_one_token_per_40_ms(built_audio):
+    from transformers import AutoModelForMultimodalLM, AutoProcessor, AutoTokenizer
+
+    proc = AutoProcessor.from_pretrained(built_audio)
+    assert type(proc).__name__ == "Qwen2AudioProcessor"
+    out = proc(text=proc.audio_token, audio=[np.zeros(16_000, np.float32)], sampling_rate=16_000,
+               add_special_tokens=False)
+    assert out["input_ids"][0] == [proc.audio_token_id] * 25
+    tok = AutoTokenizer.from_pretrained(built_audio)
+    text = tok.apply_chat_template([{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "hi"}]}],
+                                   add_generation_prompt=True, tokenize=False)
+    assert text == "<|im_start|>user\n<|audio_bos|><|AUDIO|><|audio_eos|>\nhi<|im_end|>\n<|im_start|>assistant\n"
+    model = AutoModelForMultimodalLM.from_pretrained(built_audio)
+    assert type(model).__name__ == "Qwen2AudioForConditionalGeneration"
+    assert type(model.model.language_model).__name__ == "LlamaModel"

@@ -71,7 +71,7 @@ def test_image_prompts_generate_what_transformers_does(hf, whole, chunked):
     processor, _ = hf
     ids, media = prompt(hf, [RED, BLUE])
     assert ids.count(processor.image_token_id) == 32 and len(media) == 2
-    expected = processor.tokenizer.decode(reference(hf, ids, media))
+    expected = processor.tokenizer.decode(reference(hf, ids, media), skip_special_tokens=True)
     whole.submit("w", ids, MAX_TOKENS, media=media)
     chunked.submit("c", ids, MAX_TOKENS, n=2, media=media)
     assert whole.wait_ended("w") == chunked.wait_ended("c") == "finished"
@@ -104,3 +104,50 @@ def test_features_that_do_not_match_the_placeholders_fail_only_that_request(hf, 
     assert whole.wait_ended("bad").startswith("generation failed")
     assert whole.wait_ended("running") == "finished"
     assert whole.completion_tokens("running") == 40
+
+
+# ---- audio (models/tiny-audio, Qwen2-Audio) ---------------------------------------------
+
+AUDIO_MODEL = ROOT / "models" / "tiny-audio"
+
+
+def tone(freq: float, seconds: float):
+    import numpy as np
+
+    t = np.arange(int(16_000 * seconds)) / 16_000
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def hf_audio():
+    from transformers import AutoModelForMultimodalLM, AutoProcessor
+
+    return AutoProcessor.from_pretrained(AUDIO_MODEL), AutoModelForMultimodalLM.from_pretrained(AUDIO_MODEL).eval()
+
+
+@pytest.fixture(scope="module")
+def audio_chunked():
+    d = Driver(AUDIO_MODEL, prefill_chunk=7)
+    yield d
+    d.stop()
+
+
+def test_audio_prompts_generate_what_transformers_does(hf_audio, audio_chunked):
+    from server.chat.media_prompt import expand_media
+
+    processor, model = hf_audio
+    parts = [{"type": "text", "text": "What do you hear?"}, {"type": "audio"}, {"type": "audio"}]
+    ids = processor.tokenizer.apply_chat_template([{"role": "user", "content": parts}], add_generation_prompt=True,
+                                                  tokenize=True, return_dict=False)
+    clips = [tone(440, 1.0), tone(660, 0.5)]
+    ids, media = expand_media(list(ids), [("audio", c) for c in clips], processor)
+    assert ids.count(processor.audio_token_id) == 25 + 12  # one token per 40 ms (80 frames: 12)
+    ref = model.generate(input_ids=torch.tensor([ids]),
+                         input_features=torch.cat([torch.as_tensor(m.arrays["input_features"]) for m in media]),
+                         feature_attention_mask=torch.cat([torch.as_tensor(m.arrays["feature_attention_mask"])
+                                                           for m in media]),
+                         max_new_tokens=MAX_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=0)
+    expected = processor.tokenizer.decode(ref[0, len(ids):], skip_special_tokens=True)
+    audio_chunked.submit("a", ids, MAX_TOKENS, media=media)
+    assert audio_chunked.wait_ended("a") == "finished"
+    assert generated_text(audio_chunked, "a") == expected
