@@ -1,8 +1,9 @@
-"""Images in chat through the official openai SDK and gRPC, against the real core and shim
-serving the embedded tiny vision-language model (models/tiny-vision, LLaVA) beside the
-text-only tiny chat model: data: and http(s) URLs (a loopback image server that the
+"""Images and audio in chat through the official openai SDK and gRPC, against the real core
+and shim serving the embedded tiny vision-language model (models/tiny-vision, LLaVA) and
+audio-language model (models/tiny-audio, Qwen2-Audio) beside the text-only tiny chat model: data: and http(s) URLs (a loopback image server that the
 test's own [media] allow-list lets through, on its port only), several images, history,
-streaming, usage, batching with text requests, bad images (B11) and refused URLs (X4)."""
+streaming, usage, batching with text requests, bad images (B11) and refused URLs (X4);
+input_audio as wav and mp3."""
 from __future__ import annotations
 
 import asyncio
@@ -22,8 +23,10 @@ from genapi.v1 import generation_service_pb2 as gen_pb2
 from genapi.v1 import generation_service_pb2_grpc as gen_grpc
 
 from ..conftest import MODEL, ROOT, Service, wait_until
+from .audio_support import encode, silence, speech
 
 VISION = "genapi-tiny-vision"
+AUDIO = "genapi-tiny-audio"
 IMAGE_TOKENS = 16  # (32 / 8)^2 patches of the tiny CLIP tower, CLS dropped
 MAX_IMAGES = 8  # the [media] default
 MAX_MB = 1  # [media] max_mb of this module's service: the over-size case stays cheap
@@ -154,6 +157,12 @@ def svc(tmp_path_factory, images):
         threads = 1
         [models.options.fault]
         pause_decode_file = "{pause}"
+        [[models]]
+        name = "{AUDIO}"
+        path = "{ROOT / 'models' / 'tiny-audio'}"
+        [models.options]
+        max_batch = 4
+        threads = 1
         """)
     s.pause_file = pause
     s.start(timeout_s=300)
@@ -422,3 +431,45 @@ def test_ssrf_refused_urls_are_400_and_never_connect(oa, trap, refused_urls):
         assert "127.0.0.1" not in err.body["message"] or case == "loopback", (case, err.body)
     assert trap.connections == 0
     assert chat(oa, ask(data_url(RED)), max_tokens=2).usage.completion_tokens == 2
+
+
+# ---- audio ----------------------------------------------------------------------------
+
+def audio_part(data: bytes, fmt: str) -> dict:
+    return {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode(), "format": fmt}}
+
+
+def listen(*clips: dict, text: str = "What do you hear?") -> list[dict]:
+    return [{"role": "user", "content": [{"type": "text", "text": text}, *clips]}]
+
+
+def test_input_audio_wav_and_mp3_and_their_tokens_in_usage(oa):
+    samples = speech("the quick brown fox")
+    seconds = len(samples) / 16_000
+    none = chat(oa, listen(), model=AUDIO)
+    wav = chat(oa, listen(audio_part(encode(samples, "wav"), "wav")), model=AUDIO)
+    mp3 = chat(oa, listen(audio_part(encode(samples, "mp3"), "mp3")), model=AUDIO)
+    assert wav.choices[0].message.content and mp3.choices[0].message.content
+    # one audio token per 40 ms, between <|audio_bos|> and <|audio_eos|>, after a "\n"
+    audio_tokens = wav.usage.prompt_tokens - none.usage.prompt_tokens - 3
+    assert abs(audio_tokens - seconds * 25) <= 1
+    assert abs(mp3.usage.prompt_tokens - wav.usage.prompt_tokens) <= 2  # mp3 pads the clip a little
+    streamed = list(chat(oa, listen(audio_part(encode(samples, "wav"), "wav")), model=AUDIO, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == wav.choices[0].message.content
+
+
+def test_audio_and_image_parts_go_only_to_models_that_take_them(oa):
+    clip = audio_part(encode(speech("hello"), "wav"), "wav")
+    assert_400(lambda: chat(oa, listen(clip), model=VISION), "messages[0].content[1]", "does not accept audio")
+    assert_400(lambda: chat(oa, listen(clip, image_part(data_url(RED))), model=AUDIO), "messages[0].content[2]",
+               f"`{AUDIO}` does not accept image")
+
+
+def test_bad_or_too_long_audio_is_400_with_the_part(oa):
+    too_long = encode(silence(31), "wav")
+    assert_400(lambda: chat(oa, listen(audio_part(too_long, "wav")), model=AUDIO), "messages[0].content[1]",
+               "longer than this model's limit of 30 seconds")
+    assert_400(lambda: chat(oa, listen(audio_part(b"this is no audio file at all", "wav")), model=AUDIO),
+               "messages[0].content[1]", "not a supported audio file")
+    assert chat(oa, listen(audio_part(encode(speech("ok"), "wav"), "wav")), model=AUDIO, max_tokens=2) \
+        .usage.completion_tokens == 2
