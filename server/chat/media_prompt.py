@@ -77,6 +77,7 @@ def expand_media(prompt_ids: list[int], parts: list[tuple[str, object]], process
             out.append(token)
             continue
         ids, item = encode_part(processor, kind, queues[kind].pop(0))
+        item.placeholder, item.span = token, (len(out), len(ids))
         out += ids
         media.append(item)
     return out, media

@@ -66,10 +66,16 @@ class MediaInput:
     for processors that give them), {"input_features": float32 [1, mel, frames],
     "feature_attention_mask": [1, frames]} for audio. The prompt already holds the part's
     placeholder tokens; the engine's encoder turns `arrays` into the features that replace
-    them. Media inputs follow the order of their placeholders in the prompt."""
+    them. Media inputs follow the order of their placeholders in the prompt.
+
+    `placeholder` and `span` say where the part stands: the token id the chat template
+    wrote for it, and (start, length) of the tokens that replaced it in the prompt (for
+    backends that take the template's prompt and expand it themselves: TensorRT-LLM)."""
 
     kind: Literal["image", "audio"]
     arrays: dict[str, Any] = field(default_factory=dict)
+    placeholder: int = -1
+    span: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)

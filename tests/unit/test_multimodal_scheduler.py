@@ -151,3 +151,16 @@ def test_audio_prompts_generate_what_transformers_does(hf_audio, audio_chunked):
     audio_chunked.submit("a", ids, MAX_TOKENS, media=media)
     assert audio_chunked.wait_ended("a") == "finished"
     assert generated_text(audio_chunked, "a") == expected
+
+
+def test_expanded_parts_record_where_they_stand_and_collapse_back_to_the_templates_prompt(hf):
+    from server.engines.trtllm.mapping import template_prompt_ids
+
+    processor, _ = hf
+    parts = [{"type": "image"}, {"type": "text", "text": "and"}, {"type": "image"}]
+    template = list(processor.tokenizer.apply_chat_template([{"role": "user", "content": parts}],
+                                                            add_generation_prompt=True, tokenize=True, return_dict=False))
+    ids, media = expand_images(template, [RED, BLUE], processor)
+    assert [m.span[1] for m in media] == [16, 16]
+    assert all(ids[m.span[0]:sum(m.span)] == [processor.image_token_id] * 16 for m in media)
+    assert template_prompt_ids(ids, media) == template  # what TensorRT-LLM is sent
