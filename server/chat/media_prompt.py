@@ -54,10 +54,11 @@ def encode_part(processor, kind: str, value) -> tuple[list[int], MediaInput]:
     return ids, MediaInput(kind, arrays)
 
 
-def expand_media(prompt_ids: list[int], parts: list[tuple[str, object]], processor) -> tuple[list[int], list[MediaInput]]:
+def expand_media(prompt_ids: list[int], parts: list[tuple[str, object]], processor,
+                 keep_sources: bool = False) -> tuple[list[int], list[MediaInput]]:
     """The prompt with each placeholder replaced by its part's tokens, and the parts'
     MediaInputs in prompt order. `parts`: (kind, image or samples) in request order (the
-    order the template places them). INVALID_ARGUMENT (param `messages`) when the
+    order the template places them); `keep_sources`: each MediaInput keeps its part too. INVALID_ARGUMENT (param `messages`) when the
     template did not place exactly one placeholder per part (it dropped some: e.g. parts
     in a role it does not render)."""
     queues: dict[str, list] = {}
@@ -76,8 +77,11 @@ def expand_media(prompt_ids: list[int], parts: list[tuple[str, object]], process
         if kind is None:
             out.append(token)
             continue
-        ids, item = encode_part(processor, kind, queues[kind].pop(0))
+        value = queues[kind].pop(0)
+        ids, item = encode_part(processor, kind, value)
         item.placeholder, item.span = token, (len(out), len(ids))
+        if keep_sources:
+            item.source = value
         out += ids
         media.append(item)
     return out, media

@@ -58,6 +58,16 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
 
 
+#: media kind -> the checkpoint config section of its encoder
+ENCODER_CONFIGS = {"image": "vision_config", "audio": "audio_config"}
+
+
+def media_kinds(config) -> tuple[str, ...]:
+    """The media kinds a checkpoint config takes ("image" with a `vision_config`, "audio"
+    with an `audio_config`); empty for a text-only model."""
+    return tuple(kind for kind, section in ENCODER_CONFIGS.items() if getattr(config, section, None) is not None)
+
+
 @dataclass
 class MediaInput:
     """One image or audio clip of a prompt as the model's processor prepared it (in the
@@ -70,12 +80,15 @@ class MediaInput:
 
     `placeholder` and `span` say where the part stands: the token id the chat template
     wrote for it, and (start, length) of the tokens that replaced it in the prompt (for
-    backends that take the template's prompt and expand it themselves: TensorRT-LLM)."""
+    backends that take the template's prompt and expand it themselves: TensorRT-LLM).
+    `source`: the decoded part (RGB PIL image, float32 samples), kept only for engines
+    whose ChatModelInfo.raw_media asks for it."""
 
     kind: Literal["image", "audio"]
     arrays: dict[str, Any] = field(default_factory=dict)
     placeholder: int = -1
     span: tuple[int, int] = (0, 0)
+    source: Any = None
 
 
 @dataclass(frozen=True)
@@ -258,6 +271,9 @@ class ChatModelInfo:
     #: The checkpoint's transformers processor (AutoProcessor) when `media` is not empty:
     #: turns an image or a clip into its placeholder tokens and arrays (chat/media_prompt.py).
     processor: Any = None
+    #: The engine takes the decoded media themselves (MediaInput.source), not only the
+    #: processor's arrays (TensorRT-LLM runs its own input processor).
+    raw_media: bool = False
 
 
 @runtime_checkable

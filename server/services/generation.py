@@ -250,7 +250,7 @@ def chat_prompt(info, messages, tools, kwargs: dict, media: list) -> tuple[list[
     ids = render_prompt(info.tokenizer, messages, tools, kwargs, info.media)
     if not media:
         return ids, []
-    return expand_media(ids, media, info.processor)
+    return expand_media(ids, media, info.processor, keep_sources=info.raw_media)
 
 
 def with_rate_state(err: GenapiError, ticket: Ticket) -> GenapiError:

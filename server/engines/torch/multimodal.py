@@ -20,15 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-#: media kind -> the config section of its encoder
-ENCODER_CONFIGS = {"image": "vision_config", "audio": "audio_config"}
-
-
-def media_kinds(config) -> tuple[str, ...]:
-    """The media kinds a checkpoint config takes ("image" with a `vision_config`, "audio"
-    with an `audio_config`); empty for a text-only model."""
-    return tuple(kind for kind, section in ENCODER_CONFIGS.items() if getattr(config, section, None) is not None)
+from ..base import media_kinds
 
 
 def placeholder_id(config, kind: str) -> int:

@@ -34,7 +34,8 @@ from .constrain import apply_masks, fill_masks
 from .hf_runner import HFRunner
 from .sampling import SeqSampler, logprobs_of, process_logits, sample
 from .utf8 import Utf8Table
-from .multimodal import MediaEncoder, MediaSplice, media_kinds, text_view
+from ..base import media_kinds
+from .multimodal import MediaEncoder, MediaSplice, text_view
 
 log = logging.getLogger("genapi.engine.torch")
 
