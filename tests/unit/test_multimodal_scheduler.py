@@ -164,3 +164,15 @@ def test_expanded_parts_record_where_they_stand_and_collapse_back_to_the_templat
     assert [m.span[1] for m in media] == [16, 16]
     assert all(ids[m.span[0]:sum(m.span)] == [processor.image_token_id] * 16 for m in media)
     assert template_prompt_ids(ids, media) == template  # what TensorRT-LLM is sent
+
+
+def test_checkpoints_with_multimodal_rotary_positions_are_refused_at_load():
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from server.engines.torch.multimodal import text_view
+
+    cfg = Qwen2VLConfig(text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                     "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 64},
+                        vision_config={"depth": 1, "embed_dim": 16, "hidden_size": 32, "num_heads": 2})
+    with pytest.raises(ValueError, match="M-RoPE"):
+        text_view(Qwen2VLForConditionalGeneration(cfg))

@@ -37,6 +37,9 @@ def text_view(model):
     causal LM (`.model` the decoder stack, `.lm_head`, `.config` the text config)."""
     if not media_kinds(model.config):
         return model
+    if hasattr(model.model, "get_rope_index"):  # Qwen2-VL-style multimodal rotary positions
+        raise ValueError(f"{type(model).__name__} places media with multimodal rotary positions (M-RoPE), which "
+                         "the torch engine's runners do not compute yet; serve a LLaVA-style checkpoint")
     return types.SimpleNamespace(model=model.model.language_model, lm_head=model.lm_head,
                                  config=model.config.get_text_config())
 
