@@ -30,6 +30,7 @@ AUDIO = "genapi-tiny-audio"
 IMAGE_TOKENS = 16  # (32 / 8)^2 patches of the tiny CLIP tower, CLS dropped
 MAX_IMAGES = 8  # the [media] default
 MAX_MB = 1  # [media] max_mb of this module's service: the over-size case stays cheap
+FETCH_TIMEOUT_S = 3  # [media] fetch_timeout_s: the slow server is cut off soon
 PROMPT = "What is in the picture?"
 
 
@@ -62,6 +63,9 @@ class ImageServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 owner.hits += 1
+                if self.path in ("/slow.png", "/endless.png"):
+                    self._stream(slow=self.path == "/slow.png")
+                    return
                 if self.path.startswith("/to/"):
                     self.send_response(302)
                     self.send_header("Location", f"http://127.0.0.1:{self.path[4:]}/red.png")
@@ -75,10 +79,26 @@ class ImageServer:
                 self.end_headers()
                 self.wfile.write(body or b"")
 
+            def _stream(self, slow: bool):
+                """X5: one byte a second, or an endless body without a length, until the
+                fetcher hangs up."""
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.end_headers()
+                chunk, gap = (b"\x89", 1.0) if slow else (bytes(64 * 1024), 0.0)
+                try:
+                    while not owner.closed.wait(gap):
+                        self.wfile.write(chunk)
+                        self.wfile.flush()
+                except OSError:  # the core hung up: what X5 expects
+                    owner.cut += 1
+
             def log_message(self, *args):
                 pass
 
         self.hits = 0
+        self.cut = 0  # streamed responses the fetcher hung up on
+        self.closed = threading.Event()
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -87,6 +107,7 @@ class ImageServer:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def close(self):
+        self.closed.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -147,6 +168,7 @@ def svc(tmp_path_factory, images):
         [media]
         allow_hosts = ["127.0.0.1:{images.port}"]
         max_mb = {MAX_MB}
+        fetch_timeout_s = {FETCH_TIMEOUT_S}
         """, model_options=f"""
         threads = 1
         [[models]]
@@ -430,6 +452,17 @@ def test_ssrf_refused_urls_are_400_and_never_connect(oa, trap, refused_urls):
         err = assert_400(lambda: chat(oa, ask(url)), "messages[0].content[1]")
         assert "127.0.0.1" not in err.body["message"] or case == "loopback", (case, err.body)
     assert trap.connections == 0
+    assert chat(oa, ask(data_url(RED)), max_tokens=2).usage.completion_tokens == 2
+
+
+def test_x5_a_trickling_server_is_cut_at_the_deadline_and_an_endless_body_at_the_cap(oa, images):
+    import time
+
+    t0 = time.monotonic()
+    assert_400(lambda: chat(oa, ask(images.url("/slow.png"))), "messages[0].content[1]", "timed out")
+    assert FETCH_TIMEOUT_S <= time.monotonic() - t0 < FETCH_TIMEOUT_S + 5
+    assert_400(lambda: chat(oa, ask(images.url("/endless.png"))), "messages[0].content[1]", "larger than")
+    assert wait_until(lambda: images.cut >= 2, 10)  # both connections were hung up on
     assert chat(oa, ask(data_url(RED)), max_tokens=2).usage.completion_tokens == 2
 
 
