@@ -19,20 +19,16 @@ from genapi.untrusted import clip
 from ..chat.events import ChatEvents
 from ..chat.output import THINKING_SWITCH, OutputConventions, check_options
 from ..chat.reasoning import prompt_opens_thinking
-from ..chat.template import render_prompt
 from ..chat.tool_grammar import think_first, tool_structural_tag
-from ..chat.media_prompt import expand_media, max_audio_seconds, sampling_rate
+from ..chat.media_request import chat_prompt, request_media
 from ..convert.generation import MAX_N, check_identifiers, check_request, least_budget_tokens, with_prompt
-from ..convert.media import check_media, media_parts
 from ..convert.tools import tool_plan
 from ..drain import Drain, shutting_down
 from ..engines.base import Constraint, EngineError, EngineInvalidRequest, close_events, wait_ready
 from ..errors import INTERNAL_ERROR, GenapiError, abort, from_engine_error, invalid, quote
 from .. import metrics
 from ..limits import UNLIMITED, RateLimiter, Ticket, admit
-from ..media.errors import MediaError
 from ..media.policy import MediaPolicy
-from ..media.resolve import load_audio, load_images
 from ..registry import Registry
 from .admin import get_engine_stats
 from .lookup import model_for
@@ -217,40 +213,6 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     async def GetEngineStats(self, request: admin_service_pb2.GetEngineStatsRequest, context):
         """Deprecated alias of AdminService.GetEngineStats, kept for one release."""
         return await get_engine_stats(self.registry, request, context)
-
-
-async def request_media(request: pb.GenerateRequest, info, policy: MediaPolicy) -> list[tuple[str, object]]:
-    """The request's media parts, fetched and decoded under `policy`, in request order:
-    ("image", RGB PIL image) and ("audio", float32 mono samples at the processor's rate).
-    INVALID_ARGUMENT, param = the part, for a media part the model does not take or a part
-    that cannot be used (server/media: refused URL, failed fetch, bad data, too many
-    images, over a size or duration cap)."""
-    parts = media_parts(request.messages)
-    if not parts:
-        return []
-    check_media(request.messages, parts, request.model, info.media)
-    param, kind = "messages", "image"
-    try:
-        images = iter(await load_images([(p, part) for p, kind, part in parts if kind == "image"], policy))
-        out = []
-        for param, kind, part in parts:
-            if kind == "image":
-                out.append(("image", next(images)))
-            else:
-                out.append(("audio", await asyncio.to_thread(
-                    load_audio, part, sampling_rate(info.processor), max_audio_seconds(info.processor), policy)))
-        return out
-    except MediaError as e:
-        raise invalid(e.message, e.param or param, "invalid_image" if kind == "image" else "invalid_audio") from None
-
-
-def chat_prompt(info, messages, tools, kwargs: dict, media: list) -> tuple[list[int], list]:
-    """(prompt token ids, the engine's MediaInputs): the conversation templated and
-    tokenized, each media part's placeholder expanded by the model's processor."""
-    ids = render_prompt(info.tokenizer, messages, tools, kwargs, info.media)
-    if not media:
-        return ids, []
-    return expand_media(ids, media, info.processor, keep_sources=info.raw_media)
 
 
 def with_rate_state(err: GenapiError, ticket: Ticket) -> GenapiError:
