@@ -2,6 +2,8 @@
 (convert/media.py), what the chat template sees (chat/template.py, chat/normalize.py)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 
@@ -80,3 +82,37 @@ def test_strict_alternation_merges_messages_with_media_part_by_part():
     out = normalize(dicts, TemplateTraits(strict_alternation=True))
     assert out == [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "\n\n"},
                                                  {"type": "image"}, {"type": "text", "text": "b"}]}]
+
+
+# ---- the processor side (chat/media_prompt.py), with the tiny checkpoints' processors ----
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def processors():
+    from transformers import AutoProcessor
+
+    return {name: AutoProcessor.from_pretrained(ROOT / "models" / name) for name in ("tiny-vision", "tiny-audio")}
+
+
+def test_a_template_that_drops_a_part_is_a_400_not_a_wrong_prompt(processors):
+    from PIL import Image
+
+    from server.chat.media_prompt import expand_images, placeholder_token_id
+
+    proc = processors["tiny-vision"]
+    token = placeholder_token_id(proc, "image")
+    red = Image.new("RGB", (8, 8), "red")
+    with pytest.raises(GenapiError) as e:
+        expand_images([1, token, 2], [red, red], proc)  # two images, one placeholder
+    assert e.value.param == "messages" and "placed 1 of the request's 2 images" in e.value.message
+    ids, media = expand_images([1, token, 2], [red], proc)
+    assert ids == [1] + [token] * 16 + [2] and media[0].span == (1, 16) and media[0].source is None
+
+
+def test_audio_limits_and_rate_come_from_the_feature_extractor(processors):
+    from server.chat.media_prompt import max_audio_seconds, sampling_rate
+
+    assert (sampling_rate(processors["tiny-audio"]), max_audio_seconds(processors["tiny-audio"])) == (16_000, 30.0)
+    assert max_audio_seconds(processors["tiny-vision"]) is None
