@@ -49,14 +49,18 @@ def part_branch(types: list[str], text: str) -> str:
             "                {%- set ns.first = false -%}\n            ")
 
 
-def _log(msg: str) -> None:
-    print(f"[tiny_llava] {msg}", file=sys.stderr, flush=True)
+def _log(msg: str, tool: str = "tiny_llava") -> None:
+    print(f"[{tool}] {msg}", file=sys.stderr, flush=True)
 
 
 def fingerprint(base: Path, module_file: str = __file__) -> dict:
+    """What a build is a pure function of: the base model's fingerprint and the code (the
+    builder's module and this one, whose helpers every builder uses)."""
     base_fp = json.loads((base / FINGERPRINT_FILE).read_text(encoding="utf-8"))
-    code = hashlib.sha256(Path(module_file).read_bytes()).hexdigest()
-    return {"version": VERSION, "code_sha256": code, "base": base_fp}
+    h = hashlib.sha256()
+    for path in dict.fromkeys([Path(module_file).resolve(), Path(__file__).resolve()]):
+        h.update(path.read_bytes())
+    return {"version": VERSION, "code_sha256": h.hexdigest(), "base": base_fp}
 
 
 def template_with(base_template: str, types: list[str], text: str) -> str:
@@ -151,12 +155,13 @@ def build_dir(base, out, builder, module_file: str, force: bool = False) -> Path
     if not (base / FINGERPRINT_FILE).is_file():
         raise FileNotFoundError(f"{base} is not a built tiny chat model (run tools.tiny_models first)")
     fp = fingerprint(base, module_file)
+    tool = Path(module_file).stem
     try:
         current = json.loads((out / FINGERPRINT_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         current = None
     if current == fp and not force:
-        _log(f"{out} up to date")
+        _log(f"{out} up to date", tool)
         return out
     if out.exists() and current is None and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not a genapi tiny checkpoint; refusing to overwrite it")
@@ -172,7 +177,7 @@ def build_dir(base, out, builder, module_file: str, force: bool = False) -> Path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _log(f"built {out}: {n / 1e6:.2f}M parameters")
+    _log(f"built {out}: {n / 1e6:.2f}M parameters", tool)
     return out
 
 
