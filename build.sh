@@ -179,6 +179,10 @@ fi
 "$PY" -m tools.tiny_whisper --out models/tiny-whisper
 # the tiny chat model's reasoning variant (same weights, a template that opens <think>)
 "$PY" -m tools.reasoning_variant --base models/tiny-chat --out models/tiny-chat-reasoning
+# the tiny vision-language model (LLaVA: the tiny chat LM with a tiny CLIP tower), seconds
+"$PY" -m tools.tiny_llava --base models/tiny-chat --out models/tiny-vision
+# the tiny audio-language model (Qwen2-Audio: the tiny chat LM with a tiny audio encoder)
+"$PY" -m tools.tiny_qwen2_audio --base models/tiny-chat --out models/tiny-audio
 
 # 7b. espeak-ng (Debian) speaks the transcription tests' audio; without it (not root, no
 #     apt) the tests fall back to a generated tone ---------------------------------------

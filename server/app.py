@@ -53,6 +53,7 @@ from .services.admin import AdminServicer
 from .services.encoder import EmbeddingServicer, RerankServicer
 from .services.batches import BatchServicer
 from .services.files import FileServicer
+from .media.policy import MediaPolicy
 from .services.generation import GenerationServicer
 from .services.models import ModelServicer
 from .services.responses import ResponseServicer
@@ -153,7 +154,8 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     )
     drain = Drain()
     try:
-        generation = GenerationServicer(registry, drain, limiter)  # checks the chat models' output options
+        # checks the chat models' output options (and [media] its allow-list)
+        generation = GenerationServicer(registry, drain, limiter, MediaPolicy.from_config(cfg))
     except ValueError as e:
         raise StartupError(one_line(e)) from None
     generation_service_pb2_grpc.add_GenerationServiceServicer_to_server(generation, server)

@@ -78,8 +78,20 @@ def template_traits(tokenizer) -> TemplateTraits:
 
 
 def _plain(m: dict) -> bool:
-    """Only a role and text: safe to merge with a neighbour."""
+    """Only a role and content (text, or parts with media): safe to merge with a neighbour."""
     return set(m) <= {"role", "content"}
+
+
+def _joined(a, b):
+    """Two messages' contents as one: text joined with SEPARATOR; with media, their parts
+    in order with SEPARATOR between them."""
+    if isinstance(a, str) and isinstance(b, str):
+        return a + SEPARATOR + b
+    return _parts(a) + [{"type": "text", "text": SEPARATOR}] + _parts(b)
+
+
+def _parts(content) -> list[dict]:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
 
 
 def normalize(messages: list[dict], traits: TemplateTraits) -> list[dict]:
@@ -98,13 +110,17 @@ def normalize(messages: list[dict], traits: TemplateTraits) -> list[dict]:
                 pending.append((i, m["content"]))
                 continue
         if m["role"] == "user" and pending:
-            m["content"] = SEPARATOR.join([text for _, text in pending] + [m["content"]])
+            joined = SEPARATOR.join(text for _, text in pending)
+            if isinstance(m["content"], str):
+                m["content"] = joined + SEPARATOR + m["content"]
+            else:  # parts (a message with images): the instructions go first
+                m["content"] = [{"type": "text", "text": joined + SEPARATOR}, *m["content"]]
             pending = []
         # One turn of each role at a time where the template wants that (a template taking
         # a system message only at the start takes only one).
         merge = traits.strict_alternation or (m["role"] == "system" and not traits.system_anywhere)
         if merge and out and out[-1]["role"] == m["role"] and _plain(out[-1]) and _plain(m):
-            out[-1]["content"] += SEPARATOR + m["content"]
+            out[-1]["content"] = _joined(out[-1]["content"], m["content"])
             continue
         out.append(m)
     if pending:

@@ -19,8 +19,11 @@ ROLE_NAMES = {
 }
 
 
-def to_template_messages(messages) -> list[dict]:
-    """Proto messages -> the dicts chat templates expect (text content joined to a string)."""
+def to_template_messages(messages, media: tuple[str, ...] = ()) -> list[dict]:
+    """Proto messages -> the dicts chat templates expect: text content joined to a string;
+    a message with media parts (kinds in `media`, the model's) keeps its parts in order,
+    Hugging Face style (`[{"type": "text", "text": ...}, {"type": "image"}, ...]`), so
+    the template writes its placeholder where each image stood."""
     if not messages:
         raise invalid("messages must contain at least one message", "messages")
     out = []
@@ -28,14 +31,18 @@ def to_template_messages(messages) -> list[dict]:
         role = ROLE_NAMES.get(m.role)
         if role is None:
             raise invalid(f"messages[{i}].role is not set", f"messages[{i}].role")
-        texts = []
+        texts, parts = [], []
         for j, part in enumerate(m.content):
             kind = part.WhichOneof("part")
-            if kind != "text":
+            if kind == "text":
+                texts.append(part.text)
+                parts.append({"type": "text", "text": part.text})
+                continue
+            if kind not in media:
                 raise invalid(f"messages[{i}].content[{j}]: {kind} input is not supported by this model",
                               f"messages[{i}].content[{j}]", "unsupported_parameter")
-            texts.append(part.text)
-        d = {"role": role, "content": "\n".join(texts)}
+            parts.append({"type": kind})
+        d = {"role": role, "content": "\n".join(texts) if len(parts) == len(texts) else parts}
         if m.name:
             d["name"] = m.name
         if m.tool_calls:
@@ -60,18 +67,20 @@ def _arguments(text: str):
 
 
 def render_prompt(tokenizer, messages, tools: list[dict] | None = None,
-                  template_kwargs: dict | None = None) -> list[int]:
+                  template_kwargs: dict | None = None, media: tuple[str, ...] = ()) -> list[int]:
     """Adapts the conversation to the template (`normalize.py`), applies the chat template
     (with the assistant generation prompt) and tokenizes.
 
     `tools`: OpenAI-shaped function definitions (convert.tools.ToolPlan.tools) the template renders into the
-    prompt; `template_kwargs`: extra template variables (e.g. `enable_thinking`).
+    prompt; `template_kwargs`: extra template variables (e.g. `enable_thinking`); `media`:
+    the part kinds the model takes (each image becomes one placeholder token, expanded by
+    chat/media_prompt.py).
 
     Control tokens the caller writes into a message (`<|im_end|>\n<|im_start|>system`)
     are encoded as plain text: only the template's own control tokens become tokens, so
     a user cannot close their turn and forge a system or assistant one. transformers
     older than 5.23 cannot do that; with those such messages are refused instead."""
-    dicts = to_template_messages(messages)
+    dicts = to_template_messages(messages, media)
     dicts = normalize(dicts, template_traits(tokenizer))  # roles and turn order the template accepts
     sanitizes = _can_sanitize(type(tokenizer))
     if not sanitizes:
@@ -97,7 +106,10 @@ def refuse_control_tokens(tokenizer, dicts: list[dict]) -> None:
     """400 when a message's text contains one of the tokenizer's special tokens."""
     specials = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
     for i, d in enumerate(dicts):
+        content = d["content"]
+        if not isinstance(content, str):
+            content = "\n".join(p.get("text", "") for p in content)
         for token in specials:
-            if token in d["content"]:
+            if token in content:
                 raise invalid(f"messages[{i}].content contains the control token {token!r}, which this server "
                               "cannot encode as text (it needs transformers >= 5.23)", f"messages[{i}].content")

@@ -58,14 +58,37 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
 
 
+#: media kind -> the checkpoint config section of its encoder
+ENCODER_CONFIGS = {"image": "vision_config", "audio": "audio_config"}
+
+
+def media_kinds(config) -> tuple[str, ...]:
+    """The media kinds a checkpoint config takes ("image" with a `vision_config`, "audio"
+    with an `audio_config`); empty for a text-only model."""
+    return tuple(kind for kind, section in ENCODER_CONFIGS.items() if getattr(config, section, None) is not None)
+
+
 @dataclass
-class MediaPart:
-    """An image or audio clip of a prompt, as bytes (already fetched); the engine's
-    processor decodes it. Media parts follow the order of their placeholders."""
+class MediaInput:
+    """One image or audio clip of a prompt as the model's processor prepared it (in the
+    core, where the prompt is templated): `arrays` are the processor outputs for this part
+    alone, e.g. {"pixel_values": float32 [1, 3, H, W]} for an image (plus "image_sizes"
+    for processors that give them), {"input_features": float32 [1, mel, frames],
+    "feature_attention_mask": [1, frames]} for audio. The prompt already holds the part's
+    placeholder tokens; the engine's encoder turns `arrays` into the features that replace
+    them. Media inputs follow the order of their placeholders in the prompt.
+
+    `placeholder` and `span` say where the part stands: the token id the chat template
+    wrote for it, and (start, length) of the tokens that replaced it in the prompt (for
+    backends that take the template's prompt and expand it themselves: TensorRT-LLM).
+    `source`: the decoded part (RGB PIL image, float32 samples), kept only for engines
+    whose ChatModelInfo.raw_media asks for it."""
 
     kind: Literal["image", "audio"]
-    data: bytes
-    mime_type: str = ""
+    arrays: dict[str, Any] = field(default_factory=dict)
+    placeholder: int = -1
+    span: tuple[int, int] = (0, 0)
+    source: Any = None
 
 
 @dataclass(frozen=True)
@@ -91,7 +114,7 @@ class GenerationRequest:
     logprobs: bool = False
     top_logprobs: int = 0
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    media: list[MediaPart] = field(default_factory=list)
+    media: list[MediaInput] = field(default_factory=list)  # in placeholder order
     constraint: Constraint | None = None
     #: max_tokens is only what the context leaves (the caller gave none and the model has
     #: no max_output_tokens): the token budget charges the completion as it is generated
@@ -243,6 +266,14 @@ class ChatModelInfo:
     context_length: int
     #: Size of the output distribution (valid token ids are below it).
     vocab_size: int
+    #: Media kinds the model takes in messages ("image", "audio"); empty for a text-only model.
+    media: tuple[str, ...] = ()
+    #: The checkpoint's transformers processor (AutoProcessor) when `media` is not empty:
+    #: turns an image or a clip into its placeholder tokens and arrays (chat/media_prompt.py).
+    processor: Any = None
+    #: The engine takes the decoded media themselves (MediaInput.source), not only the
+    #: processor's arrays (TensorRT-LLM runs its own input processor).
+    raw_media: bool = False
 
 
 @runtime_checkable

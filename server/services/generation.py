@@ -19,8 +19,8 @@ from genapi.untrusted import clip
 from ..chat.events import ChatEvents
 from ..chat.output import THINKING_SWITCH, OutputConventions, check_options
 from ..chat.reasoning import prompt_opens_thinking
-from ..chat.template import render_prompt
 from ..chat.tool_grammar import think_first, tool_structural_tag
+from ..chat.media_request import chat_prompt, request_media
 from ..convert.generation import MAX_N, check_identifiers, check_request, least_budget_tokens, with_prompt
 from ..convert.tools import tool_plan
 from ..drain import Drain, shutting_down
@@ -28,6 +28,7 @@ from ..engines.base import Constraint, EngineError, EngineInvalidRequest, close_
 from ..errors import INTERNAL_ERROR, GenapiError, abort, from_engine_error, invalid, quote
 from .. import metrics
 from ..limits import UNLIMITED, RateLimiter, Ticket, admit
+from ..media.policy import MediaPolicy
 from ..registry import Registry
 from .admin import get_engine_stats
 from .lookup import model_for
@@ -52,10 +53,12 @@ def chat_model(registry: Registry, name: str):
 
 
 class GenerationServicer(pb_grpc.GenerationServiceServicer):
-    def __init__(self, registry: Registry, drain: Drain | None = None, limiter: RateLimiter | None = None):
+    def __init__(self, registry: Registry, drain: Drain | None = None, limiter: RateLimiter | None = None,
+                 media_policy: MediaPolicy | None = None):
         self.registry = registry
         self.drain = drain or Drain()
         self.limiter = limiter
+        self.media_policy = media_policy or MediaPolicy()  # [media]: fetching and decoding image parts
         for sm in registry.models.values():
             if sm.config.task is Task.CHAT:
                 try:
@@ -107,14 +110,19 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             if plan.mode != "none" and conv.tool_parser is None:
                 raise invalid(f"The model `{quote(request.model)}` has no tool-call format (set its tool_parser "
                               "option).", "tools", "unsupported_parameter")
+            # Media are fetched and decoded before the request takes an admission place:
+            # a slow image server holds no batch slot.
+            media = await request_media(request, info, self.media_policy)
             try:
                 # The cheap refusals (queue full, budget short of n × max_tokens) come
                 # before templating and tokenizing, which cost milliseconds each: a burst
                 # beyond capacity is refused at once instead of queueing behind that work.
                 place = engine.reserve(gen.n, least_budget_tokens(request, gen.n))
                 try:
-                    prompt_ids = await asyncio.to_thread(render_prompt, info.tokenizer, request.messages,
-                                                         plan.tools, template_kwargs(conv, request.reasoning_effort))
+                    prompt_ids, gen.media = await asyncio.to_thread(
+                        chat_prompt, info, request.messages, plan.tools,
+                        template_kwargs(conv, request.reasoning_effort), media)
+                    del media  # the engine request holds the processor's arrays now
                     with_prompt(gen, request, prompt_ids, context=info.context_length, max_output=max_output)
                     # tokens per minute: the prompt and every choice's whole max_tokens, up front
                     await ticket.charge(len(prompt_ids) + gen.n * gen.max_tokens, request.model)

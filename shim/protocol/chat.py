@@ -14,8 +14,11 @@ Policy for the spec's fields:
   accepted, ignored  user, metadata, store, service_tier, safety_identifier,
                      prompt_cache_key, prompt_cache_retention, prompt_cache_options,
                      verbosity
+  content parts      text, refusal (assistant), image_url (user: http(s) or data: URL,
+                     detail; fetched and decoded by the core), input_audio (user: base64
+                     data, checked here, and a format hint)
   not implemented    audio, prediction, web_search_options, moderation, modalities with
-                     "audio", image/audio/file content parts, custom tools
+                     "audio", file content parts, custom tools
                      -> 400 unsupported_parameter
   genapi extensions  ignore_eos (bool: keep generating past end-of-sequence; benchmarks)
   anything else      -> 400 unknown_parameter "Unrecognized request argument supplied: x"
@@ -30,6 +33,9 @@ stop strings MAX_STOP_CHARS, metadata at most 16 pairs of 64-character keys and
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from typing import Any
 
 from genapi.untrusted import MAX_ID_CHARS, MAX_STOP_CHARS
@@ -95,7 +101,8 @@ PART_TYPES = {
     "user": {"text", "image_url", "input_audio", "file"},
     "assistant": {"text", "refusal"},
 }
-UNSUPPORTED_PART_TYPES = {"image_url", "input_audio", "file"}
+UNSUPPORTED_PART_TYPES = {"file"}
+IMAGE_DETAILS = ("auto", "low", "high")
 
 
 def validate_chat_request(body: Any) -> dict:
@@ -217,10 +224,56 @@ def _validate_content(content: Any, param: str, role: str) -> None:
                                              f"role '{role}' are: " + ", ".join(repr(t) for t in sorted(allowed)) + ".")
         if ptype in UNSUPPORTED_PART_TYPES:
             raise unsupported(p, f"Content parts of type '{ptype}'")
+        if ptype == "image_url":
+            _validate_image_part(part, p)
+            continue
+        if ptype == "input_audio":
+            _validate_audio_part(part, p)
+            continue
         field = "refusal" if ptype == "refusal" else "text"
         if field not in part:
             raise missing(f"{p}.{field}")
         expect_str(part[field], f"{p}.{field}")
+
+
+def _validate_image_part(part: dict, p: str) -> None:
+    """Shape only: the URL (http(s) or data:) is fetched and decoded by the core."""
+    if "image_url" not in part:
+        raise missing(f"{p}.image_url")
+    image = expect_object(part["image_url"], f"{p}.image_url")
+    if "url" not in image:
+        raise missing(f"{p}.image_url.url")
+    expect_str(image["url"], f"{p}.image_url.url", non_empty=True)
+    detail = image.get("detail")
+    if detail is not None and detail not in IMAGE_DETAILS:
+        raise invalid_value(f"{p}.image_url.detail", f"Invalid value for '{p}.image_url.detail': {_shown(detail)}. "
+                                                     "Supported values are: 'auto', 'low' and 'high'.")
+
+
+def _validate_audio_part(part: dict, p: str) -> None:
+    """Shape and base64 here (the proto carries bytes); decoding is the core's."""
+    if "input_audio" not in part:
+        raise missing(f"{p}.input_audio")
+    audio = expect_object(part["input_audio"], f"{p}.input_audio")
+    for key in ("data", "format"):
+        if key not in audio:
+            raise missing(f"{p}.input_audio.{key}")
+        expect_str(audio[key], f"{p}.input_audio.{key}", non_empty=True)
+    check_max_length(audio["format"], f"{p}.input_audio.format", 16)
+    if audio_bytes(audio["data"]) is None:
+        raise invalid_value(f"{p}.input_audio.data", f"Invalid '{p}.input_audio.data': not valid base64.")
+
+
+def audio_bytes(data: str) -> bytes | None:
+    """The bytes of an input_audio part's base64 `data`; None when it is not base64."""
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _shown(value: Any) -> str:
+    return repr(quote(value)) if isinstance(value, str) else json.dumps(value)[:64]
 
 
 def _validate_tool_calls(tool_calls: Any, param: str) -> None:

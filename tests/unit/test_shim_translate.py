@@ -131,6 +131,21 @@ def test_roles_names_content_parts_and_tool_history():
     assert [p.text for p in req.messages[5].content] == ["no", "ok"]
 
 
+def test_image_and_audio_parts_become_typed_parts_in_order():
+    content = [{"type": "image_url", "image_url": {"url": "https://img.example/cat.png", "detail": "low"}},
+               {"type": "text", "text": "and"},
+               {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+               {"type": "input_audio", "input_audio": {"data": "UklGRgABAgM=", "format": "wav"}}]
+    req = chat_request_to_proto({"model": "m", "messages": [{"role": "user", "content": content}]})
+    parts = req.messages[0].content
+    assert [p.WhichOneof("part") for p in parts] == ["image", "text", "image", "audio"]
+    # URLs travel as sent, data: ones too: the core is the one place that fetches and decodes
+    assert (parts[0].image.url, parts[0].image.detail) == ("https://img.example/cat.png", content_pb2.IMAGE_DETAIL_LOW)
+    assert (parts[2].image.url, parts[2].image.detail) == ("data:image/png;base64,iVBORw0KGgo=",
+                                                           content_pb2.IMAGE_DETAIL_AUTO)
+    assert (parts[3].audio.data, parts[3].audio.format) == (b"RIFF\x00\x01\x02\x03", "wav")
+
+
 def test_include_usage_requested():
     assert include_usage_requested(base(stream=True, stream_options={"include_usage": True}))
     assert not include_usage_requested(base(stream=True, stream_options={"include_usage": False}))

@@ -85,3 +85,37 @@ def test_runners_use_the_current_cache_api_without_deprecation_warnings(runner_c
         runner.prefill([0], [[5, 9, 2]])
         runner.extend(0, [4, 4], 3)
         runner.decode([0], [7], [5])
+
+
+def _reference_with(model, ids, splice):
+    """Logits of the prompt with `splice.features` in place of the embeddings at its positions."""
+    with torch.no_grad():
+        emb = model.get_input_embeddings()(torch.tensor([ids]))
+        emb[0, splice.positions] = splice.features
+        return model(inputs_embeds=emb).logits[0].float()
+
+
+@pytest.mark.parametrize("runner_cls", [SlotRunner, HFRunner])
+def test_media_features_replace_their_placeholders_whole_or_chunked(runner_cls):
+    from server.engines.torch.multimodal import MediaSplice
+
+    model = _model()
+    placeholder = 96  # stands for an image token
+    prompt = [5, 9] + [placeholder] * 6 + [2, 44, 7, 3]
+    splice = MediaSplice(torch.arange(2, 8), torch.randn(6, 64, generator=torch.Generator().manual_seed(1)))
+    expected = _reference_with(model, prompt, splice)
+    assert not torch.allclose(expected[-1], _reference(model, prompt)[-1], atol=1e-3)  # the features matter
+    runner = runner_cls(model, slots=3, max_len=64, device=torch.device("cpu"), dtype=torch.float32)
+    got = runner.prefill([0, 1], [[1, 2, 3], prompt], [None, splice])  # batched beside a text prompt
+    torch.testing.assert_close(got[1], expected[-1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[0], _reference(model, [1, 2, 3])[-1], atol=1e-4, rtol=1e-4)
+    for start in range(0, len(prompt), 5):  # chunk borders inside the placeholders: 5, 5, 2
+        got = runner.extend(2, prompt[start:start + 5], start, splice)
+        torch.testing.assert_close(got[0], _reference_with(model, prompt[:start + 5], MediaSplice(
+            splice.positions[splice.positions < start + 5], splice.features[splice.positions < start + 5]))[-1],
+            atol=1e-4, rtol=1e-4)
+    logits = runner.decode([2], [5], [len(prompt)])
+    with torch.no_grad():
+        emb = model.get_input_embeddings()(torch.tensor([prompt + [5]]))
+        emb[0, splice.positions] = splice.features
+        torch.testing.assert_close(logits[0], model(inputs_embeds=emb).logits[0, -1].float(), atol=1e-4, rtol=1e-4)

@@ -406,3 +406,30 @@ def test_load_hf_reads_the_tiny_checkpoint(tmp_path):
     other = TrtllmEngine("m", str(tmp_path / "m"), {})
     other._load_hf()
     assert other.context_length == tiny_models.PRESETS["tiny"].context
+
+
+def test_media_go_to_tensorrt_llm_as_the_templates_ids_and_the_decoded_parts(fake_trt):
+    from server.engines.base import MediaInput
+
+    engine = started()
+    engine._llm.script.append(FakeResult([[("ok", 1, "stop", None)]]))
+    image, clip = object(), [0.0, 0.5]
+    r = req()
+    r.prompt_ids = [1, 9, 9, 9, 2, 8, 8, 3]  # an image (3 tokens) and a clip (2 tokens), expanded
+    r.media = [MediaInput("image", {}, 9, (1, 3), source=image), MediaInput("audio", {}, 8, (5, 2), source=clip)]
+    asyncio.run(drain(engine.generate(r)))
+    inputs, _ = engine._llm.submitted[0]
+    assert inputs == {"prompt_token_ids": [1, 9, 2, 8, 3],
+                      "multi_modal_data": {"image": [image], "audio": [(clip, 16_000)]}}
+
+
+def test_load_hf_of_a_vision_checkpoint_asks_for_the_decoded_media(tmp_path):
+    from tools import tiny_llava
+    from tools.tiny_models import MODELS_DIR
+
+    tiny_llava.build(MODELS_DIR / "tiny-chat", tmp_path / "v")
+    engine = TrtllmEngine("v", str(tmp_path / "v"), {})
+    engine._load_hf()
+    info = engine.chat_info
+    assert info.media == ("image",) and info.raw_media and type(info.processor).__name__ == "LlavaProcessor"
+    assert engine.vocab_size == 4097  # the text config's, with the image token

@@ -479,3 +479,47 @@ def test_replicate():
                    FinishEvent(0, "stop", 1, "X"), FinishEvent(1, "stop", 1, "X"),
                    FinishEvent(2, "stop", 1, "X")]
     assert out[0].logprobs is not out[1].logprobs
+
+
+# ------------------------------------------------------------------ multimodal inputs
+
+def _media(kind: str, placeholder: int, start: int, length: int):
+    from server.engines.base import MediaInput
+
+    return MediaInput(kind, {}, placeholder, (start, length))
+
+
+IMG, AUD = 900, 901
+
+
+def test_multimodal_inputs_send_the_templates_ids_and_the_decoded_parts_by_kind_in_order():
+    # [1, 2, <16 image tokens>, 3, <3 audio tokens>, <16 image tokens>, 4]
+    ids = [1, 2] + [IMG] * 16 + [3] + [AUD] * 3 + [IMG] * 16 + [4]
+    media = [_media("image", IMG, 2, 16), _media("audio", AUD, 19, 3), _media("image", IMG, 22, 16)]
+    red, clip, blue = object(), [0.0, 0.1], object()
+    inputs = m.multimodal_inputs(ids, media, [red, clip, blue], sample_rate=16_000)
+    assert inputs["prompt_token_ids"] == [1, 2, IMG, 3, AUD, IMG, 4]
+    assert inputs["multi_modal_data"] == {"image": [red, blue], "audio": [(clip, 16_000)]}
+
+
+def test_multimodal_inputs_without_media_is_the_plain_prompt():
+    assert m.multimodal_inputs([5, 6, 7], [], []) == {"prompt_token_ids": [5, 6, 7]}
+
+
+def test_parts_expanded_with_other_tokens_collapse_whole():
+    # Pixtral-style: rows of image tokens with break and end tokens
+    brk, end = 902, 903
+    ids = [1, IMG, IMG, brk, IMG, IMG, end, 2]
+    assert m.template_prompt_ids(ids, [_media("image", IMG, 1, 6)]) == [1, IMG, 2]
+
+
+@pytest.mark.parametrize("media, sources", [
+    ([_media("image", IMG, 1, 2)], []),  # a source missing
+    ([_media("video", IMG, 1, 2)], [object()]),  # a kind TensorRT-LLM is not given
+    ([_media("image", IMG, 0, 2)], [object()]),  # the span does not start at its placeholder
+    ([_media("image", IMG, 1, 9)], [object()]),  # past the prompt
+    ([_media("image", IMG, 1, 2), _media("image", IMG, 2, 1)], [object(), object()]),  # overlapping
+])
+def test_inconsistent_media_are_refused(media, sources):
+    with pytest.raises(m.UnsupportedRequest):
+        m.multimodal_inputs([1, IMG, IMG, 4], media, sources)

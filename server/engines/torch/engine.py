@@ -137,7 +137,12 @@ class TorchEngine(EngineBase):
 
         info, tokenizer = await asyncio.gather(
             self._worker.start(), asyncio.to_thread(AutoTokenizer.from_pretrained, self.path))
-        self.chat_info = ChatModelInfo(tokenizer, info["context_length"], info["vocab_size"])
+        media, processor = tuple(info.get("media") or ()), None
+        if media:  # a vision-language checkpoint: its processor expands images in the core
+            from transformers import AutoProcessor
+
+            processor = await asyncio.to_thread(AutoProcessor.from_pretrained, self.path)
+        self.chat_info = ChatModelInfo(tokenizer, info["context_length"], info["vocab_size"], media, processor)
 
     async def stop(self) -> None:
         self._stopping = True

@@ -11,6 +11,8 @@ import inspect
 
 import torch
 
+from .multimodal import embeddable, splice
+
 
 class HFRunner:
     def __init__(self, model, slots: int, max_len: int, device: torch.device, dtype: torch.dtype):
@@ -21,25 +23,34 @@ class HFRunner:
         self.cache: dict[int, object] = {}
         self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
-    def _forward(self, ids: torch.Tensor, cache, positions: torch.Tensor | None = None):
-        """(last-position logits [rows, vocab] float32, the updated cache)."""
-        out = self.model(input_ids=ids, position_ids=positions, use_cache=True, **{self._cache_kw: cache})
+    def _forward(self, ids: torch.Tensor, cache, positions: torch.Tensor | None = None, media=None):
+        """(last-position logits [rows, vocab] float32, the updated cache). `media`: a
+        vision.MediaSplice for the one row of `ids`, or None."""
+        if media is None:
+            inputs = {"input_ids": ids}
+        else:  # image features in place of their placeholders' embeddings
+            emb = self.model.get_input_embeddings()
+            inputs = {"inputs_embeds": splice(emb(embeddable(ids, emb.num_embeddings)), [media])}
+        out = self.model(**inputs, position_ids=positions, use_cache=True, **{self._cache_kw: cache})
         return out.logits[:, -1].float(), getattr(out, self._cache_kw)
 
     @torch.inference_mode()
-    def prefill(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
+    def prefill(self, slots: list[int], prompts: list[list[int]], media=None) -> torch.Tensor:
         rows = []
-        for slot, ids in zip(slots, prompts):
-            logits, self.cache[slot] = self._forward(torch.tensor([ids], device=self.device), None)
+        for i, (slot, ids) in enumerate(zip(slots, prompts)):
+            logits, self.cache[slot] = self._forward(torch.tensor([ids], device=self.device), None,
+                                                     media=media[i] if media else None)
             rows.append(logits[0])
         return torch.stack(rows)
 
     @torch.inference_mode()
-    def extend(self, slot: int, tokens: list[int], start: int) -> torch.Tensor:
+    def extend(self, slot: int, tokens: list[int], start: int, media=None) -> torch.Tensor:
         """Chunked prefill: `tokens` at positions start.. after the slot's cache."""
+        end = start + len(tokens)
         logits, self.cache[slot] = self._forward(
             torch.tensor([tokens], device=self.device), self.cache.get(slot) if start else None,
-            torch.arange(start, start + len(tokens), device=self.device).unsqueeze(0))
+            torch.arange(start, end, device=self.device).unsqueeze(0),
+            media.window(start, end) if media is not None else None)
         return logits
 
     @torch.inference_mode()

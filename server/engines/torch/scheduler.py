@@ -34,6 +34,8 @@ from .constrain import apply_masks, fill_masks
 from .hf_runner import HFRunner
 from .sampling import SeqSampler, logprobs_of, process_logits, sample
 from .utf8 import Utf8Table
+from ..base import media_kinds
+from .multimodal import MediaEncoder, MediaSplice, text_view
 
 log = logging.getLogger("genapi.engine.torch")
 
@@ -67,6 +69,7 @@ class _Req:
     ended: bool = False
     prefilled: int = 0  # prompt tokens in the cache so far (chunked prefill)
     grammar: object = None  # compiled grammar of its constraint (xgrammar CompiledGrammar)
+    media: MediaSplice | None = None  # its image features, from admission until prefilled
 
 
 class Scheduler:
@@ -112,7 +115,7 @@ class Scheduler:
         self._decode_s = 0.0  # decode forward time since the last Step sent (the engine step time metric)
 
     def load(self) -> dict:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMultimodalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         # No progress bars: they are noise in a service log, and tqdm's lock is a named
@@ -133,16 +136,22 @@ class Scheduler:
             torch.set_num_threads(int(self.threads))
         t0 = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, attn_implementation="sdpa")
+        kinds = media_kinds(AutoConfig.from_pretrained(self.path))
+        auto = AutoModelForMultimodalLM if kinds else AutoModelForCausalLM
+        model = auto.from_pretrained(self.path, dtype=dtype, attn_implementation="sdpa")
         model.to(self.device).eval()
-        cfg = model.config
+        # Media are encoded at admission (`_encode_media`); the runners see the text model.
+        self.media = MediaEncoder(model, self.device, dtype) if kinds else None
+        lm = text_view(model)
+        cfg = lm.config
         ctx = int(getattr(cfg, "max_position_embeddings", 0) or self.tokenizer.model_max_length)
         if self.max_context_opt:
             ctx = min(ctx, int(self.max_context_opt))
         self.context_length = ctx
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
-        runner_cls = slot_runner.SlotRunner if slot_runner.supports(model) else HFRunner
-        self.runner = runner_cls(model, self.max_batch, ctx, self.device, dtype)
+        runner_cls = slot_runner.SlotRunner if slot_runner.supports(lm) else HFRunner
+        self.runner = runner_cls(lm if runner_cls is slot_runner.SlotRunner else model, self.max_batch, ctx,
+                                 self.device, dtype)
         self.eos_ids = _eos_ids(model, self.tokenizer)
         self.grammars = Grammars(self.tokenizer, self.vocab_size, sorted(self.eos_ids), **self._grammar_opts)
         self._utf8_table = self._mask_pool.submit(self._build_utf8)
@@ -151,7 +160,7 @@ class Scheduler:
             self.name, self.path, type(model).__name__, self.device, self.dtype_name, ctx,
             self.max_batch, runner_cls.__name__, time.perf_counter() - t0,
         )
-        return {"context_length": ctx, "vocab_size": self.vocab_size}
+        return {"context_length": ctx, "vocab_size": self.vocab_size, "media": list(kinds)}
 
     # ---- the loop ------------------------------------------------------------
     def run(self, conn) -> None:
@@ -284,6 +293,8 @@ class Scheduler:
                     break
                 longest = size
             self._waiting.popleft()
+            if req.gen.media and not self._encode_media(req):
+                continue  # failed alone, before taking slots
             free -= req.gen.n
             self._admitted.append(req.gen.request_id)
             if chunked:
@@ -299,13 +310,30 @@ class Scheduler:
                 self._fail(batch, e)
         return bool(batch)
 
+    def _encode_media(self, req: _Req) -> bool:
+        """Admission of a request with media: runs their encoders (here, between steps,
+        never inside a decode step) and keeps the features until its prompt is
+        prefilled. False when that failed (the request is ended, the others go on)."""
+        try:
+            if self.media is None:
+                raise ValueError(f"{self.name} takes no media input")
+            req.media = self.media.splice_for(req.gen.prompt_ids, req.gen.media)
+        except Exception as e:
+            log.exception("media encoding of %s failed", req.gen.request_id)
+            self._fail([req], e)
+            return False
+        return True
+
     def _prefill(self, batch: list[_Req]) -> None:
         # Lowest free slot first keeps the running batch contiguous, so decode attention
         # reads a view of the cache instead of gathering a copy.
         slots = [[heapq.heappop(self._free_slots) for _ in range(r.gen.n)] for r in batch]
         for req, req_slots in zip(batch, slots):
             self._attach(req, req_slots)
-        logits = self.runner.prefill([s[0] for s in slots], [r.gen.prompt_ids for r in batch])
+        media = [r.media for r in batch] if any(r.media is not None for r in batch) else None
+        logits = self.runner.prefill([s[0] for s in slots], [r.gen.prompt_ids for r in batch], media)
+        for r in batch:
+            r.media = None  # in the cache now
         self._start(batch, logits)
 
     def _prefill_chunk(self) -> bool:
@@ -317,10 +345,11 @@ class Scheduler:
         ids = req.gen.prompt_ids
         end = min(req.prefilled + self.prefill_chunk, len(ids))
         try:
-            logits = self.runner.extend(req.seqs[0].slot, ids[req.prefilled:end], req.prefilled)
+            logits = self.runner.extend(req.seqs[0].slot, ids[req.prefilled:end], req.prefilled, req.media)
             req.prefilled = end
             if end < len(ids):
                 return False
+            req.media = None
             self._chunking.pop(0)
             self._start([req], logits)
         except Exception as e:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .multimodal import embeddable, splice
+
 
 def supports(model) -> bool:
     """True when the checkpoint has the Llama-family module layout this runner drives."""
@@ -81,10 +83,18 @@ class SlotRunner:
     def _logits(self, h):
         return self.model.lm_head(self.inner.norm(h)).float()
 
+    def _embed(self, x: torch.Tensor, media) -> torch.Tensor:
+        """Token embeddings [B, T, hidden], with media features in place of their
+        placeholders (`media`: one vision.MediaSplice or None per row, or None)."""
+        if not media or all(m is None for m in media):
+            return self.inner.embed_tokens(x)
+        return splice(self.inner.embed_tokens(embeddable(x, self.inner.embed_tokens.num_embeddings)), media)
+
     @torch.inference_mode()
-    def prefill(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
+    def prefill(self, slots: list[int], prompts: list[list[int]], media=None) -> torch.Tensor:
         """Runs several prompts, one per slot, in one padded forward pass; returns each
-        prompt's next-token logits [B, vocab] (float32)."""
+        prompt's next-token logits [B, vocab] (float32). `media`: per prompt, a
+        vision.MediaSplice (image features for its placeholders) or None."""
         b, n = len(prompts), max(len(p) for p in prompts)
         lens = torch.tensor([len(p) for p in prompts], device=self.device)
         x = torch.tensor([p + [0] * (n - len(p)) for p in prompts], device=self.device)
@@ -92,7 +102,7 @@ class SlotRunner:
         # Causal within each prompt; padded keys masked (padded queries are discarded).
         causal = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
         mask = None if b == 1 else (causal & (pos < lens.unsqueeze(1)).unsqueeze(1)).unsqueeze(1)
-        h = self.inner.embed_tokens(x)
+        h = self._embed(x, media)
         cos, sin = self.inner.rotary_emb(h, pos)
         for li, layer in enumerate(self.layers):
             def attend(q, k, v, li=li):
@@ -107,16 +117,17 @@ class SlotRunner:
         return self._logits(last)
 
     @torch.inference_mode()
-    def extend(self, slot: int, tokens: list[int], start: int) -> torch.Tensor:
+    def extend(self, slot: int, tokens: list[int], start: int, media=None) -> torch.Tensor:
         """Chunked prefill: runs `tokens` at positions start.. of `slot`, attending to the
         slot's first `start` cached positions as well; returns the last token's logits
-        [1, vocab] (float32)."""
+        [1, vocab] (float32). `media`: the prompt's vision.MediaSplice (whole-prompt
+        positions; the chunk takes its own part) or None."""
         n, end = len(tokens), start + len(tokens)
         x = torch.tensor([tokens], device=self.device)
         pos = torch.arange(start, end, device=self.device).unsqueeze(0)
         # Query i sits at position start + i and sees every key up to it.
         mask = (torch.arange(end, device=self.device) <= pos.view(n, 1)).view(1, 1, n, end)
-        h = self.inner.embed_tokens(x)
+        h = self._embed(x, [media.window(start, end) if media is not None else None])
         cos, sin = self.inner.rotary_emb(h, pos)
         for li, layer in enumerate(self.layers):
             def attend(q, k, v, li=li):

@@ -3,7 +3,7 @@ backend).
 
 Follows the TensorRT-LLM 1.2 LLM API (1.2.0rc2; see mapping.py's docstring for the
 fields used, the rules relied on and the 1.0 differences): `LLM(model=<HF dir>, ...)`,
-`llm.generate_async({"prompt_token_ids": ids}, SamplingParams(...), streaming=True)`
+`llm.generate_async({"prompt_token_ids": ids[, "multi_modal_data": ...]}, SamplingParams(...), streaming=True)`
 returning a RequestOutput that is async-iterated (one cumulative snapshot per step)
 and has `.abort()`, and `llm.shutdown()`.
 
@@ -29,6 +29,7 @@ from ..base import (
     EngineUnavailable,
     GenerationRequest,
     Reservation,
+    media_kinds,
 )
 from ..detokenizer import token_bytes
 from .mapping import (
@@ -44,6 +45,7 @@ from .mapping import (
     events_from_output,
     llm_kwargs,
     logit_bias_spec,
+    multimodal_inputs,
     prompt_token_limit,
     replicate,
     sampling_kwargs,
@@ -73,6 +75,7 @@ class TrtllmEngine(EngineBase):
         self.context_length = 0
         self.vocab_size: int | None = None
         self.eos_token_ids: list[int] = []
+        self.sample_rate = 16_000  # Hz of the audio parts it is given (the processor's)
         self.chat_info: ChatModelInfo | None = None
         self._trt: Any = None  # the tensorrt_llm module
         self._llm: Any = None
@@ -148,7 +151,17 @@ class TrtllmEngine(EngineBase):
             if int(i) not in eos:
                 eos.append(int(i))
         self.eos_token_ids = eos
-        self.chat_info = ChatModelInfo(self.tokenizer, self.context_length, self.vocab_size)
+        # A vision- or audio-language checkpoint: the core expands its media with the HF
+        # processor (usage, context checks) and hands us the decoded parts as well, which
+        # TensorRT-LLM's own input processor takes (mapping.multimodal_inputs).
+        kinds, processor = media_kinds(cfg), None
+        if kinds:
+            from transformers import AutoProcessor
+
+            processor = AutoProcessor.from_pretrained(self.path, trust_remote_code=trust)
+        self.sample_rate = int(getattr(getattr(processor, "feature_extractor", None), "sampling_rate", 16_000))
+        self.chat_info = ChatModelInfo(self.tokenizer, self.context_length, self.vocab_size, kinds, processor,
+                                       raw_media=bool(kinds))
 
     def ready(self) -> bool:
         return self._llm is not None
@@ -292,8 +305,8 @@ class TrtllmEngine(EngineBase):
                                                     dtype=torch.float32)
         try:
             params = self._trt.SamplingParams(**kwargs)
-            return self._llm.generate_async({"prompt_token_ids": list(req.prompt_ids)},
-                                            params, streaming=True)
+            inputs = multimodal_inputs(req.prompt_ids, req.media, [m.source for m in req.media], self.sample_rate)
+            return self._llm.generate_async(inputs, params, streaming=True)
         except ValueError as e:  # SamplingParams._validate, BaseLLM._check_arguments
             raise UnsupportedRequest(str(e)) from e
         except Exception as e:  # RequestError from an in-process executor, shutting down

@@ -48,6 +48,14 @@ stand-ins that follow the same rules):
   when it is outside them (the TensorRT-engine path's `executor/result.py`
   `compute_logprobs` does add it). We ask for one more than the client's top_logprobs;
   see `token_logprob` for the rest.
+* Multimodal inputs (`llmapi/llm.py` `generate_async`, checked at commit 092f84d4 of the
+  1.x line; `inputs/data.py` `TokensPrompt`): a dict with `prompt_token_ids` and
+  `multi_modal_data` ({"image": [PIL images], "audio": [...]}) is, for a model with its
+  own input processor, decoded back to text (`tokenizer.decode(prompt_token_ids)`) and
+  processed by that processor with add_special_tokens off, which expands each
+  placeholder itself. So the ids sent are the chat template's (one placeholder per part),
+  not our processor-expanded ones (`multimodal_inputs`). Audio items are (samples, rate)
+  tuples, as TensorRT-LLM's own loader (`inputs/utils.py` load_audio) gives them.
 * Streaming outputs (`RequestOutput.outputs[i]`, a `CompletionOutput`,
   `executor/result.py`): cumulative `.text`, `.token_ids`, `.finish_reason` in {None,
   'stop', 'length', 'timeout', 'cancelled'}, `.stop_reason` (the stop string, or the stop
@@ -136,6 +144,53 @@ def llm_kwargs(path: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], d
             "load TensorRT engines; leave llm_args.backend unset")
     kw.update(extra)
     return kw, kv
+
+
+# ---------------------------------------------------------------------- multimodal
+
+#: our media kinds -> TensorRT-LLM's multi_modal_data keys
+MULTI_MODAL_KEYS = {"image": "image", "audio": "audio"}
+
+
+def template_prompt_ids(prompt_ids: Sequence[int], media: Sequence[Any]) -> list[int]:
+    """The prompt as the chat template wrote it: each media part's tokens (MediaInput.span
+    in `prompt_ids`) collapsed back to its one placeholder (MediaInput.placeholder).
+    UnsupportedRequest when the spans are not in order, overlap, leave the prompt or do
+    not start at their placeholder."""
+    out: list[int] = []
+    at = 0
+    for item in media:
+        start, length = item.span
+        if start < at or length < 1 or start + length > len(prompt_ids) or prompt_ids[start] != item.placeholder:
+            raise UnsupportedRequest(f"media part span {item.span} does not fit the prompt")
+        out.extend(prompt_ids[at:start])
+        out.append(item.placeholder)
+        at = start + length
+    out.extend(prompt_ids[at:])
+    return out
+
+
+def multimodal_inputs(prompt_ids: Sequence[int], media: Sequence[Any], sources: Sequence[Any],
+                      sample_rate: int = 16_000) -> dict[str, Any]:
+    """The `generate_async` inputs of a prompt with media (see the module docstring):
+    {"prompt_token_ids": the template's ids, "multi_modal_data": {"image": [PIL images],
+    "audio": [(float32 samples, sample_rate)]}}, each kind's items in prompt order.
+    `media`: the request's MediaInputs (kind, placeholder, span); `sources`: the decoded
+    part of each (an RGB PIL image, or mono float32 samples at `sample_rate` Hz).
+    Without media: just {"prompt_token_ids": ...}. UnsupportedRequest for a kind
+    TensorRT-LLM does not take or `sources` not matching `media`."""
+    if len(sources) != len(media):
+        raise UnsupportedRequest(f"{len(media)} media parts but {len(sources)} decoded sources")
+    data: dict[str, list] = {}
+    for item, source in zip(media, sources):
+        key = MULTI_MODAL_KEYS.get(item.kind)
+        if key is None:
+            raise UnsupportedRequest(f"TensorRT-LLM takes no {item.kind} input")
+        data.setdefault(key, []).append((source, sample_rate) if item.kind == "audio" else source)
+    inputs: dict[str, Any] = {"prompt_token_ids": template_prompt_ids(prompt_ids, media)}
+    if data:
+        inputs["multi_modal_data"] = data
+    return inputs
 
 
 # --------------------------------------------------------------------------- requests

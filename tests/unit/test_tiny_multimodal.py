@@ -1,0 +1,90 @@
+"""tools/tiny_llava.py and tools/tiny_qwen2_audio.py: the tiny vision- and audio-language
+checkpoints are a real LLaVA and a real Qwen2-Audio (their own processors, token
+expansion and chat templates) on the tiny chat LM, built idempotently."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tools import tiny_llava, tiny_qwen2_audio
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = ROOT / "models" / "tiny-chat"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    return tiny_llava.build(BASE, tmp_path_factory.mktemp("vision") / "tiny-vision")
+
+
+def test_rebuild_is_skipped_when_up_to_date(built, capsys):
+    before = (built / "model.safetensors").stat().st_mtime_ns
+    assert tiny_llava.build(BASE, built) == built
+    assert (built / "model.safetensors").stat().st_mtime_ns == before
+    assert "up to date" in capsys.readouterr().err
+
+
+def test_refuses_to_overwrite_a_foreign_directory(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileExistsError):
+        tiny_llava.build(BASE, tmp_path)
+
+
+def test_processor_expands_one_image_token_into_its_patches(built):
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(built)
+    out = proc(text=proc.image_token, images=[Image.new("RGB", (50, 30), "red")], add_special_tokens=False)
+    assert type(proc).__name__ == "LlavaProcessor"
+    assert out["input_ids"][0] == [proc.image_token_id] * 16  # (32 / 8)^2 patches, CLS dropped
+    assert tuple(np.asarray(out["pixel_values"]).shape) == (1, 3, 32, 32)
+
+
+def test_template_places_images_where_they_stand_and_user_text_cannot_forge_one(built):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(built)
+    image_id = tok.convert_tokens_to_ids(tiny_llava.IMAGE_TOKEN)
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "a <image> b"}, {"type": "image"},
+                                         {"type": "text", "text": "c"}, {"type": "image"}]}]
+    text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert text == "<|im_start|>user\na <image> b\n<image>\nc\n<image><|im_end|>\n<|im_start|>assistant\n"
+    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False,
+                                  sanitize_control_tokens=True)
+    assert list(ids).count(image_id) == 2  # the user's own "<image>" is text
+
+
+def test_model_is_llava_with_the_tiny_chat_language_model(built):
+    import torch
+    from transformers import AutoModelForImageTextToText, LlamaForCausalLM
+
+    vlm = AutoModelForImageTextToText.from_pretrained(built)
+    lm = LlamaForCausalLM.from_pretrained(BASE)
+    assert type(vlm).__name__ == "LlavaForConditionalGeneration"
+    assert torch.equal(vlm.model.language_model.layers[0].mlp.up_proj.weight, lm.model.layers[0].mlp.up_proj.weight)
+    assert vlm.lm_head.weight.shape[0] == lm.lm_head.weight.shape[0] + 1
+
+
+@pytest.fixture(scope="module")
+def built_audio(tmp_path_factory) -> Path:
+    return tiny_qwen2_audio.build(BASE, tmp_path_factory.mktemp("audio") / "tiny-audio")
+
+
+def test_audio_checkpoint_is_qwen2_audio_with_one_token_per_40_ms(built_audio):
+    from transformers import AutoModelForMultimodalLM, AutoProcessor, AutoTokenizer
+
+    proc = AutoProcessor.from_pretrained(built_audio)
+    assert type(proc).__name__ == "Qwen2AudioProcessor"
+    out = proc(text=proc.audio_token, audio=[np.zeros(16_000, np.float32)], sampling_rate=16_000,
+               add_special_tokens=False)
+    assert out["input_ids"][0] == [proc.audio_token_id] * 25
+    tok = AutoTokenizer.from_pretrained(built_audio)
+    text = tok.apply_chat_template([{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "hi"}]}],
+                                   add_generation_prompt=True, tokenize=False)
+    assert text == "<|im_start|>user\n<|audio_bos|><|AUDIO|><|audio_eos|>\nhi<|im_end|>\n<|im_start|>assistant\n"
+    model = AutoModelForMultimodalLM.from_pretrained(built_audio)
+    assert type(model).__name__ == "Qwen2AudioForConditionalGeneration"
+    assert type(model.model.language_model).__name__ == "LlamaModel"
