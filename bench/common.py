@@ -120,21 +120,21 @@ def mean(xs):
     return statistics.fmean(xs) if xs else float("nan")
 
 
-def process_tree(root: int) -> dict[int, bytes]:
-    """pid -> command line of process `root` and its live descendants, from /proc."""
-    parents, cmd = {}, {}
+def process_tree(root: int) -> dict[int, tuple[int, bytes]]:
+    """pid -> (parent pid, command line) of process `root` and its live descendants."""
+    procs = {}
     for p in filter(str.isdigit, os.listdir("/proc")):
         try:
-            parents[int(p)] = int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1])
-            cmd[int(p)] = open(f"/proc/{p}/cmdline", "rb").read()
+            ppid = int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1])
+            procs[int(p)] = (ppid, open(f"/proc/{p}/cmdline", "rb").read())
         except OSError:
             continue
     tree, todo = set(), [root]
     while todo:
         pid = todo.pop()
         tree.add(pid)
-        todo += [c for c, pp in parents.items() if pp == pid and c not in tree]
-    return {p: cmd.get(p, b"") for p in tree}
+        todo += [c for c, (pp, _) in procs.items() if pp == pid and c not in tree]
+    return {p: procs[p] for p in tree if p in procs}
 
 
 def pin(pid: int, cpus: set[int]) -> None:
@@ -144,14 +144,19 @@ def pin(pid: int, cpus: set[int]) -> None:
             os.sched_setaffinity(int(tid), cpus)
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """User + system CPU seconds of process `root` and its live descendants (a service
-    started by `running`: core, scheduler, shim master and workers), from /proc."""
+def cpu_seconds(pids) -> float:
+    """User + system CPU seconds of the live processes `pids`, from /proc."""
     total = 0
-    for p in process_tree(root):
+    for p in pids:
         try:
             fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
         except OSError:
             continue
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds of a service started by `running` (core, engine processes, shim master
+    and workers): process `root` and its live descendants."""
+    return cpu_seconds(process_tree(root))

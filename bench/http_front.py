@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, free_port, http_ready, pct, running
+from common import ROOT, cpu_seconds, free_port, http_ready, pct, process_tree, running
 
 MODEL = "genapi-tiny-chat"
 
@@ -42,27 +42,8 @@ def write_config(root: Path, threads: int | None) -> Path:
 
 def worker_pids(master_parent: int) -> list[int]:
     """gunicorn workers: gunicorn processes whose parent is a gunicorn process."""
-    parents, cmd = {}, {}
-    for p in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            parents[int(p)] = int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1])
-            cmd[int(p)] = open(f"/proc/{p}/cmdline", "rb").read()
-        except OSError:
-            continue
-    tree, todo = set(), [master_parent]
-    while todo:
-        q = todo.pop()
-        tree.add(q)
-        todo += [c for c, pp in parents.items() if pp == q and c not in tree]
-    return [p for p in tree if b"gunicorn" in cmd.get(p, b"") and b"gunicorn" in cmd.get(parents[p], b"")]
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for p in pids:
-        f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-        total += int(f[11]) + int(f[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    tree = process_tree(master_parent)
+    return [p for p, (pp, cmd) in tree.items() if b"gunicorn" in cmd and b"gunicorn" in tree.get(pp, (0, b""))[1]]
 
 
 def chat_bytes(tokens: int) -> bytes:

@@ -100,7 +100,7 @@ def main() -> None:
     with running(argv, http_ready(f"{base}/health"), log_name="bench-limits.log") as proc:
         if args.pin:
             frontend = set(range(1, os.cpu_count() or 2))
-            for pid, cmd in process_tree(proc.pid).items():
+            for pid, (_, cmd) in process_tree(proc.pid).items():
                 pin(pid, {0} if b"spawn_main" in cmd else frontend)
             pin(os.getpid(), frontend)
         texts = prompts(args.requests)
