@@ -74,15 +74,20 @@ def test_generated_request_id_reaches_the_core(client, core):
 
 # --- auth ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("header", [None, "", "Basic " + KEY, KEY, "Bearer", "Bearer ", "Bearer  " + KEY,
-                                    f"Bearer {KEY} ", f"Bearer {KEY}x", "Bearer sk-wrong-0000000000000000",
-                                    "Bearer \u00e9\u00e9"])
+@pytest.mark.parametrize("header", [None, "", "Basic " + KEY, KEY, "Bearer", "Bearer ", f"Bearer {KEY}x",
+                                    "Bearer sk-wrong-0000000000000000", "Bearer \u00e9\u00e9",
+                                    f"Bearer {KEY[:6]} {KEY[6:]}"])
 def test_auth_failures(client, core, header):
     headers = {} if header is None else {"Authorization": header}
     resp = client.post(URL, json=CHAT, headers=headers)
     err = assert_envelope(resp, 401, code="invalid_api_key", type="authentication_error")
     assert KEY not in err["message"] and KEY[4:-4] not in err["message"]
     assert not core.generation.calls
+
+
+@pytest.mark.parametrize("header", [f"Bearer  {KEY}", f"Bearer {KEY} "])
+def test_spaces_around_the_key_are_not_part_of_it(client, header):  # RFC 6750: 1*SP after the scheme
+    assert client.get("/v1/models", headers={"Authorization": header}).status_code != 401
 
 
 def test_auth_wrong_key_is_masked(client):
