@@ -206,6 +206,26 @@ class Service:
 
 
 @pytest.fixture(scope="session")
+def pg_cluster():
+    """One throw-away PostgreSQL cluster for the session (tests/postgres_cluster.py); a
+    test takes a fresh database with `pg_cluster.create_database()`. Skips without
+    PostgreSQL's binaries (fails under CI, where ./build.sh installs them)."""
+    import shutil
+    import tempfile
+
+    from .postgres_cluster import Cluster, pg_bin
+
+    if pg_bin() is None:
+        missing_tool("PostgreSQL (initdb, pg_ctl) is not installed (Debian: apt-get install postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="genapi-pg-"))  # not under pytest's 0700 tmp: postgres must enter
+    cluster = Cluster(root, free_port()).start()
+    never_logged(cluster.url)
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
 def service(tmp_path_factory):
     """The default service (no API keys) shared by most integration tests."""
     svc = Service(tmp_path_factory.mktemp("svc"), "main").start()
