@@ -56,6 +56,19 @@ class LineRun:
         return self.lease_until if self.finished_at is None else min(self.finished_at, self.lease_until)
 
 
+def overlapping_runs(runs: list[LineRun]) -> list[tuple[LineRun, LineRun]]:
+    """Pairs of claims of one line whose times overlap (a line that ran twice at once);
+    [] when every claim began after the one before it ended. An audit of line_runs()."""
+    by_line: dict[int, list[LineRun]] = {}
+    for r in runs:
+        by_line.setdefault(r.line, []).append(r)
+    pairs = []
+    for claims in by_line.values():
+        claims.sort(key=lambda r: r.started_at)
+        pairs += [(a, b) for a, b in zip(claims, claims[1:]) if b.started_at < a.ended_at]
+    return pairs
+
+
 class LineClaims:
     def add_batch_lines(self, batch_id: str, lines: list[tuple[int, str, bool]]) -> None:
         """Creates the line rows of a batch ((line, custom_id, done) each); existing rows are
