@@ -36,6 +36,9 @@ KEEPALIVE_TIMEOUT_MS = 10_000
 # subchannel fails its connection and is skipped the same way.
 BALANCED_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}],
                                       "healthCheckConfig": {"serviceName": ""}})
+# A dead core's address is retried at most this far apart (gRPC's default backoff grows
+# to 120 s): a restarted core is back in the rotation within seconds.
+MAX_RECONNECT_BACKOFF_MS = 5_000
 
 
 def channel_options(max_message_mb: int, round_robin: bool) -> list[tuple[str, object]]:
@@ -50,6 +53,7 @@ def channel_options(max_message_mb: int, round_robin: bool) -> list[tuple[str, o
     if round_robin:
         opts.append(("grpc.lb_policy_name", "round_robin"))
         opts.append(("grpc.service_config", BALANCED_SERVICE_CONFIG))
+        opts.append(("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS))
     return opts
 
 

@@ -66,6 +66,23 @@ class Replicas:
                 admin_service_pb2.GetEngineStatsRequest(model=MODEL), timeout=5).engines[0]
         return stats.active_sequences + stats.queued_requests
 
+    def finished(self, core: Service) -> int:
+        with grpc.insecure_channel(core.grpc_target) as ch:
+            return admin_service_pb2_grpc.AdminServiceStub(ch).GetEngineStats(
+                admin_service_pb2.GetEngineStatsRequest(model=MODEL), timeout=5).engines[0].requests_finished
+
+    def balanced(self, core: Service) -> bool:
+        """Whether every shim sends requests to `core` again (after its restart): a few
+        requests through each, and the core's finished count grew for each shim."""
+        for shim in self.shims:
+            before = self.finished(core)
+            for _ in range(4):
+                shim.sdk().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                   max_tokens=1)
+            if self.finished(core) == before:
+                return False
+        return True
+
     def restart(self, core: Service) -> None:
         """Starts a killed core again, on its port (the same node name)."""
         if core.proc is None or core.proc.poll() is not None:
@@ -192,6 +209,7 @@ def _stream(base_url: str, n: int, out: dict) -> None:
 def test_f1_kill_9_of_a_core_mid_stream_ends_its_streams_and_the_rest_carries_on(replicas):
     replicas.restart(replicas.cores[0])
     victim, survivor = replicas.cores
+    assert wait_until(lambda: replicas.balanced(victim), 30, 0.5)  # both shims use both cores
     replicas.pause_file.touch()
     out: dict[int, dict] = {}
     threads = [threading.Thread(target=_stream, args=(replicas.shims[n % 2].base_url, n, out), daemon=True)
