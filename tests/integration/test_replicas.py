@@ -113,7 +113,7 @@ def replicas(pg_cluster, s3, tmp_path_factory):
     url = pg_cluster.create_database()
     pause = tmp / "pause-decode"  # while it exists, the cores' engines take no decode step
     toml = (f'[store]\nurl = "{url}"\n[files]\nurl = "s3://{BUCKET}/objects"\n'
-            f'[batches]\nlease_s = {LEASE_S}\nconcurrency = 6\n')
+            f'[batches]\nlease_s = {LEASE_S}\nconcurrency = 16\n')
     fault = f'[models.options.fault]\npause_decode_file = "{pause}"\n'
     cores = [Service(tmp, f"core{i}", extra_toml=toml, env=s3, model_options=fault, max_batch=STREAMS)
              for i in range(2)]

@@ -287,3 +287,26 @@ def test_result_lines_have_the_openai_shape():
     assert done["response"] == {"status_code": 200, "request_id": "req_1", "body": {"object": "chat.completion"}}
     expired = json.loads(batch_lines.unrun_line("a", "batch_expired", batch_lines.EXPIRED_MESSAGE))
     assert expired["response"] is None and expired["error"]["code"] == "batch_expired"
+
+
+def test_two_runners_finalize_a_batch_once(open_store, tmp_path):
+    import asyncio
+
+    replicas = [open_store(), open_store()]
+    b = batch(status="finalizing")
+    replicas[0].put_batch(b)
+    replicas[0].put_result(b.id, LineResult("a", 1, True, '{"custom_id":"a"}'))
+    replicas[0].put_result(b.id, LineResult("b", 2, False, '{"custom_id":"b"}'))
+    objects = LocalObjects(tmp_path / "files")
+    writes = []
+    put = objects.put
+    objects.put = lambda key, chunks: (writes.append(key), put(key, chunks))[1]
+    runners = [BatchRunner(s, objects, {}, registry=None, concurrency=1, holder=f"node-{i}")
+               for i, s in enumerate(replicas)]
+
+    async def both():
+        await asyncio.gather(*(r._run(b.id) for r in runners))
+    asyncio.run(both())
+    done = replicas[1].get_batch(None, b.id)
+    assert done.status == "completed" and done.output_file_id and done.error_file_id
+    assert sorted(writes) == sorted([done.output_file_id, done.error_file_id])  # one replica wrote them, once
