@@ -244,6 +244,8 @@ class BatchRunner:
         elif expired or time.time() >= b.expires_at:
             if await asyncio.to_thread(self.store.lease_batch, b.id, self.node, self.lease_s, time.time()):
                 await self._expire(b)
+            else:
+                await asyncio.sleep(POLL_S)  # another replica expires it; look again then
         elif current.completed + current.failed >= current.total:
             await asyncio.to_thread(self.store.transition, b.id, ("in_progress",), status="finalizing",
                                     finalizing_at=now)
