@@ -114,11 +114,11 @@ class BatchRunner:
     async def _renew(self) -> None:
         """Renews the leases of the lines running here; a line whose lease was lost (this
         process stalled past it and another replica took the line) stops here."""
-        held = set(await asyncio.to_thread(self.store.renew_lines, self.holder, self.lease_s, time.time()))
-        for key, task in list(self.in_flight.items()):
-            if key not in held and self.in_flight.get(key) is task:
-                log.warning("batch %s line %d: lease lost to another replica; stopped here", *key)
-                task.cancel()
+        running = dict(self.in_flight)
+        lost = await asyncio.to_thread(self.store.renew_lines, self.holder, self.lease_s, time.time(), list(running))
+        for key in lost:
+            log.warning("batch %s line %d: its lease ran out and another replica took it; stopped here", *key)
+            running[key].cancel()
 
     def kick(self, batch_id: str) -> None:
         """Runs the batch unless it is running already."""

@@ -103,20 +103,23 @@ class LineClaims:
                                "VALUES (?, ?, ?, ?, ?)", [(batch_id, n, holder, now, now + lease_s) for n in lines])
         return lines
 
-    def renew_lines(self, holder: str, lease_s: float, now: float) -> list[tuple[str, int]]:
-        """Extends the leases `holder` still has to now + lease_s; returns them as (batch id,
-        line). A claim it lost (its lease ran out and another holder took the line) is
-        recorded as ended now."""
+    def renew_lines(self, holder: str, lease_s: float, now: float,
+                    running: list[tuple[str, int]] = ()) -> list[tuple[str, int]]:
+        """Extends every lease `holder` has to now + lease_s. Returns the lines of `running`
+        ((batch id, line) each, those the caller runs) it no longer holds: another holder
+        took them after its lease ran out (the caller stalled), so they must stop."""
         with self._tx() as db:
-            held = [(r[0], r[1]) for r in db.execute(
-                "UPDATE batch_lines SET lease_until = ? WHERE holder = ? AND done = 0 RETURNING batch_id, line",
-                (now + lease_s, holder)).fetchall()]
+            db.execute("UPDATE batch_lines SET lease_until = ? WHERE holder = ? AND done = 0", (now + lease_s, holder))
             db.execute("UPDATE batch_line_runs SET lease_until = ? WHERE holder = ? AND finished_at IS NULL AND "
                        "EXISTS (SELECT 1 FROM batch_lines l WHERE l.batch_id = batch_line_runs.batch_id AND "
                        "l.line = batch_line_runs.line AND l.holder = ? AND l.done = 0)", (now + lease_s, holder, holder))
-            db.execute("UPDATE batch_line_runs SET finished_at = ? WHERE holder = ? AND finished_at IS NULL AND "
-                       "lease_until < ?", (now, holder, now + lease_s))
-        return held
+            lost = []
+            for batch_id, line in running:
+                rows = db.execute("SELECT holder FROM batch_lines WHERE batch_id = ? AND line = ? AND done = 0",
+                                  (batch_id, line)).fetchall()
+                if rows and rows[0][0] is not None and rows[0][0] != holder:
+                    lost.append((batch_id, line))
+        return lost
 
     def release_lines(self, batch_id: str, holder: str, now: float) -> None:
         """Gives back the lines of the batch `holder` holds without a result (it stopped

@@ -161,14 +161,14 @@ def test_line_leases_expire_renew_release_and_end_with_the_result(store):
     assert store.claim_lines(b.id, "n1", "n1/a", 2, 10, now=100) == [1, 2]
     assert store.claim_lines(b.id, "n2", "n2/a", 5, 10, now=101) == [3, 4]
     assert store.claim_lines(b.id, "n2", "n2/a", 5, 10, now=102) == []  # all leased
-    assert sorted(store.renew_lines("n1/a", 10, now=105)) == [(b.id, 1), (b.id, 2)]  # now until 115
+    assert store.renew_lines("n1/a", 10, now=105, running=[(b.id, 1), (b.id, 2)]) == []  # both until 115
     assert store.put_result(b.id, LineResult("c1", 1, True, "{}", holder="n1/a"))
     assert store.claim_lines(b.id, "n3", "n3/a", 5, 10, now=112) == [3, 4]  # n2's leases ran out at 111
     assert store.claim_lines(b.id, "n3", "n3/a", 5, 10, now=116) == [2]  # n1's at 115; 1 has its result
     store.release_lines(b.id, "n3/a", now=117)
     assert store.claim_lines(b.id, "n1", "n1/b", 1, 10, now=118) == [2]  # released: anyone's at once
     assert store.claim_lines(b.id, "n1", "n1/c", 5, 10, now=119) == [2, 3, 4]  # n1 restarted: takes its line back
-    assert store.renew_lines("n1/b", 10, now=120) == []  # the earlier incarnation holds nothing
+    assert store.renew_lines("n1/b", 10, now=120, running=[(b.id, 2)]) == [(b.id, 2)]  # taken: it must stop
     runs = {(r.line, r.holder): r for r in store.line_runs(b.id)}
     assert runs[(1, "n1/a")].finished_at is not None and runs[(1, "n1/a")].lease_until == 115
     assert runs[(2, "n1/a")].ended_at == 115 and runs[(3, "n2/a")].ended_at == 111  # died: their leases bound them
