@@ -1,6 +1,7 @@
 """Durable state of the core: a small state-store interface (`base.Store`) with its SQLite
-and PostgreSQL implementations (one schema, `tables.py`), and object storage for file contents: a local directory (`objects`) or
-S3 (`s3`, which also reads and writes the s3:// URLs of Scaleway-style batches)."""
+and PostgreSQL implementations (one schema, `tables.py`), and object storage for file
+contents: a local directory (`objects`) or S3 (`s3`, which also reads and writes the
+s3:// URLs of Scaleway-style batches)."""
 from __future__ import annotations
 
 from .base import BatchRecord, ConversationItem, ConversationRecord, FileRecord, LineResult, ResponseRecord, Store
@@ -10,8 +11,8 @@ from .postgres import PostgresStore, is_postgres_url
 from .s3 import S3Objects, S3Url
 from .sqlite import SqliteStore
 
-__all__ = ["BatchRecord", "ConversationItem", "ConversationRecord", "ResponseRecord", "FileRecord", "LineResult", "LineRun", "LocalObjects", "PostgresStore", "S3Objects", "S3Url", "SqliteStore", "Store",
-           "open_store"]
+__all__ = ["BatchRecord", "ConversationItem", "ConversationRecord", "ResponseRecord", "FileRecord", "LineResult",
+           "LineRun", "LocalObjects", "PostgresStore", "S3Objects", "S3Url", "SqliteStore", "Store", "open_store"]
 
 
 def open_store(cfg) -> tuple[Store, LocalObjects | S3Objects]:

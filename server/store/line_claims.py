@@ -112,7 +112,8 @@ class LineClaims:
             db.execute("UPDATE batch_lines SET lease_until = ? WHERE holder = ? AND done = 0", (now + lease_s, holder))
             db.execute("UPDATE batch_line_runs SET lease_until = ? WHERE holder = ? AND finished_at IS NULL AND "
                        "EXISTS (SELECT 1 FROM batch_lines l WHERE l.batch_id = batch_line_runs.batch_id AND "
-                       "l.line = batch_line_runs.line AND l.holder = ? AND l.done = 0)", (now + lease_s, holder, holder))
+                       "l.line = batch_line_runs.line AND l.holder = ? AND l.done = 0)",
+                       (now + lease_s, holder, holder))
             lost = []
             for batch_id, line in running:
                 rows = db.execute("SELECT holder FROM batch_lines WHERE batch_id = ? AND line = ? AND done = 0",

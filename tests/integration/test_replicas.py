@@ -50,6 +50,18 @@ def s3():
     server.stop()
 
 
+def test_a_core_with_an_unreachable_store_stops_at_once_with_the_password_masked(tmp_path):
+    secret = never_logged("db-password-never-shown")
+    url = f"postgresql://genapi:{secret}@127.0.0.1:{free_port()}/x"  # nothing listens there
+    core = Service(tmp_path, "badstore", extra_toml=f'[store]\nurl = "{url}"\n')
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="exited") as e:
+        core.start_core(timeout_s=60)
+    assert time.monotonic() - started < 30  # the refused connection, not a pool timeout
+    assert "[store] url postgresql://genapi:***@127.0.0.1:" in str(e.value) and "cannot open the store" in str(e.value)
+    assert secret not in core.log()
+
+
 class Replicas:
     def __init__(self, cores: list[Service], shims: list[Service], store_url: str, pause_file):
         self.cores, self.shims, self.store_url, self.pause_file = cores, shims, store_url, pause_file

@@ -216,7 +216,8 @@ def test_responses_and_conversations_belong_to_their_owner(store):
     assert store.get_response("a", "resp_1") is None
     store.put_conversation(ConversationRecord("conv_1", "a", 1, {"k": "v"}))
     store.add_conversation_items("conv_1", [ConversationItem("conv_1", f"msg_{i}", "{}") for i in range(3)])
-    assert store.get_conversation("b", "conv_1") is None and store.get_conversation("a", "conv_1").metadata == {"k": "v"}
+    assert store.get_conversation("b", "conv_1") is None
+    assert store.get_conversation("a", "conv_1").metadata == {"k": "v"}
     assert store.update_conversation("a", "conv_1", {"k": "w"}) and not store.update_conversation("b", "conv_1", {})
     assert store.delete_conversation_item("conv_1", "msg_1")
     assert [i.item_id for i in store.conversation_items("conv_1")] == ["msg_0", "msg_2"]
