@@ -51,11 +51,15 @@ class Cluster:
                 os.chown(p, pg.pw_uid, pg.pw_gid)
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", USER, f"--pwfile={pwfile}",
                   "--auth=scram-sha-256", "-E", "UTF8", "--no-sync")
+        self._pg_ctl("start")
+        return self
+
+    def _pg_ctl(self, action: str, *args: str) -> None:
+        # -l: the server's output goes to a file, never to our pipes (run() would wait on them)
         options = (f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "log"),
-                  "-w", "-t", "60", "start")
-        return self
+                  "-w", "-t", "60", *args, action)
 
     def create_database(self) -> str:
         """A fresh empty database; its URL."""
@@ -65,6 +69,12 @@ class Cluster:
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url.rsplit("/", 1)[0] + f"/{name}"
+
+    def restart(self) -> None:
+        """Stops the server (fast: it ends every client connection) and starts it again.
+        Not "immediate": with this cluster's synchronous_commit=off, the last commits would
+        be lost, which no test here is about."""
+        self._pg_ctl("restart", "-m", "fast")
 
     def stop(self) -> None:
         subprocess.run([*self._as, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"],

@@ -88,7 +88,10 @@ class PostgresStore(SqlTables):
         # One plain connection first: a refused connection or a wrong password fails now,
         # with the server's own message, instead of the pool's timeout after retrying.
         psycopg.connect(url, connect_timeout=max(1, int(timeout_s))).close()
+        # check: a pooled connection is tested as it is taken, so one broken by a server
+        # restart or failover is replaced instead of failing the call that drew it.
         self._pool = ConnectionPool(url, min_size=1, max_size=POOL_MAX, timeout=timeout_s, open=False,
+                                    check=ConnectionPool.check_connection,
                                     kwargs={"row_factory": _row_factory, "connect_timeout": max(1, int(timeout_s))},
                                     name="genapi-store")
         self._pool.open(wait=True, timeout=timeout_s)

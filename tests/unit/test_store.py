@@ -311,3 +311,13 @@ def test_two_runners_finalize_a_batch_once(open_store, tmp_path):
     done = replicas[1].get_batch(None, b.id)
     assert done.status == "completed" and done.output_file_id and done.error_file_id
     assert sorted(writes) == sorted([done.output_file_id, done.error_file_id])  # one replica wrote them, once
+
+
+def test_postgres_store_survives_a_server_restart(pg_cluster):
+    store = PostgresStore(pg_cluster.create_database())
+    try:
+        store.put_file(FileRecord("file-" + "7" * 32, "a", "kept", "batch", 1, 1))
+        pg_cluster.restart()  # the pooled connection is now broken
+        assert store.get_file("a", "file-" + "7" * 32).filename == "kept"  # replaced, not failed
+    finally:
+        store.close()
