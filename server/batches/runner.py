@@ -306,6 +306,10 @@ class BatchRunner:
         """FINALIZING -> COMPLETED or CANCELLING -> CANCELLED, with the result files."""
         if b.status == "finalizing" and (pause := float(os.environ.get(FINALIZE_PAUSE_ENV, "0") or 0)) > 0:
             await asyncio.sleep(pause)
+        # cancelled: lines other replicas still run (they see the cancel when they next
+        # claim) finish first, so the files hold every result the counts include
+        while b.status == "cancelling" and await asyncio.to_thread(self.store.lines_held, b.id, time.time()):
+            await asyncio.sleep(POLL_S / 4)
         output_id, error_id = await asyncio.to_thread(self._write_files, b)
         final, stamp = ("completed", "completed_at") if b.status == "finalizing" else ("cancelled", "cancelled_at")
         await asyncio.to_thread(self.store.transition, b.id, (b.status,), status=final,

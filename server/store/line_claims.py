@@ -105,17 +105,19 @@ class LineClaims:
 
     def renew_lines(self, holder: str, lease_s: float, now: float,
                     running: list[tuple[str, int]] = ()) -> list[tuple[str, int]]:
-        """Extends every lease `holder` has to now + lease_s. Returns the lines of `running`
-        ((batch id, line) each, those the caller runs) it no longer holds: another holder
-        took them after its lease ran out (the caller stalled), so they must stop."""
+        """Extends to now + lease_s the leases `holder` has on the lines it runs (`running`,
+        (batch id, line) each; a line it holds but no longer runs just runs out). Returns
+        those it no longer holds: another holder took them after the lease ran out (the
+        caller stalled), so they must stop."""
+        lost = []
         with self._tx() as db:
-            db.execute("UPDATE batch_lines SET lease_until = ? WHERE holder = ? AND done = 0", (now + lease_s, holder))
-            db.execute("UPDATE batch_line_runs SET lease_until = ? WHERE holder = ? AND finished_at IS NULL AND "
-                       "EXISTS (SELECT 1 FROM batch_lines l WHERE l.batch_id = batch_line_runs.batch_id AND "
-                       "l.line = batch_line_runs.line AND l.holder = ? AND l.done = 0)",
-                       (now + lease_s, holder, holder))
-            lost = []
             for batch_id, line in running:
+                cur = db.execute("UPDATE batch_lines SET lease_until = ? WHERE batch_id = ? AND line = ? AND "
+                                 "holder = ? AND done = 0", (now + lease_s, batch_id, line, holder))
+                if cur.rowcount == 1:
+                    db.execute("UPDATE batch_line_runs SET lease_until = ? WHERE batch_id = ? AND line = ? AND "
+                               "holder = ? AND finished_at IS NULL", (now + lease_s, batch_id, line, holder))
+                    continue
                 rows = db.execute("SELECT holder FROM batch_lines WHERE batch_id = ? AND line = ? AND done = 0",
                                   (batch_id, line)).fetchall()
                 if rows and rows[0][0] is not None and rows[0][0] != holder:
@@ -130,6 +132,11 @@ class LineClaims:
                        "AND holder = ? AND done = 0", (batch_id, holder))
             db.execute("UPDATE batch_line_runs SET finished_at = ? WHERE batch_id = ? AND holder = ? AND "
                        "finished_at IS NULL", (now, batch_id, holder))
+
+    def lines_held(self, batch_id: str, now: float) -> int:
+        """How many lines of the batch are leased (unexpired) and still without a result."""
+        return self._query("SELECT COUNT(*) FROM batch_lines WHERE batch_id = ? AND done = 0 AND holder IS NOT NULL "
+                           "AND lease_until >= ?", (batch_id, now))[0][0]
 
     def line_runs(self, batch_id: str) -> list[LineRun]:
         """Every claim of the batch's lines, by line then start."""

@@ -162,6 +162,7 @@ def test_line_leases_expire_renew_release_and_end_with_the_result(store):
     assert store.claim_lines(b.id, "n2", "n2/a", 5, 10, now=101) == [3, 4]
     assert store.claim_lines(b.id, "n2", "n2/a", 5, 10, now=102) == []  # all leased
     assert store.renew_lines("n1/a", 10, now=105, running=[(b.id, 1), (b.id, 2)]) == []  # both until 115
+    assert store.renew_lines("n2/a", 10, now=105, running=[]) == []  # runs none: its leases still end at 111
     assert store.put_result(b.id, LineResult("c1", 1, True, "{}", holder="n1/a"))
     assert store.claim_lines(b.id, "n3", "n3/a", 5, 10, now=112) == [3, 4]  # n2's leases ran out at 111
     assert store.claim_lines(b.id, "n3", "n3/a", 5, 10, now=116) == [2]  # n1's at 115; 1 has its result
@@ -321,3 +322,29 @@ def test_postgres_store_survives_a_server_restart(pg_cluster):
         assert store.get_file("a", "file-" + "7" * 32).filename == "kept"  # replaced, not failed
     finally:
         store.close()
+
+
+def test_a_cancelled_batch_is_finished_after_the_lines_other_replicas_still_run(open_store, tmp_path):
+    import asyncio
+    import time
+
+    here, there = open_store(), open_store()
+    b = in_progress_with_lines(here, 2)
+    assert here.put_result(b.id, LineResult("c1", 1, True, '{"custom_id":"c1"}'))
+    assert there.claim_lines(b.id, "n2", "n2/a", 1, 60, now=time.time()) == [2]  # runs on the other replica
+    assert here.transition(b.id, ("in_progress",), status="cancelling")
+    assert here.lines_held(b.id, time.time()) == 1
+    runner = BatchRunner(here, LocalObjects(tmp_path / "files"), {}, registry=None, concurrency=1, holder="n1")
+
+    async def scenario():
+        task = asyncio.create_task(runner._run(b.id))
+        while here.get_batch(None, b.id) and here._query("SELECT lease_holder FROM batches WHERE id = ?",
+                                                         (b.id,))[0][0] != "n1":
+            await asyncio.sleep(0.01)  # until this runner took the batch to finish it
+        assert here.get_batch(None, b.id).status == "cancelling"  # waiting for n2's line
+        assert there.put_result(b.id, LineResult("c2", 2, False, '{"custom_id":"c2"}', holder="n2/a"))
+        await asyncio.wait_for(task, 30)
+    asyncio.run(scenario())
+    done = here.get_batch(None, b.id)
+    assert done.status == "cancelled" and (done.completed, done.failed) == (1, 1)
+    assert b'"c2"' in LocalObjects(tmp_path / "files").read(done.error_file_id)  # the late result is in the files
