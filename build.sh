@@ -3,8 +3,8 @@
 # the tiny cross-encoder; with npm, also the pinned buf (protos lint and breaking) into
 # ./.tools/buf; the playground's front-end libraries (marked, DOMPurify) from npm into
 # shim/playground/vendor; Debian's chromium for the browser tests (apt-get, when root);
-# espeak-ng (Debian) for the transcription tests; then the example clients in clients/
-# (TypeScript, Go, C++), installing their Debian toolchains with apt-get when run as root.
+# espeak-ng and postgresql (Debian) for the transcription and PostgreSQL store tests; then
+# the example clients in clients/ (TypeScript, Go, C++), their toolchains with apt-get when root.
 #
 #   ./build.sh                  install (idempotent; fast when nothing changed)
 #   ./build.sh serve [args...]  install, then `genapi serve args...`
@@ -70,8 +70,8 @@ EOF
     say "installing torch==$TORCH_VERSION"
     "$PY" -m pip install -q "torch==$TORCH_VERSION"
   fi
-  say "installing genapi and its dependencies (pip install -e .[torch,s3,redis,otel,test,bench,dev])"
-  "$PY" -m pip install -q -e ".[torch,s3,redis,otel,test,bench,dev]"
+  say "installing genapi and its dependencies (pip install -e .[torch,s3,postgres,redis,otel,test,bench,dev])"
+  "$PY" -m pip install -q -e ".[torch,s3,postgres,redis,otel,test,bench,dev]"
   printf '%s\n' "$want" > "$STAMP"
 fi
 
@@ -170,6 +170,23 @@ elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     || say "warning: apt-get could not install redis-server (see .tools/apt-redis.log); the Redis tests will skip"
 else
   say "warning: the shared rate-limit tests need Debian's redis-server (as root: apt-get install redis-server)"
+fi
+
+# 6d. Debian's postgresql (initdb, pg_ctl) for the PostgreSQL store tests (tests/unit/
+#     test_store.py and tests/integration/test_replicas.py start a throw-away cluster on
+#     loopback; they skip without it), when root -------------------------------------------
+if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  :
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  say "installing Debian's postgresql for the PostgreSQL store tests (apt-get install postgresql)"
+  mkdir -p .tools
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -q --no-install-recommends postgresql >.tools/apt-postgresql.log 2>&1 \
+      || { apt-get update -q >>.tools/apt-postgresql.log 2>&1 \
+           && apt-get install -y -q --no-install-recommends postgresql >>.tools/apt-postgresql.log 2>&1; }; } \
+    || say "warning: apt-get could not install postgresql (see .tools/apt-postgresql.log); the PostgreSQL tests will skip"
+else
+  say "warning: the PostgreSQL store tests need Debian's postgresql (as root: apt-get install postgresql)"
 fi
 
 # 7. the embedded tiny chat model, the tiny cross-encoder of the rerank tests and the tiny

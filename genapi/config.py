@@ -13,10 +13,13 @@ Layout (every key optional; see README "Configuration"):
     [tracing] otlp_endpoint (OpenTelemetry span export; needs the `otel` extra)
     [logging] format ("text" or "json"), access_log (one line per HTTP request; default true)
     [[models]] name, task, backend, path, [models.options]
-    [store]  url (SQLite file path or sqlite:///path; default var/genapi.db)
+    [store]  url (SQLite file path or sqlite:///path, default var/genapi.db; or
+             postgresql://user:password@host:port/db for several core replicas),
+             node (this core's name in leases; default host:port of the core)
     [files]  url (local directory, default var/files; or s3://bucket/prefix), max_upload_mb,
              s3_input_buckets (buckets whose s3:// URLs batches may read)
-    [batches] concurrency, window_s (test-only: shortens every completion window)
+    [batches] concurrency, lease_s (how long a replica's claim on a batch line outlives it),
+             window_s (test-only: shortens every completion window)
     [media]  allow_hosts (hostnames, IPs, CIDRs whose URLs skip the private-address check),
              connect_timeout_s, fetch_timeout_s (total per fetch), max_mb (per media part),
              max_redirects, max_images (per request), max_image_pixels, max_image_side,
@@ -38,6 +41,7 @@ import json
 import math
 import os
 import re
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,12 +284,14 @@ class Config:
     api_keys: list[ApiKey] = field(default_factory=list)
     models: list[ModelConfig] = field(default_factory=list)
     path: Path | None = None
-    store_url: str = ""  # SQLite database file; "" = <base>/var/genapi.db
+    store_url: str = ""  # SQLite database file or postgresql://...; "" = <base>/var/genapi.db
+    store_node: str = ""  # this core's name in batch and response leases; "" = <hostname>:<core port>
     files_url: str = ""  # object directory or s3://bucket/prefix; "" = <base>/var/files
     s3_input_buckets: list[str] = field(default_factory=list)  # s3:// batch inputs allowed from these
     metrics_keys: tuple[str, ...] = ()  # key names that may read the shim's /metrics (() = every key)
     max_upload_mb: int = 200  # per uploaded file (413 above)
     batch_concurrency: int = 4  # batch lines running at once over all batches
+    batch_lease_s: float = 30.0  # a claimed batch or line is another replica's after this without renewal
     batch_window_s: float = 0.0  # test-only: when > 0, every batch expires this long after creation
     base_dir: Path = field(default_factory=Path.cwd)  # what relative state paths are against
     # [media]: the fetch and decode limits of image/audio parts (server/media/policy.py)
@@ -305,6 +311,12 @@ class Config:
         """The SQLite database file of the state store."""
         url = self.store_url.removeprefix("sqlite:///") if self.store_url.startswith("sqlite:///") else self.store_url
         return _state_path(url or "var/genapi.db", self.base_dir)
+
+    @property
+    def node_name(self) -> str:
+        """This core's name in leases: [store] node, else <hostname>:<core port> (two cores
+        on one host differ; a core restarted on its port takes its claims back)."""
+        return self.store_node or f"{socket.gethostname()}:{self.core_port}"
 
     @property
     def files_dir(self) -> Path:
@@ -370,10 +382,12 @@ _SETTINGS = (
     ("shim", "max_body_mb", "max_body_mb", int, "GENAPI_MAX_BODY_MB"),
     ("shim", "keepalive_s", "keepalive_s", float, "GENAPI_KEEPALIVE_S"),
     ("store", "url", "store_url", str, "GENAPI_STORE_URL"),
+    ("store", "node", "store_node", str, "GENAPI_STORE_NODE"),
     ("files", "url", "files_url", str, "GENAPI_FILES_URL"),
     ("files", "max_upload_mb", "max_upload_mb", int, "GENAPI_MAX_UPLOAD_MB"),
     ("batches", "concurrency", "batch_concurrency", int, "GENAPI_BATCH_CONCURRENCY"),
     ("batches", "window_s", "batch_window_s", float, "GENAPI_BATCH_WINDOW_S"),
+    ("batches", "lease_s", "batch_lease_s", float, "GENAPI_BATCH_LEASE_S"),
     ("shim", "drain_grace_s", "drain_grace_s", float, "GENAPI_DRAIN_GRACE_S"),
     ("core", "metrics_port", "metrics_port", int, "GENAPI_METRICS_PORT"),
     ("limits", "rpm", "default_rpm", int, "GENAPI_LIMIT_RPM"),
@@ -611,6 +625,9 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         raise ValueError(f"[logging] format = {cfg.log_format!r}: unknown ({' or '.join(LOG_FORMATS)})")
     if not cfg.limits_storage.startswith(LIMITS_STORAGES):
         raise ValueError(f"[limits] storage = {cfg.limits_storage!r}: expected memory:// or redis://host:port")
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", cfg.store_url) and not cfg.store_url.startswith(STORE_SCHEMES):
+        raise ValueError(f"[store] url {cfg.store_url.split('://')[0]}://...: expected a SQLite file path, "
+                         "sqlite:///path or postgresql://user:password@host:port/database")
     if cfg.files_url.startswith("s3://") and not cfg.files_url[len("s3://"):].split("/")[0]:
         raise ValueError(f"[files] url {cfg.files_url!r}: expected s3://bucket/prefix")
     return cfg
@@ -629,11 +646,12 @@ def _metrics_keys(auth: dict, keys: list[ApiKey]) -> tuple[str, ...]:
 
 
 _KIND = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 LIMITS_STORAGES = ("memory://", "redis://", "rediss://", "redis+unix://", "redis+sentinel://", "redis+cluster://")
 # Smallest accepted value of the numeric settings (ports also at most 65535).
 _MINIMUM = {"port": 1, "max_message_mb": 1, "workers": 1, "threads": 0, "request_timeout_s": 0.001,
             "read_timeout_s": 0.001, "max_body_mb": 1, "keepalive_s": 0, "max_upload_mb": 1, "concurrency": 1,
-            "window_s": 0, "drain_grace_s": 0, "metrics_port": 0, "rpm": 0, "tpm": 0,
+            "window_s": 0, "lease_s": 3, "drain_grace_s": 0, "metrics_port": 0, "rpm": 0, "tpm": 0,
             "connect_timeout_s": 0.001, "fetch_timeout_s": 0.001, "max_mb": 0.001, "max_redirects": 0,
             "max_images": 0, "max_image_pixels": 1, "max_image_side": 1, "max_audio_s": 0}
 _MAXIMUM = {"port": 65535, "drain_grace_s": 86400, "metrics_port": 65535, "rpm": MAX_PER_MINUTE,

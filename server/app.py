@@ -59,6 +59,7 @@ from .services.models import ModelServicer
 from .services.responses import ResponseServicer
 from .services.transcription import TranscriptionServicer
 from .store import open_store
+from .store.postgres import redact
 
 log = logging.getLogger("genapi.core")
 
@@ -159,16 +160,20 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     except ValueError as e:
         raise StartupError(one_line(e)) from None
     generation_service_pb2_grpc.add_GenerationServiceServicer_to_server(generation, server)
-    store, objects = open_store(cfg)
+    try:
+        store, objects = open_store(cfg)
+    except Exception as e:  # PostgreSQL unreachable, a wrong password, psycopg missing
+        raise StartupError(f"[store] url {redact(cfg.store_url) or cfg.store_path}: cannot open the store: "
+                           f"{one_line(e)}") from None
     embedding = EmbeddingServicer(registry, drain, limiter)
     file_service_pb2_grpc.add_FileServiceServicer_to_server(
         FileServicer(store, objects, cfg.max_upload_mb * 1024 * 1024), server)
-    responses = BackgroundRunner(store, generation)
+    responses = BackgroundRunner(store, generation, holder=cfg.node_name)
     response_servicer = ResponseServicer(store, generation, responses)
     response_service_pb2_grpc.add_ResponseServiceServicer_to_server(response_servicer, server)
     runner = BatchRunner(store, objects, {"generation": generation, "embedding": embedding,
                                           "responses": response_servicer}, registry, cfg.batch_concurrency,
-                         keys=checker)
+                         holder=cfg.node_name, keys=checker, lease_s=cfg.batch_lease_s)
     try:
         metrics.install(registry, runner, cfg.metrics_port, cfg.core_host)
     except OSError as e:

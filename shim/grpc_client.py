@@ -6,6 +6,7 @@ by process id, so a forked child never reuses its parent's channel.
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 
@@ -29,6 +30,15 @@ from genapi.v1 import (
 # default ping-abuse policy.
 KEEPALIVE_TIME_MS = 30_000
 KEEPALIVE_TIMEOUT_MS = 10_000
+# Several cores: round-robin over them, with gRPC's client-side health checking (each
+# subchannel watches grpc.health.v1 for the whole server, ""), so a core that is
+# loading, draining or has lost an engine (NOT_SERVING) gets no new calls; a dead core's
+# subchannel fails its connection and is skipped the same way.
+BALANCED_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}],
+                                      "healthCheckConfig": {"serviceName": ""}})
+# A dead core's address is retried at most this far apart (gRPC's default backoff grows
+# to 120 s): a restarted core is back in the rotation within seconds.
+MAX_RECONNECT_BACKOFF_MS = 5_000
 
 
 def channel_options(max_message_mb: int, round_robin: bool) -> list[tuple[str, object]]:
@@ -42,6 +52,8 @@ def channel_options(max_message_mb: int, round_robin: bool) -> list[tuple[str, o
     ]
     if round_robin:
         opts.append(("grpc.lb_policy_name", "round_robin"))
+        opts.append(("grpc.service_config", BALANCED_SERVICE_CONFIG))
+        opts.append(("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS))
     return opts
 
 

@@ -147,6 +147,17 @@ class Service:
             return False
         return self._start(["serve", "--port", str(self.port)], healthy, timeout_s)
 
+    def start_shim(self, cores: list[str], timeout_s: float = 180) -> "Service":
+        """`genapi shim` alone, balancing over `cores` (host:port each; `grpc_target`
+        unused); ready once its /health answers 200."""
+        import httpx
+
+        def healthy():
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200
+            return False
+        return self._start(["shim", "--port", str(self.port), *(f"--core={c}" for c in cores)], healthy, timeout_s)
+
     def start_core(self, timeout_s: float = 180) -> "Service":
         """`genapi core` alone (no shim, `base_url` unused); ready once its gRPC health
         check says SERVING."""
@@ -168,9 +179,9 @@ class Service:
 
     def _start(self, command: list[str], ready, timeout_s: float) -> "Service":
         log = open(self.log_path, "w")
+        grpc_port = [] if command[0] == "shim" else ["--grpc-port", str(self.grpc_port)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "genapi", command[0], "--config", str(self.config),
-             "--grpc-port", str(self.grpc_port), *command[1:]],
+            [sys.executable, "-m", "genapi", command[0], "--config", str(self.config), *grpc_port, *command[1:]],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -194,6 +205,12 @@ class Service:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def kill(self) -> None:
+        """kill -9 of the process and its children (engine workers): no drain, no cleanup."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
     def stop(self) -> int | None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -203,6 +220,26 @@ class Service:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         return self.proc.returncode if self.proc else None
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One throw-away PostgreSQL cluster for the session (tests/postgres_cluster.py); a
+    test takes a fresh database with `pg_cluster.create_database()`. Skips without
+    PostgreSQL's binaries (fails under CI, where ./build.sh installs them)."""
+    import shutil
+    import tempfile
+
+    from .postgres_cluster import Cluster, pg_bin
+
+    if pg_bin() is None:
+        missing_tool("PostgreSQL (initdb, pg_ctl) is not installed (Debian: apt-get install postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="genapi-pg-"))  # not under pytest's 0700 tmp: postgres must enter
+    cluster = Cluster(root, free_port()).start()
+    never_logged(cluster.url)
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,14 @@ written from the stored results (input-line order) with an atomic write, under i
 derived from the batch id, so finalizing twice gives the same files. Every custom_id
 therefore appears exactly once across the output and error files.
 
+Replicas: several cores may share one store (PostgreSQL). Every replica works on every
+in-progress batch, claiming its lines one at a time with a lease (`lease_s`, renewed
+every POLL_S while the line runs; SKIP LOCKED under PostgreSQL), so no line runs on two
+replicas at once and the lines of a replica that died are claimed again once their
+leases run out. Validation and finalization are done once, by the replica that wins the
+batch's own lease (`Store.lease_batch`); the move from in_progress to finalizing is a
+compare-and-set that one replica wins.
+
 Priority: at most `[batches] concurrency` lines run at once over all batches, and no new
 line starts while any engine has interactive requests waiting for a slot.
 
@@ -20,6 +28,7 @@ status and error body.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -40,8 +49,8 @@ from .inprocess import EXECUTORS
 
 log = logging.getLogger("genapi.batches")
 
-POLL_S = 1.0  # how often the store is asked for batches to claim
-LEASE_S = 3600.0
+POLL_S = 1.0  # how often the store is asked for batches to claim (and line leases renewed)
+LEASE_S = 30.0  # default lease of a batch (its validation, finalization) and of a line
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
 RETRY_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 # Test-only fault injection: pause this long once a batch is FINALIZING, before its files
@@ -63,7 +72,7 @@ def batch_model(lines) -> str:
 
 class BatchRunner:
     def __init__(self, store: Store, objects, services: dict, registry, concurrency: int,
-                 holder: str | None = None, urls: S3Url | None = None, keys=None):
+                 holder: str | None = None, urls: S3Url | None = None, keys=None, lease_s: float = LEASE_S):
         self.store = store
         self.keys = keys  # genapi.keys.KeyChecker: a line may use only the models its owner's key may
         self.objects = objects  # store.LocalObjects or store.S3Objects
@@ -71,8 +80,11 @@ class BatchRunner:
         self.services = services  # LineCodec.service -> servicer
         self.registry = registry
         self.slots = asyncio.Semaphore(concurrency)
-        self.holder = holder or socket.gethostname()
+        self.node = holder or socket.gethostname()  # stable over restarts: the batch leases' holder
+        self.holder = f"{self.node}/{uuid.uuid4().hex[:12]}"  # this process: the line leases' holder
+        self.lease_s = lease_s
         self.tasks: dict[str, asyncio.Task] = {}
+        self.in_flight: dict[tuple[str, int], asyncio.Task] = {}  # (batch id, line) -> its task
         self.cancels: dict[str, asyncio.Event] = {}
         self._poller: asyncio.Task | None = None
         self.lines_waiting = 0  # batch lines not yet started, over every running batch (a metric)
@@ -91,11 +103,22 @@ class BatchRunner:
     async def _poll(self) -> None:
         while True:
             try:
-                for batch_id in await asyncio.to_thread(self.store.claim_batches, self.holder, LEASE_S, time.time()):
+                for batch_id in await asyncio.to_thread(self.store.claim_batches, self.node, self.lease_s, time.time()):
                     self.kick(batch_id)
+                if self.in_flight:
+                    await self._renew()
             except Exception:
                 log.exception("claiming batches failed")
             await asyncio.sleep(POLL_S)
+
+    async def _renew(self) -> None:
+        """Renews the leases of the lines running here; a line whose lease was lost (this
+        process stalled past it and another replica took the line) stops here."""
+        running = dict(self.in_flight)
+        lost = await asyncio.to_thread(self.store.renew_lines, self.holder, self.lease_s, time.time(), list(running))
+        for key in lost:
+            log.warning("batch %s line %d: its lease ran out and another replica took it; stopped here", *key)
+            running[key].cancel()
 
     def kick(self, batch_id: str) -> None:
         """Runs the batch unless it is running already."""
@@ -110,6 +133,9 @@ class BatchRunner:
     async def _run(self, batch_id: str) -> None:
         try:
             while (b := await asyncio.to_thread(self.store.get_batch, None, batch_id)) is not None:
+                if b.status in ("validating", "finalizing", "cancelling") and not await asyncio.to_thread(
+                        self.store.lease_batch, b.id, self.node, self.lease_s, time.time()):
+                    return  # another replica validates or finalizes it
                 if b.status == "validating":
                     await self._validate(b)
                 elif b.status == "in_progress":
@@ -148,48 +174,79 @@ class BatchRunner:
             await asyncio.to_thread(self.store.transition, b.id, ("validating",), status="failed",
                                     errors=errors, failed_at=now)
             return
+        await asyncio.to_thread(self.store.add_batch_lines, b.id, [(ln.line, ln.custom_id, False) for ln in lines])
+        # in progress, the batch is every replica's: its own lease is cleared
         await asyncio.to_thread(self.store.transition, b.id, ("validating",), status="in_progress",
-                                total=len(lines), in_progress_at=now, model=batch_model(lines))
+                                total=len(lines), in_progress_at=now, model=batch_model(lines),
+                                lease_holder=None, lease_until=None)
         log.info("batch %s: %d lines in progress", b.id, len(lines))
 
     async def _execute(self, b: BatchRecord) -> None:
+        """Claims and runs lines until none is left to claim; then moves the batch on (to
+        finalizing once every line has a result, cancelling, or expired)."""
         lines, _ = await asyncio.to_thread(self._input, b)
+        by_line = {line.line: line for line in lines}
         done = await asyncio.to_thread(self.store.done_custom_ids, b.id)
-        pending = [line for line in lines if line.custom_id not in done]
+        await asyncio.to_thread(self.store.add_batch_lines, b.id,  # a batch begun before per-line leases
+                                [(ln.line, ln.custom_id, ln.custom_id in done) for ln in lines])
         codec = batch_lines.codec(b.endpoint)
         cancelled = self.cancels.setdefault(b.id, asyncio.Event())
         running: set[asyncio.Task] = set()
         expired = False
-        waiting = len(pending)
+        waiting = len(lines) - len(done)
         self.lines_waiting += waiting
         try:
-            for line in pending:
+            while not cancelled.is_set() and not (expired := time.time() >= b.expires_at):
                 await self.slots.acquire()
-                if cancelled.is_set() or (expired := time.time() >= b.expires_at):
-                    self.slots.release()
-                    break
                 await self._yield_to_interactive()
-                task = asyncio.create_task(self._run_line(b, codec, line, cancelled))
-                waiting -= 1
-                self.lines_waiting -= 1
+                claimed = await asyncio.to_thread(self.store.claim_lines, b.id, self.node, self.holder, 1,
+                                                  self.lease_s, time.time())
+                if not claimed:
+                    self.slots.release()
+                    if running:  # ours still run: wait for one, then claim again
+                        await asyncio.wait(running, timeout=POLL_S, return_when=asyncio.FIRST_COMPLETED)
+                        continue
+                    now = await asyncio.to_thread(self.store.get_batch, None, b.id)
+                    if now is None or now.status != "in_progress" or now.completed + now.failed >= now.total:
+                        break
+                    await asyncio.sleep(POLL_S)  # the rest is leased to other replicas (theirs may run out)
+                    continue
+                key = (b.id, claimed[0])
+                task = asyncio.create_task(self._run_line(b, codec, by_line[claimed[0]], cancelled))
+                self.in_flight[key] = task
+                if waiting:
+                    waiting -= 1
+                    self.lines_waiting -= 1
                 task.add_done_callback(lambda _: self.slots.release())
+                task.add_done_callback(lambda t, key=key: self.in_flight.pop(key, None) if self.in_flight.get(key) is t
+                                       else None)
                 running.add(task)
                 task.add_done_callback(running.discard)
             if running:
-                await asyncio.gather(*running)
+                for outcome in await asyncio.gather(*running, return_exceptions=True):
+                    if isinstance(outcome, Exception):
+                        raise outcome
         except asyncio.CancelledError:
             for t in running:
                 t.cancel()
             raise
         finally:
             self.lines_waiting -= waiting  # those a cancel or the expiry left unstarted
+            with contextlib.suppress(Exception):  # lines claimed and stopped: anyone's again at once
+                await asyncio.to_thread(self.store.release_lines, b.id, self.holder, time.time())
         now = int(time.time())
+        current = await asyncio.to_thread(self.store.get_batch, None, b.id)
+        if current is None or current.status != "in_progress":
+            return  # cancelled, or moved on by another replica
         if cancelled.is_set():
             await asyncio.to_thread(self.store.transition, b.id, ("in_progress",), status="cancelling",
                                     cancelling_at=now)
         elif expired or time.time() >= b.expires_at:
-            await self._expire(b)
-        else:
+            if await asyncio.to_thread(self.store.lease_batch, b.id, self.node, self.lease_s, time.time()):
+                await self._expire(b)
+            else:
+                await asyncio.sleep(POLL_S)  # another replica expires it; look again then
+        elif current.completed + current.failed >= current.total:
             await asyncio.to_thread(self.store.transition, b.id, ("in_progress",), status="finalizing",
                                     finalizing_at=now)
 
@@ -229,6 +286,7 @@ class BatchRunner:
                                              batch_lines.response_line(line.custom_id, rid, status_code, body)))
 
     async def _record(self, b: BatchRecord, result: LineResult) -> None:
+        result.holder = result.holder or self.holder
         await asyncio.to_thread(self.store.put_result, b.id, result)
 
     async def _expire(self, b: BatchRecord) -> None:
@@ -248,6 +306,10 @@ class BatchRunner:
         """FINALIZING -> COMPLETED or CANCELLING -> CANCELLED, with the result files."""
         if b.status == "finalizing" and (pause := float(os.environ.get(FINALIZE_PAUSE_ENV, "0") or 0)) > 0:
             await asyncio.sleep(pause)
+        # cancelled: lines other replicas still run (they see the cancel when they next
+        # claim) finish first, so the files hold every result the counts include
+        while b.status == "cancelling" and await asyncio.to_thread(self.store.lines_held, b.id, time.time()):
+            await asyncio.sleep(POLL_S / 4)
         output_id, error_id = await asyncio.to_thread(self._write_files, b)
         final, stamp = ("completed", "completed_at") if b.status == "finalizing" else ("cancelled", "cancelled_at")
         await asyncio.to_thread(self.store.transition, b.id, (b.status,), status=final,

@@ -1,19 +1,24 @@
 """Durable state of the core: a small state-store interface (`base.Store`) with its SQLite
-implementation, and object storage for file contents: a local directory (`objects`) or
-S3 (`s3`, which also reads and writes the s3:// URLs of Scaleway-style batches)."""
+and PostgreSQL implementations (one schema, `tables.py`), and object storage for file
+contents: a local directory (`objects`) or S3 (`s3`, which also reads and writes the
+s3:// URLs of Scaleway-style batches)."""
 from __future__ import annotations
 
 from .base import BatchRecord, ConversationItem, ConversationRecord, FileRecord, LineResult, ResponseRecord, Store
+from .line_claims import LineRun
 from .objects import LocalObjects
+from .postgres import PostgresStore, is_postgres_url
 from .s3 import S3Objects, S3Url
 from .sqlite import SqliteStore
 
-__all__ = ["BatchRecord", "ConversationItem", "ConversationRecord", "ResponseRecord", "FileRecord", "LineResult", "LocalObjects", "S3Objects", "S3Url", "SqliteStore", "Store",
-           "open_store"]
+__all__ = ["BatchRecord", "ConversationItem", "ConversationRecord", "ResponseRecord", "FileRecord", "LineResult",
+           "LineRun", "LocalObjects", "PostgresStore", "S3Objects", "S3Url", "SqliteStore", "Store", "open_store"]
 
 
 def open_store(cfg) -> tuple[Store, LocalObjects | S3Objects]:
-    """The state store and object storage a genapi.config.Config names ([files] url: a
-    local directory, or s3://bucket/prefix)."""
+    """The state store and object storage a genapi.config.Config names ([store] url: a
+    SQLite file or postgresql://...; [files] url: a local directory, or s3://bucket/prefix).
+    Raises what the store raises when it cannot be opened (PostgreSQL down, wrong password)."""
     objects = S3Objects(cfg.files_url) if cfg.files_url.startswith("s3://") else LocalObjects(cfg.files_dir)
-    return SqliteStore(cfg.store_path), objects
+    store = PostgresStore(cfg.store_url) if is_postgres_url(cfg.store_url) else SqliteStore(cfg.store_path)
+    return store, objects

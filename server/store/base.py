@@ -1,7 +1,7 @@
 """The state-store interface: records and the few operations batches and files need.
 
-Kept small so that a PostgreSQL implementation (several core nodes, claims with leases
-and SKIP LOCKED) can sit beside SQLite. Every record has an `owner` (an API key's name,
+Two implementations share one schema (`tables.py`): SQLite (one node) and PostgreSQL
+(several core replicas, claims with leases and SKIP LOCKED). Every record has an `owner` (an API key's name,
 or genapi.keys.ANONYMOUS); every owner-facing read takes the owner, so another owner's
 id behaves exactly like a missing one. Timestamps are Unix seconds.
 """
@@ -67,6 +67,7 @@ class LineResult:
     data: str
     input_tokens: int = 0
     output_tokens: int = 0
+    holder: str = ""  # the holder whose claim ran it (ends that claim in batch_line_runs)
 
 
 @dataclass
@@ -122,8 +123,24 @@ class Store(Protocol):
         """Sets `fields` (status, timestamps, counts...) only while the batch is in one of
         `from_status` (compare-and-set in one transaction); False when it was not."""
     def claim_batches(self, holder: str, lease_s: float, now: float) -> list[str]:
-        """Ids of active batches now leased to `holder`: unleased ones, expired leases, and
-        the holder's own (a restarted node takes its batches back)."""
+        """Ids of the active batches `holder` (a node) works on, oldest first: every
+        in-progress one (replicas share its lines, each leased with claim_lines), and those
+        in another active status now leased to it until now + lease_s: unleased ones,
+        expired leases, and its own (a restarted node takes its batches back)."""
+    def lease_batch(self, batch_id: str, holder: str, lease_s: float, now: float) -> bool:
+        """Leases one batch to `holder` until now + lease_s (validation, finalization:
+        work done once, by the replica that wins it); False when another holds it."""
+
+    # per-line leases (line_claims.py): several replicas share one in-progress batch
+    def add_batch_lines(self, batch_id: str, lines: list[tuple[int, str, bool]]) -> None: ...
+    def claim_lines(self, batch_id: str, node: str, holder: str, limit: int, lease_s: float,
+                    now: float) -> list[int]: ...
+    def renew_lines(self, holder: str, lease_s: float, now: float,
+                    running: list[tuple[str, int]] = ()) -> list[tuple[str, int]]: ...
+    def release_lines(self, batch_id: str, holder: str, now: float) -> None: ...
+    def lines_held(self, batch_id: str, now: float) -> int: ...
+    def line_runs(self, batch_id: str) -> list:
+        """Every claim of the batch's lines (line_claims.LineRun), by line then start."""
 
     # per-line results, keyed by (batch id, custom id)
     def put_result(self, batch_id: str, result: LineResult) -> bool:

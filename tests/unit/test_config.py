@@ -274,3 +274,25 @@ def test_two_key_entries_with_one_digest_are_refused(tmp_path):
     cfg_file.write_text(f'[[auth.keys]]\nname = "a"\nsha256 = "{digest}"\n[[auth.keys]]\nname = "b"\nsha256 = "{digest}"\n')
     with pytest.raises(ValueError, match="API keys 'a' and 'b' have the same sha256"):
         load_config(cfg_file)
+
+
+def test_store_url_takes_sqlite_or_postgresql_and_env_overrides_it(tmp_path, monkeypatch):
+    from server.store.postgres import is_postgres_url, redact
+
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('[store]\nurl = "sqlite:///state/x.db"\n[batches]\nlease_s = 5\n')
+    cfg = load_config(cfg_file)
+    assert cfg.store_path == tmp_path / "state" / "x.db" and cfg.batch_lease_s == 5
+    assert cfg.node_name.endswith(f":{cfg.core_port}")  # two cores on one host differ by port
+    monkeypatch.setenv("GENAPI_STORE_URL", "postgresql://genapi:s3cret@db.internal:5432/genapi")
+    monkeypatch.setenv("GENAPI_STORE_NODE", "core-0")
+    cfg = load_config(cfg_file)
+    assert is_postgres_url(cfg.store_url) and cfg.node_name == "core-0"
+    assert redact(cfg.store_url) == "postgresql://genapi:***@db.internal:5432/genapi"
+    monkeypatch.setenv("GENAPI_STORE_URL", "mysql://db/x")
+    with pytest.raises(ValueError, match=r"\[store\] url mysql://\.\.\.: expected .*postgresql://"):
+        load_config(cfg_file)
+    monkeypatch.delenv("GENAPI_STORE_URL")
+    monkeypatch.setenv("GENAPI_BATCH_LEASE_S", "1")
+    with pytest.raises(ValueError, match=r"lease_s = 1\.0 \(from GENAPI_BATCH_LEASE_S='1'\): must be >= 3"):
+        load_config(cfg_file)

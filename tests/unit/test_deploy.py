@@ -170,6 +170,27 @@ def test_configmap_toml_loads(tmp_path, monkeypatch):
     assert cfg.core_target == "dns:///core:50051"
 
 
+def test_store_url_comes_from_the_secret_and_overrides_the_configmap(tmp_path, monkeypatch):
+    for var in list(__import__("os").environ):
+        if var.startswith("GENAPI_"):
+            monkeypatch.delenv(var)
+    cm = find(base_objects(), "ConfigMap", "genapi-config")
+    env = {e["name"]: e for e in container(find(base_objects(), "Deployment", "genapi-core"), "core")["env"]}
+    ref = env["GENAPI_STORE_URL"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "genapi-secrets", "key": "GENAPI_STORE_URL"} and not ref.get("optional")
+    assert env["GENAPI_STORE_NODE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    example = docs(BASE / "secret.example.yaml")[0]["stringData"]["GENAPI_STORE_URL"]
+    path = tmp_path / "genapi.toml"
+    path.write_text(cm["data"]["genapi.toml"])
+    assert load_config(path).store_url == ""  # no URL (and no password) in the ConfigMap itself
+    monkeypatch.setenv("GENAPI_STORE_URL", example)  # as the pod gets it from the Secret
+    monkeypatch.setenv("GENAPI_STORE_NODE", "genapi-core-7d9f-abcde")
+    cfg = load_config(path)
+    assert cfg.store_url == example and example.startswith("postgresql://") and cfg.node_name == "genapi-core-7d9f-abcde"
+    compose = docs(DEPLOY / "compose.yaml")[0]["services"]["core"]["environment"]["GENAPI_STORE_URL"]
+    assert compose.startswith("postgresql://genapi:${POSTGRES_PASSWORD:?") and compose.endswith("@postgres:5432/genapi")
+
+
 def test_gpu_overlay_requests_a_gpu_cpu_overlay_does_not():
     gpu = "\n".join(p.read_text() for p in (OVERLAYS / "gpu").glob("*.yaml"))
     cpu = "\n".join(p.read_text() for p in (OVERLAYS / "cpu").glob("*.yaml"))

@@ -171,3 +171,19 @@ def test_body_of_exactly_the_cap_is_read_whole(client, core):
     assert len(raw) == CAP
     assert chunked_post(client, raw).status_code == 200
     assert client.post(URL, data=raw, headers={**AUTH, "Content-Type": "application/json"}).status_code == 200
+
+
+def test_several_cores_are_balanced_with_health_checking():
+    import json
+
+    from genapi.config import Config
+
+    one = dict(grpc_client.channel_options(8, grpc_client.uses_round_robin(Config())))
+    assert "grpc.lb_policy_name" not in one and "grpc.service_config" not in one
+    several = Config(core_targets=["127.0.0.1:1", "127.0.0.1:2"])
+    opts = dict(grpc_client.channel_options(8, grpc_client.uses_round_robin(several)))
+    assert opts["grpc.lb_policy_name"] == "round_robin"
+    config = json.loads(opts["grpc.service_config"])
+    assert config["healthCheckConfig"] == {"serviceName": ""}  # NOT_SERVING cores get no calls
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+    assert opts["grpc.max_reconnect_backoff_ms"] <= 5000  # a restarted core is back within seconds
