@@ -89,6 +89,7 @@ class Registry:
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate model names in config: {names}")
         shared: dict[tuple, EngineBase] = {}
+        self.loaded = False  # every engine started (the core answers before that: health NOT_SERVING)
         self.models = {}
         for m in configs:
             key = m.engine_key
@@ -121,6 +122,7 @@ class Registry:
             if sm.config.task is Task.EMBEDDING and encoder and encoder.kind == "cross-encoder":
                 raise ValueError(f"model {sm.config.name!r}: {sm.config.path} is a cross-encoder checkpoint; "
                                  "it can serve task \"rerank\", not \"embedding\"")
+        self.loaded = True
 
     async def stop(self) -> None:
         await asyncio.gather(*(e.stop() for e in self.engines()))

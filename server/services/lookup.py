@@ -5,6 +5,8 @@ and the key's own models listed, never the others), INVALID_ARGUMENT
 the RPC's."""
 from __future__ import annotations
 
+import grpc
+
 from genapi.config import Task
 
 from ..errors import GenapiError, invalid, not_found, quote
@@ -30,6 +32,9 @@ def model_for(registry: Registry, name: str, task: Task) -> ServedModel:
     if sm.config.task is not task:
         raise invalid(f"The model `{quote(name)}` is {_TASK_NOUN[sm.config.task]} (task \"{sm.config.task.value}\"): "
                       f"it cannot serve {task.value} requests.", "model", "model_task_mismatch")
+    if not registry.loaded:  # a caller that did not wait for health SERVING (a balancing shim does)
+        raise GenapiError(grpc.StatusCode.UNAVAILABLE, "The models are still loading; retry shortly.",
+                          "models_loading", retry_after_s=5)
     return sm
 
 

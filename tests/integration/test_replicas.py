@@ -21,7 +21,8 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from genapi.v1 import admin_service_pb2, admin_service_pb2_grpc, response_service_pb2, response_service_pb2_grpc
+from genapi.v1 import (admin_service_pb2, admin_service_pb2_grpc, content_pb2, generation_service_pb2,
+                       generation_service_pb2_grpc, response_service_pb2, response_service_pb2_grpc)
 
 from server.store.line_claims import overlapping_runs
 
@@ -270,8 +271,18 @@ def test_a_core_not_serving_gets_no_new_requests(replicas):
             except grpc.RpcError:
                 return None
         assert wait_until(lambda: status() is not None, 120, 0.05)  # listening
-        sent = 0
+        sent, direct = 0, None
         while status() == health_pb2.HealthCheckResponse.NOT_SERVING:
+            if direct is None:  # a direct caller that does not wait for SERVING: 503-like, not an internal error
+                try:
+                    list(generation_service_pb2_grpc.GenerationServiceStub(ch).Generate(
+                        generation_service_pb2.GenerateRequest(model=MODEL, messages=[content_pb2.ChatMessage(
+                            role=content_pb2.ROLE_USER, content=[content_pb2.ContentPart(text="hi")])]), timeout=30))
+                    direct = "served"  # loading finished meanwhile
+                except grpc.RpcError as e:
+                    direct = e.code()
+                    assert direct == grpc.StatusCode.UNAVAILABLE, (e.code(), e.details())
+                    assert "still loading" in e.details()
             got = replicas.shims[sent % 2].sdk().chat.completions.create(
                 model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=1)
             assert got.choices[0].finish_reason in ("stop", "length")

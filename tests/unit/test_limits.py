@@ -156,7 +156,7 @@ def test_embeddings_count_their_request_up_front_and_their_tokens_after():
     from server.services.encoder import _unary
 
     sm = SimpleNamespace(config=SimpleNamespace(task=Task.EMBEDDING))
-    registry = SimpleNamespace(get=lambda name: sm if name == "emb" else None, models={"emb": sm},
+    registry = SimpleNamespace(get=lambda name: sm if name == "emb" else None, models={"emb": sm}, loaded=True,
                                available=lambda task=None, allowed=None: "")
     lim = RateLimiter("memory://", KeyChecker([]), default_rpm=2, default_tpm=10)  # everyone: ANONYMOUS
     request = SimpleNamespace(model="emb", request_id="r1")
