@@ -271,7 +271,7 @@ def start_py_spy(out: Path, procs: dict[str, int]) -> list[subprocess.Popen]:
         if name == "shim master":
             continue
         path = out / (name.replace(" ", "-") + ".txt")
-        spies.append(subprocess.Popen([str(spy), "record", "-p", str(pid), "-f", "raw", "-r", "200", "-o", str(path),
+        spies.append(subprocess.Popen([str(spy), "record", "-p", str(pid), "-f", "raw", "-r", "50", "-o", str(path),
                                        "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     time.sleep(1)  # attached
     return spies

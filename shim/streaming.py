@@ -250,21 +250,24 @@ class CoreStream:
             self.cancel()  # no-op when the call completed
 
     def sse_response(self, first, on_event: Callable[[Any], bytes], finish: Callable[[], bytes],
-                     keepalive_s: float, on_error: Callable[[APIError], bytes] = error_frames) -> Response:
+                     keepalive_s: float, on_error: Callable[[APIError], bytes] = error_frames,
+                     merge: Callable[[list], list] | None = None) -> Response:
         """Streaming: the 200 `text/event-stream` Response for this call.
 
         Its body writes `on_event(event)` for `first` and every later event (events
-        already queued are coalesced, up to MAX_EVENTS_PER_WRITE per write), a keep-alive
+        already queued are coalesced, up to MAX_EVENTS_PER_WRITE per write, and passed
+        through `merge(events) -> events` first when given, e.g. genapi.deltas.coalesce:
+        several tokens in one SSE event when the client fell behind), a keep-alive
         comment after `keepalive_s` without a write, and ends with `finish()` when the
         call completes, or with `on_error(api_error)` when it fails (default: an error
         frame, then `data: [DONE]`). A client gone mid-stream ends the body without
         more bytes; closing the body (gunicorn does, also on a failed write) cancels the
         call even when it never started iterating."""
         send_immediately(self.environ)
-        events = self._sse_events(first, on_event, finish, on_error, keepalive_s)
+        events = self._sse_events(first, on_event, finish, on_error, keepalive_s, merge)
         return Response(SSEBody(events, self._pump), status=200, content_type=sse.CONTENT_TYPE, headers=sse.HEADERS)
 
-    def _sse_events(self, first, on_event, finish, on_error, keepalive_s: float) -> Iterator[bytes]:
+    def _sse_events(self, first, on_event, finish, on_error, keepalive_s: float, merge=None) -> Iterator[bytes]:
         pump, watch = self._pump, self._watch
         poll = max(0.01, min(self.poll_s, keepalive_s))
         yield on_event(first)
@@ -284,26 +287,30 @@ class CoreStream:
                     last_write = time.monotonic()
                 continue
 
-            out: list[bytes] = []
-            for count in range(1, MAX_EVENTS_PER_WRITE + 1):
-                if item is END:
-                    out.append(finish())
-                    yield b"".join(out)
-                    return
-                if isinstance(item, BaseException):
-                    if not isinstance(item, grpc.RpcError):
-                        log.error("core stream failed (request_id=%s): %r", self.request_id, item)
-                    out.append(on_error(self._error(item)))
-                    yield b"".join(out)
-                    return
-                out.append(on_event(item))
-                if count == MAX_EVENTS_PER_WRITE:
-                    break  # write now; the rest is picked up by the next get()
+            batch: list = []  # the events already queued, up to MAX_EVENTS_PER_WRITE
+            while item is not END and not isinstance(item, BaseException):
+                batch.append(item)
+                if len(batch) == MAX_EVENTS_PER_WRITE:
+                    item = None  # write now; the rest is picked up by the next get()
+                    break
                 try:
                     item = pump.get(timeout=0)
                 except queue.Empty:
+                    item = None
                     break
+            if merge is not None and len(batch) > 1:
+                batch = merge(batch)
+            out = [on_event(ev) for ev in batch]
+            if item is END:
+                out.append(finish())
+            elif item is not None:
+                if not isinstance(item, grpc.RpcError):
+                    log.error("core stream failed (request_id=%s): %r", self.request_id, item)
+                out.append(on_error(self._error(item)))
             data = b"".join(out)
+            if item is not None:
+                yield data
+                return
             if data:
                 yield data
                 last_write = time.monotonic()

@@ -13,6 +13,7 @@ from functools import partial
 
 from flask import Blueprint, request
 
+from genapi.deltas import coalesce
 from shim import sse
 from shim.body import read_json_object
 from shim.errors import from_grpc_error, json_response
@@ -53,11 +54,12 @@ def create_chat_completion():
     legacy = uses_legacy_functions(body)
     if body.get("stream"):
         builder = ChatChunkBuilder(model=body["model"], n=n, logprobs=logprobs,
-                                   include_usage=include_usage_requested(body), legacy_functions=legacy)
+                                   include_usage=include_usage_requested(body), legacy_functions=legacy,
+                                   prebuilt=True)
         frames = sse.obfuscated_frames if include_obfuscation_requested(body) else sse.frames
         return stream.sse_response(first, on_event=lambda event: frames(builder.on_event(event)),
                                    finish=lambda: frames(builder.finish()) + sse.DONE,
-                                   keepalive_s=cfg.keepalive_s)
+                                   keepalive_s=cfg.keepalive_s, merge=coalesce)
 
     acc = ChatCompletionAccumulator(model=body["model"], n=n, logprobs=logprobs, legacy_functions=legacy)
     stream.drain(first, acc.add)
