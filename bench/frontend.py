@@ -20,6 +20,7 @@ gRPC of tokens/s. `--nonstream N` also measures the shim's CPU per non-streamed 
     .venv/bin/python bench/frontend.py --levels 1,64,256,1024 --tokens 200
     .venv/bin/python bench/frontend.py --step-ms 0            # engine as fast as the pipe: ceilings
     .venv/bin/python bench/frontend.py --py-spy /tmp/prof     # py-spy record of each server process
+    .venv/bin/python bench/frontend.py --root /tmp/before     # another checkout's core and shim
 """
 from __future__ import annotations
 
@@ -39,10 +40,13 @@ from common import ROOT, free_port, grpc_ready, http_ready, pct, prompts, runnin
 MODEL = "rate"
 CLK = os.sysconf("SC_CLK_TCK")
 
+# Run from the checkout `root` (for before/after runs): its genapi, server and shim.
+IN_ROOT = "import os, sys; os.chdir({root!r}); sys.path.insert(0, os.getcwd()); "
 # Registers the rate engine in place of the torch backend, in the core's process only.
-CORE_MAIN = ("import sys; from genapi.config import Task; import server.registry as r; "
+CORE_MAIN = ("from genapi.config import Task; import server.registry as r; "
              "r.BACKENDS[(Task.CHAT, 'torch')] = 'bench.token_rate_engine:RateEngine'; "
              "from genapi.cli import main; main(sys.argv[1:])")
+SHIM_MAIN = "from genapi.cli import main; main(sys.argv[1:])"
 
 
 def write_config(workers: int, threads: int, max_batch: int) -> Path:
@@ -213,6 +217,8 @@ def main():
                     "request (0 to skip)")
     ap.add_argument("--py-spy", type=Path, default=None, help="record each server process with py-spy "
                     "(raw folded stacks) into this directory during the streaming levels")
+    ap.add_argument("--root", type=Path, default=ROOT, help="checkout whose core and shim run (before/after; it "
+                    "needs bench/token_rate_engine.py, its generated stubs and models/tiny-chat)")
     ap.add_argument("--summary", type=Path, default=None, help="also append the output lines to this file")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -221,12 +227,14 @@ def main():
     port, gport = free_port(), free_port()
     base, target = f"http://127.0.0.1:{port}", f"127.0.0.1:{gport}"
     env = {**os.environ, "GENAPI_BENCH_STEP_MS": str(args.step_ms), "GENAPI_LOG_LEVEL": "warning"}
-    core_argv = [sys.executable, "-c", CORE_MAIN, "core", "--config", str(cfg), "--grpc-port", str(gport)]
-    shim_argv = [sys.executable, "-m", "genapi", "shim", "--config", str(cfg), "--port", str(port),
-                 "--core", target]
+    root = str(args.root.resolve())
+    core_argv = [sys.executable, "-c", IN_ROOT.format(root=root) + CORE_MAIN, "core", "--config", str(cfg),
+                 "--grpc-port", str(gport)]
+    shim_argv = [sys.executable, "-c", IN_ROOT.format(root=root) + SHIM_MAIN, "shim", "--config", str(cfg),
+                 "--port", str(port), "--core", target]
     if args.summary:
         sys.stdout = Tee(sys.stdout, open(args.summary, "a"))
-    print(f"bench/frontend.py: engine step {args.step_ms} ms, {args.tokens} tokens per stream, "
+    print(f"bench/frontend.py ({root}): engine step {args.step_ms} ms, {args.tokens} tokens per stream, "
           f"{args.workers} shim worker(s), levels {levels}")
     with running(core_argv, grpc_ready(target), env=env, log_name="bench-frontend-core.log") as core, \
             running(shim_argv, http_ready(f"{base}/health"), env=env, log_name="bench-frontend-shim.log") as shim:
