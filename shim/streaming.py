@@ -2,7 +2,10 @@
 
 `EventPump` drains the call on a daemon thread into a queue, so the request thread can
 wait with a timeout (keep-alive frames, disconnect checks) instead of blocking inside
-grpc. `client_gone(environ)` tells whether the HTTP client has closed its socket.
+grpc; an endpoint can have it hand the call over to the request thread once tokens flow
+(`hand_off`), when events come often enough that waiting on grpc is no longer a problem
+and the hand-over per event would be the main cost. `client_gone(environ)` tells whether
+the HTTP client has closed its socket.
 
 `CoreStream` is what a streaming endpoint uses on top of them: it awaits the first event
 (the HTTP status is decided before the first byte), then either drains the call into an
@@ -30,6 +33,7 @@ from shim.errors import GENERIC_MESSAGES, APIError, from_grpc_error
 log = logging.getLogger("genapi.shim")
 
 END = object()  # the stream finished (after its last event or its error)
+HANDOFF = object()  # the pump stopped reading: the request thread reads the call itself now
 
 POLL_S = 0.25  # how often a waiting request checks for a vanished client
 MAX_EVENTS_PER_WRITE = 64  # events already queued are coalesced into one write
@@ -37,28 +41,58 @@ MAX_EVENTS_PER_WRITE = 64  # events already queued are coalesced into one write
 
 class EventPump:
     """Reads `call` on a daemon thread. `get()` returns an event, the RpcError that
-    ended the call, or END; it raises queue.Empty when nothing arrived in time."""
+    ended the call, or END; it raises queue.Empty when nothing arrived in time.
 
-    def __init__(self, call, record=None):
+    `hand_off(event)`, when given, is asked after each event: once it is true the pump
+    stops reading, `get()` returns HANDOFF after that event, and the request thread reads
+    the rest itself with `direct()`. The pump is for the wait before the first token
+    (keep-alive frames, a client leaving while the request queues); once tokens flow, one
+    thread handing each event to another costs more CPU than the event itself
+    (bench/frontend.py)."""
+
+    def __init__(self, call, record=None, hand_off: Callable[[Any], bool] | None = None):
         self._call = call
+        self._events = iter(call)  # one iterator, read by the pump, then (after HANDOFF) by direct()
         self._record = record  # shim.observe.RequestRecord: usage and first-token time
+        self._hand_off = hand_off
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="grpc-pump", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        handed_off = False
         try:
-            for event in self._call:
+            for event in self._events:
                 if self._record is not None:
                     self._record.on_event(event)
                 self._queue.put(event)
+                if self._hand_off is not None and self._hand_off(event):
+                    handed_off = True
+                    self._queue.put(HANDOFF)
+                    return
         except grpc.RpcError as e:
             self._queue.put(e)
         except Exception as e:  # never let the thread die silently
             log.exception("reading the core stream failed")
             self._queue.put(e)
         finally:
-            self._queue.put(END)
+            if not handed_off:
+                self._queue.put(END)
+
+    def direct(self) -> Iterator[Any]:
+        """After HANDOFF, on the request thread: the rest of the call's events, then the
+        RpcError that ended it (if one did), then END."""
+        try:
+            for event in self._events:
+                if self._record is not None:
+                    self._record.on_event(event)
+                yield event
+        except grpc.RpcError as e:
+            yield e
+        except Exception as e:
+            log.exception("reading the core stream failed")
+            yield e
+        yield END
 
     def get(self, timeout: float):
         return self._queue.get(timeout=timeout)
@@ -181,12 +215,13 @@ class CoreStream:
     """
 
     def __init__(self, call, *, environ: dict, request_id: str | None, map_error: ErrorMapper = from_grpc_error,
-                 poll_s: float = POLL_S):
+                 poll_s: float = POLL_S, hand_off: Callable[[Any], bool] | None = None):
         self.request_id = request_id
         self.environ = environ
         self.poll_s = poll_s
         self._map_error = map_error
-        self._pump = EventPump(call, observe.current_record())
+        self._pump = EventPump(call, observe.current_record(), hand_off)
+        self._direct: Iterator[Any] | None = None  # after the pump's HANDOFF: pump.direct()
         self._watch = DisconnectWatch(environ, poll_s)
 
     def cancel(self) -> None:
@@ -201,12 +236,18 @@ class CoreStream:
     def _next(self):
         """The next event or END; raises ClientClosed, or the APIError of a failed call."""
         while True:
-            try:
-                item = self._pump.get(timeout=self.poll_s)
-            except queue.Empty:
-                if self._watch.gone(force=True):
-                    raise ClientClosed() from None
-                continue
+            if self._direct is not None:
+                item = next(self._direct)
+            else:
+                try:
+                    item = self._pump.get(timeout=self.poll_s)
+                except queue.Empty:
+                    if self._watch.gone(force=True):
+                        raise ClientClosed() from None
+                    continue
+                if item is HANDOFF:
+                    self._direct = self._pump.direct()
+                    continue
             if self._watch.gone():
                 raise ClientClosed()
             if isinstance(item, BaseException):
@@ -255,10 +296,11 @@ class CoreStream:
         """Streaming: the 200 `text/event-stream` Response for this call.
 
         Its body writes `on_event(event)` for `first` and every later event (events
-        already queued are coalesced, up to MAX_EVENTS_PER_WRITE per write, and passed
+        already queued are written together, up to MAX_EVENTS_PER_WRITE per write, and passed
         through `merge(events) -> events` first when given, e.g. genapi.deltas.coalesce:
         several tokens in one SSE event when the client fell behind), a keep-alive
-        comment after `keepalive_s` without a write, and ends with `finish()` when the
+        comment after `keepalive_s` without a write (while the pump reads: with `hand_off`,
+        until the event it hands off after), and ends with `finish()` when the
         call completes, or with `on_error(api_error)` when it fails (default: an error
         frame, then `data: [DONE]`). A client gone mid-stream ends the body without
         more bytes; closing the body (gunicorn does, also on a failed write) cancels the
@@ -273,10 +315,16 @@ class CoreStream:
         yield on_event(first)
         last_write = time.monotonic()
         while True:
-            try:
-                item = pump.get(timeout=poll)
-            except queue.Empty:
-                item = None
+            if self._direct is not None:  # tokens flow: read on this thread, one event at a time
+                item = next(self._direct)
+            else:
+                try:
+                    item = pump.get(timeout=poll)
+                except queue.Empty:
+                    item = None
+                if item is HANDOFF:
+                    self._direct = pump.direct()
+                    continue
             if watch.gone(force=item is None):
                 log.info("client disconnected mid-stream (request_id=%s)", self.request_id)
                 pump.cancel()
@@ -290,12 +338,16 @@ class CoreStream:
             batch: list = []  # the events already queued, up to MAX_EVENTS_PER_WRITE
             while item is not END and not isinstance(item, BaseException):
                 batch.append(item)
-                if len(batch) == MAX_EVENTS_PER_WRITE:
+                if len(batch) == MAX_EVENTS_PER_WRITE or self._direct is not None:
                     item = None  # write now; the rest is picked up by the next get()
                     break
                 try:
                     item = pump.get(timeout=0)
                 except queue.Empty:
+                    item = None
+                    break
+                if item is HANDOFF:
+                    self._direct = pump.direct()
                     item = None
                     break
             if merge is not None and len(batch) > 1:

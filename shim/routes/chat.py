@@ -37,6 +37,11 @@ bp = Blueprint("chat", __name__)
 map_error = partial(from_grpc_error, not_found_param="model", not_found_code="model_not_found")
 
 
+def tokens_flow(event) -> bool:
+    """After `started` events come at the engine's pace: the request thread reads them."""
+    return event.WhichOneof("event") != "started"
+
+
 @bp.post("/v1/chat/completions")
 def create_chat_completion():
     body = validate_chat_request(read_json_object())
@@ -46,7 +51,8 @@ def create_chat_completion():
     proto = chat_request_to_proto(body, request_id)
 
     call = core().generation.Generate(proto, metadata=metadata(), timeout=cfg.request_timeout_s)
-    stream = CoreStream(call, environ=request.environ, request_id=request_id, map_error=map_error)
+    stream = CoreStream(call, environ=request.environ, request_id=request_id, map_error=map_error,
+                        hand_off=tokens_flow)
     first = stream.first()
 
     n = body.get("n") or 1
