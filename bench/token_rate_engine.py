@@ -32,7 +32,6 @@ PASSAGE = (
 TOKENS = re.findall(r" ?[A-Za-z]{1,5}|[^A-Za-z ]", PASSAGE)
 
 STEP_MS_ENV = "GENAPI_BENCH_STEP_MS"
-MAX_BATCH = 4096  # slots of the fake engine (the core's admission uses the model's max_batch)
 
 
 class RateLoop:

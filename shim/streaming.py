@@ -17,6 +17,7 @@ the same 499 (`ClientClosed`); one that goes away mid-stream cancels the call.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import select
 import socket
@@ -79,9 +80,13 @@ class EventPump:
             if not handed_off:
                 self._queue.put(END)
 
-    def direct(self) -> Iterator[Any]:
+    def direct(self, environ: dict | None = None) -> Iterator[Any]:
         """After HANDOFF, on the request thread: the rest of the call's events, then the
-        RpcError that ended it (if one did), then END."""
+        RpcError that ended it (if one did), then END. While it is read, the worker's
+        watchdog cancels the call if the client of `environ` goes away (the thread may
+        wait inside grpc for a long time: a paused or overloaded engine)."""
+        if environ is not None:
+            WATCHDOG.watch(self, environ)
         try:
             for event in self._events:
                 if self._record is not None:
@@ -92,6 +97,8 @@ class EventPump:
         except Exception as e:
             log.exception("reading the core stream failed")
             yield e
+        finally:
+            WATCHDOG.unwatch(self)
         yield END
 
     def get(self, timeout: float):
@@ -103,6 +110,7 @@ class EventPump:
 
     def cancel(self) -> None:
         """Cancels the call (no-op once it has finished); the pump thread then ends."""
+        WATCHDOG.unwatch(self)
         try:
             self._call.cancel()
         except Exception:  # pragma: no cover - defensive
@@ -111,6 +119,46 @@ class EventPump:
     def join(self, timeout: float | None = None) -> bool:
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+
+class Watchdog:
+    """One daemon thread per process that, every POLL_S, cancels the watched calls whose
+    HTTP client went away: for request threads that read their call themselves (after a
+    hand-off) and so cannot look at their socket while grpc holds them."""
+
+    def __init__(self, interval_s: float = POLL_S):
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._watched: dict[EventPump, dict] = {}
+        self._pid = 0  # the process whose thread runs (none survives a fork)
+
+    def watch(self, pump: "EventPump", environ: dict) -> None:
+        with self._lock:
+            self._watched[pump] = environ
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="disconnect-watchdog", daemon=True).start()
+
+    def unwatch(self, pump: "EventPump") -> None:
+        with self._lock:
+            self._watched.pop(pump, None)
+
+    def watched(self) -> int:
+        with self._lock:
+            return len(self._watched)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval_s)
+            with self._lock:
+                watched = list(self._watched.items())
+            for pump, environ in watched:
+                try:
+                    if client_gone(environ):
+                        self.unwatch(pump)
+                        pump.cancel()
+                except Exception:  # pragma: no cover - never let the watchdog die
+                    log.debug("watchdog check failed", exc_info=True)
 
 
 _POLL_GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
@@ -151,6 +199,9 @@ def send_immediately(environ: dict) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:  # not TCP (unix socket)
             pass
+
+
+WATCHDOG = Watchdog()
 
 
 def client_gone(environ: dict) -> bool:
@@ -246,9 +297,9 @@ class CoreStream:
                         raise ClientClosed() from None
                     continue
                 if item is HANDOFF:
-                    self._direct = self._pump.direct()
+                    self._direct = self._pump.direct(self.environ)
                     continue
-            if self._watch.gone():
+            if self._watch.gone(force=isinstance(item, BaseException)):  # (a watchdog's cancel)
                 raise ClientClosed()
             if isinstance(item, BaseException):
                 raise self._error(item)
@@ -323,9 +374,9 @@ class CoreStream:
                 except queue.Empty:
                     item = None
                 if item is HANDOFF:
-                    self._direct = pump.direct()
+                    self._direct = pump.direct(self.environ)
                     continue
-            if watch.gone(force=item is None):
+            if watch.gone(force=item is None or isinstance(item, BaseException)):
                 log.info("client disconnected mid-stream (request_id=%s)", self.request_id)
                 pump.cancel()
                 return
@@ -347,7 +398,7 @@ class CoreStream:
                     item = None
                     break
                 if item is HANDOFF:
-                    self._direct = pump.direct()
+                    self._direct = pump.direct(self.environ)
                     item = None
                     break
             if merge is not None and len(batch) > 1:

@@ -15,6 +15,7 @@ from shim.errors import APIError, error_envelope
 from shim.streaming import (
     END,
     HANDOFF,
+    WATCHDOG,
     MAX_EVENTS_PER_WRITE,
     ClientClosed,
     CoreStream,
@@ -311,6 +312,19 @@ def test_drain_and_sse_read_every_event_with_or_without_a_hand_off(hand_off):
     cs = core_stream(FakeStreamCall(["a", "b", "c", Failed(grpc.StatusCode.INTERNAL)]), hand_off=hand_off)
     raw = b"".join(body_chunks(cs.sse_response(cs.first(), on_event, finish, keepalive_s=10)))
     assert raw.startswith(b"<a><b><c>data: {") and raw.endswith(sse.DONE)
+
+
+def test_a_handed_off_stream_blocked_in_grpc_is_cancelled_when_its_client_leaves():
+    environ, conn = closed_client_environ()
+    call = FakeStreamCall(["a", "b"], block_at_end=True)  # then waits (a paused engine) until cancelled
+    cs = core_stream(call, environ={"gunicorn.socket": None}, hand_off=lambda ev: ev != "a")
+    cs.environ = environ  # the client leaves after its request was taken
+    body = cs.sse_response(cs.first(), on_event, finish, keepalive_s=10)
+    t0 = time.monotonic()
+    chunks = body_chunks(body)  # ends: the watchdog cancelled the call the thread waited in
+    assert call.cancelled.is_set() and time.monotonic() - t0 < 5
+    assert b"".join(chunks).startswith(b"<a><b>") and WATCHDOG.watched() == 0
+    conn.close()
 
 
 def test_sse_error_after_first_byte_is_an_error_frame_then_done():
