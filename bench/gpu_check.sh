@@ -47,7 +47,7 @@ STEPS=(
   "frontend|90|$PY bench/frontend.py --levels 256 --tokens 128 --nonstream 100"
 )
 # Lines of each step's log that go into the summary.
-RESULT_LINES='passed|failed|skipped|error|roofline|tok/s|streams|ratio|µs/token|non-streamed|TTFT|Traceback'
+RESULT_LINES='passed|failed|skipped|error|SKIPPED|FAILED|ERROR|roofline|tok/s|streams|ratio|µs/token|non-streamed|TTFT|Traceback'
 
 say() { printf '[gpu_check] %s\n' "$*"; }
 
@@ -67,6 +67,8 @@ prepare() {
 install() {  # $1 = 1: dry run (the wheels are for the GPU image's Python 3.12: listed, not installed)
   if [ "${1:-0}" = 1 ]; then
     say "dry run: $(ls "$WHEELS"/*.whl 2>/dev/null | wc -l) wheels in $WHEELS/ not installed"
+  elif "$PY" -c 'import flask, gunicorn, grpc_health, grpc_status, limits, jsonschema, xgrammar' 2>/dev/null; then
+    say "the service's dependencies are installed already: $WHEELS/ not needed"
   elif [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
       "$WHEELS"/*.whl || { say "installing $WHEELS/ failed"; exit 1; }
