@@ -57,10 +57,12 @@ def write_config(model_dir: Path, device: str, max_batch: int = 32, dtype: str =
 
 
 @contextlib.contextmanager
-def running(argv: list[str], ready, timeout_s: float = 600, log_name: str = "bench-service.log"):
-    """Starts a genapi process, waits until `ready()` is true, stops it afterwards."""
+def running(argv: list[str], ready, timeout_s: float = 600, log_name: str = "bench-service.log",
+            env: dict | None = None):
+    """Starts a genapi process (environment `env`, default ours), waits until `ready()` is
+    true, stops it afterwards."""
     log = open(Path(tempfile.gettempdir()) / log_name, "w")
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         deadline = time.monotonic() + timeout_s
         while not ready():

@@ -47,8 +47,15 @@ def loads_body(raw: bytes) -> Any:
         raise BodyParseError("the body contains a value that cannot be parsed") from None
 
 
+class RawJSON(str):
+    """JSON text already encoded exactly as `dumps` would encode its object (a fast path
+    that builds a document from pre-encoded parts); `dumps` passes it through."""
+
+
 def dumps(obj: Any) -> str:
     """Compact JSON whose UTF-8 encoding always succeeds."""
+    if isinstance(obj, RawJSON):
+        return str.__str__(obj)
     text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     try:
         text.encode("utf-8")

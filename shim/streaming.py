@@ -2,7 +2,10 @@
 
 `EventPump` drains the call on a daemon thread into a queue, so the request thread can
 wait with a timeout (keep-alive frames, disconnect checks) instead of blocking inside
-grpc. `client_gone(environ)` tells whether the HTTP client has closed its socket.
+grpc; an endpoint can have it hand the call over to the request thread once tokens flow
+(`hand_off`), when events come often enough that waiting on grpc is no longer a problem
+and the hand-over per event would be the main cost. `client_gone(environ)` tells whether
+the HTTP client has closed its socket.
 
 `CoreStream` is what a streaming endpoint uses on top of them: it awaits the first event
 (the HTTP status is decided before the first byte), then either drains the call into an
@@ -14,6 +17,7 @@ the same 499 (`ClientClosed`); one that goes away mid-stream cancels the call.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import select
 import socket
@@ -30,6 +34,7 @@ from shim.errors import GENERIC_MESSAGES, APIError, from_grpc_error
 log = logging.getLogger("genapi.shim")
 
 END = object()  # the stream finished (after its last event or its error)
+HANDOFF = object()  # the pump stopped reading: the request thread reads the call itself now
 
 POLL_S = 0.25  # how often a waiting request checks for a vanished client
 MAX_EVENTS_PER_WRITE = 64  # events already queued are coalesced into one write
@@ -37,28 +42,64 @@ MAX_EVENTS_PER_WRITE = 64  # events already queued are coalesced into one write
 
 class EventPump:
     """Reads `call` on a daemon thread. `get()` returns an event, the RpcError that
-    ended the call, or END; it raises queue.Empty when nothing arrived in time."""
+    ended the call, or END; it raises queue.Empty when nothing arrived in time.
 
-    def __init__(self, call, record=None):
+    `hand_off(event)`, when given, is asked after each event: once it is true the pump
+    stops reading, `get()` returns HANDOFF after that event, and the request thread reads
+    the rest itself with `direct()`. The pump is for the wait before the first token
+    (keep-alive frames, a client leaving while the request queues); once tokens flow, one
+    thread handing each event to another costs more CPU than the event itself
+    (bench/frontend.py)."""
+
+    def __init__(self, call, record=None, hand_off: Callable[[Any], bool] | None = None):
         self._call = call
+        self._events = iter(call)  # one iterator, read by the pump, then (after HANDOFF) by direct()
         self._record = record  # shim.observe.RequestRecord: usage and first-token time
+        self._hand_off = hand_off
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="grpc-pump", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        handed_off = False
         try:
-            for event in self._call:
+            for event in self._events:
                 if self._record is not None:
                     self._record.on_event(event)
                 self._queue.put(event)
+                if self._hand_off is not None and self._hand_off(event):
+                    handed_off = True
+                    self._queue.put(HANDOFF)
+                    return
         except grpc.RpcError as e:
             self._queue.put(e)
         except Exception as e:  # never let the thread die silently
             log.exception("reading the core stream failed")
             self._queue.put(e)
         finally:
-            self._queue.put(END)
+            if not handed_off:
+                self._queue.put(END)
+
+    def direct(self, environ: dict | None = None) -> Iterator[Any]:
+        """After HANDOFF, on the request thread: the rest of the call's events, then the
+        RpcError that ended it (if one did), then END. While it is read, the worker's
+        watchdog cancels the call if the client of `environ` goes away (the thread may
+        wait inside grpc for a long time: a paused or overloaded engine)."""
+        if environ is not None:
+            WATCHDOG.watch(self, environ)
+        try:
+            for event in self._events:
+                if self._record is not None:
+                    self._record.on_event(event)
+                yield event
+        except grpc.RpcError as e:
+            yield e
+        except Exception as e:
+            log.exception("reading the core stream failed")
+            yield e
+        finally:
+            WATCHDOG.unwatch(self)
+        yield END
 
     def get(self, timeout: float):
         return self._queue.get(timeout=timeout)
@@ -69,6 +110,7 @@ class EventPump:
 
     def cancel(self) -> None:
         """Cancels the call (no-op once it has finished); the pump thread then ends."""
+        WATCHDOG.unwatch(self)
         try:
             self._call.cancel()
         except Exception:  # pragma: no cover - defensive
@@ -77,6 +119,46 @@ class EventPump:
     def join(self, timeout: float | None = None) -> bool:
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+
+class Watchdog:
+    """One daemon thread per process that, every POLL_S, cancels the watched calls whose
+    HTTP client went away: for request threads that read their call themselves (after a
+    hand-off) and so cannot look at their socket while grpc holds them."""
+
+    def __init__(self, interval_s: float = POLL_S):
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._watched: dict[EventPump, dict] = {}
+        self._pid = 0  # the process whose thread runs (none survives a fork)
+
+    def watch(self, pump: "EventPump", environ: dict) -> None:
+        with self._lock:
+            self._watched[pump] = environ
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="disconnect-watchdog", daemon=True).start()
+
+    def unwatch(self, pump: "EventPump") -> None:
+        with self._lock:
+            self._watched.pop(pump, None)
+
+    def watched(self) -> int:
+        with self._lock:
+            return len(self._watched)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval_s)
+            with self._lock:
+                watched = list(self._watched.items())
+            for pump, environ in watched:
+                try:
+                    if client_gone(environ):
+                        self.unwatch(pump)
+                        pump.cancel()
+                except Exception:  # pragma: no cover - never let the watchdog die
+                    log.debug("watchdog check failed", exc_info=True)
 
 
 _POLL_GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
@@ -117,6 +199,9 @@ def send_immediately(environ: dict) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:  # not TCP (unix socket)
             pass
+
+
+WATCHDOG = Watchdog()
 
 
 def client_gone(environ: dict) -> bool:
@@ -181,12 +266,13 @@ class CoreStream:
     """
 
     def __init__(self, call, *, environ: dict, request_id: str | None, map_error: ErrorMapper = from_grpc_error,
-                 poll_s: float = POLL_S):
+                 poll_s: float = POLL_S, hand_off: Callable[[Any], bool] | None = None):
         self.request_id = request_id
         self.environ = environ
         self.poll_s = poll_s
         self._map_error = map_error
-        self._pump = EventPump(call, observe.current_record())
+        self._pump = EventPump(call, observe.current_record(), hand_off)
+        self._direct: Iterator[Any] | None = None  # after the pump's HANDOFF: pump.direct()
         self._watch = DisconnectWatch(environ, poll_s)
 
     def cancel(self) -> None:
@@ -201,13 +287,19 @@ class CoreStream:
     def _next(self):
         """The next event or END; raises ClientClosed, or the APIError of a failed call."""
         while True:
-            try:
-                item = self._pump.get(timeout=self.poll_s)
-            except queue.Empty:
-                if self._watch.gone(force=True):
-                    raise ClientClosed() from None
-                continue
-            if self._watch.gone():
+            if self._direct is not None:
+                item = next(self._direct)
+            else:
+                try:
+                    item = self._pump.get(timeout=self.poll_s)
+                except queue.Empty:
+                    if self._watch.gone(force=True):
+                        raise ClientClosed() from None
+                    continue
+                if item is HANDOFF:
+                    self._direct = self._pump.direct(self.environ)
+                    continue
+            if self._watch.gone(force=isinstance(item, BaseException)):  # (a watchdog's cancel)
                 raise ClientClosed()
             if isinstance(item, BaseException):
                 raise self._error(item)
@@ -250,31 +342,41 @@ class CoreStream:
             self.cancel()  # no-op when the call completed
 
     def sse_response(self, first, on_event: Callable[[Any], bytes], finish: Callable[[], bytes],
-                     keepalive_s: float, on_error: Callable[[APIError], bytes] = error_frames) -> Response:
+                     keepalive_s: float, on_error: Callable[[APIError], bytes] = error_frames,
+                     merge: Callable[[list], list] | None = None) -> Response:
         """Streaming: the 200 `text/event-stream` Response for this call.
 
         Its body writes `on_event(event)` for `first` and every later event (events
-        already queued are coalesced, up to MAX_EVENTS_PER_WRITE per write), a keep-alive
-        comment after `keepalive_s` without a write, and ends with `finish()` when the
+        already queued are written together, up to MAX_EVENTS_PER_WRITE per write, and passed
+        through `merge(events) -> events` first when given, e.g. genapi.deltas.coalesce:
+        several tokens in one SSE event when the client fell behind), a keep-alive
+        comment after `keepalive_s` without a write (while the pump reads: with `hand_off`,
+        until the event it hands off after), and ends with `finish()` when the
         call completes, or with `on_error(api_error)` when it fails (default: an error
         frame, then `data: [DONE]`). A client gone mid-stream ends the body without
         more bytes; closing the body (gunicorn does, also on a failed write) cancels the
         call even when it never started iterating."""
         send_immediately(self.environ)
-        events = self._sse_events(first, on_event, finish, on_error, keepalive_s)
+        events = self._sse_events(first, on_event, finish, on_error, keepalive_s, merge)
         return Response(SSEBody(events, self._pump), status=200, content_type=sse.CONTENT_TYPE, headers=sse.HEADERS)
 
-    def _sse_events(self, first, on_event, finish, on_error, keepalive_s: float) -> Iterator[bytes]:
+    def _sse_events(self, first, on_event, finish, on_error, keepalive_s: float, merge=None) -> Iterator[bytes]:
         pump, watch = self._pump, self._watch
         poll = max(0.01, min(self.poll_s, keepalive_s))
         yield on_event(first)
         last_write = time.monotonic()
         while True:
-            try:
-                item = pump.get(timeout=poll)
-            except queue.Empty:
-                item = None
-            if watch.gone(force=item is None):
+            if self._direct is not None:  # tokens flow: read on this thread, one event at a time
+                item = next(self._direct)
+            else:
+                try:
+                    item = pump.get(timeout=poll)
+                except queue.Empty:
+                    item = None
+                if item is HANDOFF:
+                    self._direct = pump.direct(self.environ)
+                    continue
+            if watch.gone(force=item is None or isinstance(item, BaseException)):
                 log.info("client disconnected mid-stream (request_id=%s)", self.request_id)
                 pump.cancel()
                 return
@@ -284,26 +386,34 @@ class CoreStream:
                     last_write = time.monotonic()
                 continue
 
-            out: list[bytes] = []
-            for count in range(1, MAX_EVENTS_PER_WRITE + 1):
-                if item is END:
-                    out.append(finish())
-                    yield b"".join(out)
-                    return
-                if isinstance(item, BaseException):
-                    if not isinstance(item, grpc.RpcError):
-                        log.error("core stream failed (request_id=%s): %r", self.request_id, item)
-                    out.append(on_error(self._error(item)))
-                    yield b"".join(out)
-                    return
-                out.append(on_event(item))
-                if count == MAX_EVENTS_PER_WRITE:
-                    break  # write now; the rest is picked up by the next get()
+            batch: list = []  # the events already queued, up to MAX_EVENTS_PER_WRITE
+            while item is not END and not isinstance(item, BaseException):
+                batch.append(item)
+                if len(batch) == MAX_EVENTS_PER_WRITE or self._direct is not None:
+                    item = None  # write now; the rest is picked up by the next get()
+                    break
                 try:
                     item = pump.get(timeout=0)
                 except queue.Empty:
+                    item = None
                     break
+                if item is HANDOFF:
+                    self._direct = pump.direct(self.environ)
+                    item = None
+                    break
+            if merge is not None and len(batch) > 1:
+                batch = merge(batch)
+            out = [on_event(ev) for ev in batch]
+            if item is END:
+                out.append(finish())
+            elif item is not None:
+                if not isinstance(item, grpc.RpcError):
+                    log.error("core stream failed (request_id=%s): %r", self.request_id, item)
+                out.append(on_error(self._error(item)))
             data = b"".join(out)
+            if item is not None:
+                yield data
+                return
             if data:
                 yield data
                 last_write = time.monotonic()

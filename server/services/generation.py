@@ -14,6 +14,7 @@ from genapi.v1 import generation_service_pb2 as pb
 from genapi.v1 import generation_service_pb2_grpc as pb_grpc
 
 from genapi.config import Task
+from genapi.deltas import coalesce
 from genapi.untrusted import clip
 
 from ..chat.events import ChatEvents
@@ -166,15 +167,26 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             await context.write(pb.GenerateResponse(
                 usage=usage, started=pb.Started(request_id=rid, model=request.model, max_tokens=gen.max_tokens)))
             last_token_at = None
+            ttft, itl = metrics.TTFT.labels(request.model), metrics.ITL.labels(request.model)
+            take_ready = getattr(events, "take_ready", None)
             async for ev in events:
-                if tokens := getattr(ev, "num_tokens", 0):
+                # Events that piled up while the last write waited go out together, their
+                # text deltas merged once the backlog says the reader is behind
+                # (genapi/deltas.py): fewer, larger messages instead of an unbounded backlog.
+                batch = [ev, *take_ready()] if take_ready is not None else [ev]
+                if tokens := sum(getattr(e, "num_tokens", 0) for e in batch):
                     now = time.perf_counter()
                     if last_token_at is None:
-                        metrics.TTFT.labels(request.model).observe(now - t0)
+                        ttft.observe(now - t0)
                     else:
-                        metrics.ITL.labels(request.model).observe((now - last_token_at) / tokens)
+                        itl.observe((now - last_token_at) / tokens)
                     last_token_at = now
-                for response in mapper.on_event(ev):
+                responses = []
+                for e in batch:
+                    responses += mapper.on_event(e)
+                    if mapper.done:
+                        break
+                for response in coalesce(responses, len(batch)):
                     await context.write(response)
                 if mapper.done:  # every choice made its one tool call: end the engine request
                     break

@@ -13,6 +13,7 @@ from functools import partial
 
 from flask import Blueprint, request
 
+from genapi.deltas import coalesce
 from shim import sse
 from shim.body import read_json_object
 from shim.errors import from_grpc_error, json_response
@@ -36,6 +37,11 @@ bp = Blueprint("chat", __name__)
 map_error = partial(from_grpc_error, not_found_param="model", not_found_code="model_not_found")
 
 
+def tokens_flow(event) -> bool:
+    """After `started` events come at the engine's pace: the request thread reads them."""
+    return event.WhichOneof("event") != "started"
+
+
 @bp.post("/v1/chat/completions")
 def create_chat_completion():
     body = validate_chat_request(read_json_object())
@@ -45,7 +51,8 @@ def create_chat_completion():
     proto = chat_request_to_proto(body, request_id)
 
     call = core().generation.Generate(proto, metadata=metadata(), timeout=cfg.request_timeout_s)
-    stream = CoreStream(call, environ=request.environ, request_id=request_id, map_error=map_error)
+    stream = CoreStream(call, environ=request.environ, request_id=request_id, map_error=map_error,
+                        hand_off=tokens_flow)
     first = stream.first()
 
     n = body.get("n") or 1
@@ -53,11 +60,12 @@ def create_chat_completion():
     legacy = uses_legacy_functions(body)
     if body.get("stream"):
         builder = ChatChunkBuilder(model=body["model"], n=n, logprobs=logprobs,
-                                   include_usage=include_usage_requested(body), legacy_functions=legacy)
+                                   include_usage=include_usage_requested(body), legacy_functions=legacy,
+                                   prebuilt=True)
         frames = sse.obfuscated_frames if include_obfuscation_requested(body) else sse.frames
         return stream.sse_response(first, on_event=lambda event: frames(builder.on_event(event)),
                                    finish=lambda: frames(builder.finish()) + sse.DONE,
-                                   keepalive_s=cfg.keepalive_s)
+                                   keepalive_s=cfg.keepalive_s, merge=coalesce)
 
     acc = ChatCompletionAccumulator(model=body["model"], n=n, logprobs=logprobs, legacy_functions=legacy)
     stream.drain(first, acc.add)

@@ -111,3 +111,24 @@ def test_a_constrained_stream_is_ready_once_its_grammar_compiled_or_refused():
     asyncio.run(run())
     assert kinds(sent) == ["Submit"] * 3  # nothing left to abort
     assert eng.stats().requests_rejected == 1
+
+
+def test_take_ready_returns_what_piled_up_and_the_error_after_it_comes_next():
+    eng, _ = engine()
+
+    async def run():
+        s = eng.generate(request("a"))
+        assert s.take_ready() == []
+        for i in range(3):  # three steps arrived while the reader was busy
+            eng._on_step(Step(events={"a": [TextEvent(0, str(i), 1)]}, admitted=["a"] if i == 0 else []))
+        eng._on_step(Step(ended={"a": "the engine process exited"}))
+        await asyncio.sleep(0)  # the reader thread's one wake-up per step is delivered
+        first = await s.__anext__()
+        assert [first.text] + [e.text for e in s.take_ready()] == ["0", "1", "2"]
+        assert s.take_ready() == []
+        with pytest.raises(Exception, match="engine process exited"):
+            await s.__anext__()
+        with pytest.raises(StopAsyncIteration):
+            await s.__anext__()
+        await close_events(s)
+    asyncio.run(run())

@@ -14,6 +14,8 @@ from shim import sse
 from shim.errors import APIError, error_envelope
 from shim.streaming import (
     END,
+    HANDOFF,
+    WATCHDOG,
     MAX_EVENTS_PER_WRITE,
     ClientClosed,
     CoreStream,
@@ -90,6 +92,14 @@ def test_pump_unexpected_exception_is_reported():
     boom = ValueError("boom")
     pump = EventPump(FakeStreamCall([boom]))
     assert drain(pump) == [boom, END]
+
+
+def test_pump_hands_the_call_over_after_the_first_event_that_asks():
+    pump = EventPump(FakeStreamCall(["started", "t1", "t2", Cancelled()]), hand_off=lambda ev: ev != "started")
+    assert [pump.get(timeout=2) for _ in range(3)] == ["started", "t1", HANDOFF]
+    assert pump.join(1)  # the pump thread is gone: the request thread reads on
+    rest = list(pump.direct())
+    assert rest[0] == "t2" and isinstance(rest[1], Cancelled) and rest[2] is END
 
 
 def tcp_pair():
@@ -182,9 +192,9 @@ def mapped(calls):
     return map_error
 
 
-def core_stream(call, environ=None, calls=None, poll_s=0.02):
+def core_stream(call, environ=None, calls=None, poll_s=0.02, hand_off=None):
     return CoreStream(call, environ=environ or {}, request_id="rid-1", map_error=mapped([] if calls is None else calls),
-                      poll_s=poll_s)
+                      poll_s=poll_s, hand_off=hand_off)
 
 
 def closed_client_environ():
@@ -291,6 +301,30 @@ def test_sse_response_headers_and_body():
     assert resp.headers["Content-Type"] == sse.CONTENT_TYPE
     assert resp.headers["Cache-Control"] == "no-cache" and resp.headers["X-Accel-Buffering"] == "no"
     assert b"".join(body_chunks(resp)) == b"<a><b><fin>" + sse.DONE
+
+
+@pytest.mark.parametrize("hand_off", [None, lambda ev: ev != "a"])
+def test_drain_and_sse_read_every_event_with_or_without_a_hand_off(hand_off):
+    cs = core_stream(FakeStreamCall(["a", "b", "c", "d"]), hand_off=hand_off)
+    got = []
+    cs.drain(cs.first(), got.append)
+    assert got == ["a", "b", "c", "d"]
+    cs = core_stream(FakeStreamCall(["a", "b", "c", Failed(grpc.StatusCode.INTERNAL)]), hand_off=hand_off)
+    raw = b"".join(body_chunks(cs.sse_response(cs.first(), on_event, finish, keepalive_s=10)))
+    assert raw.startswith(b"<a><b><c>data: {") and raw.endswith(sse.DONE)
+
+
+def test_a_handed_off_stream_blocked_in_grpc_is_cancelled_when_its_client_leaves():
+    environ, conn = closed_client_environ()
+    call = FakeStreamCall(["a", "b"], block_at_end=True)  # then waits (a paused engine) until cancelled
+    cs = core_stream(call, environ={"gunicorn.socket": None}, hand_off=lambda ev: ev != "a")
+    cs.environ = environ  # the client leaves after its request was taken
+    body = cs.sse_response(cs.first(), on_event, finish, keepalive_s=10)
+    t0 = time.monotonic()
+    chunks = body_chunks(body)  # ends: the watchdog cancelled the call the thread waited in
+    assert call.cancelled.is_set() and time.monotonic() - t0 < 5
+    assert b"".join(chunks).startswith(b"<a><b>") and WATCHDOG.watched() == 0
+    conn.close()
 
 
 def test_sse_error_after_first_byte_is_an_error_frame_then_done():

@@ -74,6 +74,7 @@ class RequestStream:
         self._queue = queue
         self._buffer: collections.deque = collections.deque()
         self._ended = False  # the engine said the request ended (finished or failed)
+        self._error: Exception | None = None  # what ended it, taken by take_ready, raised after its events
         self._accepted = not constrained
 
     def __aiter__(self):
@@ -81,10 +82,31 @@ class RequestStream:
 
     async def __anext__(self):
         while not self._buffer:
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
             if self._ended:
                 raise StopAsyncIteration
             self._take(await self._queue.get())
         return self._buffer.popleft()
+
+    def take_ready(self) -> list:
+        """The events already here, without waiting (Generator streams may have it: the
+        core sends them together when it fell behind). An error or the end that follows
+        them is reported by the next `__anext__`."""
+        while self._error is None and not self._ended:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if isinstance(item, Exception):
+                self._ended = True
+                self._error = item
+            else:
+                self._take(item)
+        out = list(self._buffer)
+        self._buffer.clear()
+        return out
 
     async def ready(self) -> None:
         while not (self._accepted or self._ended):
@@ -308,18 +330,33 @@ class TorchEngine(EngineBase):
                 else:
                     self._stats.requests_aborted += 1
             live = {rid: self._streams.get(rid) or finished.get(rid) for rid in [*events, *accepted]}
+        # One wake-up of each event loop per step, not one per request: at a few hundred
+        # requests per step the self-pipe writes alone cost more than the events.
+        puts: dict[asyncio.AbstractEventLoop, list] = {}
         for rid in accepted:
             if st := live[rid]:
-                st.loop.call_soon_threadsafe(st.queue.put_nowait, _ACCEPTED)
+                puts.setdefault(st.loop, []).append((st.queue, _ACCEPTED))
         for rid, evs in events.items():
             if st := live[rid]:
-                st.loop.call_soon_threadsafe(st.queue.put_nowait, evs)
+                puts.setdefault(st.loop, []).append((st.queue, evs))
         for rid, st in finished.items():
             if st is None:
                 continue
+            put = puts.setdefault(st.loop, []).append
             outcome = ended[rid]
             if isinstance(outcome, Rejected):
-                st.loop.call_soon_threadsafe(st.queue.put_nowait, EngineInvalidRequest(outcome.message, outcome.param))
+                put((st.queue, EngineInvalidRequest(outcome.message, outcome.param)))
             elif outcome not in ("finished", "aborted"):
-                st.loop.call_soon_threadsafe(st.queue.put_nowait, EngineError(outcome))
-            st.loop.call_soon_threadsafe(st.queue.put_nowait, None)
+                put((st.queue, EngineError(outcome)))
+            put((st.queue, None))
+        for loop, items in puts.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # that loop is closed (shutdown): nobody is waiting
+                pass
+
+
+def _put_all(items: list) -> None:
+    """In the event loop: each (queue, item), in order."""
+    for queue, item in items:
+        queue.put_nowait(item)
