@@ -20,6 +20,10 @@ SUPPORTED_MIME_TYPES = frozenset({"image/png", "image/jpeg", "image/jpg", "image
 _GENERIC_MIME_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 _SUPPORTED_TEXT = "PNG, JPEG, WebP or GIF"
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+# Longest side kept after decoding: every vision processor served here resizes far below
+# it (LLaVA 336, Pixtral/Mistral 3 at most 1540, Qwen2-VL's default max ~1.3k), so a
+# 40-megapixel upload costs its decode, then a few MB, not hundreds per colour copy.
+WORKING_SIDE = 2048
 
 
 def check_mime_type(mime_type: str) -> None:
@@ -32,7 +36,7 @@ def check_mime_type(mime_type: str) -> None:
 
 def decode_image(data: bytes, policy: MediaPolicy, mime_type: str = ""):
     """Bytes -> a fully loaded RGB `PIL.Image.Image` (transparent pixels on white; EXIF
-    orientation applied). MediaError for an unsupported declared MIME type, bytes that
+    orientation applied; longest side at most WORKING_SIDE). MediaError for an unsupported declared MIME type, bytes that
     are not a supported image, more than `policy.max_image_pixels` pixels, a side over
     `policy.max_image_side`, an aspect ratio over `policy.max_image_aspect` (all three
     read from the header before any pixel is decoded), or data that does not decode
@@ -66,12 +70,15 @@ def decode_image(data: bytes, policy: MediaPolicy, mime_type: str = ""):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 img.seek(0)
+                img.draft("RGB", (WORKING_SIDE, WORKING_SIDE))  # JPEG: decode at a reduced scale
                 img.load()
                 img = ImageOps.exif_transpose(img) or img
                 if img.mode in _SIXTEEN_BIT_MODES:  # 16-bit grayscale PNG: 0..65535, not 0..255
                     import numpy as np
 
                     img = Image.fromarray((np.asarray(img, dtype=np.float32) / 257).clip(0, 255).astype(np.uint8), "L")
+                if max(img.size) > WORKING_SIDE:
+                    img.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.BICUBIC)  # in place, before any copy
                 if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
                     rgba = img.convert("RGBA")
                     background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -9,6 +9,7 @@ e.g. "messages[0].content[1]", and answers INVALID_ARGUMENT).
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 import numpy as np
 
@@ -53,7 +54,21 @@ async def load_image(part, policy: MediaPolicy):
     refused URL, a failed fetch, bad base64, an unsupported type or a bad image."""
     data, mime = await image_bytes(part, policy)
     check_mime_type(mime)
-    return await asyncio.to_thread(decode_image, data, policy, mime)
+    async with _decode_slots():  # decoded pixels are the big allocation: a few at a time, core-wide
+        return await asyncio.to_thread(decode_image, data, policy, mime)
+
+
+# Images decoded at once in one core (its event loop), whatever the requests: a full-size
+# decode of a 40-megapixel image is ~160 MB before it is scaled down.
+MAX_CONCURRENT_DECODES = 2
+_DECODE_SLOTS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]" = weakref.WeakKeyDictionary()
+
+
+def _decode_slots() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    if (slots := _DECODE_SLOTS.get(loop)) is None:
+        slots = _DECODE_SLOTS[loop] = asyncio.Semaphore(MAX_CONCURRENT_DECODES)
+    return slots
 
 
 async def load_images(parts, policy: MediaPolicy) -> list:

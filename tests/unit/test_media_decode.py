@@ -68,6 +68,44 @@ def test_supported_formats_decode_to_rgb(fmt, mime):
         assert all(abs(a - b) <= 12 for a, b in zip(image.getpixel((3, 2)), RED))
 
 
+@pytest.mark.parametrize("mode, fmt", [("L", "PNG"), ("RGBA", "PNG"), ("P", "PNG"), ("I;16", "PNG"), ("RGB", "JPEG")])
+def test_large_images_are_scaled_down_once_decoded(mode, fmt):
+    """A many-megapixel upload within the caps ends at WORKING_SIDE before any colour copy
+    (a 40-megapixel image would otherwise hold hundreds of MB per copy)."""
+    from server.media.image import WORKING_SIDE
+
+    out = decode_image(encode(Image.new(mode, (6000, 3000)), fmt), POLICY)
+    assert out.mode == "RGB" and out.size == (WORKING_SIDE, WORKING_SIDE // 2)
+    small = decode_image(encode(Image.new(mode, (640, 320)), fmt), POLICY)
+    assert small.size == (640, 320)  # smaller ones are untouched
+
+
+def test_decodes_run_a_few_at_a_time_whatever_the_requests():
+    import server.media.resolve as resolve
+
+    running, peak = 0, 0
+    real = resolve.decode_image
+
+    def counting(*a):
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            return real(*a)
+        finally:
+            running -= 1
+    part = content_pb2.ImagePart(data=encode(Image.new("RGB", (800, 800)), "PNG"), mime_type="image/png")
+
+    async def go():
+        return await asyncio.gather(*(resolve.load_image(part, POLICY) for _ in range(12)))
+    resolve.decode_image = counting
+    try:
+        assert len(asyncio.run(go())) == 12
+    finally:
+        resolve.decode_image = real
+    assert 1 <= peak <= resolve.MAX_CONCURRENT_DECODES
+
+
 def test_gif_gives_its_first_frame_and_transparency_becomes_white():
     frames = [Image.new("RGB", (4, 4), c) for c in (RED, (0, 0, 255))]
     raw = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
