@@ -35,6 +35,19 @@ def check_mime_type(mime_type: str) -> None:
 
 
 def decode_image(data: bytes, policy: MediaPolicy, mime_type: str = ""):
+    """See _decode_image; its MediaError comes without a traceback or chained exceptions,
+    whose frames would keep `data` alive in reference cycles (only a full garbage
+    collection frees them: a stream of refused 15 MB images would pile up)."""
+    try:
+        return _decode_image(data, policy, mime_type)
+    except MediaError as e:
+        error = e
+    data = None
+    error.__traceback__ = error.__context__ = error.__cause__ = None
+    raise error
+
+
+def _decode_image(data: bytes, policy: MediaPolicy, mime_type: str = ""):
     """Bytes -> a fully loaded RGB `PIL.Image.Image` (transparent pixels on white; EXIF
     orientation applied; longest side at most WORKING_SIDE). MediaError for an unsupported declared MIME type, bytes that
     are not a supported image, more than `policy.max_image_pixels` pixels, a side over

@@ -52,10 +52,16 @@ async def load_image(part, policy: MediaPolicy):
     """A `genapi.v1.content_pb2.ImagePart` -> a fully loaded RGB `PIL.Image.Image`
     (decoded in a worker thread, so the event loop keeps serving). MediaError for a
     refused URL, a failed fetch, bad base64, an unsupported type or a bad image."""
-    data, mime = await image_bytes(part, policy)
-    check_mime_type(mime)
-    async with _decode_slots():  # decoded pixels are the big allocation: a few at a time, core-wide
-        return await asyncio.to_thread(decode_image, data, policy, mime)
+    data = None
+    try:
+        data, mime = await image_bytes(part, policy)
+        check_mime_type(mime)
+        async with _decode_slots():  # decoded pixels are the big allocation: a few at a time, core-wide
+            return await asyncio.to_thread(decode_image, data, policy, mime)
+    except MediaError as e:
+        error = e
+    data = None  # this frame stays in the error's history: without the bytes
+    raise detached(error)
 
 
 # Images decoded at once in one core (its event loop), whatever the requests: a full-size
@@ -92,12 +98,22 @@ async def load_images(parts, policy: MediaPolicy) -> list:
             if not t.done():
                 t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    for (param, _), t in zip(parts, tasks):
-        if not t.cancelled() and (error := t.exception()) is not None:
-            if isinstance(error, MediaError):
-                error.param = error.param or param
-            raise error
-    return [t.result() for t in tasks]
+    error = next((t.exception() for t in tasks if not t.cancelled() and t.exception() is not None), None)
+    if error is None:
+        return [t.result() for t in tasks]
+    if isinstance(error, MediaError):
+        error.param = error.param or next(p for (p, _), t in zip(parts, tasks) if t.done() and not t.cancelled()
+                                          and t.exception() is error)
+    tasks = parts = None
+    raise detached(error)
+
+
+def detached(error: BaseException) -> BaseException:
+    """`error` without its traceback and chained exceptions: they hold the frames that
+    held the media bytes, in reference cycles that only a full garbage collection frees,
+    so a stream of refused 15 MB images would pile up in the core's memory."""
+    error.__traceback__ = error.__context__ = error.__cause__ = None
+    return error
 
 
 def load_audio(part, rate: int = SAMPLE_RATE, max_seconds: float | None = None,

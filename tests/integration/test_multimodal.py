@@ -393,32 +393,43 @@ def test_bad_images_are_400_with_the_part_and_the_next_request_succeeds(oa, case
     assert chat(oa, ask(data_url(BLUE)), max_tokens=2).usage.completion_tokens == 2
 
 
-def session_rss_mb(svc) -> float:
-    """Resident memory of every process of the service (its session: core, engines, shim)."""
+def service_rss_mb(svc) -> float:
+    """Resident memory of every process of the service: `genapi serve` and its descendants
+    (core, engine processes, shim master and workers, each started in a session of its own)."""
     import os
 
-    total = 0
+    parents, rss = {}, {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if os.getsid(int(pid)) != svc.proc.pid:
-                continue
             with open(f"/proc/{pid}/status") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-        except (OSError, StopIteration):
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            parents[int(pid)] = int(fields["PPid"])
+            rss[int(pid)] = int(fields.get("VmRSS", "0 kB").split()[0])
+        except (OSError, KeyError, ValueError):
             continue
-    return total / 1024
+    tree, todo = set(), [svc.proc.pid]
+    while todo:
+        p = todo.pop()
+        tree.add(p)
+        todo += [c for c, pp in parents.items() if pp == p and c not in tree]
+    return sum(rss.get(p, 0) for p in tree) / 1024
 
 
 def test_bad_images_over_and_over_do_not_grow_the_servers_memory(svc, oa):
-    for url, _ in BAD_IMAGES.values():  # warm: every code path has run once
+    import base64
+    import os
+
+    junk = "data:image/png;base64," + base64.b64encode(os.urandom(10 * 1024 * 1024)).decode()  # 14 MB, not an image
+    cases = [url for url, _ in BAD_IMAGES.values()] + [junk]
+    for url in cases:  # warm: every code path has run once
         with pytest.raises(openai.BadRequestError):
             chat(oa, ask(url))
-    before = session_rss_mb(svc)
+    before = service_rss_mb(svc)
     for _ in range(3):
-        for url, _ in BAD_IMAGES.values():
+        for url in cases + [junk] * 3:
             with pytest.raises(openai.BadRequestError):
                 chat(oa, ask(url))
-    assert session_rss_mb(svc) - before < 200
+    assert service_rss_mb(svc) - before < 200
     assert chat(oa, ask(data_url(RED)), max_tokens=2).usage.completion_tokens == 2
 
 
