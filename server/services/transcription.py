@@ -44,10 +44,7 @@ class TranscriptionServicer(pb_grpc.TranscriptionServiceServicer):
             await abort(context, shutting_down())
             return
         with self.drain.track():
-            try:
-                await self._transcribe(request, context, rid)
-            finally:
-                request.Clear()  # the audio, out of any reference cycle a refusal leaves (see Generate)
+            await self._transcribe(request, context, rid)
 
     async def _transcribe(self, request, context, rid: str) -> None:
         t0 = time.perf_counter()
