@@ -87,16 +87,22 @@ class LineClaims:
         until now + lease_s: unleased ones, expired leases, and those of an earlier
         incarnation of `node`. Returns their line numbers (1-based), ascending."""
         with self._tx() as db:
-            rows = db.execute(
-                "UPDATE batch_lines SET node = ?, holder = ?, lease_until = ? WHERE batch_id = ? AND line IN "
-                "(SELECT line FROM batch_lines WHERE batch_id = ? AND done = 0 AND "
+            # Two statements, not `UPDATE ... WHERE line IN (SELECT ... LIMIT n FOR UPDATE
+            # SKIP LOCKED)`: PostgreSQL may run such a subquery once per outer row (a
+            # semi-join, once the table has statistics), and so claim every open line.
+            # The SELECT locks the rows it picks (PostgreSQL); SQLite's transaction is
+            # the only writer anyway.
+            picked = [r[0] for r in db.execute(
+                "SELECT line FROM batch_lines WHERE batch_id = ? AND done = 0 AND "
                 "(holder IS NULL OR lease_until < ? OR (node = ? AND holder <> ?)) AND "
                 "EXISTS (SELECT 1 FROM batches WHERE id = ? AND status = 'in_progress') "
-                f"ORDER BY line LIMIT ?{self._SKIP_LOCKED}) RETURNING line",
-                (node, holder, now + lease_s, batch_id, batch_id, now, node, holder, batch_id, limit)).fetchall()
-            lines = sorted(r[0] for r in rows)
+                f"ORDER BY line LIMIT ?{self._SKIP_LOCKED}",
+                (batch_id, now, node, holder, batch_id, limit)).fetchall()]
+            lines = sorted(picked)
             if lines:  # the claims these lines had ended now at the latest (ended_at: their lease bounds them)
                 marks = ", ".join("?" * len(lines))
+                db.execute(f"UPDATE batch_lines SET node = ?, holder = ?, lease_until = ? WHERE batch_id = ? "
+                           f"AND line IN ({marks})", (node, holder, now + lease_s, batch_id, *lines))
                 db.execute(f"UPDATE batch_line_runs SET finished_at = ? WHERE batch_id = ? AND line IN ({marks}) "
                            "AND finished_at IS NULL", (now, batch_id, *lines))
                 db.executemany("INSERT INTO batch_line_runs (batch_id, line, holder, started_at, lease_until) "

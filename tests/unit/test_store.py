@@ -181,6 +181,22 @@ def test_line_leases_expire_renew_release_and_end_with_the_result(store):
     assert store.claim_lines(b.id, "n1", "n1/d", 5, 10, now=200) == []  # only in-progress batches' lines
 
 
+def test_a_claim_takes_at_most_its_limit_on_an_analyzed_table(store):
+    """PostgreSQL may run `IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)` once per outer
+    row once the planner has statistics: a claim of one line then took every open line."""
+    done = [in_progress_with_lines(store, 1500).id for _ in range(3)]  # a store that has run a few batches
+    b = in_progress_with_lines(store, 1500)
+    if isinstance(store, PostgresStore):
+        with store._tx() as db:
+            for other in done:
+                db.execute("UPDATE batch_lines SET done = 1, holder = 'x', node = 'x', lease_until = 1 "
+                           "WHERE batch_id = ?", (other,))
+            db.execute("ANALYZE batch_lines")
+    assert store.claim_lines(b.id, "n1", "n1/a", 1, 30, now=100) == [1]
+    assert store.claim_lines(b.id, "n2", "n2/a", 3, 30, now=100) == [2, 3, 4]
+    assert len(store.line_runs(b.id)) == 4
+
+
 def test_two_replicas_claiming_at_once_never_share_a_line(open_store):
     replicas = [open_store(), open_store()]
     b = in_progress_with_lines(replicas[0], 200)
