@@ -628,8 +628,14 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", cfg.store_url) and not cfg.store_url.startswith(STORE_SCHEMES):
         raise ValueError(f"[store] url {cfg.store_url.split('://')[0]}://...: expected a SQLite file path, "
                          "sqlite:///path or postgresql://user:password@host:port/database")
+    if re.fullmatch(r"(\s*\w+\s*=\s*\S*)+\s*", cfg.store_url):  # libpq's key=value form: never a file name
+        raise ValueError("[store] url: a key=value connection string is not accepted (it would be read as a "
+                         "SQLite file name); write postgresql://user:password@host:port/database")
     if cfg.files_url.startswith("s3://") and not cfg.files_url[len("s3://"):].split("/")[0]:
         raise ValueError(f"[files] url {cfg.files_url!r}: expected s3://bucket/prefix")
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", cfg.files_url) and not cfg.files_url.startswith("s3://"):
+        raise ValueError(f"[files] url {cfg.files_url.split(':')[0]}:...: expected a local directory or "
+                         "s3://bucket/prefix (lower-case s3)")
     return cfg
 
 

@@ -25,8 +25,18 @@ def is_postgres_url(url: str) -> bool:
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+    """The URL without its password, for messages and logs: everything between the user
+    name and the last `@` of the authority (passwords may hold unescaped `/` or `@`), and
+    any `password=` query parameter."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority_end = rest.find("?") if "?" in rest else len(rest)
+    at = rest.rfind("@", 0, authority_end)
+    if at >= 0:
+        user = rest[:at].split(":", 1)[0]
+        rest = f"{user}:***{rest[at:]}" if ":" in rest[:at] else rest
+    return f"{scheme}://" + re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", rest)
 
 
 def pg_sql(sql: str) -> str:

@@ -276,6 +276,19 @@ def test_two_key_entries_with_one_digest_are_refused(tmp_path):
         load_config(cfg_file)
 
 
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://genapi:s3cret@db:5432/g", "postgresql://genapi:***@db:5432/g"),
+    ("postgresql://genapi:ab/cdSECRET@db/g", "postgresql://genapi:***@db/g"),  # an unescaped / in the password
+    ("postgresql://genapi:p@ssSECRET@db:1/g", "postgresql://genapi:***@db:1/g"),  # an unescaped @
+    ("postgresql://genapi@db/g?sslmode=disable&password=SECRET", "postgresql://genapi@db/g?sslmode=disable&password=***"),
+    ("postgresql://db/g", "postgresql://db/g"),
+])
+def test_store_urls_are_shown_without_their_password(url, shown):
+    from server.store.postgres import redact
+
+    assert redact(url) == shown and "SECRET" not in redact(url) and "s3cret" not in redact(url)
+
+
 def test_store_url_takes_sqlite_or_postgresql_and_env_overrides_it(tmp_path, monkeypatch):
     from server.store.postgres import is_postgres_url, redact
 
@@ -289,6 +302,16 @@ def test_store_url_takes_sqlite_or_postgresql_and_env_overrides_it(tmp_path, mon
     cfg = load_config(cfg_file)
     assert is_postgres_url(cfg.store_url) and cfg.node_name == "core-0"
     assert redact(cfg.store_url) == "postgresql://genapi:***@db.internal:5432/genapi"
+    monkeypatch.setenv("GENAPI_STORE_URL", "host=127.0.0.1 port=5432 user=genapi password=dsnsecret dbname=g")
+    with pytest.raises(ValueError, match="key=value connection string") as e:
+        load_config(cfg_file)
+    assert "dsnsecret" not in str(e.value)
+    monkeypatch.delenv("GENAPI_STORE_URL")
+    for files_url in ("http://example.com/files", "S3://bucket/x"):
+        monkeypatch.setenv("GENAPI_FILES_URL", files_url)
+        with pytest.raises(ValueError, match=r"\[files\] url .*expected a local directory or s3://"):
+            load_config(cfg_file)
+    monkeypatch.delenv("GENAPI_FILES_URL")
     monkeypatch.setenv("GENAPI_STORE_URL", "mysql://db/x")
     with pytest.raises(ValueError, match=r"\[store\] url mysql://\.\.\.: expected .*postgresql://"):
         load_config(cfg_file)
