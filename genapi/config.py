@@ -474,6 +474,8 @@ _KEY_FIELDS = ("name", "sha256", "models", "rpm", "tpm")
 
 # Key names are label values and log fields: letters, digits and a few marks, bounded.
 KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}")
+# A core's name in leases (a pod name, host:port).
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 # Requests or tokens per minute: far beyond any real limit, and inside int64 (Redis counters).
 MAX_PER_MINUTE = 10**12
 
@@ -631,6 +633,9 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     if re.fullmatch(r"(\s*\w+\s*=\s*\S*)+\s*", cfg.store_url):  # libpq's key=value form: never a file name
         raise ValueError("[store] url: a key=value connection string is not accepted (it would be read as a "
                          "SQLite file name); write postgresql://user:password@host:port/database")
+    if cfg.store_node and not NODE_NAME.fullmatch(cfg.store_node):
+        raise ValueError(f"[store] node = {json.dumps(cfg.store_node)[:80]}: 1 to 128 letters, digits and ._:@- "
+                         "(a core's name in the store's leases)")
     if cfg.files_url.startswith("s3://") and not cfg.files_url[len("s3://"):].split("/")[0]:
         raise ValueError(f"[files] url {cfg.files_url!r}: expected s3://bucket/prefix")
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", cfg.files_url) and not cfg.files_url.startswith("s3://"):
@@ -661,7 +666,7 @@ _MINIMUM = {"port": 1, "max_message_mb": 1, "workers": 1, "threads": 0, "request
             "connect_timeout_s": 0.001, "fetch_timeout_s": 0.001, "max_mb": 0.001, "max_redirects": 0,
             "max_images": 0, "max_image_pixels": 1, "max_image_side": 1, "max_audio_s": 0}
 _MAXIMUM = {"port": 65535, "drain_grace_s": 86400, "metrics_port": 65535, "rpm": MAX_PER_MINUTE,
-            "tpm": MAX_PER_MINUTE}
+            "tpm": MAX_PER_MINUTE, "lease_s": 3600}
 _MINIMUM_NOTE = {"threads": " (0 = auto)", "max_audio_s": " (0 = the model's own limit)"}
 
 

@@ -255,6 +255,9 @@ path = "m1-dir"
     ('[[auth.keys]]\nname = "a"\nsha256 = "%s"\ntpm = true\n' % ("0" * 64), "tpm = true: must be an integer"),
     ('[[auth.keys]]\nname = "a"\nsha256 = "%s"\nrpm = 9999999999999\n' % ("0" * 64), "from 0 to"),
     ('[limits]\nrpm = 9999999999999\n', "between 0 and"),
+    ('[batches]\nlease_s = inf\n', "lease_s = inf: must be between 3 and 3600"),
+    ('[store]\nnode = "  "\n', "node = .*letters, digits"),
+    ('[store]\nnode = "core\\nzero"\n', "node = .*letters, digits"),
     ('[limits]\nstorage = "mongodb://x"\n', "memory:// or redis://"),
     ('[limits]\nrmp = 1\n', "did you mean 'rpm'"),
     ('[logging]\nformat = "xml"\n', "text or json"),
@@ -317,5 +320,5 @@ def test_store_url_takes_sqlite_or_postgresql_and_env_overrides_it(tmp_path, mon
         load_config(cfg_file)
     monkeypatch.delenv("GENAPI_STORE_URL")
     monkeypatch.setenv("GENAPI_BATCH_LEASE_S", "1")
-    with pytest.raises(ValueError, match=r"lease_s = 1\.0 \(from GENAPI_BATCH_LEASE_S='1'\): must be >= 3"):
+    with pytest.raises(ValueError, match=r"lease_s = 1\.0 \(from GENAPI_BATCH_LEASE_S='1'\): must be between 3 and 3600"):
         load_config(cfg_file)
