@@ -27,6 +27,23 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
 say() { printf '[build] %s\n' "$*"; }
 die() { printf '[build] error: %s\n' "$*" >&2; exit 1; }
+# debian_install NAME "PACKAGES" "WITHOUT": installs Debian packages when root (retrying once
+# after `apt-get update`; log in .tools/apt-NAME.log), else says how; WITHOUT says what
+# happens without them.
+debian_install() {
+  local pkgs=$2 without=$3 log=.tools/apt-$1.log
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing Debian's $pkgs (apt-get install)"
+    mkdir -p .tools
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get install -y -q --no-install-recommends $pkgs >"$log" 2>&1 \
+        || { apt-get update -q >>"$log" 2>&1 \
+             && apt-get install -y -q --no-install-recommends $pkgs >>"$log" 2>&1; }; } \
+      || say "warning: apt-get could not install $pkgs (see $log); $without"
+  else
+    say "warning: as root, apt-get install $pkgs; until then $without"
+  fi
+}
 
 usage() { sed -n '2,16s/^# \{0,1\}//p' "$0"; }
 
@@ -89,20 +106,7 @@ if [ "${GENAPI_SKIP_CLIENTS:-0}" != 1 ]; then
   missing=$(for p in $CLIENT_PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || printf '%s ' "$p"
   done)
-  if [ -z "$missing" ]; then
-    :
-  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing the client toolchains: apt-get install ${missing% }"
-    mkdir -p .tools
-    apt_log=.tools/apt-clients.log
-    export DEBIAN_FRONTEND=noninteractive
-    apt_install() { apt-get install -y -q --no-install-recommends $missing >>"$apt_log" 2>&1; }
-    : > "$apt_log"
-    apt_install || { apt-get update -q >>"$apt_log" 2>&1 && apt_install; } \
-      || say "warning: apt-get could not install them (see $apt_log); the client tests will skip"
-  else
-    say "warning: the example clients need Debian packages (as root: apt-get install ${missing% })"
-  fi
+  [ -z "$missing" ] || debian_install clients "${missing% }" "the client tests will skip"
 fi
 
 # 6. buf for `buf lint` / `buf breaking` of protos/ (tests/unit/test_protos.py skips
@@ -142,52 +146,20 @@ elif command -v npm >/dev/null 2>&1; then
 else
   say "warning: npm not found: the playground renders answers as plain text (no marked/DOMPurify)"
 fi
-if [ "${GENAPI_SKIP_BROWSER:-0}" = 1 ] || command -v chromium >/dev/null 2>&1; then
-  :
-elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  say "installing Debian's chromium for the browser tests (apt-get install chromium)"
-  mkdir -p .tools
-  export DEBIAN_FRONTEND=noninteractive
-  { apt-get install -y -q --no-install-recommends chromium >.tools/apt-chromium.log 2>&1 \
-      || { apt-get update -q >>.tools/apt-chromium.log 2>&1 \
-           && apt-get install -y -q --no-install-recommends chromium >>.tools/apt-chromium.log 2>&1; }; } \
-    || say "warning: apt-get could not install chromium (see .tools/apt-chromium.log); tests/browser will skip"
-else
-  say "warning: the browser tests need Debian's chromium (as root: apt-get install chromium)"
+if [ "${GENAPI_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  debian_install chromium chromium "tests/browser will skip"
 fi
 
 # 6c. Debian's redis-server for the shared rate-limit tests (tests/integration/
 #     test_limits_shared.py starts one on loopback; they skip without it), when root -----
-if command -v redis-server >/dev/null 2>&1; then
-  :
-elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  say "installing Debian's redis-server for the shared rate-limit tests (apt-get install redis-server)"
-  mkdir -p .tools
-  export DEBIAN_FRONTEND=noninteractive
-  { apt-get install -y -q --no-install-recommends redis-server >.tools/apt-redis.log 2>&1 \
-      || { apt-get update -q >>.tools/apt-redis.log 2>&1 \
-           && apt-get install -y -q --no-install-recommends redis-server >>.tools/apt-redis.log 2>&1; }; } \
-    || say "warning: apt-get could not install redis-server (see .tools/apt-redis.log); the Redis tests will skip"
-else
-  say "warning: the shared rate-limit tests need Debian's redis-server (as root: apt-get install redis-server)"
-fi
+command -v redis-server >/dev/null 2>&1 \
+  || debian_install redis redis-server "the Redis tests will skip"
 
 # 6d. Debian's postgresql (initdb, pg_ctl) for the PostgreSQL store tests (tests/unit/
 #     test_store.py and tests/integration/test_replicas.py start a throw-away cluster on
 #     loopback; they skip without it), when root -------------------------------------------
-if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  :
-elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  say "installing Debian's postgresql for the PostgreSQL store tests (apt-get install postgresql)"
-  mkdir -p .tools
-  export DEBIAN_FRONTEND=noninteractive
-  { apt-get install -y -q --no-install-recommends postgresql >.tools/apt-postgresql.log 2>&1 \
-      || { apt-get update -q >>.tools/apt-postgresql.log 2>&1 \
-           && apt-get install -y -q --no-install-recommends postgresql >>.tools/apt-postgresql.log 2>&1; }; } \
-    || say "warning: apt-get could not install postgresql (see .tools/apt-postgresql.log); the PostgreSQL tests will skip"
-else
-  say "warning: the PostgreSQL store tests need Debian's postgresql (as root: apt-get install postgresql)"
-fi
+command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+  || debian_install postgresql postgresql "the PostgreSQL tests will skip"
 
 # 7. the embedded tiny chat model, the tiny cross-encoder of the rerank tests and the tiny
 #    Whisper of transcription (each prints "up to date" when nothing changed) -----------
@@ -203,19 +175,8 @@ fi
 
 # 7b. espeak-ng (Debian) speaks the transcription tests' audio; without it (not root, no
 #     apt) the tests fall back to a generated tone ---------------------------------------
-if ! command -v espeak-ng >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing espeak-ng (apt-get) for the transcription tests"
-    mkdir -p .tools
-    export DEBIAN_FRONTEND=noninteractive
-    { apt-get install -y -q --no-install-recommends espeak-ng >.tools/apt-espeak.log 2>&1 \
-      || { apt-get update -q >>.tools/apt-espeak.log 2>&1 \
-           && apt-get install -y -q --no-install-recommends espeak-ng >>.tools/apt-espeak.log 2>&1; }; } \
-      || say "warning: could not install espeak-ng (see .tools/apt-espeak.log); the tests use a tone"
-  else
-    say "note: espeak-ng is missing (as root: apt-get install espeak-ng); the transcription tests use a tone"
-  fi
-fi
+command -v espeak-ng >/dev/null 2>&1 \
+  || debian_install espeak espeak-ng "the transcription tests use a generated tone"
 
 # 8. example clients: stubs from protos/buf.gen.yaml, then each client, when changed ----
 if [ "${GENAPI_SKIP_CLIENTS:-0}" = 1 ]; then
