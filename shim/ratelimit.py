@@ -15,8 +15,10 @@ A key whose requests-per-minute window is spent is answered here, without a gRPC
 until that window resets (`Refusals`): a flooding key then costs the shim an HTTP parse
 and a key check per request, and the core nothing (reliability plan L3). This holds
 because a window's request count only grows until it resets (requests are never
-refunded; other workers, replicas and gRPC callers can only add to it). A spent *token*
-budget is not remembered: refunds of requests still running free tokens before the reset.
+refunded; other workers, replicas and gRPC callers can only add to it), as long as every
+core the shim balances over counts in the same window: one core, or shared (Redis)
+storage (`refusals_hold`). A spent *token* budget is not remembered: refunds of requests
+still running free tokens before the reset.
 """
 from __future__ import annotations
 
@@ -157,6 +159,15 @@ class Refusals:
             self._by_key.clear()
 
 
+def refusals_hold(config) -> bool:
+    """Whether one core's spent rpm window is every core's, so that the shim may answer for
+    them: the shim dials one core, or the limits are counted in shared storage. With
+    `memory://` counters behind round-robin, each core counts its own window."""
+    from shim.grpc_client import uses_round_robin
+
+    return not uses_round_robin(config) or not config.limits_storage.startswith("memory://")
+
+
 def _remember_refusal(refusals: Refusals, principal: str, response) -> None:
     if "x-should-retry" in response.headers or response.is_streamed:
         return
@@ -170,11 +181,12 @@ def _remember_refusal(refusals: Refusals, principal: str, response) -> None:
 
 def register_ratelimit_headers(app: Flask) -> None:
     refusals = app.extensions["genapi_refusals"] = Refusals()
+    replay = refusals_hold(app.config["GENAPI"])
 
     @app.before_request
     def _refuse_spent_key():
         principal = g.get("principal")
-        if principal is not None and request.method == "POST" and request.path in CHARGED_PATHS:
+        if replay and principal is not None and request.method == "POST" and request.path in CHARGED_PATHS:
             if (err := refusals.answer(principal)) is not None:
                 g.refusal_replayed = True
                 metrics.SHIM_RATE_LIMITED.labels(principal, "requests").inc()
@@ -184,7 +196,7 @@ def register_ratelimit_headers(app: Flask) -> None:
     def _add(response):
         headers = g.get("ratelimit_headers")
         principal = g.get("principal")
-        if response.status_code == 429 and principal is not None and not g.get("refusal_replayed"):
+        if replay and response.status_code == 429 and principal is not None and not g.get("refusal_replayed"):
             _remember_refusal(refusals, principal, response)
         if (headers is None and principal is not None and response.status_code < 500
                 and not any(k.lower().startswith(PREFIX) for k in response.headers.keys()) and has_limits(principal)):

@@ -2,7 +2,7 @@
 429 made for the request at hand, when it is forgotten."""
 from __future__ import annotations
 
-from shim.ratelimit import CHARGED_PATHS, Refusals, requests_spent_for
+from shim.ratelimit import CHARGED_PATHS, Refusals, refusals_hold, requests_spent_for
 
 SPENT = {"x-ratelimit-limit-requests": "3", "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "40s",
          "x-ratelimit-limit-tokens": "900", "x-ratelimit-remaining-tokens": "850", "x-ratelimit-reset-tokens": "40s"}
@@ -49,3 +49,14 @@ def test_every_charged_path_is_a_post_route_of_the_shim():
 
     rules = {r.rule for r in create_app().url_map.iter_rules() if "POST" in r.methods}
     assert CHARGED_PATHS <= rules
+
+
+def test_refusals_are_replayed_only_where_one_window_counts_for_every_core():
+    from genapi.config import Config
+
+    one_core = Config(core_targets=["127.0.0.1:50051"])
+    assert refusals_hold(one_core)
+    # several cores with their own memory:// counters: one core's spent window is not another's
+    assert not refusals_hold(Config(core_targets=["127.0.0.1:50051", "127.0.0.1:50052"]))
+    assert not refusals_hold(Config(core_targets=["dns:///cores:50051"]))
+    assert refusals_hold(Config(core_targets=["dns:///cores:50051"], limits_storage="redis://127.0.0.1:6379"))
