@@ -181,14 +181,19 @@ def build_dir(base, out, builder, module_file: str, force: bool = False) -> Path
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cli(build_fn, doc: str, default_out: str, argv: list[str] | None = None) -> int:
+    """The command line every tiny multimodal builder shares: --base, --out, --force."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--base", default="models/tiny-chat")
-    ap.add_argument("--out", default="models/tiny-vision")
+    ap.add_argument("--out", default=default_out)
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
-    build(args.base, args.out, args.force)
+    build_fn(args.base, args.out, args.force)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(build, __doc__, "models/tiny-vision", argv)
 
 
 if __name__ == "__main__":

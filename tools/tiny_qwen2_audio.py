@@ -18,10 +18,9 @@ Idempotent like tools/tiny_llava.py (whose build skeleton it shares); seconds to
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from tools.tiny_llava import build_dir, load_language_model, template_with, text_config, with_template_tokens
+from tools.tiny_llava import build_dir, cli, load_language_model, template_with, text_config, with_template_tokens
 
 SEED = 20261204
 AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS = "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"
@@ -64,13 +63,7 @@ def build(base: str | Path = "models/tiny-chat", out: str | Path = "models/tiny-
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", default="models/tiny-chat")
-    ap.add_argument("--out", default="models/tiny-audio")
-    ap.add_argument("--force", action="store_true")
-    args = ap.parse_args(argv)
-    build(args.base, args.out, args.force)
-    return 0
+    return cli(build, __doc__, "models/tiny-audio", argv)
 
 
 if __name__ == "__main__":
