@@ -104,6 +104,17 @@ def load_language_model(lm_module, base: Path, rows: int, pad_id: int):
         return torch.cat([head, head[pad_id:pad_id + 1].expand(extra, -1)]), lm.generation_config
 
 
+def save_with_language_model(model, base: Path, rows: int, pad_id: int, out: Path) -> None:
+    """Puts the base LM's weights (load_language_model) into a seeded multimodal `model`
+    (`model.model.language_model`, `model.lm_head`) and saves it to `out`."""
+    import torch
+
+    head, model.generation_config = load_language_model(model.model.language_model, base, rows, pad_id)
+    with torch.no_grad():
+        model.lm_head.weight.copy_(head)
+    model.save_pretrained(out)
+
+
 def text_config(base: Path, rows: int) -> dict:
     """The base LM's config with `rows` embedding rows."""
     from transformers import AutoConfig
@@ -127,10 +138,7 @@ def _build(base: Path, out: Path) -> int:
                       vision_feature_layer=-2, image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,
                       tie_word_embeddings=False)
     model = LlavaForConditionalGeneration(cfg).eval()  # seeded random vision tower and projector
-    head, model.generation_config = load_language_model(model.model.language_model, base, rows, pad_id)
-    with torch.no_grad():
-        model.lm_head.weight.copy_(head)
-    model.save_pretrained(out)
+    save_with_language_model(model, base, rows, pad_id, out)
     image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
                                          crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH_SIZE,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tools.tiny_llava import build_dir, cli, load_language_model, template_with, text_config, with_template_tokens
+from tools.tiny_llava import build_dir, cli, save_with_language_model, template_with, text_config, with_template_tokens
 
 SEED = 20261205
 IMAGE_TOKEN, IMAGE_BREAK, IMAGE_END = "[IMG]", "[IMG_BREAK]", "[IMG_END]"
@@ -57,10 +57,7 @@ def _build(base: Path, out: Path) -> int:
                          image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), spatial_merge_size=MERGE,
                          vision_feature_layer=-1, tie_word_embeddings=False)
     model = Mistral3ForConditionalGeneration(cfg).eval()  # seeded random vision tower, merger, projector
-    head, model.generation_config = load_language_model(model.model.language_model, base, rows, pad_id)
-    with torch.no_grad():
-        model.lm_head.weight.copy_(head)
-    model.save_pretrained(out)
+    save_with_language_model(model, base, rows, pad_id, out)
     image_processor = PixtralImageProcessorPil(size={"longest_edge": LONGEST_EDGE},
                                                patch_size={"height": PATCH_SIZE, "width": PATCH_SIZE})
     # What PixtralProcessor.save_pretrained writes; it cannot be constructed here, as it

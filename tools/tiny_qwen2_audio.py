@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tools.tiny_llava import build_dir, cli, load_language_model, template_with, text_config, with_template_tokens
+from tools.tiny_llava import build_dir, cli, save_with_language_model, template_with, text_config, with_template_tokens
 
 SEED = 20261204
 AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS = "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"
@@ -45,10 +45,7 @@ def _build(base: Path, out: Path) -> int:
                            text_config=text_config(base, rows),
                            audio_token_index=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN))
     model = Qwen2AudioForConditionalGeneration(cfg).eval()  # seeded random encoder and projector
-    head, model.generation_config = load_language_model(model.model.language_model, base, rows, pad_id)
-    with torch.no_grad():
-        model.lm_head.weight.copy_(head)
-    model.save_pretrained(out)
+    save_with_language_model(model, base, rows, pad_id, out)
     processor = Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=ENCODER["num_mel_bins"]),
                                     tokenizer=tokenizer, chat_template=tokenizer.chat_template, audio_token=AUDIO_TOKEN,
                                     audio_bos_token=AUDIO_BOS, audio_eos_token=AUDIO_EOS)
