@@ -20,7 +20,7 @@ from ..errors import invalid
 #: Processor outputs that belong to the text, not to the media part.
 TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", "num_audio_tokens"})
 NAMES = {"image": "images", "audio": "audio parts"}
-#: `detail: "low"` divides a variable resolution processor's longest image edge by this.
+#: `detail: "low"` divides a variable resolution processor's longest image edge by this (low_detail_edge).
 LOW_DETAIL_DIVISOR = 4
 
 
@@ -44,26 +44,38 @@ def max_audio_seconds(processor) -> float | None:
     return n / sampling_rate(processor) if n else None
 
 
-def image_kwargs(processor, detail: str | None) -> dict:
-    """The processor's image options for an image part's `detail`: "low" caps a variable
-    resolution processor's longest edge (Pixtral's `size.longest_edge`) at 1/LOW_DETAIL_DIVISOR
-    of its own, never under one token cell (patch x merge), so the image takes about
-    1/LOW_DETAIL_DIVISOR^2 of the tokens; "high", "auto" and a fixed resolution processor
-    (LLaVA's CLIP: every image the same size) change nothing."""
+def low_detail_edge(processor) -> int | None:
+    """The longest image edge `detail: "low"` asks of a variable resolution processor
+    (Pixtral's `size.longest_edge`): 1/LOW_DETAIL_DIVISOR of its own, never under one token
+    cell (patch x merge), so an image takes about 1/LOW_DETAIL_DIVISOR^2 of the tokens.
+    None for a fixed resolution processor (LLaVA's CLIP: every image the same size)."""
     size = getattr(getattr(processor, "image_processor", None), "size", None)
     edge = size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
-    if detail != "low" or not edge:
-        return {}
+    if not edge:
+        return None
     cell = int(getattr(processor, "patch_size", 1) or 1) * int(getattr(processor, "spatial_merge_size", 1) or 1)
-    return {"size": {"longest_edge": max(cell, int(edge) // LOW_DETAIL_DIVISOR)}}
+    return max(cell, int(edge) // LOW_DETAIL_DIVISOR)
 
 
-def encode_part(processor, kind: str, value, detail: str | None = None) -> tuple[list[int], MediaInput]:
-    """One RGB PIL image or float32 mono clip -> (the token ids standing for it, its
-    MediaInput). `detail`: an image part's "low" / "high" / "auto" (image_kwargs)."""
+def detail_image(processor, image, detail: str | None):
+    """The image an image part's `detail` hands the processor: for "low", where the
+    processor has a low_detail_edge, a copy scaled down (bicubic, aspect kept) to fit it;
+    else the image itself ("high", "auto"). Scaled before the processor, not by its
+    options, so a backend that takes the decoded image (TensorRT-LLM) gets the same one."""
+    edge = low_detail_edge(processor) if detail == "low" else None
+    if edge is None or max(image.size) <= edge:
+        return image
+    from PIL import Image
+
+    small = image.copy()
+    small.thumbnail((edge, edge), Image.Resampling.BICUBIC)
+    return small
+
+
+def encode_part(processor, kind: str, value) -> tuple[list[int], MediaInput]:
+    """One RGB PIL image or float32 mono clip -> (the token ids standing for it, its MediaInput)."""
     if kind == "image":
-        out = processor(text=processor.image_token, images=[value], add_special_tokens=False, return_tensors="np",
-                        **image_kwargs(processor, detail))
+        out = processor(text=processor.image_token, images=[value], add_special_tokens=False, return_tensors="np")
     else:
         out = processor(text=processor.audio_token, audio=[value], sampling_rate=sampling_rate(processor),
                         add_special_tokens=False, return_tensors="np")
@@ -82,7 +94,7 @@ def expand_media(prompt_ids: list[int], parts: list[tuple[str, object]], process
     in a role it does not render)."""
     queues: dict[str, list] = {}
     for kind, value, *detail in parts:
-        queues.setdefault(kind, []).append((value, detail[0] if detail else None))
+        queues.setdefault(kind, []).append(detail_image(processor, value, detail[0]) if detail else value)
     ids_of = {placeholder_token_id(processor, kind): kind for kind in queues}
     for token, kind in ids_of.items():
         placed = prompt_ids.count(token)
@@ -96,8 +108,8 @@ def expand_media(prompt_ids: list[int], parts: list[tuple[str, object]], process
         if kind is None:
             out.append(token)
             continue
-        value, detail = queues[kind].pop(0)
-        ids, item = encode_part(processor, kind, value, detail)
+        value = queues[kind].pop(0)
+        ids, item = encode_part(processor, kind, value)
         item.placeholder, item.span = token, (len(out), len(ids))
         if keep_sources:
             item.source = value

@@ -101,7 +101,7 @@ def test_pixtral_checkpoint_gives_a_variable_grid_and_the_engines_splice_is_the_
     from PIL import Image
     from transformers import AutoModelForMultimodalLM
 
-    from server.chat.media_prompt import encode_part
+    from server.chat.media_prompt import detail_image, encode_part
     from server.chat.processors import load_processor
     from server.engines.torch.multimodal import MediaEncoder, text_view
 
@@ -113,8 +113,9 @@ def test_pixtral_checkpoint_gives_a_variable_grid_and_the_engines_splice_is_the_
     ids, media = encode_part(proc, "image", wide)
     assert ids == [img] * 4 + [brk] + [img] * 4 + [end]
     assert tuple(np.asarray(media.arrays["pixel_values"]).shape) == (1, 3, 32, 64)
-    low, _ = encode_part(proc, "image", wide, "low")  # longest edge 16: one cell
-    assert low == [img, end]
+    low = detail_image(proc, wide, "low")  # longest edge 16: one cell
+    assert low.size == (16, 6) and encode_part(proc, "image", low)[0] == [img, end]
+    assert detail_image(proc, wide, "high") is wide and detail_image(proc, wide, "auto") is wide
     text = tok.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image"}]}],
                                    add_generation_prompt=True, tokenize=False)
     assert text == "<|im_start|>user\nhi\n[IMG]<|im_end|>\n<|im_start|>assistant\n"
