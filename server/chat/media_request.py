@@ -22,7 +22,8 @@ DETAILS = {content_pb2.IMAGE_DETAIL_LOW: "low", content_pb2.IMAGE_DETAIL_HIGH: "
 
 async def request_media(request: pb.GenerateRequest, info, policy: MediaPolicy) -> list[tuple[str, object]]:
     """The request's media parts, fetched and decoded under `policy`, in request order:
-    ("image", RGB PIL image, detail "low" | "high" | "auto") and ("audio", float32 mono samples at the processor's rate).
+    ("image", RGB PIL image, detail "low" | "high" | "auto") and ("audio", float32 mono
+    samples at the processor's rate).
     INVALID_ARGUMENT, param = the part, for a media part the model does not take or a part
     that cannot be used (server/media: refused URL, failed fetch, bad data, too many
     images, over a size or duration cap)."""

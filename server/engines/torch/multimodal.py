@@ -2,9 +2,10 @@
 encoders that run when a request is admitted, and the language model the batched
 runners drive.
 
-A LLaVA-style checkpoint (`LlavaForConditionalGeneration`, and the others whose inner
-model has `get_image_features` and a `language_model`) is a vision tower and projector in
-front of an ordinary causal LM; a Qwen2-Audio-style one (`Qwen2AudioForConditionalGeneration`)
+A LLaVA-style checkpoint (`LlavaForConditionalGeneration`, `Mistral3ForConditionalGeneration`
+with its Pixtral tower and variable image grid, and the others whose inner model has
+`get_image_features` and a `language_model`) is a vision tower and projector in front of
+an ordinary causal LM; a Qwen2-Audio-style one (`Qwen2AudioForConditionalGeneration`)
 an audio encoder (Whisper-like) and projector. The prompt (templated and expanded by the
 model's processor in the core) holds one placeholder token per media feature; at
 admission the encoders turn each part's processor outputs (`MediaInput.arrays`) into
