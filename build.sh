@@ -172,6 +172,9 @@ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/n
 "$PY" -m tools.tiny_llava --base models/tiny-chat --out models/tiny-vision
 # the tiny audio-language model (Qwen2-Audio: the tiny chat LM with a tiny audio encoder)
 "$PY" -m tools.tiny_qwen2_audio --base models/tiny-chat --out models/tiny-audio
+# the tiny Mistral3 model (the tiny chat LM in a Mistral decoder with a tiny Pixtral tower),
+# seconds; served by the multimodal tests' config, not the default one
+"$PY" -m tools.tiny_pixtral --base models/tiny-chat --out models/tiny-pixtral
 
 # 7b. espeak-ng (Debian) speaks the transcription tests' audio; without it (not root, no
 #     apt) the tests fall back to a generated tone ---------------------------------------

@@ -104,6 +104,17 @@ def load_language_model(lm_module, base: Path, rows: int, pad_id: int):
         return torch.cat([head, head[pad_id:pad_id + 1].expand(extra, -1)]), lm.generation_config
 
 
+def save_with_language_model(model, base: Path, rows: int, pad_id: int, out: Path) -> None:
+    """Puts the base LM's weights (load_language_model) into a seeded multimodal `model`
+    (`model.model.language_model`, `model.lm_head`) and saves it to `out`."""
+    import torch
+
+    head, model.generation_config = load_language_model(model.model.language_model, base, rows, pad_id)
+    with torch.no_grad():
+        model.lm_head.weight.copy_(head)
+    model.save_pretrained(out)
+
+
 def text_config(base: Path, rows: int) -> dict:
     """The base LM's config with `rows` embedding rows."""
     from transformers import AutoConfig
@@ -127,10 +138,7 @@ def _build(base: Path, out: Path) -> int:
                       vision_feature_layer=-2, image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,
                       tie_word_embeddings=False)
     model = LlavaForConditionalGeneration(cfg).eval()  # seeded random vision tower and projector
-    head, model.generation_config = load_language_model(model.model.language_model, base, rows, pad_id)
-    with torch.no_grad():
-        model.lm_head.weight.copy_(head)
-    model.save_pretrained(out)
+    save_with_language_model(model, base, rows, pad_id, out)
     image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
                                          crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH_SIZE,
@@ -181,14 +189,19 @@ def build_dir(base, out, builder, module_file: str, force: bool = False) -> Path
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cli(build_fn, doc: str, default_out: str, argv: list[str] | None = None) -> int:
+    """The command line every tiny multimodal builder shares: --base, --out, --force."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--base", default="models/tiny-chat")
-    ap.add_argument("--out", default="models/tiny-vision")
+    ap.add_argument("--out", default=default_out)
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
-    build(args.base, args.out, args.force)
+    build_fn(args.base, args.out, args.force)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(build, __doc__, "models/tiny-vision", argv)
 
 
 if __name__ == "__main__":

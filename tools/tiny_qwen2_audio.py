@@ -18,10 +18,9 @@ Idempotent like tools/tiny_llava.py (whose build skeleton it shares); seconds to
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from tools.tiny_llava import build_dir, load_language_model, template_with, text_config, with_template_tokens
+from tools.tiny_llava import build_dir, cli, save_with_language_model, template_with, text_config, with_template_tokens
 
 SEED = 20261204
 AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS = "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"
@@ -46,10 +45,7 @@ def _build(base: Path, out: Path) -> int:
                            text_config=text_config(base, rows),
                            audio_token_index=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN))
     model = Qwen2AudioForConditionalGeneration(cfg).eval()  # seeded random encoder and projector
-    head, model.generation_config = load_language_model(model.model.language_model, base, rows, pad_id)
-    with torch.no_grad():
-        model.lm_head.weight.copy_(head)
-    model.save_pretrained(out)
+    save_with_language_model(model, base, rows, pad_id, out)
     processor = Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=ENCODER["num_mel_bins"]),
                                     tokenizer=tokenizer, chat_template=tokenizer.chat_template, audio_token=AUDIO_TOKEN,
                                     audio_bos_token=AUDIO_BOS, audio_eos_token=AUDIO_EOS)
@@ -64,13 +60,7 @@ def build(base: str | Path = "models/tiny-chat", out: str | Path = "models/tiny-
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", default="models/tiny-chat")
-    ap.add_argument("--out", default="models/tiny-audio")
-    ap.add_argument("--force", action="store_true")
-    args = ap.parse_args(argv)
-    build(args.base, args.out, args.force)
-    return 0
+    return cli(build, __doc__, "models/tiny-audio", argv)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+from genapi.v1 import content_pb2
 from genapi.v1 import generation_service_pb2 as pb
 
 from ..convert.media import check_media, media_parts
@@ -16,10 +17,13 @@ from ..media.resolve import load_audio, load_images
 from .media_prompt import expand_media, max_audio_seconds, sampling_rate
 from .template import render_prompt
 
+DETAILS = {content_pb2.IMAGE_DETAIL_LOW: "low", content_pb2.IMAGE_DETAIL_HIGH: "high"}
+
 
 async def request_media(request: pb.GenerateRequest, info, policy: MediaPolicy) -> list[tuple[str, object]]:
     """The request's media parts, fetched and decoded under `policy`, in request order:
-    ("image", RGB PIL image) and ("audio", float32 mono samples at the processor's rate).
+    ("image", RGB PIL image, detail "low" | "high" | "auto") and ("audio", float32 mono
+    samples at the processor's rate).
     INVALID_ARGUMENT, param = the part, for a media part the model does not take or a part
     that cannot be used (server/media: refused URL, failed fetch, bad data, too many
     images, over a size or duration cap)."""
@@ -33,7 +37,7 @@ async def request_media(request: pb.GenerateRequest, info, policy: MediaPolicy) 
         out = []
         for param, kind, part in parts:
             if kind == "image":
-                out.append(("image", next(images)))
+                out.append(("image", next(images), DETAILS.get(part.detail, "auto")))
             else:
                 out.append(("audio", await asyncio.to_thread(
                     load_audio, part, sampling_rate(info.processor), max_audio_seconds(info.processor), policy)))

@@ -27,6 +27,7 @@ import re
 import socket
 import time
 import uuid
+from dataclasses import dataclass, replace
 from typing import Awaitable, Callable
 
 import grpc
@@ -39,7 +40,7 @@ from genapi.v1 import response_service_pb2 as pb
 from ..batches.inprocess import LineContext
 from ..store import ResponseRecord, Store
 from .conversations import append_items
-from .items import items_from_json, items_to_messages, response_from_json, response_to_json
+from .items import input_param, items_from_json, items_to_messages, response_from_json, response_to_json
 from .output import OutputBuilder
 from .request import generate_request
 
@@ -107,16 +108,17 @@ PARAMS = {"messages": "input", "max_tokens": "max_output_tokens", "response_form
           "logprobs": "include", "reasoning_effort": "reasoning.effort"}
 
 
-def renamed_params(status: grpc.Status) -> grpc.Status:
+def renamed_params(status: grpc.Status, rename_input=None) -> grpc.Status:
     """`status` with a Generate parameter named as the Responses API names it
-    (messages[3].content -> input, max_tokens -> max_output_tokens, ...)."""
+    (max_tokens -> max_output_tokens, ...; messages[3].content[1] -> what
+    `rename_input(param)` says, e.g. input[2].content[1], or `input` when it says None)."""
     try:
         st = rpc_status.from_call(_Trailers(status))
     except Exception:
         return status
     if st is None:
         return status
-    changed = False
+    changed, named = False, {}
     for detail in st.details:
         info = error_details_pb2.ErrorInfo()
         if not detail.Unpack(info):
@@ -124,10 +126,15 @@ def renamed_params(status: grpc.Status) -> grpc.Status:
         param = info.metadata.get("param", "")
         head = param.split("[", 1)[0].split(".", 1)[0]
         if head in PARAMS:
-            info.metadata["param"] = PARAMS[head] if head == "messages" else PARAMS[head] + param[len(head):]
+            info.metadata["param"] = ((rename_input and rename_input(param)) or PARAMS[head] if head == "messages"
+                                      else PARAMS[head] + param[len(head):])
+            if head == "messages" and param != head:
+                named[param] = info.metadata["param"]
             detail.Pack(info)
             changed = True
     if changed:  # and the message in the same words ("max_tokens is ..." -> "max_output_tokens is ...")
+        for old, new in named.items():  # "... (messages[2].content[1])" -> "... (input[1].content[1])"
+            st.message = st.message.replace(old, new)
         st.message = renamed_words(st.message)
     return rpc_status.to_status(st) if changed else status
 
@@ -145,21 +152,43 @@ class Refused(Exception):
     """Generation was refused before it started: `status` is the core's answer (its
     param named as the Responses API names it)."""
 
-    def __init__(self, status: grpc.Status):
+    def __init__(self, status: grpc.Status, rename_input=None):
         super().__init__(status.details)
-        self.status = renamed_params(status)
+        self.status = renamed_params(status, rename_input)
 
 
-def conversation_messages(response: pb.Response, history, new_input):
-    return items_to_messages(list(history) + list(new_input), response.parameters.instructions)
+@dataclass
+class Conversation:
+    """A response's chat messages and where each came from (items_to_messages origins):
+    the history items (a previous response's or a conversation's, named `history_param`
+    in errors) come first, then the request's `input`."""
+
+    messages: list
+    origins: list
+    n_history: int
+    history_param: str
+
+    def input_param(self, param: str) -> str | None:
+        return input_param(param, self.origins, self.n_history, self.history_param)
 
 
-async def execute(generation, response: pb.Response, messages, emit: Emit, request_id: str) -> None:
-    """Runs `response` (status IN_PROGRESS on entry) over `messages`; its output, usage
-    and final status are set on it. `emit(event)` gets the IN_PROGRESS snapshot once
-    generation started, then every item and delta event. Raises Refused when generation
-    was refused before it started."""
-    messages = list(messages)
+def conversation_messages(response: pb.Response, history, new_input) -> Conversation:
+    origins: list = []
+    messages = items_to_messages(list(history) + list(new_input), response.parameters.instructions, origins)
+    named = ("previous_response_id" if response.previous_response_id else
+             "conversation" if response.conversation_id else "input")
+    return Conversation(messages, origins, len(history), named)
+
+
+async def execute(generation, response: pb.Response, conversation: Conversation, emit: Emit,
+                  request_id: str) -> None:
+    """Runs `response` (status IN_PROGRESS on entry) over the conversation's messages; its
+    output, usage and final status are set on it. `emit(event)` gets the IN_PROGRESS
+    snapshot once generation started, then every item and delta event. Raises Refused
+    (its param named as in the Responses request) when generation was refused before it
+    started."""
+    conversation = replace(conversation, messages=list(conversation.messages), origins=list(conversation.origins))
+    messages = conversation.messages
     auto = response.parameters.truncation == pb.TRUNCATION_AUTO
     while True:
         builder = OutputBuilder(response)
@@ -187,9 +216,9 @@ async def execute(generation, response: pb.Response, messages, emit: Emit, reque
         if not started:
             first = 1 if messages and messages[0].role == content_pb2.ROLE_SYSTEM else 0
             if auto and len(messages) > first + 1 and status_reason(ctx.status) == "context_length_exceeded":
-                del messages[first]
+                del messages[first], conversation.origins[first]
                 continue
-            raise Refused(ctx.status)
+            raise Refused(ctx.status, conversation.input_param)
         builder.abandon()
         response.status = pb.RESPONSE_STATUS_FAILED
         response.error.code = status_reason(ctx.status) or "server_error"

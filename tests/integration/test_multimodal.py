@@ -1,17 +1,15 @@
 """Images and audio in chat through the official openai SDK and gRPC, against the real core
-and shim serving the embedded tiny vision-language model (models/tiny-vision, LLaVA) and
-audio-language model (models/tiny-audio, Qwen2-Audio) beside the text-only tiny chat model: data: and http(s) URLs (a loopback image server that the
-test's own [media] allow-list lets through, on its port only), several images, history,
-streaming, usage, batching with text requests, bad images (B11) and refused URLs (X4);
+and shim serving the embedded tiny vision-language models (models/tiny-vision, LLaVA;
+models/tiny-pixtral, Mistral3 with a Pixtral tower, served by this test's config only)
+and audio-language model (models/tiny-audio, Qwen2-Audio) beside the text-only tiny chat
+model: data: and http(s) URLs (a loopback image server that the test's own [media]
+allow-list lets through, on its port only), several images, history, streaming, usage,
+`detail`, batching with text requests, bad images (B11) and refused URLs (X4);
 input_audio as wav and mp3."""
 from __future__ import annotations
 
 import asyncio
 import base64
-import http.server
-import io
-import socket
-import threading
 
 import grpc
 import openai
@@ -23,127 +21,18 @@ from genapi.v1 import generation_service_pb2 as gen_pb2
 from genapi.v1 import generation_service_pb2_grpc as gen_grpc
 
 from ..conftest import MODEL, ROOT, Service, wait_until
+from . import media_support
 from .audio_support import encode, silence, speech
+from .media_support import (BLUE, PROMPT, RED, ImageServer, Trap, ask, assert_400, bomb, data_url, image_part, jpeg,
+                            model_block, png, sliver, truncated_jpeg)
 
 VISION = "genapi-tiny-vision"
+PIXTRAL = "genapi-tiny-pixtral"
 AUDIO = "genapi-tiny-audio"
 IMAGE_TOKENS = 16  # (32 / 8)^2 patches of the tiny CLIP tower, CLS dropped
 MAX_IMAGES = 8  # the [media] default
 MAX_MB = 1  # [media] max_mb of this module's service: the over-size case stays cheap
 FETCH_TIMEOUT_S = 3  # [media] fetch_timeout_s: the slow server is cut off soon
-PROMPT = "What is in the picture?"
-
-
-def png(color=(200, 30, 30), size=(40, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def jpeg(color=(30, 30, 200), size=(64, 48)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "JPEG")
-    return buf.getvalue()
-
-
-def data_url(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
-RED, BLUE = png(), png((30, 30, 200), (30, 30))
-
-
-class ImageServer:
-    """A loopback HTTP server: GET /red.png, /blue.png; /to/<port> redirects to that
-    loopback port. `hits` counts the requests it answered."""
-
-    def __init__(self):
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                owner.hits += 1
-                if self.path in ("/slow.png", "/endless.png"):
-                    self._stream(slow=self.path == "/slow.png")
-                    return
-                if self.path.startswith("/to/"):
-                    self.send_response(302)
-                    self.send_header("Location", f"http://127.0.0.1:{self.path[4:]}/red.png")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                body = {"/red.png": RED, "/blue.png": BLUE}.get(self.path)
-                self.send_response(200 if body else 404)
-                self.send_header("Content-Type", "image/png" if body else "text/plain")
-                self.send_header("Content-Length", str(len(body or b"")))
-                self.end_headers()
-                self.wfile.write(body or b"")
-
-            def _stream(self, slow: bool):
-                """X5: one byte a second, or an endless body without a length, until the
-                fetcher hangs up."""
-                self.send_response(200)
-                self.send_header("Content-Type", "image/png")
-                self.end_headers()
-                chunk, gap = (b"\x89", 1.0) if slow else (bytes(64 * 1024), 0.0)
-                try:
-                    while not owner.closed.wait(gap):
-                        self.wfile.write(chunk)
-                        self.wfile.flush()
-                except OSError:  # the core hung up: what X5 expects
-                    owner.cut += 1
-
-            def log_message(self, *args):
-                pass
-
-        self.hits = 0
-        self.cut = 0  # streamed responses the fetcher hung up on
-        self.closed = threading.Event()
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def close(self):
-        self.closed.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-class Trap:
-    """A loopback TCP listener (IPv4 and IPv6) that must never be connected to."""
-
-    def __init__(self):
-        self.connections = 0
-        self.socks = []
-        v4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        v4.bind(("127.0.0.1", 0))
-        self.port = v4.getsockname()[1]
-        self.socks.append(v4)
-        try:
-            v6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            v6.bind(("::1", self.port))
-            self.socks.append(v6)
-        except OSError:  # no IPv6 loopback here
-            pass
-        for s in self.socks:
-            s.listen()
-            threading.Thread(target=self._accept, args=(s,), daemon=True).start()
-
-    def _accept(self, s):
-        while True:
-            try:
-                conn, _ = s.accept()
-            except OSError:
-                return
-            self.connections += 1
-            conn.close()
-
-    def close(self):
-        for s in self.socks:
-            s.close()
 
 
 @pytest.fixture(scope="module")
@@ -163,33 +52,21 @@ def trap():
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory, images):
     tmp = tmp_path_factory.mktemp("multimodal")
-    pause = tmp / "pause"
     s = Service(tmp, "multimodal", extra_toml=f"""
         [media]
         allow_hosts = ["127.0.0.1:{images.port}"]
         max_mb = {MAX_MB}
         fetch_timeout_s = {FETCH_TIMEOUT_S}
-        """, model_options=f"""
-        threads = 1
-        [[models]]
-        name = "{VISION}"
-        path = "{ROOT / 'models' / 'tiny-vision'}"
-        [models.options]
-        max_batch = 8
-        threads = 1
-        [models.options.fault]
-        pause_decode_file = "{pause}"
-        [[models]]
-        name = "{AUDIO}"
-        path = "{ROOT / 'models' / 'tiny-audio'}"
-        [models.options]
-        max_batch = 4
-        threads = 1
-        """)
-    s.pause_file = pause
+        """, model_options="threads = 1\n" + "".join(
+        model_block(name, ROOT / "models" / folder, tmp / f"pause-{name}" if pause else None, max_batch=batch,
+                    threads=1)
+        for name, folder, batch, pause in [(VISION, "tiny-vision", 8, True), (PIXTRAL, "tiny-pixtral", 8, True),
+                                           (AUDIO, "tiny-audio", 4, False)]))
+    s.pause_files = {name: tmp / f"pause-{name}" for name in (VISION, PIXTRAL)}
     s.start(timeout_s=300)
     yield s
-    pause.unlink(missing_ok=True)
+    for pause in s.pause_files.values():
+        pause.unlink(missing_ok=True)
     s.stop()
 
 
@@ -205,18 +82,8 @@ def channel(svc):
     ch.close()
 
 
-def image_part(url: str, detail: str | None = None) -> dict:
-    return {"type": "image_url", "image_url": {"url": url, **({"detail": detail} if detail else {})}}
-
-
-def ask(*images_: str, text: str = PROMPT) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "text", "text": text}, *(image_part(u) for u in images_)]}]
-
-
-def chat(oa, messages, **kw):
-    kw.setdefault("max_tokens", 12)
-    kw.setdefault("temperature", 0)
-    return oa.chat.completions.create(model=kw.pop("model", VISION), messages=messages, **kw)
+def chat(oa, messages, model: str = VISION, **kw):
+    return media_support.chat(oa, messages, model, **kw)
 
 
 # ---- images that work ---------------------------------------------------------------
@@ -274,32 +141,34 @@ def test_streaming_gives_the_same_answer_and_usage(oa):
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
-def test_concurrent_image_and_text_requests_share_the_batch_and_each_equals_its_alone_output(svc, oa, channel):
+@pytest.mark.parametrize("model", [VISION, PIXTRAL])
+def test_concurrent_image_and_text_requests_share_the_batch_and_each_equals_its_alone_output(svc, oa, channel, model):
     admin = admin_service_pb2_grpc.AdminServiceStub(channel)
+    pause_file = svc.pause_files[model]
 
     def stats():
-        return admin.GetEngineStats(admin_service_pb2.GetEngineStatsRequest(model=VISION)).engines[0]
+        return admin.GetEngineStats(admin_service_pb2.GetEngineStatsRequest(model=model)).engines[0]
 
-    requests = [ask(data_url(RED)), ask(text="Tell me about the sea."), ask(data_url(BLUE), data_url(RED)),
+    requests = [ask(data_url(RED)), ask(text="Tell me about the sea."), ask(data_url(BLUE), data_url(jpeg())),
                 ask(text="Hello there.")]
     kw = dict(max_tokens=20, temperature=0.8, seed=1234)
-    alone = [chat(oa, m, **kw).choices[0].message.content for m in requests]
+    alone = [chat(oa, m, model, **kw).choices[0].message.content for m in requests]
     assert wait_until(lambda: stats().active_sequences == 0, 30)
 
     async def together():
         async with svc.sdk(asynchronous=True) as aoa:
-            tasks = [asyncio.ensure_future(aoa.chat.completions.create(model=VISION, messages=m, **kw))
+            tasks = [asyncio.ensure_future(aoa.chat.completions.create(model=model, messages=m, **kw))
                      for m in requests]
             # Decoding held: every request is admitted and prefilled, then they decode together.
             seen = await asyncio.to_thread(wait_until, lambda: stats().active_sequences == len(requests), 60)
-            svc.pause_file.unlink()
+            pause_file.unlink()
             return seen, await asyncio.gather(*tasks)
 
-    svc.pause_file.touch()
+    pause_file.touch()
     try:
         seen, results = asyncio.run(together())
     finally:
-        svc.pause_file.unlink(missing_ok=True)
+        pause_file.unlink(missing_ok=True)
     assert seen, "the four requests were never in the batch together"
     assert [r.choices[0].message.content for r in results] == alone
 
@@ -310,6 +179,63 @@ def test_responses_api_input_image_takes_the_same_path(oa):
     c = chat(oa, ask(data_url(RED)), max_tokens=8)
     assert r.status in ("completed", "incomplete")  # incomplete: max_output_tokens reached
     assert (r.output_text, r.usage.input_tokens) == (c.choices[0].message.content, c.usage.prompt_tokens)
+
+
+def test_responses_api_media_errors_name_the_input_item_and_part(oa):
+    bad = {"type": "input_image", "image_url": data_url(b"hello, this is text and not an image at all")}
+    good = {"type": "input_image", "image_url": data_url(RED)}
+    inputs = [{"role": "user", "content": "hello"},
+              {"role": "assistant", "content": [{"type": "output_text", "text": "hi"}]},
+              {"role": "user", "content": [{"type": "input_text", "text": PROMPT}, good, bad]}]
+    with pytest.raises(openai.BadRequestError) as e:  # messages[3] (after the instructions) is input[2]
+        oa.responses.create(model=VISION, instructions="Be brief.", max_output_tokens=4, input=inputs)
+    assert e.value.body["param"] == "input[2].content[2]", e.value.body
+    with pytest.raises(openai.BadRequestError) as e:
+        oa.responses.create(model=MODEL, instructions="Be brief.", max_output_tokens=4, input=inputs[2:])
+    assert (e.value.body["param"], "messages[" in e.value.body["message"]) == ("input[0].content[1]", False)
+    assert "(input[0].content[1])" in e.value.body["message"], e.value.body
+
+
+# ---- Mistral3 / Pixtral: a variable token grid ------------------------------------------
+# 8-pixel patches merged 2x2: one [IMG] per 16x16 pixels, [IMG_BREAK] after each row but
+# the last, [IMG_END] after it; the longest edge is brought down to 64 pixels.
+GRID_TOKENS = {"red 40x30": 2 * (3 + 1), "blue 30x30": 2 * (2 + 1), "jpeg 64x48": 3 * (4 + 1),
+               "wide 200x100 -> 64x32": 2 * (4 + 1), "square 64x64": 4 * (4 + 1)}
+
+
+def test_pixtral_images_take_their_grid_of_tokens_in_usage(oa):
+    wide, square = png((90, 200, 90), (200, 100)), png((90, 90, 200), (64, 64))
+    none = chat(oa, ask(), PIXTRAL).usage.prompt_tokens
+    seen = {case: chat(oa, ask(data_url(img)), PIXTRAL).usage.prompt_tokens - none
+            for case, img in zip(GRID_TOKENS, [RED, BLUE, jpeg(), wide, square])}
+    assert seen == {case: n + 1 for case, n in GRID_TOKENS.items()}  # + the "\n" before the part
+    two = chat(oa, ask(data_url(RED), data_url(jpeg())), PIXTRAL)
+    assert two.usage.prompt_tokens - none == GRID_TOKENS["red 40x30"] + GRID_TOKENS["jpeg 64x48"] + 2
+    assert two.choices[0].message.content
+    assert two.usage.total_tokens == two.usage.prompt_tokens + two.usage.completion_tokens
+
+
+def test_pixtral_two_images_streamed_give_the_same_answer_and_usage(oa, images):
+    messages = ask(data_url(BLUE), images.url("/red.png"))
+    whole = chat(oa, messages, PIXTRAL, max_tokens=16)
+    swapped = chat(oa, ask(images.url("/red.png"), data_url(BLUE)), PIXTRAL, max_tokens=16)
+    chunks = list(chat(oa, messages, PIXTRAL, max_tokens=16, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (
+        whole.usage.prompt_tokens, whole.usage.completion_tokens)
+    assert whole.choices[0].message.content != swapped.choices[0].message.content  # the images reach the model
+
+
+def test_detail_low_shrinks_a_pixtral_grid_and_changes_nothing_at_llavas_fixed_size(oa):
+    square = data_url(png((90, 90, 200), (64, 64)))
+
+    def tokens(model, detail):
+        return chat(oa, [{"role": "user", "content": [image_part(square, detail)]}], model,
+                    max_tokens=1).usage.prompt_tokens
+    pixtral = {d: tokens(PIXTRAL, d) for d in ("auto", "high", "low")}
+    assert pixtral["auto"] == pixtral["high"]
+    assert pixtral["auto"] - pixtral["low"] == GRID_TOKENS["square 64x64"] - 2  # low: one [IMG] and [IMG_END]
+    assert tokens(VISION, "low") == tokens(VISION, "high") == tokens(VISION, "auto")
 
 
 def test_grpc_image_bytes_and_url(channel, images):
@@ -339,15 +265,6 @@ def test_grpc_image_bytes_and_url(channel, images):
 
 # ---- refusals -----------------------------------------------------------------------
 
-def assert_400(call, param: str, words: str = "") -> openai.BadRequestError:
-    with pytest.raises(openai.BadRequestError) as e:
-        call()
-    err = e.value.body
-    assert err["param"] == param, err
-    assert words.lower() in err["message"].lower(), err
-    return e.value
-
-
 def test_a_text_only_model_given_an_image_names_the_model_and_the_part(oa):
     messages = [{"role": "user", "content": "hi"},
                 {"role": "assistant", "content": "hello"},
@@ -357,30 +274,12 @@ def test_a_text_only_model_given_an_image_names_the_model_and_the_part(oa):
     assert_400(lambda: chat(oa, audio, model=VISION), "messages[0].content[0]", f"`{VISION}` does not accept audio")
 
 
-def _truncated_jpeg() -> bytes:
-    buf = io.BytesIO()
-    Image.effect_noise((128, 96), 60).convert("RGB").save(buf, "JPEG")
-    return buf.getvalue()[: len(buf.getvalue()) // 2]  # the header is whole, the scan is not
-
-
-def _bomb() -> bytes:
-    buf = io.BytesIO()
-    Image.new("1", (10_000, 10_000)).save(buf, "PNG")  # 100 Mpixels in a few kB
-    return buf.getvalue()
-
-
-def _sliver() -> bytes:
-    buf = io.BytesIO()
-    Image.new("L", (1, 100_000)).save(buf, "PNG")
-    return buf.getvalue()
-
-
 BAD_IMAGES = {
     "bad base64": ("data:image/png;base64,@@not-base64@@", "base64"),
     "not an image": (data_url(b"hello, this is text and not an image at all"), "not a supported image"),
-    "truncated jpeg": (data_url(_truncated_jpeg(), "image/jpeg"), "truncated"),
-    "1x100000": (data_url(_sliver()), "1x100000"),
-    "bomb": (data_url(_bomb()), "pixels"),
+    "truncated jpeg": (data_url(truncated_jpeg(), "image/jpeg"), "truncated"),
+    "1x100000": (data_url(sliver()), "1x100000"),
+    "bomb": (data_url(bomb()), "pixels"),
     "unsupported mime": (data_url(RED, "image/tiff"), "unsupported image type"),
     "over size": (data_url(b"\x89PNG" + bytes(MAX_MB * 1024 * 1024 + 10)), "larger than"),
 }

@@ -11,7 +11,7 @@ import pytest
 from genapi.v1 import common_pb2, content_pb2
 from genapi.v1 import generation_service_pb2 as gen_pb
 from genapi.v1 import response_service_pb2 as pb
-from server.responses.items import items_from_json, items_to_json, items_to_messages, with_ids
+from server.responses.items import input_param, items_from_json, items_to_json, items_to_messages, with_ids
 from server.responses.output import OutputBuilder
 from server.store import ConversationItem, ConversationRecord, ResponseRecord, SqliteStore
 from server.store.sqlite import MIGRATIONS
@@ -38,6 +38,29 @@ def test_items_become_the_chat_conversation():
     assert msgs[0].content[0].text == "Be brief." and [c.id for c in msgs[2].tool_calls] == ["c1", "c2"]
     assert (msgs[3].tool_call_id, msgs[3].content[0].text) == ("c1", "sunny")
     assert items_to_messages([user("x")], "")[0].role == content_pb2.ROLE_USER
+
+
+def test_a_message_part_param_names_the_responses_input_item_and_part():
+    image = pb.ItemPart(type=pb.ITEM_PART_TYPE_INPUT_IMAGE, image=content_pb2.ImagePart(url="https://x/a.png"))
+    history = [user("earlier")]
+    items = history + [
+        pb.Item(function_call=pb.FunctionCallItem(call_id="c1", name="w", arguments="{}")),
+        pb.Item(function_call_output=pb.FunctionCallOutputItem(call_id="c1", output="sunny")),
+        pb.Item(message=pb.MessageItem(role=content_pb2.ROLE_USER, content=[
+            pb.ItemPart(type=pb.ITEM_PART_TYPE_INPUT_TEXT, text="and"), image]))]
+    origins: list = []
+    msgs = items_to_messages(items, "Be brief.", origins)
+    assert len(origins) == len(msgs) == 5 and origins[0] is None
+    assert msgs[4].content[1].image.url == "https://x/a.png"
+    # messages[4] is the input's third item (after one history item and the instructions)
+    assert input_param("messages[4].content[1]", origins, len(history)) == "input[2].content[1]"
+    assert input_param("messages[4].content[1].url", origins, 1) == "input[2].content[1].url"
+    assert input_param("messages[3]", origins, 1) == "input[1]"
+    assert input_param("messages[1].content[0]", origins, 1, "previous_response_id") == "previous_response_id"
+    assert input_param("messages[0].content[0]", origins, 1) is None  # the instructions
+    assert input_param("messages[9].content[0]", origins, 1) is None
+    assert input_param("messages[4].content[7]", origins, 1) is None
+    assert input_param("messages", origins, 1) is None
 
 
 def test_items_get_ids_and_round_trip_as_json():

@@ -1,6 +1,7 @@
-"""tools/tiny_llava.py and tools/tiny_qwen2_audio.py: the tiny vision- and audio-language
-checkpoints are a real LLaVA and a real Qwen2-Audio (their own processors, token
-expansion and chat templates) on the tiny chat LM, built idempotently."""
+"""tools/tiny_llava.py, tools/tiny_pixtral.py and tools/tiny_qwen2_audio.py: the tiny
+vision- and audio-language checkpoints are a real LLaVA, a real Mistral3 (Pixtral tower)
+and a real Qwen2-Audio (their own processors, token expansion and chat templates) on the
+tiny chat LM, built idempotently."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tools import tiny_llava, tiny_qwen2_audio
+from tools import tiny_llava, tiny_pixtral, tiny_qwen2_audio
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "models" / "tiny-chat"
@@ -88,3 +89,51 @@ def test_audio_checkpoint_is_qwen2_audio_with_one_token_per_40_ms(built_audio):
     model = AutoModelForMultimodalLM.from_pretrained(built_audio)
     assert type(model).__name__ == "Qwen2AudioForConditionalGeneration"
     assert type(model.model.language_model).__name__ == "LlamaModel"
+
+
+@pytest.fixture(scope="module")
+def built_pixtral(tmp_path_factory) -> Path:
+    return tiny_pixtral.build(BASE, tmp_path_factory.mktemp("pixtral") / "tiny-pixtral")
+
+
+def test_pixtral_checkpoint_gives_a_variable_grid_and_the_engines_splice_is_the_models_forward(built_pixtral):
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForMultimodalLM
+
+    from server.chat.media_prompt import detail_image, encode_part
+    from server.chat.processors import load_processor
+    from server.engines.torch.multimodal import MediaEncoder, text_view
+
+    proc = load_processor(built_pixtral)  # PixtralGrid here (no torchvision), PixtralProcessor with it
+    tok = proc.tokenizer
+    img, brk, end = (tok.convert_tokens_to_ids(t) for t in (tiny_pixtral.IMAGE_TOKEN, tiny_pixtral.IMAGE_BREAK,
+                                                             tiny_pixtral.IMAGE_END))
+    wide = Image.new("RGB", (200, 70), "red")  # longest edge to 64: 64x22 -> 2 rows of 4 cells
+    ids, media = encode_part(proc, "image", wide)
+    assert ids == [img] * 4 + [brk] + [img] * 4 + [end]
+    assert tuple(np.asarray(media.arrays["pixel_values"]).shape) == (1, 3, 32, 64)
+    low = detail_image(proc, wide, "low")  # longest edge 16: one cell
+    assert low.size == (16, 6) and encode_part(proc, "image", low)[0] == [img, end]
+    assert detail_image(proc, wide, "high") is wide and detail_image(proc, wide, "auto") is wide
+    text = tok.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image"}]}],
+                                   add_generation_prompt=True, tokenize=False)
+    assert text == "<|im_start|>user\nhi\n[IMG]<|im_end|>\n<|im_start|>assistant\n"
+
+    model = AutoModelForMultimodalLM.from_pretrained(built_pixtral).eval()
+    assert type(model).__name__ == "Mistral3ForConditionalGeneration"
+    assert type(model.model.vision_tower).__name__ == "PixtralVisionModel"
+    prompt = tok("a picture:", add_special_tokens=False)["input_ids"] + ids
+    encoder = MediaEncoder(model, torch.device("cpu"), torch.float32)
+    splice = encoder.splice_for(prompt, [media])
+    assert splice.features.shape[0] == 8  # one feature per [IMG]; break and end are text
+    small, small_media = encode_part(proc, "image", Image.new("RGB", (10, 10), "blue"))  # one cell: a lone feature
+    assert small == [img, end] and encoder.splice_for(small, [small_media]).features.shape[0] == 1
+    lm = text_view(model)
+    with torch.no_grad():
+        arrays = {k: torch.as_tensor(v) for k, v in media.arrays.items()}
+        own = model(input_ids=torch.tensor([prompt]), **arrays).logits[0, -1]
+        h = lm.model.embed_tokens(torch.tensor([prompt]))
+        h[0, splice.positions] = splice.features
+        ours = lm.lm_head(lm.model(inputs_embeds=h).last_hidden_state)[0, -1]
+    assert torch.allclose(own, ours, atol=1e-5)

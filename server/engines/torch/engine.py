@@ -161,9 +161,9 @@ class TorchEngine(EngineBase):
             self._worker.start(), asyncio.to_thread(AutoTokenizer.from_pretrained, self.path))
         media, processor = tuple(info.get("media") or ()), None
         if media:  # a vision-language checkpoint: its processor expands images in the core
-            from transformers import AutoProcessor
+            from ...chat.processors import load_processor
 
-            processor = await asyncio.to_thread(AutoProcessor.from_pretrained, self.path)
+            processor = await asyncio.to_thread(load_processor, self.path)
         self.chat_info = ChatModelInfo(tokenizer, info["context_length"], info["vocab_size"], media, processor)
 
     async def stop(self) -> None:

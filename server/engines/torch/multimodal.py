@@ -2,9 +2,10 @@
 encoders that run when a request is admitted, and the language model the batched
 runners drive.
 
-A LLaVA-style checkpoint (`LlavaForConditionalGeneration`, and the others whose inner
-model has `get_image_features` and a `language_model`) is a vision tower and projector in
-front of an ordinary causal LM; a Qwen2-Audio-style one (`Qwen2AudioForConditionalGeneration`)
+A LLaVA-style checkpoint (`LlavaForConditionalGeneration`, `Mistral3ForConditionalGeneration`
+with its Pixtral tower and variable image grid, and the others whose inner model has
+`get_image_features` and a `language_model`) is a vision tower and projector in front of
+an ordinary causal LM; a Qwen2-Audio-style one (`Qwen2AudioForConditionalGeneration`)
 an audio encoder (Whisper-like) and projector. The prompt (templated and expanded by the
 model's processor in the core) holds one placeholder token per media feature; at
 admission the encoders turn each part's processor outputs (`MediaInput.arrays`) into
@@ -18,6 +19,7 @@ import inspect
 import types
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..base import media_kinds
@@ -92,14 +94,29 @@ class ImageEncoder:
         # Older transformers do not fill these from the config themselves.
         self.defaults = {k: getattr(model.config, k) for k in ("vision_feature_layer", "vision_feature_select_strategy")
                          if k in params and getattr(model.config, k, None) is not None}
+        # Pixels per feature of a variable-grid (Pixtral) tower: patch x spatial merge.
+        merge = getattr(model.config, "spatial_merge_size", None)
+        self.cell = int(model.config.vision_config.patch_size) * int(merge) if merge else None
+
+    def _lone_feature(self, arrays: dict) -> bool:
+        """An image of a variable-grid tower that makes a single feature: transformers'
+        Mistral3 squeezes that feature's axis away and cannot split it, so such an image
+        is encoded beside a copy of itself."""
+        sizes = arrays.get("image_sizes")
+        return self.cell is not None and sizes is not None and len(sizes) == 1 and \
+            all(int(v) // self.cell == 1 for v in sizes[0])
 
     def encode(self, arrays: dict) -> torch.Tensor:
+        lone = self._lone_feature(arrays)
+        if lone:
+            arrays = {k: np.concatenate([v, v]) for k, v in arrays.items()}
         kwargs = dict(self.defaults, **{k: _tensor(v, self.device, self.dtype) for k, v in arrays.items()})
         feats = self.inner.get_image_features(**kwargs)
         feats = getattr(feats, "pooler_output", feats)  # transformers >= 5: a model output
         if isinstance(feats, (list, tuple)):
             feats = torch.cat([f.reshape(-1, f.shape[-1]) for f in feats])
-        return feats.reshape(-1, feats.shape[-1])
+        feats = feats.reshape(-1, feats.shape[-1])
+        return feats[:1] if lone else feats
 
 
 class AudioEncoder:

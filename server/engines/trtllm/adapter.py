@@ -156,9 +156,9 @@ class TrtllmEngine(EngineBase):
         # TensorRT-LLM's own input processor takes (mapping.multimodal_inputs).
         kinds, processor = media_kinds(cfg), None
         if kinds:
-            from transformers import AutoProcessor
+            from ...chat.processors import load_processor
 
-            processor = AutoProcessor.from_pretrained(self.path, trust_remote_code=trust)
+            processor = load_processor(self.path, trust_remote_code=trust)
         self.sample_rate = int(getattr(getattr(processor, "feature_extractor", None), "sampling_rate", 16_000))
         self.chat_info = ChatModelInfo(self.tokenizer, self.context_length, self.vocab_size, kinds, processor,
                                        raw_media=bool(kinds))
