@@ -210,7 +210,10 @@ async def _fetch(url: str, policy: MediaPolicy) -> tuple[bytes, str]:
                     location = _header(resp, b"location")
                     if not location:
                         raise MediaError(f"The URL answered HTTP {resp.status} without a Location.")
-                    url = urllib.parse.urljoin(target.url, location)
+                    try:
+                        url = urllib.parse.urljoin(target.url, location)
+                    except ValueError:  # e.g. `http://[::1` (urljoin parses the authority)
+                        raise MediaError("The URL redirected to a URL that is not valid.") from None
                     continue
                 if resp.status != 200:
                     raise MediaError(f"The URL answered HTTP {resp.status}.")

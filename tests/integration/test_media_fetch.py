@@ -202,6 +202,16 @@ def test_redirect_loops_and_redirects_to_file_are_refused():
     assert "scheme" in file_msg
 
 
+@pytest.mark.parametrize("location", ["http://[::1", "http://[zz]/", "https://[1::2::3]/"])
+def test_a_redirect_to_a_malformed_url_is_a_media_error(location):
+    async def go():
+        async with Listener(redirect(location)) as lis:
+            with pytest.raises(MediaError) as e:
+                await fetch_url(f"http://127.0.0.1:{lis.port}/", MediaPolicy(allow_hosts=(f"127.0.0.1:{lis.port}",)))
+            return e.value.message
+    assert "not valid" in asyncio.run(go())
+
+
 def test_a_closed_port_is_a_media_error():
     async def go():
         async with Listener() as lis:
