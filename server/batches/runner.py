@@ -44,7 +44,9 @@ from genapi.batch_lines import LineRejected
 
 from ..interceptors.auth import act_as
 from ..store import BatchRecord, FileRecord, LineResult, S3Url, Store
+from ..store.outage import describe, is_outage
 from ..store.s3 import beside
+from ..tracing import log_context_of
 from .inprocess import EXECUTORS
 
 log = logging.getLogger("genapi.batches")
@@ -85,6 +87,8 @@ class BatchRunner:
         self.lease_s = lease_s
         self.tasks: dict[str, asyncio.Task] = {}
         self.in_flight: dict[tuple[str, int], asyncio.Task] = {}  # (batch id, line) -> its task
+        self.leased_until: dict[tuple[str, int], float] = {}  # (batch id, line) -> its lease's end, as last set
+        self._store_down = False  # an outage is logged once, not at every poll
         self.cancels: dict[str, asyncio.Event] = {}
         self._poller: asyncio.Task | None = None
         self.lines_waiting = 0  # batch lines not yet started, over every running batch (a metric)
@@ -103,27 +107,51 @@ class BatchRunner:
     async def _poll(self) -> None:
         while True:
             try:
-                for batch_id in await asyncio.to_thread(self.store.claim_batches, self.node, self.lease_s, time.time()):
-                    self.kick(batch_id)
                 if self.in_flight:
                     await self._renew()
-            except Exception:
-                log.exception("claiming batches failed")
+                for batch_id in await asyncio.to_thread(self.store.claim_batches, self.node, self.lease_s, time.time()):
+                    self.kick(batch_id)
+                if self._store_down:
+                    log.info("batches: the store is reachable again")
+                self._store_down = False
+            except Exception as e:
+                if not is_outage(e):
+                    log.exception("claiming batches failed")
+                elif not self._store_down:
+                    log.warning("batches: store unavailable (%s); retrying every %gs", describe(e), POLL_S)
+                    self._store_down = True
+                self._stop_unrenewed()
             await asyncio.sleep(POLL_S)
 
     async def _renew(self) -> None:
         """Renews the leases of the lines running here; a line whose lease was lost (this
         process stalled past it and another replica took the line) stops here."""
         running = dict(self.in_flight)
-        lost = await asyncio.to_thread(self.store.renew_lines, self.holder, self.lease_s, time.time(), list(running))
+        now = time.time()
+        lost = await asyncio.to_thread(self.store.renew_lines, self.holder, self.lease_s, now, list(running))
+        for key in running:
+            if key in self.leased_until:
+                self.leased_until[key] = now + self.lease_s
         for key in lost:
             log.warning("batch %s line %d: its lease ran out and another replica took it; stopped here", *key)
             running[key].cancel()
 
+    def _stop_unrenewed(self) -> None:
+        """While the store is unreachable no lease is renewed: a line whose lease ends
+        before the next poll could renew it stops here (it runs again later, here or on
+        another replica), so that it never runs on two replicas at once."""
+        horizon = time.time() + 2 * POLL_S
+        for key, task in list(self.in_flight.items()):
+            if self.leased_until.get(key, horizon) < horizon and not task.done():
+                log.warning("batch %s line %d: its lease cannot be renewed (store unavailable); stopped here", *key)
+                task.cancel()
+
     def kick(self, batch_id: str) -> None:
-        """Runs the batch unless it is running already."""
+        """Runs the batch unless it is running already. Its task's log lines carry the
+        batch id (not the id of the request that kicked it: a task copies its creator's
+        context variables)."""
         if batch_id not in self.tasks:
-            self.tasks[batch_id] = asyncio.create_task(self._run(batch_id))
+            self.tasks[batch_id] = asyncio.create_task(self._run(batch_id), context=log_context_of(batch_id))
 
     def cancel(self, batch_id: str) -> None:
         self.cancels.setdefault(batch_id, asyncio.Event()).set()
@@ -147,8 +175,8 @@ class BatchRunner:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            if isinstance(e, OSError) or type(e).__module__.startswith("botocore"):  # storage down
-                log.warning("batch %s: storage unavailable (%s); retried in a few seconds", batch_id, e)
+            if isinstance(e, OSError) or is_outage(e):  # storage down
+                log.warning("batch %s: storage unavailable (%s); retried in a few seconds", batch_id, describe(e))
             else:
                 log.exception("batch %s: runner failed; it is retried at the next poll", batch_id)
             await asyncio.sleep(RETRY_S[-1])
@@ -199,8 +227,9 @@ class BatchRunner:
             while not cancelled.is_set() and not (expired := time.time() >= b.expires_at):
                 await self.slots.acquire()
                 await self._yield_to_interactive()
+                claimed_at = time.time()
                 claimed = await asyncio.to_thread(self.store.claim_lines, b.id, self.node, self.holder, 1,
-                                                  self.lease_s, time.time())
+                                                  self.lease_s, claimed_at)
                 if not claimed:
                     self.slots.release()
                     if running:  # ours still run: wait for one, then claim again
@@ -214,21 +243,23 @@ class BatchRunner:
                 key = (b.id, claimed[0])
                 task = asyncio.create_task(self._run_line(b, codec, by_line[claimed[0]], cancelled))
                 self.in_flight[key] = task
+                self.leased_until[key] = claimed_at + self.lease_s
                 if waiting:
                     waiting -= 1
                     self.lines_waiting -= 1
                 task.add_done_callback(lambda _: self.slots.release())
-                task.add_done_callback(lambda t, key=key: self.in_flight.pop(key, None) if self.in_flight.get(key) is t
-                                       else None)
+                task.add_done_callback(lambda t, key=key: self._forget(key, t))
                 running.add(task)
                 task.add_done_callback(running.discard)
             if running:
                 for outcome in await asyncio.gather(*running, return_exceptions=True):
                     if isinstance(outcome, Exception):
                         raise outcome
-        except asyncio.CancelledError:
+        except BaseException:  # stopped, or the store failed: no line of ours may run on once released
             for t in running:
                 t.cancel()
+            if running:
+                await asyncio.wait(running, timeout=5)
             raise
         finally:
             self.lines_waiting -= waiting  # those a cancel or the expiry left unstarted
@@ -249,6 +280,11 @@ class BatchRunner:
         elif current.completed + current.failed >= current.total:
             await asyncio.to_thread(self.store.transition, b.id, ("in_progress",), status="finalizing",
                                     finalizing_at=now)
+
+    def _forget(self, key: tuple[str, int], task: asyncio.Task) -> None:
+        if self.in_flight.get(key) is task:
+            del self.in_flight[key]
+            self.leased_until.pop(key, None)
 
     async def _yield_to_interactive(self) -> None:
         """Waits while any engine has requests queued for a slot (interactive traffic first)."""
@@ -286,8 +322,20 @@ class BatchRunner:
                                              batch_lines.response_line(line.custom_id, rid, status_code, body)))
 
     async def _record(self, b: BatchRecord, result: LineResult) -> None:
+        """Stores a line's result; while the store is unreachable, tries again (a result
+        is recorded once: put_result is insert-once), unless the line is stopped."""
         result.holder = result.holder or self.holder
-        await asyncio.to_thread(self.store.put_result, b.id, result)
+        for attempt in itertools.count():
+            try:
+                await asyncio.to_thread(self.store.put_result, b.id, result)
+                return
+            except Exception as e:
+                if not is_outage(e):
+                    raise
+                if attempt == 0:
+                    log.warning("batch %s line %d: result not stored yet (%s); retrying", b.id, result.line,
+                                describe(e))
+            await asyncio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
 
     async def _expire(self, b: BatchRecord) -> None:
         """Every line without a result becomes a `batch_expired` error; then the files."""
