@@ -91,15 +91,17 @@ class BatchRunner:
         self._store_down = False  # an outage is logged once, not at every poll
         self.cancels: dict[str, asyncio.Event] = {}
         self._poller: asyncio.Task | None = None
+        self._guard: asyncio.Task | None = None
         self.lines_waiting = 0  # batch lines not yet started, over every running batch (a metric)
 
     # ---- life cycle --------------------------------------------------------------------
     def start(self) -> None:
         self._poller = asyncio.create_task(self._poll())
+        self._guard = asyncio.create_task(self._guard_leases())
 
     async def stop(self) -> None:
         """Cancels every batch task; lines in flight have no result and run again later."""
-        tasks = [t for t in (self._poller, *self.tasks.values()) if t]
+        tasks = [t for t in (self._poller, self._guard, *self.tasks.values()) if t]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -120,7 +122,6 @@ class BatchRunner:
                 elif not self._store_down:
                     log.warning("batches: store unavailable (%s); retrying every %gs", describe(e), POLL_S)
                     self._store_down = True
-                self._stop_unrenewed()
             await asyncio.sleep(POLL_S)
 
     async def _renew(self) -> None:
@@ -136,15 +137,19 @@ class BatchRunner:
             log.warning("batch %s line %d: its lease ran out and another replica took it; stopped here", *key)
             running[key].cancel()
 
-    def _stop_unrenewed(self) -> None:
-        """While the store is unreachable no lease is renewed: a line whose lease ends
-        before the next poll could renew it stops here (it runs again later, here or on
-        another replica), so that it never runs on two replicas at once."""
-        horizon = time.time() + 2 * POLL_S
-        for key, task in list(self.in_flight.items()):
-            if self.leased_until.get(key, horizon) < horizon and not task.done():
-                log.warning("batch %s line %d: its lease cannot be renewed (store unavailable); stopped here", *key)
-                task.cancel()
+    async def _guard_leases(self) -> None:
+        """While the store is unreachable (or too slow) no lease is renewed: a line with
+        less than POLL_S of its lease left stops here (it runs again later, here or on
+        another replica), so it never runs on two replicas at once. Its own task, which
+        makes no store call: a renewal stuck waiting for the store cannot delay it."""
+        while True:
+            await asyncio.sleep(POLL_S / 4)
+            horizon = time.time() + POLL_S
+            for key, task in list(self.in_flight.items()):
+                if self.leased_until.get(key, horizon) < horizon and not task.done():
+                    log.warning("batch %s line %d: its lease cannot be renewed (store unavailable or slow); "
+                                "stopped here", *key)
+                    task.cancel()
 
     def kick(self, batch_id: str) -> None:
         """Runs the batch unless it is running already. Its task's log lines carry the
