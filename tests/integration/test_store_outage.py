@@ -13,10 +13,7 @@ S3 server.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import grpc
 import httpx
@@ -27,7 +24,7 @@ from genapi.v1 import admin_service_pb2, admin_service_pb2_grpc
 from server.store import PostgresStore
 from server.store.line_claims import overlapping_runs
 
-from ..conftest import MODEL, Service, free_port, missing_tool, never_logged, wait_until
+from ..conftest import MODEL, Service, free_port, throwaway_cluster, wait_until
 from .batch_support import CHAT, assert_exactly_once, chat_line, upload, wait_batch
 
 BUCKET = "genapi-outage"
@@ -60,16 +57,9 @@ class S3:
 
 @pytest.fixture(scope="module")
 def cluster():
-    from ..postgres_cluster import Cluster, pg_bin
-
-    if pg_bin() is None:
-        missing_tool("PostgreSQL (initdb, pg_ctl) is not installed (Debian: apt-get install postgresql)")
-    root = Path(tempfile.mkdtemp(prefix="genapi-pg-outage-"))
-    c = Cluster(root, free_port()).start()
-    never_logged(c.url)
-    yield c
-    c.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    """A cluster of this module's own: its tests stop and start it."""
+    with throwaway_cluster() as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
