@@ -202,6 +202,7 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     try:
         metrics.install(registry, runner, cfg.metrics_port, cfg.core_host)
     except OSError as e:
+        heartbeat.stop()  # frees the node name: the next start need not wait for it
         raise StartupError(f"the core's metrics port {cfg.core_host}:{cfg.metrics_port} cannot be used: {e}") from None
     batch_service_pb2_grpc.add_BatchServiceServicer_to_server(BatchServicer(
         store, runner, cfg.batch_window_s, cfg.s3_input_buckets), server)
@@ -216,6 +217,7 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     _enable_reflection(server, SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,))
     address = f"{cfg.core_host}:{cfg.core_port}"
     if server.add_insecure_port(address) == 0:
+        heartbeat.stop()
         raise StartupError(f"the gRPC core cannot listen on {address} (port in use?)")
     await _set_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
