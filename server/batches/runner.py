@@ -13,9 +13,10 @@ Replicas: several cores may share one store (PostgreSQL). Every replica works on
 in-progress batch, claiming its lines one at a time with a lease (`lease_s`, renewed
 every POLL_S while the line runs; SKIP LOCKED under PostgreSQL), so no line runs on two
 replicas at once and the lines of a replica that died are claimed again once their
-leases run out. Validation and finalization are done once, by the replica that wins the
-batch's own lease (`Store.lease_batch`); the move from in_progress to finalizing is a
-compare-and-set that one replica wins.
+leases run out; a line whose lease this replica could not renew in time (the store
+unreachable) stops before the lease ends. Validation and finalization are done once, by
+the replica that wins the batch's own lease (`Store.lease_batch`); the move from
+in_progress to finalizing is a compare-and-set that one replica wins.
 
 Priority: at most `[batches] concurrency` lines run at once over all batches, and no new
 line starts while any engine has interactive requests waiting for a slot.
