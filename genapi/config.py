@@ -15,7 +15,9 @@ Layout (every key optional; see README "Configuration"):
     [[models]] name, task, backend, path, [models.options]
     [store]  url (SQLite file path or sqlite:///path, default var/genapi.db; or
              postgresql://user:password@host:port/db for several core replicas),
-             node (this core's name in leases; default host:port of the core)
+             node (this core's name in leases; default host:port of the core; one per live
+             core), timeout_s (how long a call waits for PostgreSQL, and S3 for a connection,
+             before it fails with 503 store_unavailable; default 5)
     [files]  url (local directory, default var/files; or s3://bucket/prefix), max_upload_mb,
              s3_input_buckets (buckets whose s3:// URLs batches may read)
     [batches] concurrency, lease_s (how long a replica's claim on a batch line outlives it),
@@ -286,6 +288,7 @@ class Config:
     path: Path | None = None
     store_url: str = ""  # SQLite database file or postgresql://...; "" = <base>/var/genapi.db
     store_node: str = ""  # this core's name in batch and response leases; "" = <hostname>:<core port>
+    store_timeout_s: float = 5.0  # a store call fails (503 store_unavailable) after waiting this long to connect
     files_url: str = ""  # object directory or s3://bucket/prefix; "" = <base>/var/files
     s3_input_buckets: list[str] = field(default_factory=list)  # s3:// batch inputs allowed from these
     metrics_keys: tuple[str, ...] = ()  # key names that may read the shim's /metrics (() = every key)
@@ -383,6 +386,7 @@ _SETTINGS = (
     ("shim", "keepalive_s", "keepalive_s", float, "GENAPI_KEEPALIVE_S"),
     ("store", "url", "store_url", str, "GENAPI_STORE_URL"),
     ("store", "node", "store_node", str, "GENAPI_STORE_NODE"),
+    ("store", "timeout_s", "store_timeout_s", float, "GENAPI_STORE_TIMEOUT_S"),
     ("files", "url", "files_url", str, "GENAPI_FILES_URL"),
     ("files", "max_upload_mb", "max_upload_mb", int, "GENAPI_MAX_UPLOAD_MB"),
     ("batches", "concurrency", "batch_concurrency", int, "GENAPI_BATCH_CONCURRENCY"),
@@ -664,9 +668,10 @@ _MINIMUM = {"port": 1, "max_message_mb": 1, "workers": 1, "threads": 0, "request
             "read_timeout_s": 0.001, "max_body_mb": 1, "keepalive_s": 0, "max_upload_mb": 1, "concurrency": 1,
             "window_s": 0, "lease_s": 3, "drain_grace_s": 0, "metrics_port": 0, "rpm": 0, "tpm": 0,
             "connect_timeout_s": 0.001, "fetch_timeout_s": 0.001, "max_mb": 0.001, "max_redirects": 0,
-            "max_images": 0, "max_image_pixels": 1, "max_image_side": 1, "max_audio_s": 0}
+            "max_images": 0, "max_image_pixels": 1, "max_image_side": 1, "max_audio_s": 0,
+            "timeout_s": 0.5}
 _MAXIMUM = {"port": 65535, "drain_grace_s": 86400, "metrics_port": 65535, "rpm": MAX_PER_MINUTE,
-            "tpm": MAX_PER_MINUTE, "lease_s": 3600}
+            "tpm": MAX_PER_MINUTE, "lease_s": 3600, "timeout_s": 60}
 _MINIMUM_NOTE = {"threads": " (0 = auto)", "max_audio_s": " (0 = the model's own limit)"}
 
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import uuid
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -45,6 +46,7 @@ from .responses.runner import BackgroundRunner
 from . import metrics
 from .interceptors.auth import AuthInterceptor
 from .interceptors.metrics import MetricsInterceptor
+from .interceptors.store_outage import StoreOutageInterceptor
 from .tracing import TraceInterceptor, otel_tracer
 from .drain import Drain
 from .limits import RateLimiter
@@ -58,7 +60,8 @@ from .services.generation import GenerationServicer
 from .services.models import ModelServicer
 from .services.responses import ResponseServicer
 from .services.transcription import TranscriptionServicer
-from .store import open_store
+from .store import open_objects, open_store
+from .store.nodes import Heartbeat, NodeNameInUse, take_node_name
 from .store.postgres import redact
 
 log = logging.getLogger("genapi.core")
@@ -135,6 +138,31 @@ async def _watch_engines(registry: Registry, health, stop: asyncio.Event) -> Non
             await _set_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
+async def _open_storage(cfg: Config):
+    """The object storage (an S3 bucket checked with HeadBucket), the state store, and this
+    core's node name claimed in it with its heartbeat running; StartupError naming the
+    setting when one of them cannot be used."""
+    try:
+        objects = await asyncio.to_thread(open_objects, cfg)
+    except Exception as e:  # a missing bucket, denied credentials, an endpoint that does not answer
+        raise StartupError(f"[files] url {cfg.files_url}: cannot use the object storage: {one_line(e)}") from None
+    try:
+        store = await asyncio.to_thread(open_store, cfg)
+    except Exception as e:  # PostgreSQL unreachable, a wrong password, psycopg missing
+        raise StartupError(f"[store] url {redact(cfg.store_url) or cfg.store_path}: cannot open the store: "
+                           f"{one_line(e)}") from None
+    holder = f"{cfg.node_name}/{uuid.uuid4().hex[:12]}"
+    try:
+        await asyncio.to_thread(take_node_name, store, cfg.node_name, holder)
+    except Exception as e:  # NodeNameInUse, or the store went away meanwhile
+        store.close()
+        raise StartupError(str(e) if isinstance(e, NodeNameInUse) else
+                           f"[store] node {cfg.node_name!r}: cannot be claimed: {one_line(e)}") from None
+    heartbeat = Heartbeat(store, cfg.node_name, holder)
+    heartbeat.start()
+    return store, objects, heartbeat
+
+
 async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     try:
         registry = Registry(cfg.models)
@@ -150,7 +178,8 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     except ImportError as e:
         raise StartupError(str(e)) from None
     server = grpc.aio.server(  # interceptors: outermost first
-        interceptors=[TraceInterceptor(tracer), AuthInterceptor(checker), MetricsInterceptor(registry.models)],
+        interceptors=[TraceInterceptor(tracer), AuthInterceptor(checker), MetricsInterceptor(registry.models),
+                      StoreOutageInterceptor()],
         options=grpc_options(cfg) + [("grpc.so_reuseport", 0)],
     )
     drain = Drain()
@@ -160,11 +189,7 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     except ValueError as e:
         raise StartupError(one_line(e)) from None
     generation_service_pb2_grpc.add_GenerationServiceServicer_to_server(generation, server)
-    try:
-        store, objects = open_store(cfg)
-    except Exception as e:  # PostgreSQL unreachable, a wrong password, psycopg missing
-        raise StartupError(f"[store] url {redact(cfg.store_url) or cfg.store_path}: cannot open the store: "
-                           f"{one_line(e)}") from None
+    store, objects, heartbeat = await _open_storage(cfg)
     embedding = EmbeddingServicer(registry, drain, limiter)
     file_service_pb2_grpc.add_FileServiceServicer_to_server(
         FileServicer(store, objects, cfg.max_upload_mb * 1024 * 1024), server)
@@ -177,6 +202,7 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     try:
         metrics.install(registry, runner, cfg.metrics_port, cfg.core_host)
     except OSError as e:
+        heartbeat.stop()  # frees the node name: the next start need not wait for it
         raise StartupError(f"the core's metrics port {cfg.core_host}:{cfg.metrics_port} cannot be used: {e}") from None
     batch_service_pb2_grpc.add_BatchServiceServicer_to_server(BatchServicer(
         store, runner, cfg.batch_window_s, cfg.s3_input_buckets), server)
@@ -191,6 +217,7 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     _enable_reflection(server, SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,))
     address = f"{cfg.core_host}:{cfg.core_port}"
     if server.add_insecure_port(address) == 0:
+        heartbeat.stop()
         raise StartupError(f"the gRPC core cannot listen on {address} (port in use?)")
     await _set_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
@@ -205,11 +232,13 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     except StartupError:
         await server.stop(0)
         await registry.stop()
+        heartbeat.stop()
         raise
     if not loaded:
         log.info("stopped while loading models")
         await server.stop(0)
         await registry.stop()
+        heartbeat.stop()
         return
     await _set_health(health, health_pb2.HealthCheckResponse.SERVING)
     log.info("gRPC core serving %s on %s", ", ".join(registry.models), address)
@@ -231,6 +260,7 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
         log.warning("grace period over: cancelling %d request(s) still in flight", drain.in_flight)
     await server.stop(0)
     await registry.stop()
+    heartbeat.stop()
     store.close()
     log.info("gRPC core stopped")
 

@@ -101,3 +101,7 @@ def from_engine_error(e: Exception) -> GenapiError:
 
 
 INTERNAL_ERROR = GenapiError(grpc.StatusCode.INTERNAL, "internal error", "internal_error")
+
+# A store or object storage call failed because it is down or unreachable (store.outage).
+STORE_UNAVAILABLE = GenapiError(grpc.StatusCode.UNAVAILABLE, "The state store is unavailable; retry shortly.",
+                                "store_unavailable", retry_after_s=5)

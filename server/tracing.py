@@ -24,6 +24,15 @@ def log_context() -> dict:
     return {"request_id": _request_id.get(), "trace_id": _trace_id.get()}
 
 
+def log_context_of(work_id: str) -> contextvars.Context:
+    """A fresh context whose log lines carry `work_id` (a batch id) as their request id and
+    no trace id: for a background task, which would otherwise copy the context variables
+    of whatever request created it."""
+    ctx = contextvars.Context()
+    ctx.run(_request_id.set, work_id)
+    return ctx
+
+
 def current_trace_id() -> str:
     return _trace_id.get()
 

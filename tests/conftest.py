@@ -222,11 +222,11 @@ class Service:
         return self.proc.returncode if self.proc else None
 
 
-@pytest.fixture(scope="session")
-def pg_cluster():
-    """One throw-away PostgreSQL cluster for the session (tests/postgres_cluster.py); a
-    test takes a fresh database with `pg_cluster.create_database()`. Skips without
-    PostgreSQL's binaries (fails under CI, where ./build.sh installs them)."""
+@contextlib.contextmanager
+def throwaway_cluster():
+    """A throw-away PostgreSQL cluster (tests/postgres_cluster.py) on a free port, removed
+    afterwards. Skips without PostgreSQL's binaries (fails under CI, where ./build.sh
+    installs them)."""
     import shutil
     import tempfile
 
@@ -237,9 +237,19 @@ def pg_cluster():
     root = Path(tempfile.mkdtemp(prefix="genapi-pg-"))  # not under pytest's 0700 tmp: postgres must enter
     cluster = Cluster(root, free_port()).start()
     never_logged(cluster.url)
-    yield cluster
-    cluster.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One throw-away cluster for the session; a test takes a fresh database with
+    `pg_cluster.create_database()`."""
+    with throwaway_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

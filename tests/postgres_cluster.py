@@ -76,6 +76,20 @@ class Cluster:
         be lost, which no test here is about."""
         self._pg_ctl("restart", "-m", "fast")
 
+    def crash(self) -> None:
+        """An outage: every committed write made durable first (CHECKPOINT: with
+        synchronous_commit=off the last commits would be lost otherwise), then the server
+        stopped at once (`-m immediate`: no shutdown, connections just break)."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+        self.stop()
+
+    def resume(self) -> None:
+        """Starts the stopped server again on its port (after `crash` or `stop`)."""
+        self._pg_ctl("start")
+
     def stop(self) -> None:
         subprocess.run([*self._as, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"],
                        capture_output=True, timeout=60)

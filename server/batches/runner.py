@@ -13,9 +13,10 @@ Replicas: several cores may share one store (PostgreSQL). Every replica works on
 in-progress batch, claiming its lines one at a time with a lease (`lease_s`, renewed
 every POLL_S while the line runs; SKIP LOCKED under PostgreSQL), so no line runs on two
 replicas at once and the lines of a replica that died are claimed again once their
-leases run out. Validation and finalization are done once, by the replica that wins the
-batch's own lease (`Store.lease_batch`); the move from in_progress to finalizing is a
-compare-and-set that one replica wins.
+leases run out; a line whose lease this replica could not renew in time (the store
+unreachable) stops before the lease ends. Validation and finalization are done once, by
+the replica that wins the batch's own lease (`Store.lease_batch`); the move from
+in_progress to finalizing is a compare-and-set that one replica wins.
 
 Priority: at most `[batches] concurrency` lines run at once over all batches, and no new
 line starts while any engine has interactive requests waiting for a slot.
@@ -44,7 +45,9 @@ from genapi.batch_lines import LineRejected
 
 from ..interceptors.auth import act_as
 from ..store import BatchRecord, FileRecord, LineResult, S3Url, Store
+from ..store.outage import describe, is_outage
 from ..store.s3 import beside
+from ..tracing import log_context_of
 from .inprocess import EXECUTORS
 
 log = logging.getLogger("genapi.batches")
@@ -85,17 +88,21 @@ class BatchRunner:
         self.lease_s = lease_s
         self.tasks: dict[str, asyncio.Task] = {}
         self.in_flight: dict[tuple[str, int], asyncio.Task] = {}  # (batch id, line) -> its task
+        self.leased_until: dict[tuple[str, int], float] = {}  # (batch id, line) -> its lease's end, as last set
+        self._store_down = False  # an outage is logged once, not at every poll
         self.cancels: dict[str, asyncio.Event] = {}
         self._poller: asyncio.Task | None = None
+        self._guard: asyncio.Task | None = None
         self.lines_waiting = 0  # batch lines not yet started, over every running batch (a metric)
 
     # ---- life cycle --------------------------------------------------------------------
     def start(self) -> None:
         self._poller = asyncio.create_task(self._poll())
+        self._guard = asyncio.create_task(self._guard_leases())
 
     async def stop(self) -> None:
         """Cancels every batch task; lines in flight have no result and run again later."""
-        tasks = [t for t in (self._poller, *self.tasks.values()) if t]
+        tasks = [t for t in (self._poller, self._guard, *self.tasks.values()) if t]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -103,27 +110,54 @@ class BatchRunner:
     async def _poll(self) -> None:
         while True:
             try:
-                for batch_id in await asyncio.to_thread(self.store.claim_batches, self.node, self.lease_s, time.time()):
-                    self.kick(batch_id)
                 if self.in_flight:
                     await self._renew()
-            except Exception:
-                log.exception("claiming batches failed")
+                for batch_id in await asyncio.to_thread(self.store.claim_batches, self.node, self.lease_s, time.time()):
+                    self.kick(batch_id)
+                if self._store_down:
+                    log.info("batches: the store is reachable again")
+                self._store_down = False
+            except Exception as e:
+                if not is_outage(e):
+                    log.exception("claiming batches failed")
+                elif not self._store_down:
+                    log.warning("batches: store unavailable (%s); retrying every %gs", describe(e), POLL_S)
+                    self._store_down = True
             await asyncio.sleep(POLL_S)
 
     async def _renew(self) -> None:
         """Renews the leases of the lines running here; a line whose lease was lost (this
         process stalled past it and another replica took the line) stops here."""
         running = dict(self.in_flight)
-        lost = await asyncio.to_thread(self.store.renew_lines, self.holder, self.lease_s, time.time(), list(running))
+        now = time.time()
+        lost = await asyncio.to_thread(self.store.renew_lines, self.holder, self.lease_s, now, list(running))
+        for key in running:
+            if key in self.leased_until:
+                self.leased_until[key] = now + self.lease_s
         for key in lost:
             log.warning("batch %s line %d: its lease ran out and another replica took it; stopped here", *key)
             running[key].cancel()
 
+    async def _guard_leases(self) -> None:
+        """While the store is unreachable (or too slow) no lease is renewed: a line with
+        less than POLL_S of its lease left stops here (it runs again later, here or on
+        another replica), so it never runs on two replicas at once. Its own task, which
+        makes no store call: a renewal stuck waiting for the store cannot delay it."""
+        while True:
+            await asyncio.sleep(POLL_S / 4)
+            horizon = time.time() + POLL_S
+            for key, task in list(self.in_flight.items()):
+                if self.leased_until.get(key, horizon) < horizon and not task.done():
+                    log.warning("batch %s line %d: its lease cannot be renewed (store unavailable or slow); "
+                                "stopped here", *key)
+                    task.cancel()
+
     def kick(self, batch_id: str) -> None:
-        """Runs the batch unless it is running already."""
+        """Runs the batch unless it is running already. Its task's log lines carry the
+        batch id (not the id of the request that kicked it: a task copies its creator's
+        context variables)."""
         if batch_id not in self.tasks:
-            self.tasks[batch_id] = asyncio.create_task(self._run(batch_id))
+            self.tasks[batch_id] = asyncio.create_task(self._run(batch_id), context=log_context_of(batch_id))
 
     def cancel(self, batch_id: str) -> None:
         self.cancels.setdefault(batch_id, asyncio.Event()).set()
@@ -147,8 +181,8 @@ class BatchRunner:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            if isinstance(e, OSError) or type(e).__module__.startswith("botocore"):  # storage down
-                log.warning("batch %s: storage unavailable (%s); retried in a few seconds", batch_id, e)
+            if isinstance(e, OSError) or is_outage(e):  # storage down
+                log.warning("batch %s: storage unavailable (%s); retried in a few seconds", batch_id, describe(e))
             else:
                 log.exception("batch %s: runner failed; it is retried at the next poll", batch_id)
             await asyncio.sleep(RETRY_S[-1])
@@ -199,8 +233,9 @@ class BatchRunner:
             while not cancelled.is_set() and not (expired := time.time() >= b.expires_at):
                 await self.slots.acquire()
                 await self._yield_to_interactive()
+                claimed_at = time.time()
                 claimed = await asyncio.to_thread(self.store.claim_lines, b.id, self.node, self.holder, 1,
-                                                  self.lease_s, time.time())
+                                                  self.lease_s, claimed_at)
                 if not claimed:
                     self.slots.release()
                     if running:  # ours still run: wait for one, then claim again
@@ -214,21 +249,23 @@ class BatchRunner:
                 key = (b.id, claimed[0])
                 task = asyncio.create_task(self._run_line(b, codec, by_line[claimed[0]], cancelled))
                 self.in_flight[key] = task
+                self.leased_until[key] = claimed_at + self.lease_s
                 if waiting:
                     waiting -= 1
                     self.lines_waiting -= 1
                 task.add_done_callback(lambda _: self.slots.release())
-                task.add_done_callback(lambda t, key=key: self.in_flight.pop(key, None) if self.in_flight.get(key) is t
-                                       else None)
+                task.add_done_callback(lambda t, key=key: self._forget(key, t))
                 running.add(task)
                 task.add_done_callback(running.discard)
             if running:
                 for outcome in await asyncio.gather(*running, return_exceptions=True):
                     if isinstance(outcome, Exception):
                         raise outcome
-        except asyncio.CancelledError:
+        except BaseException:  # stopped, or the store failed: no line of ours may run on once released
             for t in running:
                 t.cancel()
+            if running:
+                await asyncio.wait(running, timeout=5)
             raise
         finally:
             self.lines_waiting -= waiting  # those a cancel or the expiry left unstarted
@@ -249,6 +286,11 @@ class BatchRunner:
         elif current.completed + current.failed >= current.total:
             await asyncio.to_thread(self.store.transition, b.id, ("in_progress",), status="finalizing",
                                     finalizing_at=now)
+
+    def _forget(self, key: tuple[str, int], task: asyncio.Task) -> None:
+        if self.in_flight.get(key) is task:
+            del self.in_flight[key]
+            self.leased_until.pop(key, None)
 
     async def _yield_to_interactive(self) -> None:
         """Waits while any engine has requests queued for a slot (interactive traffic first)."""
@@ -286,8 +328,20 @@ class BatchRunner:
                                              batch_lines.response_line(line.custom_id, rid, status_code, body)))
 
     async def _record(self, b: BatchRecord, result: LineResult) -> None:
+        """Stores a line's result; while the store is unreachable, tries again (a result
+        is recorded once: put_result is insert-once), unless the line is stopped."""
         result.holder = result.holder or self.holder
-        await asyncio.to_thread(self.store.put_result, b.id, result)
+        for attempt in itertools.count():
+            try:
+                await asyncio.to_thread(self.store.put_result, b.id, result)
+                return
+            except Exception as e:
+                if not is_outage(e):
+                    raise
+                if attempt == 0:
+                    log.warning("batch %s line %d: result not stored yet (%s); retrying", b.id, result.line,
+                                describe(e))
+            await asyncio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
 
     async def _expire(self, b: BatchRecord) -> None:
         """Every line without a result becomes a `batch_expired` error; then the files."""

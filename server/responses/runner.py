@@ -39,6 +39,7 @@ from genapi.v1 import response_service_pb2 as pb
 
 from ..batches.inprocess import LineContext
 from ..store import ResponseRecord, Store
+from ..store.outage import describe, is_outage
 from .conversations import append_items
 from .items import input_param, items_from_json, items_to_messages, response_from_json, response_to_json
 from .output import OutputBuilder
@@ -254,8 +255,11 @@ class BackgroundRunner:
                     if response_id not in self.tasks:
                         log.info("response %s: resumed (left unfinished by a stopped runner)", response_id)
                         self.kick(response_id)
-            except Exception:
-                log.exception("looking for background responses to resume failed")
+            except Exception as e:
+                if not is_outage(e):
+                    log.exception("looking for background responses to resume failed")
+                else:  # every CLAIM_S while it lasts: rare enough for a plain warning
+                    log.warning("background responses: store unavailable (%s); retrying", describe(e))
             await asyncio.sleep(CLAIM_S)
 
     async def stop(self) -> None:

@@ -15,9 +15,10 @@ from genapi.v1 import batch_service_pb2 as pb
 from genapi.v1 import batch_service_pb2_grpc as pb_grpc
 
 from ..batches.runner import BatchRunner
-from ..errors import GenapiError, abort, invalid, not_found, quote
+from ..errors import STORE_UNAVAILABLE, GenapiError, abort, invalid, not_found, quote
 from ..interceptors.auth import current_owner
 from ..store import BatchRecord, Store
+from ..store.outage import is_outage
 from ..store.s3 import split_url
 from .files import lookup_file
 
@@ -124,7 +125,9 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
                           "([files] s3_input_buckets).", "input_file_id", "bucket_not_allowed")
         try:
             exists = await asyncio.to_thread(self.runner.urls.exists, url)
-        except Exception:
+        except Exception as e:
+            if is_outage(e):
+                raise STORE_UNAVAILABLE from None
             raise GenapiError(grpc.StatusCode.UNAVAILABLE, "The object storage is unavailable; retry shortly.",
                               "storage_unavailable", retry_after_s=5) from None
         if not exists:

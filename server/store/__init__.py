@@ -12,13 +12,23 @@ from .s3 import S3Objects, S3Url
 from .sqlite import SqliteStore
 
 __all__ = ["BatchRecord", "ConversationItem", "ConversationRecord", "ResponseRecord", "FileRecord", "LineResult",
-           "LineRun", "LocalObjects", "PostgresStore", "S3Objects", "S3Url", "SqliteStore", "Store", "open_store"]
+           "LineRun", "LocalObjects", "PostgresStore", "S3Objects", "S3Url", "SqliteStore", "Store", "open_objects",
+           "open_store"]
 
 
-def open_store(cfg) -> tuple[Store, LocalObjects | S3Objects]:
-    """The state store and object storage a genapi.config.Config names ([store] url: a
-    SQLite file or postgresql://...; [files] url: a local directory, or s3://bucket/prefix).
-    Raises what the store raises when it cannot be opened (PostgreSQL down, wrong password)."""
-    objects = S3Objects(cfg.files_url) if cfg.files_url.startswith("s3://") else LocalObjects(cfg.files_dir)
-    store = PostgresStore(cfg.store_url) if is_postgres_url(cfg.store_url) else SqliteStore(cfg.store_path)
-    return store, objects
+def open_objects(cfg) -> LocalObjects | S3Objects:
+    """The object storage [files] url names: a local directory, or s3://bucket/prefix,
+    whose bucket is checked now (ValueError: missing, denied, unreachable)."""
+    if not cfg.files_url.startswith("s3://"):
+        return LocalObjects(cfg.files_dir)
+    objects = S3Objects(cfg.files_url)
+    objects.check()
+    return objects
+
+
+def open_store(cfg) -> Store:
+    """The state store [store] url names: a SQLite file or postgresql://... Raises what
+    the store raises when it cannot be opened (PostgreSQL down, wrong password)."""
+    if is_postgres_url(cfg.store_url):
+        return PostgresStore(cfg.store_url, cfg.store_timeout_s)
+    return SqliteStore(cfg.store_path)

@@ -39,6 +39,16 @@ def redact(url: str) -> str:
     return f"{scheme}://" + re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", rest)
 
 
+def connection_options(timeout_s: float) -> dict:
+    """libpq options of every connection: connecting gives up after `timeout_s`, and TCP
+    keepalives and tcp_user_timeout end a connection whose server vanished without closing
+    it (a network partition, a host down) within a few seconds instead of the kernel's
+    minutes, so a call on it fails instead of hanging."""
+    seconds = max(1, round(timeout_s))
+    return {"connect_timeout": seconds, "keepalives": 1, "keepalives_idle": seconds, "keepalives_interval": 1,
+            "keepalives_count": 3, "tcp_user_timeout": int(timeout_s * 1000)}
+
+
 def pg_sql(sql: str) -> str:
     """A `?`-placeholder statement in psycopg's `%s` style (no literal % or ? in ours)."""
     if "%" in sql:
@@ -84,10 +94,12 @@ class _Conn:
 class PostgresStore(SqlTables):
     _SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
 
-    def __init__(self, url: str, timeout_s: float = 30.0):
-        """Opens the pool and migrates; raises psycopg_pool.PoolTimeout (or psycopg's
-        errors) when the server cannot be reached within `timeout_s`, and ImportError
-        naming the extra without psycopg."""
+    def __init__(self, url: str, timeout_s: float = 5.0):
+        """Opens the pool and migrates; raises psycopg.OperationalError (PoolTimeout is
+        one) when the server cannot be reached within `timeout_s`, and ImportError naming
+        the extra without psycopg. Afterwards, while the server is down, a call fails
+        with OperationalError within about `timeout_s` (store.outage: 503 for clients),
+        and the first call once it is back succeeds."""
         try:
             import psycopg
             from psycopg_pool import ConnectionPool
@@ -95,15 +107,19 @@ class PostgresStore(SqlTables):
             raise ImportError("a postgresql:// [store] url needs psycopg and psycopg_pool: "
                               "pip install 'genapi[postgres]'") from None
         self.url = url
+        kwargs = connection_options(timeout_s)
         # One plain connection first: a refused connection or a wrong password fails now,
         # with the server's own message, instead of the pool's timeout after retrying.
-        psycopg.connect(url, connect_timeout=max(1, int(timeout_s))).close()
+        psycopg.connect(url, **kwargs).close()
         # check: a pooled connection is tested as it is taken, so one broken by a server
         # restart or failover is replaced instead of failing the call that drew it.
+        # reconnect_timeout: the pool's reconnection backs off exponentially (1, 2, 4 s...)
+        # until it gives up; bounded by timeout_s, the gap between two attempts stays under
+        # a call's wait, and once one gives up the next call starts a fresh attempt at once:
+        # after an outage of any length, the first call finds the server again.
         self._pool = ConnectionPool(url, min_size=1, max_size=POOL_MAX, timeout=timeout_s, open=False,
-                                    check=ConnectionPool.check_connection,
-                                    kwargs={"row_factory": _row_factory, "connect_timeout": max(1, int(timeout_s))},
-                                    name="genapi-store")
+                                    check=ConnectionPool.check_connection, reconnect_timeout=timeout_s,
+                                    kwargs={"row_factory": _row_factory, **kwargs}, name="genapi-store")
         self._pool.open(wait=True, timeout=timeout_s)
         try:
             self.migrate()

@@ -27,8 +27,10 @@ def _client():
         from botocore.config import Config
     except ImportError:
         raise RuntimeError("S3 storage needs boto3: pip install 'genapi[s3]'") from None
-    return boto3.client("s3", config=Config(connect_timeout=5, read_timeout=60,
-                                            retries={"max_attempts": 3, "mode": "standard"}))
+    # An endpoint that refuses or does not answer fails a call within a few seconds
+    # (store.outage: 503 for clients, a retry later for runners), not after minutes.
+    return boto3.client("s3", config=Config(connect_timeout=3, read_timeout=60,
+                                            retries={"max_attempts": 2, "mode": "standard"}))
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -129,6 +131,20 @@ class S3Objects:
         self.bucket, prefix = split_url(url)
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self._urls = S3Url(client)
+
+    def check(self) -> None:
+        """Whether the bucket exists and these credentials may use it (HeadBucket), for the
+        core's start: raises ValueError saying which it is not, or what the endpoint
+        answered (unreachable, refused)."""
+        try:
+            self._urls.client.head_bucket(Bucket=self.bucket)
+        except Exception as e:
+            code = str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise ValueError(f"the bucket {self.bucket!r} does not exist") from None
+            if code in ("403", "AccessDenied", "Forbidden"):
+                raise ValueError(f"access to the bucket {self.bucket!r} is denied (credentials?)") from None
+            raise ValueError(f"the bucket {self.bucket!r} cannot be reached: {' '.join(str(e).split())}") from None
 
     def key(self, object_id: str) -> str:
         return self.prefix + hashlib.sha256(object_id.encode()).hexdigest()

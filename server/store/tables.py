@@ -15,6 +15,7 @@ from typing import Iterator
 
 from .base import ACTIVE, BatchRecord, FileRecord, LineResult
 from .line_claims import MIGRATION as LINES_MIGRATION, LineClaims
+from .nodes import MIGRATION as NODES_MIGRATION, NodeNames
 from .sqlite_responses import MIGRATION as RESPONSES_MIGRATION, ResponseTables
 
 # Each entry moves the schema one version up; never edit a released entry, append one.
@@ -66,6 +67,7 @@ MIGRATIONS = [
     """,
     RESPONSES_MIGRATION,  # 2: responses, conversations, conversation_items
     LINES_MIGRATION,  # 3: batch_lines (per-line leases), batch_line_runs (who ran a line when)
+    NODES_MIGRATION,  # 4: nodes (live node names, their heartbeats)
 ]
 
 _BATCH_FIELDS = [f.name for f in fields(BatchRecord)]
@@ -74,7 +76,7 @@ _JSON_FIELDS = ("metadata", "errors")
 _LEASE_FIELDS = ("lease_holder", "lease_until")  # settable by transition() too (in_progress clears them)
 
 
-class SqlTables(ResponseTables, LineClaims):
+class SqlTables(ResponseTables, LineClaims, NodeNames):
     """The queries of every table; a subclass supplies the connection (see the module doc)."""
 
     _SKIP_LOCKED = ""

@@ -208,3 +208,17 @@ def test_user_data_vision_assistants_are_stored_and_bad_purpose_is_400(a):
     with pytest.raises(openai.BadRequestError) as e:
         a.files.create(file=("n.txt", b"hello"), purpose="batch_output")
     assert e.value.body["param"] == "purpose"
+
+
+def test_runner_log_lines_carry_the_batch_id_not_the_request_that_created_it(svc, a):
+    """The runner's task is created inside CreateBatch: its log lines must not carry that
+    request's id (a task copies its creator's context variables) but the batch's."""
+    f = upload(a, [chat_line(f"rid-{i}") for i in range(3)])
+    batch = a.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h",
+                             extra_headers={"x-request-id": "req-create-batch-leak-check"})
+    assert wait_batch(a, batch.id).status == "completed"
+    assert wait_until(lambda: f"batch {batch.id} completed" in svc.log(), 30)
+    runner_lines = [ln for ln in svc.log().splitlines() if f"batch {batch.id}" in ln and "[genapi.batches]" in ln]
+    assert len(runner_lines) >= 2, runner_lines  # "N lines in progress", "completed"
+    for line in runner_lines:
+        assert line.endswith(f"request_id={batch.id}") and "req-create-batch-leak-check" not in line, line
