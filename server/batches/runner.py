@@ -232,10 +232,20 @@ class BatchRunner:
         try:
             while not cancelled.is_set() and not (expired := time.time() >= b.expires_at):
                 await self.slots.acquire()
-                await self._yield_to_interactive()
-                claimed_at = time.time()
-                claimed = await asyncio.to_thread(self.store.claim_lines, b.id, self.node, self.holder, 1,
-                                                  self.lease_s, claimed_at)
+                try:  # the slot goes back unless a line's task takes it
+                    await self._yield_to_interactive()
+                    claimed_at = time.time()
+                    if cancelled.is_set() or claimed_at >= b.expires_at:  # while it waited for the slot
+                        claimed = None
+                    else:
+                        claimed = await asyncio.to_thread(self.store.claim_lines, b.id, self.node, self.holder, 1,
+                                                          self.lease_s, claimed_at)
+                except BaseException:
+                    self.slots.release()
+                    raise
+                if claimed is None:
+                    self.slots.release()
+                    continue
                 if not claimed:
                     self.slots.release()
                     if running:  # ours still run: wait for one, then claim again

@@ -364,3 +364,26 @@ def test_a_cancelled_batch_is_finished_after_the_lines_other_replicas_still_run(
     done = here.get_batch(None, b.id)
     assert done.status == "cancelled" and (done.completed, done.failed) == (1, 1)
     assert b'"c2"' in LocalObjects(tmp_path / "files").read(done.error_file_id)  # the late result is in the files
+
+
+def test_a_store_error_while_claiming_gives_the_runners_slot_back(tmp_path):
+    """A failed claim (the store down for a moment) must not keep the concurrency slot it
+    was taken for: after `concurrency` such errors the core would never run a line again."""
+    import asyncio
+    import dataclasses
+    import types
+
+    store = SqliteStore(tmp_path / "state.db")
+    objects = LocalObjects(tmp_path / "files")
+    b = dataclasses.replace(batch(status="in_progress"), expires_at=2**40)
+    objects.put(b.input_file_id, [line("a").encode()])
+    store.put_batch(b)
+    runner = BatchRunner(store, objects, {}, registry=types.SimpleNamespace(models={}), concurrency=2)
+
+    def down(*args, **kwargs):
+        raise OSError("store down")
+    store.claim_lines = down
+    for _ in range(2):
+        with pytest.raises(OSError):
+            asyncio.run(runner._execute(b))
+    assert runner.slots._value == 2  # (without the fix a third claim would wait forever)
