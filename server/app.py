@@ -150,7 +150,7 @@ async def _open_storage(cfg: Config):
         store = await asyncio.to_thread(open_store, cfg)
     except Exception as e:  # PostgreSQL unreachable, a wrong password, psycopg missing
         raise StartupError(f"[store] url {redact(cfg.store_url) or cfg.store_path}: cannot open the store: "
-                           f"{one_line(e)}") from None
+                           f"{scrub(one_line(e), cfg.store_url)}") from None
     holder = f"{cfg.node_name}/{uuid.uuid4().hex[:12]}"
     try:
         await asyncio.to_thread(take_node_name, store, cfg.node_name, holder)
@@ -172,7 +172,8 @@ async def serve(cfg: Config, grace_s: float = 30.0) -> None:
     try:
         limiter = RateLimiter(cfg.limits_storage, checker, cfg.default_rpm, cfg.default_tpm)
     except Exception as e:  # a bad storage URI, redis extra missing
-        raise StartupError(f"[limits] storage = {cfg.limits_storage!r}: {one_line(e)}") from None
+        raise StartupError(f"[limits] storage = {redact(cfg.limits_storage)!r}: "
+                           f"{scrub(one_line(e), cfg.limits_storage)}") from None
     try:
         tracer = otel_tracer(cfg.otlp_endpoint) if cfg.otlp_endpoint else None
     except ImportError as e:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import urllib.parse
 
 from .tables import SqlTables
 
@@ -26,17 +27,30 @@ def is_postgres_url(url: str) -> bool:
 
 def redact(url: str) -> str:
     """The URL without its password, for messages and logs: everything between the user
-    name and the last `@` of the authority (passwords may hold unescaped `/` or `@`), and
-    any `password=` query parameter."""
+    name and the last `@` (passwords may hold unescaped `/`, `?` or `@`; a URL with an `@`
+    further on loses more than its password, never less), and any `password=` query
+    parameter."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
-    authority_end = rest.find("?") if "?" in rest else len(rest)
-    at = rest.rfind("@", 0, authority_end)
-    if at >= 0:
-        user = rest[:at].split(":", 1)[0]
-        rest = f"{user}:***{rest[at:]}" if ":" in rest[:at] else rest
+    at = rest.rfind("@")
+    if at >= 0 and ":" in rest[:at]:
+        rest = f"{rest[:at].split(':', 1)[0]}:***{rest[at:]}"
     return f"{scheme}://" + re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", rest)
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` (an error message about `url`, which drivers may quote whole or in part)
+    with the URL redacted and its password, as written or percent-decoded, masked."""
+    text = text.replace(url, redact(url))
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if sep and at >= 0 and ":" in rest[:at]:
+        password = rest[:at].split(":", 1)[1]
+        for form in {password, urllib.parse.unquote(password)}:
+            if len(form) >= 3:  # masking "a" would garble every message
+                text = text.replace(form, "***")
+    return text
 
 
 def connection_options(timeout_s: float) -> dict:

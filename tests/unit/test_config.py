@@ -284,12 +284,29 @@ def test_two_key_entries_with_one_digest_are_refused(tmp_path):
     ("postgresql://genapi:ab/cdSECRET@db/g", "postgresql://genapi:***@db/g"),  # an unescaped / in the password
     ("postgresql://genapi:p@ssSECRET@db:1/g", "postgresql://genapi:***@db:1/g"),  # an unescaped @
     ("postgresql://genapi@db/g?sslmode=disable&password=SECRET", "postgresql://genapi@db/g?sslmode=disable&password=***"),
+    ("postgresql://genapi:pa?ssSECRET@db/g", "postgresql://genapi:***@db/g"),  # an unescaped ?
+    ("redis://:SECRET@cache:6379/0", "redis://:***@cache:6379/0"),
     ("postgresql://db/g", "postgresql://db/g"),
 ])
 def test_store_urls_are_shown_without_their_password(url, shown):
     from server.store.postgres import redact
 
     assert redact(url) == shown and "SECRET" not in redact(url) and "s3cret" not in redact(url)
+
+
+def test_driver_messages_quoting_the_url_or_password_are_scrubbed():
+    """psycopg's URL parse errors quote the password, as written or in part decoded."""
+    import psycopg
+
+    from server.store.postgres import scrub
+
+    for url in ("postgresql://u:se%zzSECRET@db/g", "postgresql://u:SECRET@[zz/g", "postgresql://u:%53ECRET@db/g"):
+        try:
+            psycopg.conninfo.conninfo_to_dict(url)
+            message = f"could not connect to {url} with password {url.split(':')[2].split('@')[0]}"
+        except psycopg.Error as e:
+            message = str(e)
+        assert "ECRET" not in scrub(message, url), message
 
 
 def test_store_url_takes_sqlite_or_postgresql_and_env_overrides_it(tmp_path, monkeypatch):
