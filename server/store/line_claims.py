@@ -114,7 +114,7 @@ class LineClaims:
         """Extends to now + lease_s the leases `holder` has on the lines it runs (`running`,
         (batch id, line) each; a line it holds but no longer runs just runs out). Returns
         those it no longer holds: another holder took them after the lease ran out (the
-        caller stalled), so they must stop."""
+        caller stalled), and may even have finished them, so they must stop."""
         lost = []
         with self._tx() as db:
             for batch_id, line in running:
@@ -124,7 +124,8 @@ class LineClaims:
                     db.execute("UPDATE batch_line_runs SET lease_until = ? WHERE batch_id = ? AND line = ? AND "
                                "holder = ? AND finished_at IS NULL", (now + lease_s, batch_id, line, holder))
                     continue
-                rows = db.execute("SELECT holder FROM batch_lines WHERE batch_id = ? AND line = ? AND done = 0",
+                # done or not: another holder that took the line may have finished it already
+                rows = db.execute("SELECT holder FROM batch_lines WHERE batch_id = ? AND line = ?",
                                   (batch_id, line)).fetchall()
                 if rows and rows[0][0] is not None and rows[0][0] != holder:
                     lost.append((batch_id, line))

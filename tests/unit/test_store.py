@@ -170,6 +170,8 @@ def test_line_leases_expire_renew_release_and_end_with_the_result(store):
     assert store.claim_lines(b.id, "n1", "n1/b", 1, 10, now=118) == [2]  # released: anyone's at once
     assert store.claim_lines(b.id, "n1", "n1/c", 5, 10, now=119) == [2, 3, 4]  # n1 restarted: takes its line back
     assert store.renew_lines("n1/b", 10, now=120, running=[(b.id, 2)]) == [(b.id, 2)]  # taken: it must stop
+    assert store.put_result(b.id, LineResult("c2", 2, True, "{}", holder="n1/c"))
+    assert store.renew_lines("n1/b", 10, now=121, running=[(b.id, 2)]) == [(b.id, 2)]  # and finished: still lost
     runs = {(r.line, r.holder): r for r in store.line_runs(b.id)}
     assert runs[(1, "n1/a")].finished_at is not None and runs[(1, "n1/a")].lease_until == 115
     assert runs[(2, "n1/a")].ended_at == 115 and runs[(3, "n2/a")].ended_at == 111  # died: their leases bound them
