@@ -103,6 +103,10 @@ def test_logprobs_of_some_rows_are_those_of_the_whole_batch():
     assert some == ([None, chosen[1], None, None, chosen[4]], [None, vals[1], None, None, vals[4]],
                     [None, ids[1], None, None, ids[4]])
     assert logprobs_of(logits, tokens, 0, [2]) == ([None, None, chosen[2], None, None], None, None)
+    # Alternatives only for the rows that ask (top_logprobs per row).
+    assert logprobs_of(logits, tokens, [0, 3, 2], [0, 1, 3]) == (
+        [chosen[0], chosen[1], None, chosen[3], None], [None, vals[1], None, vals[3], None],
+        [None, ids[1], None, ids[3], None])
 
 
 class FakeFast:

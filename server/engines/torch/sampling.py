@@ -142,7 +142,7 @@ def sample(logits: torch.Tensor, samplers: list[SeqSampler]) -> list[int]:
         if not rows:
             continue
         index = torch.tensor(rows, device=logits.device)
-        part = logits.index_select(0, index) if len(rows) < len(samplers) else logits
+        part = _rows_of(logits, rows)
         if draw is None:
             tokens[index] = _argmax(part)
             continue
@@ -206,21 +206,32 @@ def _draw_sorted(probs: torch.Tensor, top_p: torch.Tensor, u: torch.Tensor) -> t
     return ids.gather(1, _pick(probs.masked_fill_(~kept, 0.0).cumsum(-1), u, last)).squeeze(1)
 
 
-def logprobs_of(logits: torch.Tensor, tokens: list[int], k: int, rows: list[int] | None = None):
+def logprobs_of(logits: torch.Tensor, tokens: list[int], k: int | list[int], rows: list[int] | None = None):
     """Log-probabilities (of the processed distribution, before temperature) of the chosen
-    tokens and the top-k alternatives of `rows` (default: all): ([B], [B, k] values,
-    [B, k] ids) lists indexed by batch row, None for rows not asked for (and for the
-    alternatives when k is 0)."""
+    tokens of `rows` (default: all) and their top-k alternatives; `k`: one count for every
+    row, or one per row of `rows`. Returns ([B], [B, k] values, [B, k] ids), lists indexed
+    by batch row, None for rows not asked for or asking no alternatives (the last two are
+    None when no row asks any)."""
     b = logits.shape[0]
     rows = list(range(b)) if rows is None else rows
-    part = logits if len(rows) == b else logits.index_select(0, torch.tensor(rows, device=logits.device))
+    ks = [k] * len(rows) if isinstance(k, int) else k
+    part = _rows_of(logits, rows)
     lp = torch.log_softmax(part, dim=-1)
     asked = torch.tensor([tokens[r] for r in rows], device=lp.device).unsqueeze(1)
     chosen = _by_row(lp.gather(1, asked).squeeze(1).tolist(), rows, b)
-    if k:
-        vals, ids = lp.topk(k, dim=-1)
-        return chosen, _by_row(vals.tolist(), rows, b), _by_row(ids.tolist(), rows, b)
-    return chosen, None, None
+    top = [j for j, n in enumerate(ks) if n]
+    if not top:
+        return chosen, None, None
+    vals, ids = _rows_of(lp, top).topk(max(ks), dim=-1)
+    top_rows = [rows[j] for j in top]
+    return chosen, _by_row(vals.tolist(), top_rows, b), _by_row(ids.tolist(), top_rows, b)
+
+
+def _rows_of(t: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """Those rows of `t` (itself when they are all of them, in order)."""
+    if len(rows) == t.shape[0]:
+        return t
+    return t.index_select(0, torch.tensor(rows, device=t.device))
 
 
 def _by_row(values: list, rows: list[int], b: int) -> list:

@@ -417,8 +417,7 @@ class Scheduler:
         want_lp = [i for i, s in enumerate(seqs) if s.req.gen.logprobs]
         lp = None
         if want_lp:
-            k = max(seqs[i].req.gen.top_logprobs for i in want_lp)
-            lp = logprobs_of(processed, tokens, k, want_lp)
+            lp = logprobs_of(processed, tokens, [seqs[i].req.gen.top_logprobs for i in want_lp], want_lp)
         off_grammar = []
         for i, (s, tok) in enumerate(zip(seqs, tokens)):
             s.sampler.observe(tok)
