@@ -3,14 +3,25 @@
 Penalties, logit_bias, temperature, top_p and the draw are computed for the whole batch at
 once; each sampled sequence contributes one uniform number from its own generator, so a
 seeded request samples the same tokens whatever else shares its batch.
+
+A decode step of hundreds of sequences pays this on top of its forward pass
+(bench/step_overhead.py), so every [B, vocab] pass counts: penalties and logit_bias
+change only the entries they name (sparse, in place), greedy rows take the argmax of
+their own rows only, top_p orders only a row's top `NUCLEUS_TOPK` candidates (a full sort
+only when its nucleus is wider), and logprobs are computed for the rows that ask.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..base import GREEDY_BELOW_TEMPERATURE, SamplingParams
+
+#: top_p candidates taken by a partial top-k before a row falls back to a full sort: a
+#: nucleus is usually tens to hundreds of tokens wide, and the top 512 of a 32k row cost
+#: a fraction of sorting it (bench/RESULTS.md, issue 17).
+NUCLEUS_TOPK = 512
 
 
 @dataclass
@@ -19,8 +30,13 @@ class SeqSampler:
 
     params: SamplingParams
     generator: torch.Generator | None  # None: greedy
-    counts: torch.Tensor  # [vocab] occurrences of each token in the completion so far
-    bias: torch.Tensor | None  # [vocab] dense logit_bias, or None
+    # The completion's distinct tokens in first-seen order and how often each came, kept
+    # only when a penalty reads them: penalties update those entries, not the vocabulary.
+    seen: list[int] = field(default_factory=list)
+    times: list[int] = field(default_factory=list)
+    _where: dict[int, int] = field(default_factory=dict)  # token -> its index in `seen`
+    bias_ids: list[int] = field(default_factory=list)  # logit_bias within the vocabulary
+    bias_values: list[float] = field(default_factory=list)
 
     @classmethod
     def create(cls, params: SamplingParams, seed: int, vocab: int, device: torch.device) -> "SeqSampler":
@@ -29,16 +45,19 @@ class SeqSampler:
         # `sample` divides the logits by the temperature of every sequence with a generator.
         if params.temperature >= GREEDY_BELOW_TEMPERATURE:
             gen = seeded_generator(seed, device)
-        bias = None
-        if params.logit_bias:
-            bias = torch.zeros(vocab, device=device)
-            ids = [i for i in params.logit_bias if 0 <= i < vocab]
-            bias[ids] = torch.tensor([params.logit_bias[i] for i in ids], device=device)
-        return cls(params, gen, torch.zeros(vocab, device=device), bias)
+        ids = [i for i in params.logit_bias if 0 <= i < vocab]
+        return cls(params, gen, bias_ids=ids, bias_values=[float(params.logit_bias[i]) for i in ids])
 
     def observe(self, token: int) -> None:
-        if self.params.presence_penalty or self.params.frequency_penalty:  # the only readers
-            self.counts[token] += 1
+        if not (self.params.presence_penalty or self.params.frequency_penalty):  # the only readers
+            return
+        i = self._where.get(token)
+        if i is None:
+            self._where[token] = len(self.seen)
+            self.seen.append(token)
+            self.times.append(1)
+        else:
+            self.times[i] += 1
 
 
 _U64 = (1 << 64) - 1
@@ -69,23 +88,38 @@ def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
     return gen
 
 
+@torch.inference_mode()  # the forward's logits are inference tensors, changed in place here
 def process_logits(logits: torch.Tensor, samplers: list[SeqSampler]) -> torch.Tensor:
-    """Applies logit_bias and presence/frequency penalties, to the rows that have them
-    only. logits: [B, vocab] float32; returns `logits` itself when no row has either (the
-    forward's logits are inference tensors: a copy is changed, never them)."""
-    penalized = [i for i, s in enumerate(samplers) if s.params.presence_penalty or s.params.frequency_penalty]
-    biased = [i for i, s in enumerate(samplers) if s.bias is not None]
-    if not penalized and not biased:
-        return logits
-    out = logits.clone()
-    if penalized:
-        counts = torch.stack([samplers[i].counts for i in penalized])
-        pres = logits.new_tensor([samplers[i].params.presence_penalty for i in penalized]).unsqueeze(1)
-        freq = logits.new_tensor([samplers[i].params.frequency_penalty for i in penalized]).unsqueeze(1)
-        out[penalized] -= pres * (counts > 0) + freq * counts
-    if biased:
-        out[biased] += torch.stack([samplers[i].bias for i in biased])
-    return out
+    """Applies presence/frequency penalties, then logit_bias, in place, to the entries they
+    change only. logits: [B, vocab] float32; returns `logits`.
+
+    Per entry the arithmetic is the dense form's: x - (presence + frequency * count),
+    then + bias; entries no penalty or bias names are not touched."""
+    rows, ids, amounts = [], [], []
+    pen_rows, pres, freq = [], [], []
+    for r, s in enumerate(samplers):
+        if s.seen:
+            pen_rows.extend([r] * len(s.seen))
+            ids.extend(s.seen)
+            amounts.extend(s.times)
+            pres.append(s.params.presence_penalty)
+            freq.append(s.params.frequency_penalty)
+    if pen_rows:
+        per_row = torch.tensor([len(s.seen) for s in samplers if s.seen], device=logits.device)
+        times = torch.tensor(amounts, dtype=logits.dtype, device=logits.device)
+        pen = (logits.new_tensor(pres).repeat_interleave(per_row)
+               + logits.new_tensor(freq).repeat_interleave(per_row) * times)
+        at = (torch.tensor(pen_rows, device=logits.device), torch.tensor(ids, device=logits.device))
+        logits.index_put_(at, logits[at] - pen)
+    for r, s in enumerate(samplers):
+        if s.bias_ids:
+            rows.extend([r] * len(s.bias_ids))
+    if rows:
+        bias_ids = [i for s in samplers for i in s.bias_ids]
+        values = [v for s in samplers for v in s.bias_values]
+        logits.index_put_((torch.tensor(rows, device=logits.device), torch.tensor(bias_ids, device=logits.device)),
+                          logits.new_tensor(values), accumulate=True)
+    return logits
 
 
 def sample(logits: torch.Tensor, samplers: list[SeqSampler]) -> list[int]:
@@ -97,39 +131,113 @@ def sample(logits: torch.Tensor, samplers: list[SeqSampler]) -> list[int]:
     (inverse-CDF sampling, with its temperature and top_p): in vocabulary order, or, with
     top_p, in order of probability. A row's draw depends only on its own logits and
     generator, so a seeded row draws the same tokens whatever else shares the batch."""
-    tokens = logits.argmax(dim=-1)
-    for nucleus in (False, True):
-        rows = [i for i, s in enumerate(samplers) if s.generator is not None and (s.params.top_p < 1.0) == nucleus]
-        if rows:
-            tokens[rows] = _draw(logits[rows], [samplers[i] for i in rows], nucleus)
+    kinds: tuple[list[int], list[int], list[int]] = ([], [], [])  # greedy, plain, nucleus rows
+    for i, s in enumerate(samplers):
+        kinds[0 if s.generator is None else 2 if s.params.top_p < 1.0 else 1].append(i)
+    greedy, plain, nucleus = kinds
+    if len(greedy) == len(samplers):
+        return _argmax(logits).tolist()
+    tokens = torch.empty(len(samplers), dtype=torch.long, device=logits.device)
+    for rows, draw in ((greedy, None), (plain, _draw_plain), (nucleus, _draw_nucleus)):
+        if not rows:
+            continue
+        index = torch.tensor(rows, device=logits.device)
+        part = _rows_of(logits, rows)
+        if draw is None:
+            tokens[index] = _argmax(part)
+            continue
+        chosen = [samplers[i] for i in rows]
+        temperature = logits.new_tensor([s.params.temperature for s in chosen]).unsqueeze(1)
+        # Into its own copy of the rows where there is one (`logits` stays for logprobs).
+        probs = torch.softmax(part / temperature if part is logits else part.div_(temperature), dim=-1)
+        u = torch.cat([torch.rand(1, generator=s.generator, device=logits.device) for s in chosen])
+        tokens[index] = draw(probs, chosen, u)
     return tokens.tolist()
 
 
-def _draw(logits: torch.Tensor, samplers: list[SeqSampler], nucleus: bool) -> torch.Tensor:
-    """One token per row of `logits` [R, vocab] by inverse CDF: [R] token ids. `nucleus`:
-    every row has top_p < 1."""
-    temperature = logits.new_tensor([s.params.temperature for s in samplers]).unsqueeze(1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    ids = None
-    if nucleus:
-        # Keep the smallest prefix (by probability) whose mass reaches top_p (always at
-        # least one token).
-        top_p = logits.new_tensor([s.params.top_p for s in samplers]).unsqueeze(1)
-        probs, ids = probs.sort(dim=-1, descending=True)
-        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
-    cdf = probs.cumsum(-1)
-    u = torch.cat([torch.rand(1, generator=s.generator, device=logits.device) for s in samplers])
-    # right=True: the first index whose cdf exceeds u × total, a token of non-zero mass.
-    picked = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).clamp_(max=cdf.shape[1] - 1)
-    return (picked if ids is None else ids.gather(1, picked)).squeeze(1)
+def _argmax(logits: torch.Tensor) -> torch.Tensor:
+    """[B] index of each row's maximum (the first of equals; NaN wins, as for argmax):
+    torch's CPU max kernel is vectorized where argmax is not (about 4x faster)."""
+    return logits.max(dim=-1).indices
 
 
-def logprobs_of(logits: torch.Tensor, tokens: list[int], k: int):
+def _pick(cdf: torch.Tensor, u: torch.Tensor, last: torch.Tensor | int) -> torch.Tensor:
+    """[R, 1] index of the first entry of each row of `cdf` [R, n] above u × its total
+    (right=True: a token of non-zero mass), at most `last`."""
+    picked = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True)
+    return picked.clamp_(max=last) if isinstance(last, int) else torch.minimum(picked, last)
+
+
+def _draw_plain(probs: torch.Tensor, samplers: list[SeqSampler], u: torch.Tensor) -> torch.Tensor:
+    """[R] tokens drawn in vocabulary order from probs [R, vocab]."""
+    return _pick(probs.cumsum(-1), u, probs.shape[1] - 1).squeeze(1)
+
+
+def _draw_nucleus(probs: torch.Tensor, samplers: list[SeqSampler], u: torch.Tensor) -> torch.Tensor:
+    """[R] tokens drawn from the nucleus of each row of probs [R, vocab]: the smallest
+    prefix by probability whose mass reaches top_p (always at least one token).
+
+    On the CPU the top NUCLEUS_TOPK candidates (sorted) decide it for every row whose
+    nucleus ends inside them without ties, and only the other rows sort their whole row:
+    the same prefix sums and the tokens in the same order, so the same token is drawn.
+    Elsewhere every row is sorted (cheap on a GPU, and no row count to read back)."""
+    top_p = probs.new_tensor([s.params.top_p for s in samplers]).unsqueeze(1)
+    k = min(NUCLEUS_TOPK, probs.shape[1])
+    if probs.device.type != "cpu" or k == probs.shape[1]:
+        return _draw_sorted(probs, top_p, u)
+    vals, ids = probs.topk(k, dim=-1)
+    kept = vals.cumsum(-1) - vals < top_p
+    width = kept.sum(-1, keepdim=True)
+    # Rows the candidates cannot decide as the full sort does: a nucleus that may go on
+    # past them, or equal probabilities in it (the sort orders those its own way).
+    wide = ((width >= k).squeeze(1) | ((vals[:, 1:] == vals[:, :-1]) & kept[:, :-1]).any(-1)).nonzero().squeeze(1)
+    vals.masked_fill_(~kept, 0.0)
+    tokens = ids.gather(1, _pick(vals.cumsum(-1), u, (width - 1).clamp_(min=0))).squeeze(1)
+    if len(wide):
+        tokens[wide] = _draw_sorted(probs.index_select(0, wide), top_p[wide], u[wide])
+    return tokens
+
+
+def _draw_sorted(probs: torch.Tensor, top_p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """`_draw_nucleus` with each whole row sorted by probability; top_p: [R, 1]."""
+    probs, ids = probs.sort(dim=-1, descending=True)
+    kept = probs.cumsum(-1) - probs < top_p
+    last = (kept.sum(-1, keepdim=True) - 1).clamp_(min=0)  # the least likely token kept
+    return ids.gather(1, _pick(probs.masked_fill_(~kept, 0.0).cumsum(-1), u, last)).squeeze(1)
+
+
+def logprobs_of(logits: torch.Tensor, tokens: list[int], k: int | list[int], rows: list[int] | None = None):
     """Log-probabilities (of the processed distribution, before temperature) of the chosen
-    tokens and the top-k alternatives: ([B], [B, k] values, [B, k] ids)."""
-    lp = torch.log_softmax(logits, dim=-1)
-    chosen = lp.gather(1, torch.tensor(tokens, device=lp.device).unsqueeze(1)).squeeze(1).tolist()
-    if k:
-        vals, ids = lp.topk(k, dim=-1)
-        return chosen, vals.tolist(), ids.tolist()
-    return chosen, None, None
+    tokens of `rows` (default: all) and their top-k alternatives; `k`: one count for every
+    row, or one per row of `rows`. Returns ([B], [B, k] values, [B, k] ids), lists indexed
+    by batch row, None for rows not asked for or asking no alternatives (the last two are
+    None when no row asks any)."""
+    b = logits.shape[0]
+    rows = list(range(b)) if rows is None else rows
+    ks = [k] * len(rows) if isinstance(k, int) else k
+    part = _rows_of(logits, rows)
+    lp = torch.log_softmax(part, dim=-1)
+    asked = torch.tensor([tokens[r] for r in rows], device=lp.device).unsqueeze(1)
+    chosen = _by_row(lp.gather(1, asked).squeeze(1).tolist(), rows, b)
+    top = [j for j, n in enumerate(ks) if n]
+    if not top:
+        return chosen, None, None
+    vals, ids = _rows_of(lp, top).topk(max(ks), dim=-1)
+    top_rows = [rows[j] for j in top]
+    return chosen, _by_row(vals.tolist(), top_rows, b), _by_row(ids.tolist(), top_rows, b)
+
+
+def _rows_of(t: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """Those rows of `t` (itself when they are all of them, in order)."""
+    if len(rows) == t.shape[0]:
+        return t
+    return t.index_select(0, torch.tensor(rows, device=t.device))
+
+
+def _by_row(values: list, rows: list[int], b: int) -> list:
+    if len(rows) == b:
+        return values
+    out = [None] * b
+    for r, v in zip(rows, values):
+        out[r] = v
+    return out

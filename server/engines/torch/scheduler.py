@@ -31,7 +31,9 @@ from ..detokenizer import Detokenizer, token_bytes
 from ..worker import Abort, Rejected, Step, Stop, Submit
 from . import slot_runner
 from .constrain import apply_masks, fill_masks
+from .direct_decode import decoder_for
 from .hf_runner import HFRunner
+from .host_memory import keep_freed_memory
 from .sampling import SeqSampler, logprobs_of, process_logits, sample
 from .utf8 import Utf8Table
 from ..base import media_kinds
@@ -134,8 +136,10 @@ class Scheduler:
         dtype = _DTYPES[self.dtype_name]
         if self.threads:
             torch.set_num_threads(int(self.threads))
+        keep_freed_memory()  # step-sized tensors reuse the heap, never fresh pages
         t0 = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self._decoder = decoder_for(self.tokenizer)  # what the detokenizers call, per token
         kinds = media_kinds(AutoConfig.from_pretrained(self.path))
         auto = AutoModelForMultimodalLM if kinds else AutoModelForCausalLM
         model = auto.from_pretrained(self.path, dtype=dtype, attn_implementation="sdpa")
@@ -364,7 +368,7 @@ class Scheduler:
         seed = g.sampling.seed if g.sampling.seed is not None else int.from_bytes(os.urandom(7), "little")
         for i, slot in enumerate(slots):
             sampler = SeqSampler.create(g.sampling, seed + i, self.vocab_size, self.device)
-            detok = Detokenizer(self.tokenizer, g.prompt_ids, g.stop)
+            detok = Detokenizer(self._decoder, g.prompt_ids, g.stop)
             seq = _Seq(req, i, slot, sampler, detok, len(g.prompt_ids))
             if req.grammar is not None:
                 seq.matcher = self.grammars.matcher(req.grammar)
@@ -410,11 +414,10 @@ class Scheduler:
         samplers = [s.sampler for s in seqs]
         processed = process_logits(logits, samplers)
         tokens = sample(processed, samplers)
-        want_lp = [s for s in seqs if s.req.gen.logprobs]
+        want_lp = [i for i, s in enumerate(seqs) if s.req.gen.logprobs]
         lp = None
         if want_lp:
-            k = max(s.req.gen.top_logprobs for s in want_lp)
-            lp = logprobs_of(processed, tokens, k)
+            lp = logprobs_of(processed, tokens, [seqs[i].req.gen.top_logprobs for i in want_lp], want_lp)
         off_grammar = []
         for i, (s, tok) in enumerate(zip(seqs, tokens)):
             s.sampler.observe(tok)
