@@ -68,6 +68,11 @@ def media_kinds(config) -> tuple[str, ...]:
     return tuple(kind for kind, section in ENCODER_CONFIGS.items() if getattr(config, section, None) is not None)
 
 
+#: The media kinds a prompt can hold: the ContentPart fields, MediaInput.kind,
+#: ChatModelInfo.media and TensorRT-LLM's multi_modal_data keys alike.
+MEDIA_KINDS = ("image", "audio")
+
+
 @dataclass
 class MediaInput:
     """One image or audio clip of a prompt as the model's processor prepared it (in the

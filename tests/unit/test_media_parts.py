@@ -34,9 +34,9 @@ CONVERSATION = [msg(c.ROLE_SYSTEM, "be brief"), msg(c.ROLE_USER, "look", IMAGE, 
 
 def test_media_parts_in_request_order_with_their_params():
     parts = media_parts(CONVERSATION)
-    assert [(p, k) for p, k, _ in parts] == [("messages[1].content[1]", "image"), ("messages[1].content[3]", "audio"),
-                                             ("messages[3].content[0]", "image")]
-    assert parts[1][2] == AUDIO
+    assert [(i, p, k) for i, p, k, _ in parts] == [
+        (1, "messages[1].content[1]", "image"), (1, "messages[1].content[3]", "audio"), (3, "messages[3].content[0]", "image")]
+    assert parts[1].part == AUDIO
 
 
 @pytest.mark.parametrize("accepts, param, words", [
@@ -99,15 +99,15 @@ def processors():
 def test_a_template_that_drops_a_part_is_a_400_not_a_wrong_prompt(processors):
     from PIL import Image
 
-    from server.chat.media_prompt import expand_images, placeholder_token_id
+    from server.chat.media_prompt import expand_media, placeholder_token_id
 
     proc = processors["tiny-vision"]
     token = placeholder_token_id(proc, "image")
     red = Image.new("RGB", (8, 8), "red")
     with pytest.raises(GenapiError) as e:
-        expand_images([1, token, 2], [red, red], proc)  # two images, one placeholder
+        expand_media([1, token, 2], [("image", red), ("image", red)], proc)  # two images, one placeholder
     assert e.value.param == "messages" and "placed 1 of the request's 2 images" in e.value.message
-    ids, media = expand_images([1, token, 2], [red], proc)
+    ids, media = expand_media([1, token, 2], [("image", red)], proc)
     assert ids == [1] + [token] * 16 + [2] and media[0].span == (1, 16) and media[0].source is None
 
 
