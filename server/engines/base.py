@@ -280,6 +280,22 @@ class ChatModelInfo:
     #: processor's arrays (TensorRT-LLM runs its own input processor).
     raw_media: bool = False
 
+    def __post_init__(self):
+        # A multimodal checkpoint may keep its media-aware chat template with its processor
+        # only (chat_template.json, which AutoProcessor reads and AutoTokenizer does not):
+        # when the processor has one, prompts are rendered with it.
+        template = processor_chat_template(self.processor) if self.media else None
+        if template:
+            self.tokenizer.chat_template = template
+
+
+def processor_chat_template(processor) -> str | None:
+    """A processor's chat template (its "default" one where it has several by name)."""
+    template = getattr(processor, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default")
+    return template if isinstance(template, str) and template.strip() else None
+
 
 @runtime_checkable
 class Generator(Protocol):

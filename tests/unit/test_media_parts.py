@@ -116,3 +116,29 @@ def test_audio_limits_and_rate_come_from_the_feature_extractor(processors):
 
     assert (sampling_rate(processors["tiny-audio"]), max_audio_seconds(processors["tiny-audio"])) == (16_000, 30.0)
     assert max_audio_seconds(processors["tiny-vision"]) is None
+
+
+def test_a_template_kept_with_the_processor_only_renders_the_prompt(tmp_path):
+    """A Qwen2-Audio / LLaVA repo may ship its chat template as chat_template.json, which
+    AutoProcessor reads and AutoTokenizer does not: the prompt is rendered with it."""
+    import json
+    import shutil
+
+    from transformers import AutoProcessor, AutoTokenizer
+
+    from server.chat.media_prompt import placeholder_token_id
+    from server.chat.template import render_prompt
+    from server.engines.base import ChatModelInfo
+
+    model = tmp_path / "audio"
+    shutil.copytree(ROOT / "models" / "tiny-audio", model)
+    template = (model / "chat_template.jinja").read_text(encoding="utf-8")
+    (model / "chat_template.jinja").unlink()
+    (model / "chat_template.json").write_text(json.dumps({"chat_template": template}), encoding="utf-8")
+    tokenizer, processor = AutoTokenizer.from_pretrained(model), AutoProcessor.from_pretrained(model)
+    assert tokenizer.chat_template is None and processor.chat_template == template
+    info = ChatModelInfo(tokenizer, 4096, 1000, ("audio",), processor)
+    ids = render_prompt(info.tokenizer, [msg(c.ROLE_USER, "listen", AUDIO)], media=info.media)
+    assert ids.count(placeholder_token_id(processor, "audio")) == 1
+    # a text-only model's tokenizer is left alone
+    assert ChatModelInfo(AutoTokenizer.from_pretrained(model), 4096, 1000).tokenizer.chat_template is None
