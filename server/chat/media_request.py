@@ -55,11 +55,12 @@ async def load_media(parts: list[MediaPart], info, policy: MediaPolicy) -> list[
     param, kind = "messages", "image"
     try:
         images = iter(await load_images([(p.param, p.part) for p in parts if p.kind == "image"], policy))
-        rate, out, audio_s = sampling_rate(info.processor), [], 0.0
+        out, audio_s = [], 0.0
         for param, kind, part in ((p.param, p.kind, p.part) for p in parts):
             if kind == "image":
                 out.append(("image", next(images), DETAILS.get(part.detail, "auto")))
                 continue
+            rate = sampling_rate(info.processor)  # an audio model's (a vision processor has no feature extractor)
             samples = await asyncio.to_thread(load_audio, part, rate, max_audio_seconds(info.processor), policy)
             audio_s += len(samples) / rate
             if audio_s > policy.max_audio_total_seconds:
