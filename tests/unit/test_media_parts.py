@@ -142,3 +142,42 @@ def test_a_template_kept_with_the_processor_only_renders_the_prompt(tmp_path):
     assert ids.count(placeholder_token_id(processor, "audio")) == 1
     # a text-only model's tokenizer is left alone
     assert ChatModelInfo(AutoTokenizer.from_pretrained(model), 4096, 1000).tokenizer.chat_template is None
+
+
+def test_a_prompt_over_the_context_is_refused_before_the_processor_runs(processors):
+    """chat_prompt checks the templated prompt (one token per placeholder: a lower bound)
+    with `fits` before any media part's features are computed."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from server.chat.media_request import chat_prompt
+
+    calls = []
+
+    class Counting:  # the tiny LLaVA processor, its calls counted
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __call__(self, *args, **kwargs):
+            calls.append(1)
+            return self.inner(*args, **kwargs)
+
+    proc = processors["tiny-vision"]
+    info = SimpleNamespace(tokenizer=proc.tokenizer, media=("image",), processor=Counting(proc), raw_media=False)
+    messages = [msg(c.ROLE_USER, "look", IMAGE)]
+    media = [("image", Image.new("RGB", (8, 8), "red"), "auto")]
+    seen = []
+
+    def over(n):
+        seen.append(n)
+        raise ValueError("over the context")
+
+    with pytest.raises(ValueError):
+        chat_prompt(info, messages, None, {}, media, over)
+    assert calls == [] and seen and seen[0] < 16  # the template's prompt, not the expanded one
+    ids, items = chat_prompt(info, messages, None, {}, media, seen.append)
+    assert calls == [1] and len(ids) == seen[-1] - 1 + 16 and len(items) == 1
