@@ -25,7 +25,8 @@ Layout (every key optional; see README "Configuration"):
     [media]  allow_hosts (hostnames, IPs, CIDRs whose URLs skip the private-address check),
              connect_timeout_s, fetch_timeout_s (total per fetch), max_mb (per media part),
              max_redirects, max_images (per request), max_image_pixels, max_image_side,
-             max_audio_s (0 = the model's limit only), ca_file; see server/media/policy.py
+             max_audio_s (per part; 0 = the model's limit only), max_audio_parts and
+             max_audio_total_s (per request), ca_file; see server/media/policy.py
 
 Relative [store]/[files] paths, like the var/ default, are against the config file's
 directory (for the bundled config: GENAPI_HOME or the checkout).
@@ -307,6 +308,8 @@ class Config:
     media_max_image_pixels: int = 40_000_000  # width x height, checked before decoding
     media_max_image_side: int = 16_384  # longest side in pixels
     media_max_audio_s: float = 600.0  # per audio part; 0 = the model's own limit only
+    media_max_audio_parts: int = 8  # audio parts per request
+    media_max_audio_total_s: float = 600.0  # all of a request's audio parts together
     media_ca_file: str = ""  # PEM CAs for https fetches instead of certifi's ("" = default)
 
     @property
@@ -408,6 +411,8 @@ _SETTINGS = (
     ("media", "max_image_pixels", "media_max_image_pixels", int, "GENAPI_MEDIA_MAX_IMAGE_PIXELS"),
     ("media", "max_image_side", "media_max_image_side", int, "GENAPI_MEDIA_MAX_IMAGE_SIDE"),
     ("media", "max_audio_s", "media_max_audio_s", float, "GENAPI_MEDIA_MAX_AUDIO_S"),
+    ("media", "max_audio_parts", "media_max_audio_parts", int, "GENAPI_MEDIA_MAX_AUDIO_PARTS"),
+    ("media", "max_audio_total_s", "media_max_audio_total_s", float, "GENAPI_MEDIA_MAX_AUDIO_TOTAL_S"),
     ("media", "ca_file", "media_ca_file", str, "GENAPI_MEDIA_CA_FILE"),
 )
 
@@ -669,7 +674,7 @@ _MINIMUM = {"port": 1, "max_message_mb": 1, "workers": 1, "threads": 0, "request
             "window_s": 0, "lease_s": 3, "drain_grace_s": 0, "metrics_port": 0, "rpm": 0, "tpm": 0,
             "connect_timeout_s": 0.001, "fetch_timeout_s": 0.001, "max_mb": 0.001, "max_redirects": 0,
             "max_images": 0, "max_image_pixels": 1, "max_image_side": 1, "max_audio_s": 0,
-            "timeout_s": 0.5}
+            "max_audio_parts": 0, "max_audio_total_s": 0.001, "timeout_s": 0.5}
 _MAXIMUM = {"port": 65535, "drain_grace_s": 86400, "metrics_port": 65535, "rpm": MAX_PER_MINUTE,
             "tpm": MAX_PER_MINUTE, "lease_s": 3600, "timeout_s": 60}
 _MINIMUM_NOTE = {"threads": " (0 = auto)", "max_audio_s": " (0 = the model's own limit)"}

@@ -16,10 +16,10 @@ import numpy as np
 
 from ..engines.base import MediaInput
 from ..errors import invalid
+from ..media.resolve import PLURALS
 
 #: Processor outputs that belong to the text, not to the media part.
 TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", "num_audio_tokens"})
-NAMES = {"image": "images", "audio": "audio parts"}
 #: `detail: "low"` divides a variable resolution processor's longest image edge by this (low_detail_edge).
 LOW_DETAIL_DIVISOR = 4
 
@@ -100,7 +100,7 @@ def expand_media(prompt_ids: list[int], parts: list[tuple[str, object]], process
         placed = prompt_ids.count(token)
         if placed != len(queues[kind]):
             raise invalid(f"This model's chat template placed {placed} of the request's {len(queues[kind])} "
-                          f"{NAMES[kind]} in the prompt; send them in user messages only.", "messages")
+                          f"{PLURALS[kind]} in the prompt; send them in user messages only.", "messages")
     out: list[int] = []
     media: list[MediaInput] = []
     for token in prompt_ids:
@@ -116,8 +116,3 @@ def expand_media(prompt_ids: list[int], parts: list[tuple[str, object]], process
         out += ids
         media.append(item)
     return out, media
-
-
-def expand_images(prompt_ids: list[int], images: list, processor) -> tuple[list[int], list[MediaInput]]:
-    """expand_media for images only."""
-    return expand_media(prompt_ids, [("image", image) for image in images], processor)

@@ -68,6 +68,11 @@ def media_kinds(config) -> tuple[str, ...]:
     return tuple(kind for kind, section in ENCODER_CONFIGS.items() if getattr(config, section, None) is not None)
 
 
+#: The media kinds a prompt can hold: the ContentPart fields, MediaInput.kind,
+#: ChatModelInfo.media and TensorRT-LLM's multi_modal_data keys alike.
+MEDIA_KINDS = ("image", "audio")
+
+
 @dataclass
 class MediaInput:
     """One image or audio clip of a prompt as the model's processor prepared it (in the
@@ -274,6 +279,22 @@ class ChatModelInfo:
     #: The engine takes the decoded media themselves (MediaInput.source), not only the
     #: processor's arrays (TensorRT-LLM runs its own input processor).
     raw_media: bool = False
+
+    def __post_init__(self):
+        # A multimodal checkpoint may keep its media-aware chat template with its processor
+        # only (chat_template.json, which AutoProcessor reads and AutoTokenizer does not):
+        # when the processor has one, prompts are rendered with it.
+        template = processor_chat_template(self.processor) if self.media else None
+        if template:
+            self.tokenizer.chat_template = template
+
+
+def processor_chat_template(processor) -> str | None:
+    """A processor's chat template (its "default" one where it has several by name)."""
+    template = getattr(processor, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default")
+    return template if isinstance(template, str) and template.strip() else None
 
 
 @runtime_checkable

@@ -16,6 +16,9 @@ import numpy as np
 from server.media.errors import MediaError
 
 SAMPLE_RATE = 16_000
+# OpenAI's floor, with its words: shorter audio is a 400 `audio_too_short` (transcription
+# and chat audio parts alike).
+MIN_AUDIO_S = 0.1
 
 
 class AudioError(MediaError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import warnings
 
-from server.media.errors import MediaError
+from server.media.errors import MediaError, detached
 from server.media.policy import MediaPolicy
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
@@ -35,16 +35,14 @@ def check_mime_type(mime_type: str) -> None:
 
 
 def decode_image(data: bytes, policy: MediaPolicy, mime_type: str = ""):
-    """See _decode_image; its MediaError comes without a traceback or chained exceptions,
-    whose frames would keep `data` alive in reference cycles (only a full garbage
-    collection frees them: a stream of refused 15 MB images would pile up)."""
+    """See _decode_image; its MediaError comes `detached` (without the frames that hold
+    `data`)."""
     try:
         return _decode_image(data, policy, mime_type)
     except MediaError as e:
         error = e
     data = None
-    error.__traceback__ = error.__context__ = error.__cause__ = None
-    raise error
+    raise detached(error)
 
 
 def _decode_image(data: bytes, policy: MediaPolicy, mime_type: str = ""):

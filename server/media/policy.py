@@ -33,6 +33,9 @@ class MediaPolicy:
     max_image_pixels: width × height cap, checked from the header before decoding.
     max_image_side: the longest side in pixels; max_image_aspect: longest/shortest side.
     max_audio_seconds: the longest audio part (None: the model's own limit only).
+    max_audio_parts: audio parts per request; max_audio_total_seconds: all of a request's
+        audio parts together (decoded float32 samples and the processor's features grow
+        with both, whatever the compressed body weighed).
     ca_file: a PEM bundle of CAs trusted for https fetches instead of the default
         (certifi's) bundle, e.g. an internal CA ("" = the default).
     """
@@ -48,6 +51,8 @@ class MediaPolicy:
     max_image_side: int = 16_384
     max_image_aspect: float = 200.0
     max_audio_seconds: float | None = 600.0
+    max_audio_parts: int = 8
+    max_audio_total_seconds: float = 600.0
     ca_file: str = ""
 
     def __post_init__(self):
@@ -67,6 +72,8 @@ class MediaPolicy:
             max_image_pixels=cfg.media_max_image_pixels,
             max_image_side=cfg.media_max_image_side,
             max_audio_seconds=cfg.media_max_audio_s or None,
+            max_audio_parts=cfg.media_max_audio_parts,
+            max_audio_total_seconds=cfg.media_max_audio_total_s,
             ca_file=cfg.media_ca_file,
         )
 

@@ -3,28 +3,41 @@
 `load_image(part, policy)` (async: it may fetch) -> RGB PIL image;
 `load_images([(param, part), ...], policy)` -> the images of a request, fetched at once;
 `load_audio(part, rate, max_seconds, policy)` -> float32 mono samples;
-`check_media_count(n_images, policy)`. All raise MediaError (the caller sets `.param`,
-e.g. "messages[0].content[1]", and answers INVALID_ARGUMENT).
+`check_media_count([(param, kind), ...], policy)`, before anything is fetched. All raise
+MediaError (the caller sets `.param`, e.g. "messages[0].content[1]", where it is not set,
+and answers INVALID_ARGUMENT).
 """
 from __future__ import annotations
 
 import asyncio
 import weakref
+from collections import Counter
 
 import numpy as np
 
-from server.media.audio import SAMPLE_RATE, decode_audio
+from server.media.audio import MIN_AUDIO_S, SAMPLE_RATE, decode_audio
 from server.media.data_url import parse_data_url
-from server.media.errors import MediaError
+from server.media.errors import MediaError, detached
 from server.media.fetch import fetch_url
 from server.media.image import check_mime_type, decode_image
 from server.media.policy import MediaPolicy
 
 
-def check_media_count(n_images: int, policy: MediaPolicy) -> None:
-    """MediaError when a request carries more than `policy.max_images` images."""
-    if n_images > policy.max_images:
-        raise MediaError(f"Too many images: {n_images} (at most {policy.max_images} per request).")
+#: What a client calls several parts of each kind, in errors.
+PLURALS = {"image": "images", "audio": "audio parts"}
+
+
+def check_media_count(parts, policy: MediaPolicy) -> None:
+    """[(param, "image" | "audio"), ...] in request order: MediaError, param = the first
+    part over its kind's limit, when a request carries more than `policy.max_images`
+    images or `policy.max_audio_parts` audio parts."""
+    limits = {"image": policy.max_images, "audio": policy.max_audio_parts}
+    totals = Counter(kind for _, kind in parts)
+    seen: Counter = Counter()
+    for param, kind in parts:
+        seen[kind] += 1
+        if seen[kind] > limits[kind]:
+            raise MediaError(f"Too many {PLURALS[kind]}: {totals[kind]} (at most {limits[kind]} per request).", param)
 
 
 async def image_bytes(part, policy: MediaPolicy) -> tuple[bytes, str]:
@@ -78,16 +91,11 @@ def _decode_slots() -> asyncio.Semaphore:
 
 
 async def load_images(parts, policy: MediaPolicy) -> list:
-    """[(param, ImagePart), ...] -> their RGB images in order, after check_media_count
-    (its MediaError has param = the first image over the limit). The parts are fetched
-    and decoded concurrently; on the first failure the others are cancelled and the
-    MediaError of the earliest failed part (in request order) is raised with its param."""
+    """[(param, ImagePart), ...] (counted by the caller: check_media_count) -> their RGB
+    images in order. The parts are fetched and decoded concurrently; on the first failure
+    the others are cancelled and the MediaError of the earliest failed part (in request
+    order) is raised with its param."""
     parts = list(parts)
-    try:
-        check_media_count(len(parts), policy)
-    except MediaError as e:
-        e.param = parts[policy.max_images][0]
-        raise
     tasks = [asyncio.ensure_future(load_image(part, policy)) for _, part in parts]
     if not tasks:
         return []
@@ -108,22 +116,18 @@ async def load_images(parts, policy: MediaPolicy) -> list:
     raise detached(error)
 
 
-def detached(error: BaseException) -> BaseException:
-    """`error` without its traceback and chained exceptions: they hold the frames that
-    held the media bytes, in reference cycles that only a full garbage collection frees,
-    so a stream of refused 15 MB images would pile up in the core's memory."""
-    error.__traceback__ = error.__context__ = error.__cause__ = None
-    return error
-
-
 def load_audio(part, rate: int = SAMPLE_RATE, max_seconds: float | None = None,
                policy: MediaPolicy | None = None) -> np.ndarray:
     """A `genapi.v1.content_pb2.AudioPart` (`data` in any container PyAV reads; `format`
     is a hint only) -> float32 mono samples in [-1, 1) at `rate` Hz, shape [n].
     `max_seconds`: the model's limit (the policy's max_audio_seconds applies too, and its
-    max_bytes). MediaError (an AudioError) for unusable audio."""
+    max_bytes). MediaError (an AudioError) for unusable audio; code "audio_too_short"
+    under MIN_AUDIO_S (a processor makes no audio token of a few samples)."""
     limits = [s for s in (max_seconds, policy.max_audio_seconds if policy else None) if s]
     if policy is not None and len(part.data) > policy.max_bytes:
         raise MediaError(f"The audio is larger than {policy.max_mb:g} MB.")
     samples = decode_audio(bytes(part.data), rate=rate, max_seconds=min(limits) if limits else None)
+    if len(samples) < MIN_AUDIO_S * rate:
+        raise MediaError(f"The audio is too short. Minimum audio length is {MIN_AUDIO_S:g} seconds.",
+                         code="audio_too_short")
     return samples.astype(np.float32) / 32768.0

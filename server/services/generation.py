@@ -21,8 +21,9 @@ from ..chat.events import ChatEvents
 from ..chat.output import THINKING_SWITCH, OutputConventions, check_options
 from ..chat.reasoning import prompt_opens_thinking
 from ..chat.tool_grammar import think_first, tool_structural_tag
-from ..chat.media_request import chat_prompt, request_media
-from ..convert.generation import MAX_N, check_identifiers, check_request, least_budget_tokens, with_prompt
+from ..chat.media_request import chat_prompt, check_request_media, load_media
+from ..convert.generation import (MAX_N, check_identifiers, check_request, least_budget_tokens, resolve_max_tokens,
+                                  with_prompt)
 from ..convert.tools import tool_plan
 from ..drain import Drain, shutting_down
 from ..engines.base import Constraint, EngineError, EngineInvalidRequest, close_events, wait_ready
@@ -111,18 +112,20 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             if plan.mode != "none" and conv.tool_parser is None:
                 raise invalid(f"The model `{quote(request.model)}` has no tool-call format (set its tool_parser "
                               "option).", "tools", "unsupported_parameter")
-            # Media are fetched and decoded before the request takes an admission place:
-            # a slow image server holds no batch slot.
-            media = await request_media(request, info, self.media_policy)
+            parts = check_request_media(request, info, self.media_policy)  # kinds, roles, counts: no fetch
             try:
                 # The cheap refusals (queue full, budget short of n × max_tokens) come
-                # before templating and tokenizing, which cost milliseconds each: a burst
-                # beyond capacity is refused at once instead of queueing behind that work.
+                # before fetching and decoding media (seconds, megabytes), templating and
+                # tokenizing (milliseconds each): a burst beyond capacity is refused at
+                # once instead of queueing behind that work. A fetch holds the place for
+                # at most [media] fetch_timeout_s.
                 place = engine.reserve(gen.n, least_budget_tokens(request, gen.n))
                 try:
+                    media = await load_media(parts, info, self.media_policy)
                     prompt_ids, gen.media = await asyncio.to_thread(
                         chat_prompt, info, request.messages, plan.tools,
-                        template_kwargs(conv, request.reasoning_effort), media)
+                        template_kwargs(conv, request.reasoning_effort), media,
+                        lambda n: resolve_max_tokens(request, n, info.context_length, max_output))
                     del media  # the engine request holds the processor's arrays now
                     with_prompt(gen, request, prompt_ids, context=info.context_length, max_output=max_output)
                     # tokens per minute: the prompt and every choice's whole max_tokens, up front
@@ -133,6 +136,9 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                     if thinking and gen.constraint is not None and not tool_constraint:
                         gen.constraint = think_first(gen.constraint, conv.reasoning_markers[1])
                     events = engine.generate(gen, place)
+                    # The engine has the request: this frame, alive for the whole
+                    # generation, keeps none of it (its media arrays are megabytes).
+                    n, max_tokens, gen = gen.n, gen.max_tokens, None
                 finally:
                     place.release()  # the request never got to the engine (a no-op once it did)
             except EngineError as e:
@@ -147,7 +153,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             await ticket.settle(0)
             await abort(context, with_rate_state(INTERNAL_ERROR, ticket))
             return
-        mapper = ChatEvents(conv, usage, gen.n, tools=plan.mode != "none", parallel=plan.parallel, thinking=thinking,
+        mapper = ChatEvents(conv, usage, n, tools=plan.mode != "none", parallel=plan.parallel, thinking=thinking,
                             constrained=tool_constraint)
         # From here on the engine request exists: every way out goes through `finally`.
         try:
@@ -161,11 +167,11 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                 await abort(context, err)
             usage.prompt_tokens = usage.total_tokens = len(prompt_ids)
             log.info("request %s model=%s prompt_tokens=%d max_tokens=%d n=%d", rid, request.model,
-                     len(prompt_ids), gen.max_tokens, gen.n)
+                     len(prompt_ids), max_tokens, n)
             if md := ticket.metadata():  # the x-ratelimit-* state, before the first event
                 await context.send_initial_metadata(md)
             await context.write(pb.GenerateResponse(
-                usage=usage, started=pb.Started(request_id=rid, model=request.model, max_tokens=gen.max_tokens)))
+                usage=usage, started=pb.Started(request_id=rid, model=request.model, max_tokens=max_tokens)))
             last_token_at = None
             ttft, itl = metrics.TTFT.labels(request.model), metrics.ITL.labels(request.model)
             take_ready = getattr(events, "take_ready", None)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any
 
 from genapi.untrusted import MAX_ID_CHARS, MAX_STOP_CHARS
@@ -58,6 +57,7 @@ from shim.protocol.common import (
     expect_str,
     invalid_type,
     invalid_value,
+    shown,
     is_number,
     missing,
     quote,
@@ -246,34 +246,31 @@ def _validate_image_part(part: dict, p: str) -> None:
     expect_str(image["url"], f"{p}.image_url.url", non_empty=True)
     detail = image.get("detail")
     if detail is not None and detail not in IMAGE_DETAILS:
-        raise invalid_value(f"{p}.image_url.detail", f"Invalid value for '{p}.image_url.detail': {_shown(detail)}. "
+        raise invalid_value(f"{p}.image_url.detail", f"Invalid value for '{p}.image_url.detail': {shown(detail)}. "
                                                      "Supported values are: 'auto', 'low' and 'high'.")
 
 
 def _validate_audio_part(part: dict, p: str) -> None:
-    """Shape and base64 here (the proto carries bytes); decoding is the core's."""
+    """Shape and base64 here (the proto carries bytes: `data` is replaced by its decoded
+    bytes, which JSON cannot carry, so validating the same body again keeps them);
+    decoding the audio is the core's."""
     if "input_audio" not in part:
         raise missing(f"{p}.input_audio")
     audio = expect_object(part["input_audio"], f"{p}.input_audio")
     for key in ("data", "format"):
         if key not in audio:
             raise missing(f"{p}.input_audio.{key}")
-        expect_str(audio[key], f"{p}.input_audio.{key}", non_empty=True)
+        if not (key == "data" and isinstance(audio[key], bytes) and audio[key]):
+            expect_str(audio[key], f"{p}.input_audio.{key}", non_empty=True)
     check_max_length(audio["format"], f"{p}.input_audio.format", 16)
-    if audio_bytes(audio["data"]) is None:
-        raise invalid_value(f"{p}.input_audio.data", f"Invalid '{p}.input_audio.data': not valid base64.")
-
-
-def audio_bytes(data: str) -> bytes | None:
-    """The bytes of an input_audio part's base64 `data`; None when it is not base64."""
+    if isinstance(audio["data"], bytes):
+        return
     try:
-        return base64.b64decode(data, validate=True)
+        # Decoded once, here: the translation to the proto takes these bytes (a 20 MB clip
+        # is not decoded twice, nor held twice as text and bytes).
+        audio["data"] = base64.b64decode(audio["data"], validate=True)
     except (binascii.Error, ValueError):
-        return None
-
-
-def _shown(value: Any) -> str:
-    return repr(quote(value)) if isinstance(value, str) else json.dumps(value)[:64]
+        raise invalid_value(f"{p}.input_audio.data", f"Invalid '{p}.input_audio.data': not valid base64.") from None
 
 
 def _validate_tool_calls(tool_calls: Any, param: str) -> None:

@@ -46,7 +46,8 @@ def quote(value: str, limit: int = 64) -> str:
     return f"'{clip(value, limit)}'"
 
 
-def _show(value: Any, limit: int = 64) -> str:
+def shown(value: Any, limit: int = 64) -> str:
+    """Any client value for an error message: a string quoted (`quote`), else clipped."""
     return quote(value, limit) if isinstance(value, str) else clip(value, limit)
 
 
@@ -99,11 +100,11 @@ def is_number(value: Any) -> bool:
 def check_range(value, param: str, *, minimum=None, maximum=None, exclusive_minimum=None) -> None:
     if exclusive_minimum is not None and not value > exclusive_minimum:
         raise invalid_value(param, f"Invalid '{param}': expected a value > {exclusive_minimum}, "
-                                   f"but got {_show(value)} instead.")
+                                   f"but got {shown(value)} instead.")
     if minimum is not None and value < minimum:
-        raise invalid_value(param, f"Invalid '{param}': expected a value >= {minimum}, but got {_show(value)} instead.")
+        raise invalid_value(param, f"Invalid '{param}': expected a value >= {minimum}, but got {shown(value)} instead.")
     if maximum is not None and value > maximum:
-        raise invalid_value(param, f"Invalid '{param}': expected a value <= {maximum}, but got {_show(value)} instead.")
+        raise invalid_value(param, f"Invalid '{param}': expected a value <= {maximum}, but got {shown(value)} instead.")
 
 
 def expect_int(value: Any, param: str, **bounds) -> int:

@@ -8,7 +8,6 @@ Response: `ChatCompletionAccumulator` / `build_chat_completion` fold `GenerateRe
 """
 from __future__ import annotations
 
-import base64
 import math
 import time
 import uuid
@@ -20,6 +19,7 @@ from google.protobuf import struct_pb2
 
 from genapi.v1 import common_pb2, content_pb2, generation_service_pb2 as gen_pb2
 from shim.jsonutil import RawJSON, dumps
+from shim.protocol.chat import IMAGE_DETAILS
 
 ROLE_TO_PROTO = {
     "system": content_pb2.ROLE_SYSTEM,
@@ -59,11 +59,8 @@ def now() -> int:
 
 # --- request ---------------------------------------------------------------------------
 
-IMAGE_DETAILS = {
-    "auto": content_pb2.IMAGE_DETAIL_AUTO,
-    "low": content_pb2.IMAGE_DETAIL_LOW,
-    "high": content_pb2.IMAGE_DETAIL_HIGH,
-}
+#: image_url.detail -> the proto's ImageDetail (the values: shim.protocol.chat.IMAGE_DETAILS)
+IMAGE_DETAIL = {d: content_pb2.ImageDetail.Value(f"IMAGE_DETAIL_{d.upper()}") for d in IMAGE_DETAILS}
 
 
 def _content_parts(content) -> list[content_pb2.ContentPart]:
@@ -79,11 +76,10 @@ def _content_parts(content) -> list[content_pb2.ContentPart]:
         elif ptype == "image_url":  # the URL as sent: the core fetches or decodes it
             image = part["image_url"]
             parts.append(content_pb2.ContentPart(image=content_pb2.ImagePart(
-                url=image["url"], detail=IMAGE_DETAILS[image.get("detail") or "auto"])))
-        elif ptype == "input_audio":
+                url=image["url"], detail=IMAGE_DETAIL[image.get("detail") or "auto"])))
+        elif ptype == "input_audio":  # `data`: bytes, decoded by validation (shim.protocol.chat)
             audio = part["input_audio"]
-            parts.append(content_pb2.ContentPart(audio=content_pb2.AudioPart(
-                data=base64.b64decode(audio["data"]), format=audio["format"])))
+            parts.append(content_pb2.ContentPart(audio=content_pb2.AudioPart(data=audio["data"], format=audio["format"])))
         else:  # "text" (validation rejects every other type)
             parts.append(content_pb2.ContentPart(text=part["text"]))
     return parts

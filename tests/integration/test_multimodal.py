@@ -31,6 +31,9 @@ PIXTRAL = "genapi-tiny-pixtral"
 AUDIO = "genapi-tiny-audio"
 IMAGE_TOKENS = 16  # (32 / 8)^2 patches of the tiny CLIP tower, CLS dropped
 MAX_IMAGES = 8  # the [media] default
+MAX_AUDIO_PARTS = 8  # the [media] default
+MAX_AUDIO_TOTAL_S = 40  # [media] max_audio_total_s of this module's service
+PIXTRAL_BATCH = 4  # PIXTRAL runs with max_queue = 1: a request that finds 4 running and 1 waiting is a 429
 MAX_MB = 1  # [media] max_mb of this module's service: the over-size case stays cheap
 FETCH_TIMEOUT_S = 3  # [media] fetch_timeout_s: the slow server is cut off soon
 
@@ -57,11 +60,13 @@ def svc(tmp_path_factory, images):
         allow_hosts = ["127.0.0.1:{images.port}"]
         max_mb = {MAX_MB}
         fetch_timeout_s = {FETCH_TIMEOUT_S}
+        max_audio_total_s = {MAX_AUDIO_TOTAL_S}
         """, model_options="threads = 1\n" + "".join(
         model_block(name, ROOT / "models" / folder, tmp / f"pause-{name}" if pause else None, max_batch=batch,
-                    threads=1)
-        for name, folder, batch, pause in [(VISION, "tiny-vision", 8, True), (PIXTRAL, "tiny-pixtral", 8, True),
-                                           (AUDIO, "tiny-audio", 4, False)]))
+                    threads=1, **extra)
+        for name, folder, batch, pause, extra in [
+            (VISION, "tiny-vision", 8, True, {}), (PIXTRAL, "tiny-pixtral", PIXTRAL_BATCH, True, {"max_queue": 1}),
+            (AUDIO, "tiny-audio", 4, False, {})]))
     s.pause_files = {name: tmp / f"pause-{name}" for name in (VISION, PIXTRAL)}
     s.start(timeout_s=300)
     yield s
@@ -365,6 +370,47 @@ def test_ssrf_refused_urls_are_400_and_never_connect(oa, trap, refused_urls):
     assert chat(oa, ask(data_url(RED)), max_tokens=2).usage.completion_tokens == 2
 
 
+def test_a_full_engine_refuses_a_request_with_media_at_once_without_fetching_it(svc, channel, images):
+    """The admission place comes before the media: with PIXTRAL's slots held (decoding
+    paused) and its one queue place taken, a request with an image URL is a 429 and the
+    image server never hears of it."""
+    admin = admin_service_pb2_grpc.AdminServiceStub(channel)
+    pause_file = svc.pause_files[PIXTRAL]
+
+    def stats():
+        return admin.GetEngineStats(admin_service_pb2.GetEngineStatsRequest(model=PIXTRAL)).engines[0]
+
+    async def full():
+        async with svc.sdk(asynchronous=True) as aoa:
+            held = [asyncio.ensure_future(aoa.chat.completions.create(
+                model=PIXTRAL, messages=ask(text="Hello there."), max_tokens=4, temperature=0))
+                for _ in range(PIXTRAL_BATCH + 1)]
+            try:
+                seen = await asyncio.to_thread(wait_until, lambda: (s := stats()).active_sequences == PIXTRAL_BATCH
+                                               and s.queued_requests == 1, 60)
+                hits = images.hits
+                try:
+                    await aoa.chat.completions.create(model=PIXTRAL, messages=ask(images.url("/red.png")), max_tokens=4)
+                    refused = None
+                except openai.RateLimitError as e:
+                    refused = e
+                fetched = images.hits - hits
+            finally:
+                pause_file.unlink(missing_ok=True)
+            return seen, refused, fetched, await asyncio.gather(*held)
+
+    pause_file.touch()
+    try:
+        seen, refused, fetched, results = asyncio.run(full())
+    finally:
+        pause_file.unlink(missing_ok=True)
+    assert seen, "the held requests never took every slot and the queue place"
+    assert refused is not None and refused.status_code == 429, refused
+    assert fetched == 0  # refused before its image was fetched
+    assert all(r.usage.completion_tokens == 4 for r in results)  # the admitted ones finish in full
+    assert chat(svc.sdk(), ask(images.url("/red.png")), PIXTRAL, max_tokens=2).usage.completion_tokens == 2
+
+
 def test_x5_a_trickling_server_is_cut_at_the_deadline_and_an_endless_body_at_the_cap(oa, images):
     import time
 
@@ -415,4 +461,27 @@ def test_bad_or_too_long_audio_is_400_with_the_part(oa):
     assert_400(lambda: chat(oa, listen(audio_part(b"this is no audio file at all", "wav")), model=AUDIO),
                "messages[0].content[1]", "not a supported audio file")
     assert chat(oa, listen(audio_part(encode(speech("ok"), "wav"), "wav")), model=AUDIO, max_tokens=2) \
+        .usage.completion_tokens == 2
+
+
+def test_too_many_audio_parts_name_the_first_one_over(oa):
+    clip = audio_part(encode(speech("hi"), "wav"), "wav")
+    assert_400(lambda: chat(oa, listen(*[clip] * (MAX_AUDIO_PARTS + 1)), model=AUDIO),
+               f"messages[0].content[{MAX_AUDIO_PARTS + 1}]", f"too many audio parts: {MAX_AUDIO_PARTS + 1}")
+    assert chat(oa, listen(*[clip] * MAX_AUDIO_PARTS), model=AUDIO, max_tokens=2).usage.completion_tokens == 2
+
+
+def test_a_requests_audio_is_capped_in_total_seconds(oa):
+    clip = audio_part(encode(silence(15), "wav"), "wav")  # 3 x 15 s > the module's 40 s in total
+    assert_400(lambda: chat(oa, listen(clip, clip, clip), model=AUDIO), "messages[0].content[3]",
+               f"longer than {MAX_AUDIO_TOTAL_S} seconds in total")
+
+
+def test_audio_too_short_for_an_audio_token_is_400_audio_too_short(oa):
+    for samples in (1, 160, 1599):  # 1-160 samples would expand to no <|AUDIO|> token at all
+        clip = audio_part(encode(silence(samples / 16_000), "wav"), "wav")
+        err = assert_400(lambda: chat(oa, listen(clip), model=AUDIO), "messages[0].content[1]",
+                         "minimum audio length is 0.1 seconds")
+        assert err.body["code"] == "audio_too_short", err.body
+    assert chat(oa, listen(audio_part(encode(silence(0.1), "wav"), "wav")), model=AUDIO, max_tokens=2) \
         .usage.completion_tokens == 2

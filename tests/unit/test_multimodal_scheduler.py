@@ -11,7 +11,7 @@ pytest.importorskip("torch")
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from server.chat.media_prompt import expand_images  # noqa: E402
+from server.chat.media_prompt import expand_media  # noqa: E402
 from server.engines.base import TextEvent  # noqa: E402
 
 from ..conftest import ROOT  # noqa: E402
@@ -34,7 +34,7 @@ def prompt(hf, images: list, text: str = "What is in the picture?"):
     parts = [{"type": "text", "text": text}] + [{"type": "image"} for _ in images]
     ids = processor.tokenizer.apply_chat_template([{"role": "user", "content": parts}], add_generation_prompt=True,
                                                   tokenize=True, return_dict=False)
-    return expand_images(list(ids), images, processor)
+    return expand_media(list(ids), [("image", image) for image in images], processor)
 
 
 def reference(hf, ids, media) -> list[int]:
@@ -160,7 +160,7 @@ def test_expanded_parts_record_where_they_stand_and_collapse_back_to_the_templat
     parts = [{"type": "image"}, {"type": "text", "text": "and"}, {"type": "image"}]
     template = list(processor.tokenizer.apply_chat_template([{"role": "user", "content": parts}],
                                                             add_generation_prompt=True, tokenize=True, return_dict=False))
-    ids, media = expand_images(template, [RED, BLUE], processor)
+    ids, media = expand_media(template, [("image", RED), ("image", BLUE)], processor)
     assert [m.span[1] for m in media] == [16, 16]
     assert all(ids[m.span[0]:sum(m.span)] == [processor.image_token_id] * 16 for m in media)
     assert template_prompt_ids(ids, media) == template  # what TensorRT-LLM is sent

@@ -379,3 +379,11 @@ def test_every_spec_field_is_known():
         "top_logprobs", "top_p", "user", "verbosity", "web_search_options",
     }
     assert spec_fields <= KNOWN_FIELDS
+
+
+@pytest.mark.parametrize("detail, shown", [("max", "'max'"), (3, "3")])
+def test_a_bad_image_detail_is_shown_once_quoted(detail, shown):
+    err = error_of(msgs({"role": "user", "content": [{"type": "image_url",
+                                                       "image_url": {"url": "http://x", "detail": detail}}]}))
+    assert err.message == (f"Invalid value for 'messages[0].content[0].image_url.detail': {shown}. "
+                           "Supported values are: 'auto', 'low' and 'high'.")

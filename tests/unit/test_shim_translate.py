@@ -6,6 +6,7 @@ import json
 import pytest
 
 from genapi.v1 import common_pb2, content_pb2, generation_service_pb2 as gen_pb2, model_service_pb2
+from shim.protocol.chat import validate_chat_request
 from shim.translate.chat import (
     ChatChunkBuilder,
     build_chat_completion,
@@ -136,7 +137,10 @@ def test_image_and_audio_parts_become_typed_parts_in_order():
                {"type": "text", "text": "and"},
                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
                {"type": "input_audio", "input_audio": {"data": "UklGRgABAgM=", "format": "wav"}}]
-    req = chat_request_to_proto({"model": "m", "messages": [{"role": "user", "content": content}]})
+    body = {"model": "m", "messages": [{"role": "user", "content": content}]}
+    req = chat_request_to_proto(validate_chat_request(body))  # validation decodes input_audio, once
+    assert content[3]["input_audio"]["data"] == b"RIFF\x00\x01\x02\x03"
+    assert validate_chat_request(body) is body  # and validating the decoded body again keeps it
     parts = req.messages[0].content
     assert [p.WhichOneof("part") for p in parts] == ["image", "text", "image", "audio"]
     # URLs travel as sent, data: ones too: the core is the one place that fetches and decodes

@@ -421,6 +421,7 @@ def test_media_go_to_tensorrt_llm_as_the_templates_ids_and_the_decoded_parts(fak
     inputs, _ = engine._llm.submitted[0]
     assert inputs == {"prompt_token_ids": [1, 9, 2, 8, 3],
                       "multi_modal_data": {"image": [image], "audio": [(clip, 16_000)]}}
+    assert r.media == []  # the stream, alive for the whole generation, no longer holds the media
 
 
 def test_load_hf_of_a_vision_checkpoint_asks_for_the_decoded_media(tmp_path):

@@ -483,10 +483,10 @@ def test_replicate():
 
 # ------------------------------------------------------------------ multimodal inputs
 
-def _media(kind: str, placeholder: int, start: int, length: int):
+def _media(kind: str, placeholder: int, start: int, length: int, source=None):
     from server.engines.base import MediaInput
 
-    return MediaInput(kind, {}, placeholder, (start, length))
+    return MediaInput(kind, {}, placeholder, (start, length), source)
 
 
 IMG, AUD = 900, 901
@@ -495,15 +495,15 @@ IMG, AUD = 900, 901
 def test_multimodal_inputs_send_the_templates_ids_and_the_decoded_parts_by_kind_in_order():
     # [1, 2, <16 image tokens>, 3, <3 audio tokens>, <16 image tokens>, 4]
     ids = [1, 2] + [IMG] * 16 + [3] + [AUD] * 3 + [IMG] * 16 + [4]
-    media = [_media("image", IMG, 2, 16), _media("audio", AUD, 19, 3), _media("image", IMG, 22, 16)]
     red, clip, blue = object(), [0.0, 0.1], object()
-    inputs = m.multimodal_inputs(ids, media, [red, clip, blue], sample_rate=16_000)
+    media = [_media("image", IMG, 2, 16, red), _media("audio", AUD, 19, 3, clip), _media("image", IMG, 22, 16, blue)]
+    inputs = m.multimodal_inputs(ids, media, sample_rate=16_000)
     assert inputs["prompt_token_ids"] == [1, 2, IMG, 3, AUD, IMG, 4]
     assert inputs["multi_modal_data"] == {"image": [red, blue], "audio": [(clip, 16_000)]}
 
 
 def test_multimodal_inputs_without_media_is_the_plain_prompt():
-    assert m.multimodal_inputs([5, 6, 7], [], []) == {"prompt_token_ids": [5, 6, 7]}
+    assert m.multimodal_inputs([5, 6, 7], []) == {"prompt_token_ids": [5, 6, 7]}
 
 
 def test_parts_expanded_with_other_tokens_collapse_whole():
@@ -513,13 +513,16 @@ def test_parts_expanded_with_other_tokens_collapse_whole():
     assert m.template_prompt_ids(ids, [_media("image", IMG, 1, 6)]) == [1, IMG, 2]
 
 
-@pytest.mark.parametrize("media, sources", [
-    ([_media("image", IMG, 1, 2)], []),  # a source missing
-    ([_media("video", IMG, 1, 2)], [object()]),  # a kind TensorRT-LLM is not given
-    ([_media("image", IMG, 0, 2)], [object()]),  # the span does not start at its placeholder
-    ([_media("image", IMG, 1, 9)], [object()]),  # past the prompt
-    ([_media("image", IMG, 1, 2), _media("image", IMG, 2, 1)], [object(), object()]),  # overlapping
+SRC = object()
+
+
+@pytest.mark.parametrize("media", [
+    [_media("image", IMG, 1, 2)],  # the decoded source missing
+    [_media("video", IMG, 1, 2, SRC)],  # a kind TensorRT-LLM is not given
+    [_media("image", IMG, 0, 2, SRC)],  # the span does not start at its placeholder
+    [_media("image", IMG, 1, 9, SRC)],  # past the prompt
+    [_media("image", IMG, 1, 2, SRC), _media("image", IMG, 2, 1, SRC)],  # overlapping
 ])
-def test_inconsistent_media_are_refused(media, sources):
+def test_inconsistent_media_are_refused(media):
     with pytest.raises(m.UnsupportedRequest):
-        m.multimodal_inputs([1, IMG, IMG, 4], media, sources)
+        m.multimodal_inputs([1, IMG, IMG, 4], media)

@@ -25,10 +25,10 @@ class HFRunner:
 
     def _forward(self, ids: torch.Tensor, cache, positions: torch.Tensor | None = None, media=None):
         """(last-position logits [rows, vocab] float32, the updated cache). `media`: a
-        vision.MediaSplice for the one row of `ids`, or None."""
+        multimodal.MediaSplice for the one row of `ids`, or None."""
         if media is None:
             inputs = {"input_ids": ids}
-        else:  # image features in place of their placeholders' embeddings
+        else:  # image and audio features in place of their placeholders' embeddings
             emb = self.model.get_input_embeddings()
             inputs = {"inputs_embeds": splice(emb(embeddable(ids, emb.num_embeddings)), [media])}
         out = self.model(**inputs, position_ids=positions, use_cache=True, **{self._cache_kw: cache})

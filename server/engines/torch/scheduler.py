@@ -71,7 +71,7 @@ class _Req:
     ended: bool = False
     prefilled: int = 0  # prompt tokens in the cache so far (chunked prefill)
     grammar: object = None  # compiled grammar of its constraint (xgrammar CompiledGrammar)
-    media: MediaSplice | None = None  # its image features, from admission until prefilled
+    media: MediaSplice | None = None  # its image and audio features, from admission until prefilled
 
 
 class Scheduler:

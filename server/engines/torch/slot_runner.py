@@ -85,7 +85,7 @@ class SlotRunner:
 
     def _embed(self, x: torch.Tensor, media) -> torch.Tensor:
         """Token embeddings [B, T, hidden], with media features in place of their
-        placeholders (`media`: one vision.MediaSplice or None per row, or None)."""
+        placeholders (`media`: one multimodal.MediaSplice or None per row, or None)."""
         if not media or all(m is None for m in media):
             return self.inner.embed_tokens(x)
         return splice(self.inner.embed_tokens(embeddable(x, self.inner.embed_tokens.num_embeddings)), media)
@@ -94,7 +94,7 @@ class SlotRunner:
     def prefill(self, slots: list[int], prompts: list[list[int]], media=None) -> torch.Tensor:
         """Runs several prompts, one per slot, in one padded forward pass; returns each
         prompt's next-token logits [B, vocab] (float32). `media`: per prompt, a
-        vision.MediaSplice (image features for its placeholders) or None."""
+        multimodal.MediaSplice (image or audio features for its placeholders) or None."""
         b, n = len(prompts), max(len(p) for p in prompts)
         lens = torch.tensor([len(p) for p in prompts], device=self.device)
         x = torch.tensor([p + [0] * (n - len(p)) for p in prompts], device=self.device)
@@ -120,7 +120,7 @@ class SlotRunner:
     def extend(self, slot: int, tokens: list[int], start: int, media=None) -> torch.Tensor:
         """Chunked prefill: runs `tokens` at positions start.. of `slot`, attending to the
         slot's first `start` cached positions as well; returns the last token's logits
-        [1, vocab] (float32). `media`: the prompt's vision.MediaSplice (whole-prompt
+        [1, vocab] (float32). `media`: the prompt's multimodal.MediaSplice (whole-prompt
         positions; the chunk takes its own part) or None."""
         n, end = len(tokens), start + len(tokens)
         x = torch.tensor([tokens], device=self.device)

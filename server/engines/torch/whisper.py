@@ -56,8 +56,6 @@ log = logging.getLogger("genapi.engine.whisper")
 
 DEFAULT_MAX_QUEUE = TRANSCRIPTION_MAX_QUEUE  # genapi.config sizes the shim's threads from it
 DEFAULT_MAX_AUDIO_S = 7200.0
-# OpenAI's floor, with its words: shorter audio is a 400 `audio_too_short`.
-MIN_AUDIO_S = 0.1
 
 
 def language_names() -> dict[str, str]:
@@ -113,7 +111,7 @@ class WhisperEngine(WorkerEngine, EngineBase):
 
     def _job(self, request: TranscriptionRequest):
         """Decodes and plans (runs in a thread): (job, windows, duration_s)."""
-        from server.media.audio import AudioError, decode_audio
+        from server.media.audio import MIN_AUDIO_S, AudioError, decode_audio
 
         try:
             samples = decode_audio(request.audio, SAMPLE_RATE, self.max_audio_s)

@@ -305,7 +305,8 @@ class TrtllmEngine(EngineBase):
                                                     dtype=torch.float32)
         try:
             params = self._trt.SamplingParams(**kwargs)
-            inputs = multimodal_inputs(req.prompt_ids, req.media, [m.source for m in req.media], self.sample_rate)
+            inputs = multimodal_inputs(req.prompt_ids, req.media, self.sample_rate)
+            req.media = []  # TensorRT-LLM holds what it needs of them: not this stream, for the whole generation
             return self._llm.generate_async(inputs, params, streaming=True)
         except ValueError as e:  # SamplingParams._validate, BaseLLM._check_arguments
             raise UnsupportedRequest(str(e)) from e

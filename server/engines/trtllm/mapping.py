@@ -69,6 +69,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from ..base import (
+    MEDIA_KINDS,
     EngineInvalidRequest,
     EngineEvent,
     FinishEvent,
@@ -76,6 +77,21 @@ from ..base import (
     TextEvent,
     TokenLogprob,
     TopLogprob,
+)
+# Outputs -> events live in outputs.py (with engine_choices, which both sides use);
+# re-exported here for the adapter and the tests.
+from .outputs import (  # noqa: F401
+    MIN_LOGPROB,
+    ChoiceSnapshot,
+    ChoiceState,
+    StreamState,
+    choice_snapshot,
+    close_stream,
+    engine_choices,
+    events_from_output,
+    is_greedy,
+    replicate,
+    token_logprob,
 )
 
 #: OpenAI's limit for top_logprobs (the proto documents 0..20).
@@ -146,10 +162,6 @@ def llm_kwargs(path: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], d
 
 # ---------------------------------------------------------------------- multimodal
 
-#: our media kinds -> TensorRT-LLM's multi_modal_data keys
-MULTI_MODAL_KEYS = {"image": "image", "audio": "audio"}
-
-
 def template_prompt_ids(prompt_ids: Sequence[int], media: Sequence[Any]) -> list[int]:
     """The prompt as the chat template wrote it: each media part's tokens (MediaInput.span
     in `prompt_ids`) collapsed back to its one placeholder (MediaInput.placeholder).
@@ -168,23 +180,21 @@ def template_prompt_ids(prompt_ids: Sequence[int], media: Sequence[Any]) -> list
     return out
 
 
-def multimodal_inputs(prompt_ids: Sequence[int], media: Sequence[Any], sources: Sequence[Any],
-                      sample_rate: int = 16_000) -> dict[str, Any]:
+def multimodal_inputs(prompt_ids: Sequence[int], media: Sequence[Any], sample_rate: int = 16_000) -> dict[str, Any]:
     """The `generate_async` inputs of a prompt with media (see the module docstring):
     {"prompt_token_ids": the template's ids, "multi_modal_data": {"image": [PIL images],
     "audio": [(float32 samples, sample_rate)]}}, each kind's items in prompt order.
-    `media`: the request's MediaInputs (kind, placeholder, span); `sources`: the decoded
-    part of each (an RGB PIL image, or mono float32 samples at `sample_rate` Hz).
-    Without media: just {"prompt_token_ids": ...}. UnsupportedRequest for a kind
-    TensorRT-LLM does not take or `sources` not matching `media`."""
-    if len(sources) != len(media):
-        raise UnsupportedRequest(f"{len(media)} media parts but {len(sources)} decoded sources")
+    `media`: the request's MediaInputs (kind, placeholder, span, and `source`: the decoded
+    part, an RGB PIL image or mono float32 samples at `sample_rate` Hz; our kinds are
+    TensorRT-LLM's multi_modal_data keys). Without media: just {"prompt_token_ids": ...}.
+    UnsupportedRequest for a kind TensorRT-LLM does not take or a part without its source."""
     data: dict[str, list] = {}
-    for item, source in zip(media, sources):
-        key = MULTI_MODAL_KEYS.get(item.kind)
-        if key is None:
+    for item in media:
+        if item.kind not in MEDIA_KINDS:
             raise UnsupportedRequest(f"TensorRT-LLM takes no {item.kind} input")
-        data.setdefault(key, []).append((source, sample_rate) if item.kind == "audio" else source)
+        if item.source is None:
+            raise UnsupportedRequest(f"a {item.kind} part came without its decoded source")
+        data.setdefault(item.kind, []).append((item.source, sample_rate) if item.kind == "audio" else item.source)
     inputs: dict[str, Any] = {"prompt_token_ids": template_prompt_ids(prompt_ids, media)}
     if data:
         inputs["multi_modal_data"] = data
@@ -192,19 +202,6 @@ def multimodal_inputs(prompt_ids: Sequence[int], media: Sequence[Any], sources: 
 
 
 # --------------------------------------------------------------------------- requests
-
-
-def is_greedy(req: GenerationRequest) -> bool:
-    return req.sampling.temperature <= 0.0
-
-
-def engine_choices(req: GenerationRequest) -> tuple[int, int]:
-    """(sequences TensorRT-LLM generates, copies of each sequence's events).
-
-    Greedy n > 1 -> (1, n): one sequence, its events replicated to every choice."""
-    if req.n > 1 and is_greedy(req):
-        return 1, req.n
-    return req.n, 1
 
 
 def _llm_args(options: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -388,17 +385,3 @@ def logit_bias_spec(req: GenerationRequest) -> LogitBias | None:
     if not items:
         return None
     return LogitBias(tuple(t for t, _ in items), tuple(v for _, v in items))
-
-
-# Outputs -> events live in outputs.py; imported here for the adapter and the tests.
-from .outputs import (  # noqa: E402,F401
-    MIN_LOGPROB,
-    ChoiceSnapshot,
-    choice_snapshot,
-    token_logprob,
-    ChoiceState,
-    StreamState,
-    events_from_output,
-    close_stream,
-    replicate,
-)

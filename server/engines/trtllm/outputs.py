@@ -13,6 +13,19 @@ from ..base import EngineEvent, FinishEvent, GenerationRequest, TextEvent, Token
 #: What OpenAI reports for a log probability of -inf.
 MIN_LOGPROB = -9999.0
 
+
+def is_greedy(req: GenerationRequest) -> bool:
+    return req.sampling.temperature <= 0.0
+
+
+def engine_choices(req: GenerationRequest) -> tuple[int, int]:
+    """(sequences TensorRT-LLM generates, copies of each sequence's events).
+
+    Greedy n > 1 -> (1, n): one sequence, its events replicated to every choice."""
+    if req.n > 1 and is_greedy(req):
+        return 1, req.n
+    return req.n, 1
+
 @dataclass
 class ChoiceSnapshot:
     """One choice of a streaming RequestOutput, as plain data (all fields cumulative)."""
@@ -94,8 +107,6 @@ class StreamState:
 
     @classmethod
     def for_request(cls, req: GenerationRequest) -> "StreamState":
-        from .mapping import engine_choices  # the request side; mapping.py imports this module
-
         seqs, _ = engine_choices(req)
         stops = tuple(x for x in dict.fromkeys(req.stop) if x)
         return cls(num_choices=seqs, stop=stops, choices=(ChoiceState(),) * seqs)
