@@ -9,7 +9,8 @@ same streams are read two ways, in one run:
 
   aio   grpc.aio, every call on one event loop (as bench/frontend.py's gRPC side);
   sync  the shim's way: the sync client on the shim's channel options
-        (shim.grpc_client.channel_options), one thread per call iterating it.
+        (shim.grpc_client.channel_options), one thread per call iterating it;
+        syncN (--sides aio,sync,sync8) the same over N channels, the calls spread evenly.
 
 For each it prints the server's and this process's CPU per message (from /proc), which is
 the floor of the core's and the shim's CPU per token at one event per token.
@@ -95,23 +96,25 @@ async def read_aio(target: str, streams: int, messages: int) -> int:
         return sum(await asyncio.gather(*(one() for _ in range(streams))))
 
 
-def read_sync(target: str, streams: int, messages: int) -> int:
+def read_sync(target: str, streams: int, messages: int, channels: int = 1) -> int:
     import grpc
 
     from genapi.v1 import generation_service_pb2_grpc as pb_grpc
     from shim.grpc_client import channel_options
 
     counts = [0] * streams
-    with grpc.insecure_channel(target, options=channel_options(64, False)) as ch:
-        stub = pb_grpc.GenerationServiceStub(ch)
+    chans = [grpc.insecure_channel(target, options=channel_options(64, False)) for _ in range(channels)]
+    stubs = [pb_grpc.GenerationServiceStub(ch) for ch in chans]
 
-        def one(i):
-            counts[i] = sum(1 for _ in stub.Generate(request(messages)))
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+    def one(i):
+        counts[i] = sum(1 for _ in stubs[i % channels].Generate(request(messages)))
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for ch in chans:
+        ch.close()
     return sum(counts)
 
 
@@ -121,6 +124,7 @@ def main():
     ap.add_argument("--messages", type=int, default=256, help="messages per stream")
     ap.add_argument("--step-ms", type=float, default=20.0, help="one message per stream per step")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--sides", default="aio,sync", help="aio, sync, and syncN: the sync client over N channels")
     args = ap.parse_args()
     target = f"127.0.0.1:{free_port()}"
     argv = [sys.executable, "-c", SERVER, target, str(args.step_ms)]
@@ -129,10 +133,10 @@ def main():
     with running(argv, grpc_ready(target), env=env, log_name="bench-grpc-floor.log") as server:
         asyncio.run(read_aio(target, 4, 4))  # warm-up
         for _ in range(args.rounds):
-            for side in ("aio", "sync"):
+            for side in args.sides.split(","):
                 s0, c0, t0 = cpu_s(server.pid), time.process_time(), time.perf_counter()
                 n = (asyncio.run(read_aio(target, args.streams, args.messages)) if side == "aio"
-                     else read_sync(target, args.streams, args.messages))
+                     else read_sync(target, args.streams, args.messages, int(side[4:] or 1)))
                 s1, c1, dt = cpu_s(server.pid), time.process_time(), time.perf_counter() - t0
                 assert n == args.streams * args.messages, n
                 print(f"  {side:4}: {n / dt:,.0f} msg/s; CPU µs/message: server (grpc.aio) "
