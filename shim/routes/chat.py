@@ -18,7 +18,7 @@ from shim import sse
 from shim.body import read_json_object
 from shim.errors import from_grpc_error, json_response
 from shim.protocol.chat import validate_chat_request
-from shim.observe import note_model
+from shim.observe import note_model, note_whole
 from shim.request_id import current_request_id
 from shim.routes.common import config, core, metadata
 from shim.streaming import CoreStream
@@ -54,6 +54,8 @@ def create_chat_completion():
     # Non-streamed: the core merges the deltas (genapi.deltas.WHOLE), and this thread reads
     # the call itself from the start (no keep-alive to send; the watchdog sees a client leave).
     md = metadata() if streamed else [*metadata(), WHOLE]
+    if not streamed:
+        note_whole()
     call = core().generation.Generate(proto, metadata=md, timeout=cfg.request_timeout_s)
     stream = CoreStream(call, environ=request.environ, request_id=request_id, map_error=map_error,
                         hand_off=tokens_flow if streamed else None, pump=streamed)
