@@ -7,7 +7,9 @@ At each level of concurrent streams it runs the same streams two ways, in one ru
 
   grpc  Generate streams straight to the core (grpc.aio): the core's ceiling;
   shim  the chat completions SSE endpoint through the shim (raw aiohttp client, default
-        stream options, so obfuscation is on as with OpenAI).
+        stream options, so obfuscation is on as with OpenAI);
+  sync  (--sides grpc,sync,shim) Generate streams read the shim's way without HTTP: the
+        sync grpc client, one thread per stream; its cost is the load generator's column.
 
 For each side it prints tokens/s and events/s delivered (SSE data frames or gRPC messages:
 they differ once deltas are coalesced) and, per process (each shim worker, the gunicorn
@@ -171,6 +173,49 @@ async def run_grpc(target: str, streams: int, tokens: int) -> tuple[int, int, fl
     return sum(r[0] for r in res), sum(r[1] for r in res), dt, [r[2] for r in res]
 
 
+def grpc_sync(target: str, streams: int, tokens: int) -> tuple[int, int, float, list[float]]:
+    """The shim's way of reading the core, without HTTP: the sync grpc client on its channel
+    options, one thread per stream, each iterating its call (what a request thread does
+    after the hand-off). Its CPU shows in the load generator's column."""
+    import threading
+
+    import grpc
+
+    from genapi.v1 import content_pb2, generation_service_pb2 as pb, generation_service_pb2_grpc as pb_grpc
+    from shim.grpc_client import channel_options
+
+    res: list = [None] * streams
+    channel = grpc.insecure_channel(target, options=channel_options(64, False))
+    stub = pb_grpc.GenerationServiceStub(channel)
+
+    def one(i, prompt):
+        req = pb.GenerateRequest(model=MODEL, messages=[content_pb2.ChatMessage(
+            role=content_pb2.ROLE_USER, content=[content_pb2.ContentPart(text=prompt)])],
+            stopping=pb.StoppingOptions(max_tokens=tokens))
+        t0 = time.perf_counter()
+        ttft, n, last = 0.0, 0, None
+        for ev in stub.Generate(req):
+            if not ttft:
+                ttft = time.perf_counter() - t0
+            n += 1
+            last = ev
+        res[i] = (last.usage.completion_tokens, n, ttft)
+
+    threads = [threading.Thread(target=one, args=(i, p)) for i, p in enumerate(prompts(streams))]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    dt = time.perf_counter() - t0
+    channel.close()
+    return sum(r[0] for r in res), sum(r[1] for r in res), dt, [r[2] for r in res]
+
+
+async def run_grpc_sync(target: str, streams: int, tokens: int) -> tuple[int, int, float, list[float]]:
+    return await asyncio.to_thread(grpc_sync, target, streams, tokens)
+
+
 async def run_nonstream(base: str, requests: int, concurrency: int, tokens: int) -> float:
     import aiohttp
 
@@ -211,19 +256,21 @@ def main():
     ap.add_argument("--step-ms", type=float, default=20.0,
                     help="engine step time: each running stream gets one token per step (0: as fast as possible)")
     ap.add_argument("--workers", type=int, default=1, help="gunicorn workers of the shim")
-    ap.add_argument("--sides", default="grpc,shim", help="which sides to run, in this order per level")
+    ap.add_argument("--sides", default="grpc,shim", help="which sides to run, in this order per level (also "
+                    "sync: the sync grpc client the shim uses, one thread per stream, in this process)")
     ap.add_argument("--rounds", type=int, default=1, help="alternating rounds of the sides per level")
     ap.add_argument("--nonstream", type=int, default=200, help="non-streamed requests for the shim's CPU per "
                     "request (0 to skip)")
     ap.add_argument("--py-spy", type=Path, default=None, help="record each server process with py-spy "
-                    "(raw folded stacks) into this directory during the streaming levels")
+                    "(raw folded stacks) into this directory during the streaming levels (with --levels '': "
+                    "during the non-streamed requests)")
     ap.add_argument("--root", type=Path, default=ROOT, help="checkout whose core and shim run (before/after; it "
                     "needs bench/token_rate_engine.py, its generated stubs and models/tiny-chat)")
     ap.add_argument("--summary", type=Path, default=None, help="also append the output lines to this file")
     args = ap.parse_args()
-    levels = [int(x) for x in args.levels.split(",")]
+    levels = [int(x) for x in args.levels.split(",") if x]  # "" : the non-streamed requests only
     sides = args.sides.split(",")
-    cfg = write_config(args.workers, max(levels) + 16, max(levels))
+    cfg = write_config(args.workers, max(levels, default=16) + 16, max(levels, default=16))
     port, gport = free_port(), free_port()
     base, target = f"http://127.0.0.1:{port}", f"127.0.0.1:{gport}"
     env = {**os.environ, "GENAPI_BENCH_STEP_MS": str(args.step_ms), "GENAPI_LOG_LEVEL": "warning"}
@@ -249,7 +296,8 @@ def main():
             for _ in range(args.rounds):
                 for side in sides:
                     before = cpu_snapshot(procs)
-                    run = run_grpc(target, c, args.tokens) if side == "grpc" else run_sse(base, c, args.tokens)
+                    run = (run_grpc(target, c, args.tokens) if side == "grpc" else
+                           run_grpc_sync(target, c, args.tokens) if side == "sync" else run_sse(base, c, args.tokens))
                     tokens, events, dt, ttft = asyncio.run(run)
                     assert tokens == c * args.tokens, (tokens, c * args.tokens)
                     tps.setdefault(side, []).append(report(side, c, tokens, events, dt, ttft, before,
@@ -257,9 +305,8 @@ def main():
             if len(tps) == 2:
                 g, s = (sum(tps[k]) / len(tps[k]) for k in ("grpc", "shim"))
                 print(f"  ratio shim ÷ gRPC tok/s at {c} streams: {s / g:.3f}")
-        for p in spies:  # py-spy writes its file on SIGINT
-            p.send_signal(signal.SIGINT)
-            p.wait(60)
+        if levels:
+            stop_py_spy(spies)
         if args.nonstream:
             before = cpu_snapshot(procs)
             dt = asyncio.run(run_nonstream(base, args.nonstream, 16, 16))
@@ -269,6 +316,7 @@ def main():
             print(f"non-streamed: {args.nonstream} requests of 16 tokens, 16 at a time, in {dt:.2f} s: "
                   f"shim workers {shim_s / args.nonstream * 1000:.2f} ms CPU per request, "
                   f"core {core_s / args.nonstream * 1000:.2f} ms")
+        stop_py_spy(spies)  # (still recording without streaming levels: the non-streamed requests)
 
 
 def start_py_spy(out: Path, procs: dict[str, int]) -> list[subprocess.Popen]:
@@ -279,10 +327,17 @@ def start_py_spy(out: Path, procs: dict[str, int]) -> list[subprocess.Popen]:
         if name == "shim master":
             continue
         path = out / (name.replace(" ", "-") + ".txt")
-        spies.append(subprocess.Popen([str(spy), "record", "-p", str(pid), "-f", "raw", "-r", "50", "-o", str(path),
+        spies.append(subprocess.Popen([str(spy), "record", "-p", str(pid), "-f", "raw", "-r", "100", "-o", str(path),
                                        "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     time.sleep(1)  # attached
     return spies
+
+
+def stop_py_spy(spies: list[subprocess.Popen]) -> None:
+    for p in spies:  # py-spy writes its file on SIGINT
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+            p.wait(60)
 
 
 class Tee:

@@ -41,6 +41,7 @@ class RequestRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     ttft_s: float | None = None
+    whole: bool = False  # the core sends the answer merged (genapi.deltas.WHOLE): no first-token time
     written: bool = False
 
     def on_event(self, event) -> None:
@@ -50,7 +51,7 @@ class RequestRecord:
             if event.HasField("usage"):
                 self.prompt_tokens = event.usage.prompt_tokens
                 self.completion_tokens = event.usage.completion_tokens
-            if self.ttft_s is None and event.WhichOneof("event") in TOKEN_EVENTS:
+            if self.ttft_s is None and not self.whole and event.WhichOneof("event") in TOKEN_EVENTS:
                 self.ttft_s = time.perf_counter() - self.t0
         except (AttributeError, ValueError, TypeError):
             pass
@@ -97,6 +98,13 @@ def note_model(model) -> None:
     """The route's model (bounded and escaped: it is a client string)."""
     if (rec := current_record()) is not None and isinstance(model, str):
         rec.model = clip(model, 128)
+
+
+def note_whole() -> None:
+    """The request's answer comes from the core in one piece (a non-streamed chat
+    completion): its access line has no ttft_ms, which would only be its arrival."""
+    if (rec := current_record()) is not None:
+        rec.whole = True
 
 
 def register_observe(app: Flask) -> None:

@@ -51,14 +51,16 @@ class EventPump:
     thread handing each event to another costs more CPU than the event itself
     (bench/frontend.py)."""
 
-    def __init__(self, call, record=None, hand_off: Callable[[Any], bool] | None = None):
+    def __init__(self, call, record=None, hand_off: Callable[[Any], bool] | None = None, thread: bool = True):
         self._call = call
         self._events = iter(call)  # one iterator, read by the pump, then (after HANDOFF) by direct()
         self._record = record  # shim.observe.RequestRecord: usage and first-token time
         self._hand_off = hand_off
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="grpc-pump", daemon=True)
-        self._thread.start()
+        self._thread = None  # thread=False: no pump, direct() from the start
+        if thread:
+            self._thread = threading.Thread(target=self._run, name="grpc-pump", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         handed_off = False
@@ -117,6 +119,8 @@ class EventPump:
             log.debug("cancel failed", exc_info=True)
 
     def join(self, timeout: float | None = None) -> bool:
+        if self._thread is None:
+            return True
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
@@ -258,7 +262,9 @@ class CoreStream:
     `call` is the grpc call (iterable of events, with cancel()); `environ` the WSGI
     environ (its `gunicorn.socket` is watched for a vanished client); `map_error` turns
     the RpcError that ended the call into an APIError, called as
-    `map_error(err, request_id=request_id)`.
+    `map_error(err, request_id=request_id)`. `pump=False` reads the call on the request
+    thread from the start (no thread per request; the watchdog cancels it when the client
+    leaves): for a caller that sends nothing before the end (non-streamed JSON).
 
     Usage: `first = cs.first()`, then `cs.drain(first, acc.add)` (non-streaming) or
     `return cs.sse_response(first, on_event, finish, keepalive_s)`. Every path that does
@@ -266,13 +272,14 @@ class CoreStream:
     """
 
     def __init__(self, call, *, environ: dict, request_id: str | None, map_error: ErrorMapper = from_grpc_error,
-                 poll_s: float = POLL_S, hand_off: Callable[[Any], bool] | None = None):
+                 poll_s: float = POLL_S, hand_off: Callable[[Any], bool] | None = None, pump: bool = True):
         self.request_id = request_id
         self.environ = environ
         self.poll_s = poll_s
         self._map_error = map_error
-        self._pump = EventPump(call, observe.current_record(), hand_off)
-        self._direct: Iterator[Any] | None = None  # after the pump's HANDOFF: pump.direct()
+        self._pump = EventPump(call, observe.current_record(), hand_off, thread=pump)
+        # After the pump's HANDOFF (or without a pump): pump.direct()
+        self._direct: Iterator[Any] | None = None if pump else self._pump.direct(environ)
         self._watch = DisconnectWatch(environ, poll_s)
 
     def cancel(self) -> None:

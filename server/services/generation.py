@@ -14,7 +14,7 @@ from genapi.v1 import generation_service_pb2 as pb
 from genapi.v1 import generation_service_pb2_grpc as pb_grpc
 
 from genapi.config import Task
-from genapi.deltas import coalesce
+from genapi.deltas import WHOLE, WHOLE_EVENTS, coalesce, merge_deltas
 from genapi.untrusted import clip
 
 from ..chat.events import ChatEvents
@@ -48,6 +48,11 @@ def request_id_of(context: grpc.aio.ServicerContext, request_id: str) -> str:
         if k == "x-request-id" and v:
             return v
     return f"req_{uuid.uuid4().hex}"
+
+
+def wants_whole(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the caller reads the whole answer before replying (genapi.deltas.WHOLE)."""
+    return WHOLE in (context.invocation_metadata() or ())
 
 
 def chat_model(registry: Registry, name: str):
@@ -170,8 +175,12 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                      len(prompt_ids), max_tokens, n)
             if md := ticket.metadata():  # the x-ratelimit-* state, before the first event
                 await context.send_initial_metadata(md)
-            await context.write(pb.GenerateResponse(
-                usage=usage, started=pb.Started(request_id=rid, model=request.model, max_tokens=max_tokens)))
+            started = pb.GenerateResponse(
+                usage=usage, started=pb.Started(request_id=rid, model=request.model, max_tokens=max_tokens))
+            whole = wants_whole(context)
+            held: list[pb.GenerateResponse] = [started] if whole else []  # a WHOLE caller's events not sent yet
+            if not whole:
+                await context.write(started)
             last_token_at = None
             ttft, itl = metrics.TTFT.labels(request.model), metrics.ITL.labels(request.model)
             take_ready = getattr(events, "take_ready", None)
@@ -192,10 +201,19 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                     responses += mapper.on_event(e)
                     if mapper.done:
                         break
-                for response in coalesce(responses, len(batch)):
-                    await context.write(response)
+                if whole:
+                    held += responses
+                    if len(held) >= WHOLE_EVENTS:
+                        for response in merge_deltas(held, interleaved=True):
+                            await context.write(response)
+                        held = []
+                else:
+                    for response in coalesce(responses, len(batch)):
+                        await context.write(response)
                 if mapper.done:  # every choice made its one tool call: end the engine request
                     break
+            for response in merge_deltas(held, interleaved=True):
+                await context.write(response)
             finish = mapper.finished + ["tool_calls"] * len(mapper.closed)
         except asyncio.CancelledError:  # the caller left (cancel, deadline, disconnect), or shutdown
             if self.drain.expired:

@@ -13,12 +13,12 @@ from functools import partial
 
 from flask import Blueprint, request
 
-from genapi.deltas import coalesce
+from genapi.deltas import WHOLE, coalesce
 from shim import sse
 from shim.body import read_json_object
 from shim.errors import from_grpc_error, json_response
 from shim.protocol.chat import validate_chat_request
-from shim.observe import note_model
+from shim.observe import note_model, note_whole
 from shim.request_id import current_request_id
 from shim.routes.common import config, core, metadata
 from shim.streaming import CoreStream
@@ -50,15 +50,21 @@ def create_chat_completion():
     request_id = current_request_id()
     proto = chat_request_to_proto(body, request_id)
 
-    call = core().generation.Generate(proto, metadata=metadata(), timeout=cfg.request_timeout_s)
+    streamed = bool(body.get("stream"))
+    # Non-streamed: the core merges the deltas (genapi.deltas.WHOLE), and this thread reads
+    # the call itself from the start (no keep-alive to send; the watchdog sees a client leave).
+    md = metadata() if streamed else [*metadata(), WHOLE]
+    if not streamed:
+        note_whole()
+    call = core().generation.Generate(proto, metadata=md, timeout=cfg.request_timeout_s)
     stream = CoreStream(call, environ=request.environ, request_id=request_id, map_error=map_error,
-                        hand_off=tokens_flow)
+                        hand_off=tokens_flow if streamed else None, pump=streamed)
     first = stream.first()
 
     n = body.get("n") or 1
     logprobs = body.get("logprobs") is True
     legacy = uses_legacy_functions(body)
-    if body.get("stream"):
+    if streamed:
         builder = ChatChunkBuilder(model=body["model"], n=n, logprobs=logprobs,
                                    include_usage=include_usage_requested(body), legacy_functions=legacy,
                                    prebuilt=True)

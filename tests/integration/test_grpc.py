@@ -10,6 +10,7 @@ from genapi.v1 import admin_service_pb2, admin_service_pb2_grpc, content_pb2
 from genapi.v1 import generation_service_pb2 as pb
 from genapi.v1 import generation_service_pb2_grpc as pb_grpc
 from genapi.v1 import model_service_pb2, model_service_pb2_grpc
+from genapi.deltas import WHOLE
 
 from ..conftest import MODEL
 
@@ -52,6 +53,36 @@ def test_generate_is_deterministic_at_temperature_zero(gen):
                              sampling=pb.SamplingOptions(temperature=0), stopping=pb.StoppingOptions(max_tokens=16))
     texts = ["".join(e.text.text for e in gen.Generate(req) if e.HasField("text")) for _ in range(2)]
     assert texts[0] == texts[1] and texts[0]
+
+
+def by_choice(events):
+    """choice -> (text, logprob tokens, finish reason) of a Generate stream."""
+    out = {}
+    for e in events:
+        text, tokens, reason = out.get(e.choice_index, ("", [], None))
+        if e.HasField("text"):
+            text, tokens = text + e.text.text, tokens + [(lp.token, lp.logprob) for lp in e.text.logprobs]
+        if e.HasField("finished"):
+            reason = e.finished.reason
+        out[e.choice_index] = (text, tokens, reason)
+    return out
+
+
+def test_a_caller_reading_the_whole_answer_gets_few_messages_with_the_same_answer(gen):
+    """genapi.deltas.WHOLE (the shim's non-streamed requests): started, one merged text
+    delta per choice and the finishes, instead of one message per token; the same text,
+    logprobs, finish reasons and final usage as the per-token stream."""
+    req = pb.GenerateRequest(model=MODEL, messages=[user("Tell me about the harbour.")],
+                             sampling=pb.SamplingOptions(temperature=0), stopping=pb.StoppingOptions(max_tokens=12),
+                             output=pb.OutputOptions(n=2, logprobs=True))
+    per_token = list(gen.Generate(req))
+    whole = list(gen.Generate(req, metadata=[WHOLE]))
+    kinds = [e.WhichOneof("event") for e in whole]
+    assert kinds[0] == "started" and sorted(kinds[1:]) == ["finished", "finished", "text", "text"], kinds
+    assert len(per_token) > len(whole)
+    assert by_choice(whole) == by_choice(per_token)
+    assert all(len(t) == 12 for _, t, _ in by_choice(whole).values())
+    assert whole[-1].usage == per_token[-1].usage and whole[-1].usage.completion_tokens == 24
 
 
 def test_unknown_model_is_not_found_with_error_info(gen):

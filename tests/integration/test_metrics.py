@@ -164,6 +164,18 @@ def test_access_log_line_per_request(svc):
     assert KEY not in svc.log() and "secret-ish" not in svc.log()
 
 
+def test_a_non_streamed_completion_s_access_line_has_no_first_token_time(svc):
+    """Its answer comes from the core in one piece (genapi.deltas.WHOLE): a ttft_ms would
+    only be its arrival."""
+    rid = "access-log-check-2"
+    svc.sdk(api_key=KEY, timeout=60).chat.completions.create(model=MODEL, messages=user_messages("whole"),
+                                                             max_tokens=2, extra_headers={"x-request-id": rid})
+    assert wait_until(lambda: any(f"request_id={rid}" in x and "genapi.access" in x for x in svc.log().splitlines()),
+                      timeout_s=10)
+    line = next(x for x in svc.log().splitlines() if f"request_id={rid}" in x and "genapi.access" in x)
+    assert "status=200" in line and "completion_tokens=" in line and "ttft_ms=" not in line, line
+
+
 def test_a_client_traceparent_reaches_the_core_log_line_of_its_request(svc):
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     rid = "trace-check-1"

@@ -31,6 +31,23 @@ def test_choices_kinds_and_finishes_end_a_run_and_keep_their_order():
     assert out[2].usage.completion_tokens == 3
 
 
+def test_interleaved_choices_merge_per_choice_until_an_event_of_that_choice():
+    """A WHOLE caller's events: choices alternate; a run ends only at an event of its own
+    choice, and the last event carries the last usage."""
+    finished = [pb.GenerateResponse(choice_index=c, finished=pb.Finished(reason=2)) for c in (0, 1)]
+    tool = pb.GenerateResponse(choice_index=1, tool_call=pb.ToolCallDelta(index=0, name="f"))
+    events = [text(0, "a", 1, ["a"]), text(1, "b", 2), text(0, "c", 3, ["c"]), text(1, "d", 4), tool,
+              text(0, "e", 5, ["e"]), text(1, "f", 6), finished[0], text(1, "g", 7), finished[1]]
+    out = merge_deltas(events, interleaved=True)
+    assert [(e.choice_index, e.WhichOneof("event")) for e in out] == [
+        (0, "text"), (1, "text"), (1, "tool_call"), (1, "text"), (0, "finished"), (1, "finished")]
+    assert [e.text.text for e in out if e.HasField("text")] == ["ace", "bd", "fg"]
+    assert [lp.token for lp in out[0].text.logprobs] == ["a", "c", "e"]
+    assert out[-1].usage.completion_tokens == 7
+    alternating = [text(0, "a", 1), text(1, "b", 2), text(0, "c", 3)]  # (the first call mutated events)
+    assert len(merge_deltas(alternating)) == 3  # not interleaved: each change of choice ends a run
+
+
 def test_nothing_to_merge_is_returned_as_is():
     events = [text(0, "a", 1), text(1, "b", 2)]
     assert merge_deltas(events) == events

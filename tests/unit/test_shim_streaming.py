@@ -391,3 +391,38 @@ def test_closing_an_unstarted_sse_body_cancels_the_call():
     assert not call.cancelled.is_set()
     resp.close()
     assert call.cancelled.is_set()
+
+
+class ThreadRecordingCall(FakeStreamCall):
+    def __iter__(self):
+        self.reader = threading.current_thread()
+        return super().__iter__()
+
+
+def test_without_a_pump_the_request_thread_reads_the_call():
+    call = ThreadRecordingCall(["a", "b", "c"])
+    cs = CoreStream(call, environ={}, request_id="rid-1", pump=False)
+    first = cs.first()
+    got = []
+    cs.drain(first, got.append)
+    assert got == ["a", "b", "c"] and call.reader is threading.current_thread()
+
+
+class WaitsForCancel(FakeStreamCall):
+    """Yields its items, then waits for cancel() (`woke`: whether cancel came, not the timeout)."""
+
+    def __iter__(self):
+        yield from self.items
+        self.woke = self.cancelled.wait(60)
+        raise Cancelled()
+
+
+def test_without_a_pump_the_watchdog_cancels_the_call_of_a_client_that_left():
+    environ, conn = closed_client_environ()
+    call = WaitsForCancel(["started"])
+    cs = CoreStream(call, environ=environ, request_id="rid-2", map_error=mapped([]), pump=False)
+    assert cs.first() == "started"
+    with pytest.raises(ClientClosed):
+        cs.drain("started", lambda event: None)
+    assert call.woke  # the watchdog's cancel ended the wait inside the call
+    conn.close()
