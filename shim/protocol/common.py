@@ -84,8 +84,11 @@ def check_max_length(value: str, param: str, limit: int) -> str:
 
 
 def unsupported(param: str, what: str | None = None) -> APIError:
+    """400 unsupported_parameter: "This server does not support `what` yet." (`what`, singular
+    or plural, starts with a capital as a sentence would; the default names `param`)."""
     subject = what or f"The '{param}' parameter"
-    return APIError(400, f"{subject} is not supported by this server yet.", "invalid_request_error", param,
+    subject = subject[0].lower() + subject[1:] if subject[:1].isupper() else subject
+    return APIError(400, f"This server does not support {subject} yet.", "invalid_request_error", param,
                     "unsupported_parameter")
 
 
