@@ -36,9 +36,7 @@ Defaults live in the dataclasses below and nowhere else. The bundled default con
 """
 from __future__ import annotations
 
-import difflib
 import enum
-import hashlib
 import ipaddress
 import json
 import math
@@ -48,6 +46,10 @@ import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from genapi.allow_hosts import allow_hosts
+# ApiKey, hash_key and key_problem are imported from here by both tiers
+from genapi.config_keys import MAX_PER_MINUTE, ApiKey, api_keys, did_you_mean, hash_key, key_problem, metrics_keys
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = PACKAGE_DIR / "default.toml"
@@ -201,7 +203,7 @@ def _check_model(mc: ModelConfig) -> None:
         raise ValueError(f"model {mc.name!r}: backend = {mc.backend!r}: unknown ({' or '.join(BACKEND_NAMES)})")
     for key in mc.options:
         if key not in MODEL_OPTIONS:
-            raise ValueError(f"model {mc.name!r}: unknown option {key!r}{_did_you_mean(key, MODEL_OPTIONS)}")
+            raise ValueError(f"model {mc.name!r}: unknown option {key!r}{did_you_mean(key, MODEL_OPTIONS)}")
     for key, minimum in _INT_OPTIONS.items():
         if key in mc.options:
             _int_option(mc, key, None, minimum)
@@ -242,24 +244,6 @@ def log_level(env=os.environ) -> str:
     if value.lower() not in LOG_LEVELS:
         raise ValueError(f"GENAPI_LOG_LEVEL={value!r} is not a log level ({', '.join(LOG_LEVELS)})")
     return value.upper()
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    """A named principal: its name appears in logs, metrics and object ownership; only the
-    SHA-256 digest of the key is stored.
-
-    models: the model names this key may use (None: every model); rpm / tpm: its requests
-    and tokens per minute (None: the [limits] default; 0: unlimited)."""
-
-    name: str
-    sha256: str
-    models: tuple[str, ...] | None = None
-    rpm: int | None = None
-    tpm: int | None = None
-
-    def may_use(self, model: str) -> bool:
-        return self.models is None or model in self.models
 
 
 @dataclass
@@ -417,20 +401,6 @@ _SETTINGS = (
 )
 
 
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def key_problem(key: str) -> str | None:
-    """Why `key` cannot be an API key, or None: HTTP headers and gRPC metadata carry
-    printable ASCII, and a bearer token has no spaces (RFC 6750)."""
-    if not key:
-        return "the key is empty (an empty key would let any empty bearer token in)"
-    if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
-        return "a key must be printable ASCII without spaces (HTTP headers and gRPC metadata carry nothing else)"
-    return None
-
-
 def _path_base(cfg: "Config") -> str:
     if cfg.path is None or cfg.path.resolve() == DEFAULT_CONFIG:
         return f"{home_dir()} (the genapi home: $GENAPI_HOME, else the checkout)"
@@ -478,73 +448,8 @@ def _task(name: str, value) -> Task:
                          f"({', '.join(t.value for t in Task)})") from None
 
 
-_KEY_FIELDS = ("name", "sha256", "models", "rpm", "tpm")
-
-
-# Key names are label values and log fields: letters, digits and a few marks, bounded.
-KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}")
 # A core's name in leases (a pod name, host:port).
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
-# Requests or tokens per minute: far beyond any real limit, and inside int64 (Redis counters).
-MAX_PER_MINUTE = 10**12
-
-
-def _named_key(k) -> ApiKey:
-    """One [[auth.keys]] table -> ApiKey; ValueError naming the key and the bad field."""
-    if not isinstance(k, dict):
-        raise ValueError("[[auth.keys]]: each key is a table (`[[auth.keys]]` then name = ..., sha256 = ...)")
-    name = k.get("name")
-    if not isinstance(name, str) or not name:
-        raise ValueError("[[auth.keys]]: every key needs a non-empty name (name = \"team-a\")")
-    if not KEY_NAME.fullmatch(name):
-        raise ValueError(f"[[auth.keys]] name = {json.dumps(name)[:80]}: 1 to 64 letters, digits and ._@:- "
-                         "(names appear in logs and metrics), starting with a letter or digit")
-    for key in k:
-        if key not in _KEY_FIELDS:
-            raise ValueError(f"[[auth.keys]] {name!r}: unknown key {key!r}{_did_you_mean(key, _KEY_FIELDS)}")
-    if not isinstance(k.get("sha256"), str):
-        raise ValueError(f"API key {name!r}: sha256 must be 64 hex digits (genapi hash-key KEY prints it)")
-    models = k.get("models")
-    if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) and m for m in models)):
-        raise ValueError(f"API key {name!r}: models = {models!r}: must be a list of model names")
-    if models == []:  # would lock the key out of every model; almost surely a mistake
-        raise ValueError(f"API key {name!r}: models = []: allows no model; list the models it may use, "
-                         "or leave `models` out to allow every model (revoke a key by removing it)")
-    limits = {}
-    for field_ in ("rpm", "tpm"):
-        v = k.get(field_)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_PER_MINUTE):
-            shown = str(v).lower() if isinstance(v, bool) else json.dumps(v) if isinstance(v, str) else v
-            raise ValueError(f"API key {name!r}: {field_} = {shown}: must be an integer from 0 to {MAX_PER_MINUTE} "
-                             "(0 = unlimited)")
-        limits[field_] = v
-    return ApiKey(name, k["sha256"].lower(), tuple(models) if models is not None else None, **limits)
-
-
-def _api_keys(auth: dict) -> list[ApiKey]:
-    keys = [ApiKey(f"key-{h.lower()[:8]}", h.lower()) for h in auth.get("api_key_sha256", [])]
-    tables = auth.get("keys", [])
-    if not isinstance(tables, list):
-        raise ValueError("[auth] keys must be an array of tables: write each key as [[auth.keys]] "
-                         "with name = ... and sha256 = ...")
-    keys += [_named_key(k) for k in tables]
-    seen: set[str] = set()
-    for k in keys:
-        if len(k.sha256) != 64 or any(c not in "0123456789abcdef" for c in k.sha256):
-            raise ValueError(f"API key {k.name!r}: sha256 must be 64 hex digits (genapi hash-key KEY prints it)")
-        if k.name in seen:
-            raise ValueError(f"API key name {k.name!r} is used twice (names identify keys in logs and limits)")
-        seen.add(k.name)
-    by_digest: dict[str, str] = {}
-    for k in keys:
-        if (other := by_digest.setdefault(k.sha256, k.name)) != k.name:
-            raise ValueError(f"API keys {other!r} and {k.name!r} have the same sha256 (one key, two names)")
-    return keys
-
-
-def _did_you_mean(key: str, known) -> str:
-    close = difflib.get_close_matches(key, sorted(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def check_keys(raw: dict) -> None:
@@ -555,19 +460,19 @@ def check_keys(raw: dict) -> None:
         known.setdefault(table, set()).add(key)
     for table, value in raw.items():
         if table not in known:
-            raise ValueError(f"unknown table [{table}]{_did_you_mean(table, known)}")
+            raise ValueError(f"unknown table [{table}]{did_you_mean(table, known)}")
         if table == "models":
             for m in value if isinstance(value, list) else ():
                 for key in m if isinstance(m, dict) else ():
                     if key not in _MODEL_KEYS:
                         raise ValueError(f"[[models]] {m.get('name', '')!r}: unknown key {key!r}"
-                                         f"{_did_you_mean(key, _MODEL_KEYS)}")
+                                         f"{did_you_mean(key, _MODEL_KEYS)}")
             continue
         if not isinstance(value, dict):
             raise ValueError(f"{table} = {value!r}: must be a table ([{table}])")
         for key in value:
             if key not in known[table]:
-                raise ValueError(f"[{table}] unknown key {key!r}{_did_you_mean(key, known[table])}")
+                raise ValueError(f"[{table}] unknown key {key!r}{did_you_mean(key, known[table])}")
 
 
 def _model(m: dict, base: Path) -> ModelConfig:
@@ -600,14 +505,14 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     base = home_dir() if path.resolve() == DEFAULT_CONFIG else path.resolve().parent
     cfg = Config(
         core_targets=list(raw.get("shim", {}).get("core", [])),
-        api_keys=_api_keys(raw.get("auth", {})),
+        api_keys=api_keys(raw.get("auth", {})),
         models=[_model(m, base) for m in raw.get("models", [])],
         path=path,
         base_dir=base,
         s3_input_buckets=[str(b) for b in raw.get("files", {}).get("s3_input_buckets", [])],
-        media_allow_hosts=_allow_hosts(raw.get("media", {}).get("allow_hosts", [])),
+        media_allow_hosts=allow_hosts(raw.get("media", {}).get("allow_hosts", [])),
     )
-    cfg.metrics_keys = _metrics_keys(raw.get("auth", {}), cfg.api_keys)
+    cfg.metrics_keys = metrics_keys(raw.get("auth", {}), cfg.api_keys)
     for table, key, attr, conv, _ in _SETTINGS:
         if key in raw.get(table, {}):
             value = raw[table][key]
@@ -630,7 +535,7 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     for k in cfg.api_keys:  # a typo would quietly lock the key out of that model
         for m in k.models or ():
             if m not in served:
-                raise ValueError(f"API key {k.name!r}: models: no model is named {m!r}{_did_you_mean(m, served)} "
+                raise ValueError(f"API key {k.name!r}: models: no model is named {m!r}{did_you_mean(m, served)} "
                                  f"(served: {', '.join(served) or 'none'})")
     if cfg.log_format not in LOG_FORMATS:
         raise ValueError(f"[logging] format = {cfg.log_format!r}: unknown ({' or '.join(LOG_FORMATS)})")
@@ -653,18 +558,6 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     return cfg
 
 
-def _metrics_keys(auth: dict, keys: list[ApiKey]) -> tuple[str, ...]:
-    """[auth] metrics_keys: names of configured keys (a typo would lock Prometheus out)."""
-    names = auth.get("metrics_keys", [])
-    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-        raise ValueError(f"[auth] metrics_keys = {names!r}: must be a list of key names")
-    known = [k.name for k in keys]
-    for n in names:
-        if n not in known:
-            raise ValueError(f"[auth] metrics_keys: no key is named {n!r}{_did_you_mean(n, known)}")
-    return tuple(names)
-
-
 _KIND = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 LIMITS_STORAGES = ("memory://", "redis://", "rediss://", "redis+unix://", "redis+sentinel://", "redis+cluster://")
@@ -680,57 +573,6 @@ _MAXIMUM = {"port": 65535, "drain_grace_s": 86400, "metrics_port": 65535, "rpm":
 _MINIMUM_NOTE = {"threads": " (0 = auto)", "max_audio_s": " (0 = the model's own limit)"}
 
 
-def _allow_hosts(value) -> list[str]:
-    """[media] allow_hosts: a list of hostnames, IP addresses or CIDR networks."""
-    if not isinstance(value, list) or not all(isinstance(h, str) and h.strip() for h in value):
-        raise ValueError(f"[media] allow_hosts = {value!r}: must be a list of hostnames, addresses or CIDRs")
-    for h in value:
-        parse_allow_entry(h)
-    return [h.strip() for h in value]
-
-
-AllowEntry = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network | None, str | None, int | None]
-
-
-def parse_allow_entry(entry: str) -> AllowEntry:
-    """One allow_hosts entry -> (network or None, hostname or None, port or None);
-    ValueError naming the entry when it is none of the accepted forms."""
-    bad = ValueError(f"[media] allow_hosts entry {entry!r}: expected an address, a CIDR network, "
-                     "a hostname, or one of these (not a network) with :port")
-    if not isinstance(entry, str) or not entry.strip():
-        raise bad
-    text = entry.strip().lower()
-    port = None
-    if text.startswith("["):  # [v6] or [v6]:port
-        inner, _, rest = text[1:].partition("]")
-        if rest:
-            if not rest.startswith(":") or not rest[1:].isdigit():
-                raise bad
-            port = int(rest[1:])
-        text = inner
-    elif text.count(":") == 1:  # v4:port or name:port
-        text, _, p = text.partition(":")
-        if not p.isdigit():
-            raise bad
-        port = int(p)
-    if port is not None and not 0 < port < 65536:
-        raise bad
-    try:
-        net = ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        net = None
-    if net is not None:
-        if port is not None and net.num_addresses != 1:
-            raise bad
-        return net, None, port
-    name = text.rstrip(".")
-    if not name or not all(label and len(label) < 64 and all(c.isalnum() or c in "-_" for c in label)
-                           for label in name.split(".")):
-        raise bad
-    return None, name, port
-
-
-
 def _apply_env(cfg: Config, env) -> None:
     if keys := env.get("GENAPI_API_KEYS"):
         raw_keys = [k.strip() for k in keys.split(",") if k.strip()]
@@ -741,7 +583,7 @@ def _apply_env(cfg: Config, env) -> None:
     if v := env.get("GENAPI_S3_INPUT_BUCKETS"):
         cfg.s3_input_buckets = [b.strip() for b in v.split(",") if b.strip()]
     if v := env.get("GENAPI_MEDIA_ALLOW_HOSTS"):
-        cfg.media_allow_hosts = _allow_hosts([h.strip() for h in v.split(",") if h.strip()])
+        cfg.media_allow_hosts = allow_hosts([h.strip() for h in v.split(",") if h.strip()])
     if v := env.get("GENAPI_CORE"):
         cfg.core_targets = [a.strip() for a in v.split(",") if a.strip()]
     for _, _, attr, conv, var in _SETTINGS:

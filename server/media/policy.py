@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from genapi.config import AllowEntry, parse_allow_entry
+from genapi.allow_hosts import AllowEntry, parse_allow_entry
 
 MB = 1024 * 1024
 
