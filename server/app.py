@@ -62,7 +62,7 @@ from .services.responses import ResponseServicer
 from .services.transcription import TranscriptionServicer
 from .store import open_objects, open_store
 from .store.nodes import Heartbeat, NodeNameInUse, take_node_name
-from .store.postgres import redact
+from .store.postgres import redact, scrub
 
 log = logging.getLogger("genapi.core")
 

@@ -4,6 +4,7 @@ owner's id answers exactly like a missing one (NOT_FOUND, same message)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 import uuid
@@ -20,6 +21,7 @@ from ..store import FileRecord, Store
 FILE_ID = re.compile(r"file-[0-9a-f]{32}")
 MAX_FILENAME_CHARS = 255
 MAX_PAGE = 10_000
+log = logging.getLogger("genapi.files")
 
 PURPOSES = {
     pb.FILE_PURPOSE_BATCH: "batch",
@@ -133,5 +135,10 @@ class FileServicer(pb_grpc.FileServiceServicer):
             await abort(context, e)
             return
         chunks = self.objects.chunks(rec.id)
-        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
-            await context.write(pb.DownloadFileResponse(chunk=chunk))
+        try:
+            while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+                await context.write(pb.DownloadFileResponse(chunk=chunk))
+        except FileNotFoundError:  # the record outlived its object (deleted from the bucket or disk)
+            log.warning("file %s: its content is missing from the object storage", rec.id)
+            await abort(context, not_found(f"The content of file {quote(rec.id)} is no longer stored.", "file_id",
+                                           "file_not_found"))

@@ -161,7 +161,14 @@ class S3Objects:
         return self._urls.read(f"s3://{self.bucket}/{self.key(object_id)}")
 
     def chunks(self, object_id: str, size: int = CHUNK) -> Iterator[bytes]:
-        body = self._urls.client.get_object(Bucket=self.bucket, Key=self.key(object_id))["Body"]
+        """The object's bytes in chunks; FileNotFoundError (at the first) when it does not
+        exist, like LocalObjects."""
+        try:
+            body = self._urls.client.get_object(Bucket=self.bucket, Key=self.key(object_id))["Body"]
+        except Exception as e:
+            if _missing(e):
+                raise FileNotFoundError(object_id) from None
+            raise
         try:
             while chunk := body.read(size):
                 yield chunk

@@ -221,7 +221,8 @@ def usage_to_dict(u: pb.ResponseUsage) -> dict:
 SERVER_ERROR_CODES = ("server_error", "rate_limit_exceeded", "invalid_prompt")
 RATE_REASONS = ("rate_limit_exceeded", "resource_exhausted", "engine_overloaded", "queue_full", "too_many_requests")
 SERVER_REASONS = ("", "engine_error", "internal", "internal_error", "server_shutting_down", "engine_unavailable",
-                  "unavailable", "deadline_exceeded", "cancelled", "unknown")
+                  "unavailable", "deadline_exceeded", "cancelled", "unknown", "store_unavailable",
+                  "limits_unavailable", "models_loading", "service_unavailable", "request_timeout")
 
 
 def response_error_code(reason: str) -> str:

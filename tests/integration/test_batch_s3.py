@@ -62,6 +62,17 @@ def test_files_and_results_live_in_the_bucket_under_hashed_keys(svc, s3):
     assert "Contents" not in s3["client"].list_objects_v2(Bucket=FILES_BUCKET, Prefix=key)
 
 
+def test_a_file_whose_object_left_the_bucket_is_a_404_not_a_500(svc, s3):
+    client = svc.sdk()
+    f = upload(client, [chat_line("gone")])
+    s3["client"].delete_object(Bucket=FILES_BUCKET, Key="objects/" + hashlib.sha256(f.id.encode()).hexdigest())
+    with pytest.raises(openai.NotFoundError) as e:
+        client.files.content(f.id)
+    assert e.value.body["code"] == "file_not_found" and f.id in e.value.body["message"]
+    assert client.files.retrieve(f.id).id == f.id  # the record is still there, and says so
+    client.files.delete(f.id)
+
+
 def test_s3_input_outside_the_allowed_buckets_or_missing_is_refused(svc, s3):
     client = svc.sdk()
     s3["client"].put_object(Bucket="not-allowed", Key="in.jsonl", Body=jsonl([chat_line("x")]))

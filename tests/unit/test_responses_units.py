@@ -255,3 +255,14 @@ def test_input_items_and_conversations_match_spec(schemas):
     assert check(schemas, schemas["ConversationItemList"], page) == []
     assert check(schemas, schemas["DeletedConversationResource"],
                  {"id": "conv_1", "object": "conversation.deleted", "deleted": True}) == []
+
+
+@pytest.mark.parametrize("reason", ["store_unavailable", "limits_unavailable", "models_loading", "service_unavailable",
+                                    "engine_unavailable", "server_shutting_down", "internal_error"])
+def test_a_failure_of_the_server_is_never_blamed_on_the_prompt(reason):
+    """A response that failed because a store, engine or core was down is `server_error`
+    (OpenAI's ResponseErrorCode), not `invalid_prompt`."""
+    from shim.translate.responses import response_error_code
+
+    assert response_error_code(reason) == "server_error"
+    assert response_error_code("context_length_exceeded") == "invalid_prompt"
