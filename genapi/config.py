@@ -540,7 +540,8 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     if cfg.log_format not in LOG_FORMATS:
         raise ValueError(f"[logging] format = {cfg.log_format!r}: unknown ({' or '.join(LOG_FORMATS)})")
     if not cfg.limits_storage.startswith(LIMITS_STORAGES):
-        raise ValueError(f"[limits] storage = {cfg.limits_storage!r}: expected memory:// or redis://host:port")
+        shown = cfg.limits_storage.split("://")[0][:32] + "://..."  # the rest may hold a password
+        raise ValueError(f"[limits] storage {shown}: expected memory:// or redis://host:port")
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", cfg.store_url) and not cfg.store_url.startswith(STORE_SCHEMES):
         raise ValueError(f"[store] url {cfg.store_url.split('://')[0]}://...: expected a SQLite file path, "
                          "sqlite:///path or postgresql://user:password@host:port/database")

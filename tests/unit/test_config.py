@@ -259,6 +259,7 @@ path = "m1-dir"
     ('[store]\nnode = "  "\n', "node = .*letters, digits"),
     ('[store]\nnode = "core\\nzero"\n', "node = .*letters, digits"),
     ('[limits]\nstorage = "mongodb://x"\n', "memory:// or redis://"),
+    ('[limits]\nstorage = "bogus://:topsecret@x"\n', r"^\[limits\] storage bogus://\.\.\.: expected"),  # no password
     ('[limits]\nrmp = 1\n', "did you mean 'rpm'"),
     ('[logging]\nformat = "xml"\n', "text or json"),
     ('[logging]\naccess_log = "yes"\n', "true or false"),
