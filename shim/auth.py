@@ -17,7 +17,7 @@ from genapi.keys import ANONYMOUS, KeyChecker, mask
 
 from shim.errors import APIError
 
-PUBLIC_PATHS = frozenset({"/health", "/", "/playground"})
+PUBLIC_PATHS = frozenset({"/health", "/health/live", "/", "/playground"})
 PUBLIC_PREFIXES = ("/playground/",)  # the playground's static files (the page asks for a key itself)
 
 MISSING_MESSAGE = (
@@ -56,7 +56,7 @@ def check_authorization(header: str | None, keys: KeyChecker) -> str:
 
 
 def is_public_path(path: str) -> bool:
-    """Paths served without a key: /health and the playground's static files."""
+    """Paths served without a key: /health, /health/live and the playground's static files."""
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 

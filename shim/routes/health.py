@@ -1,4 +1,6 @@
-"""GET /health: 200 when the core's grpc.health.v1 reports SERVING, else 503."""
+"""GET /health: 200 when the core's grpc.health.v1 reports SERVING, else 503 (readiness).
+GET /health/live: 200 whenever this shim answers HTTP, whatever the cores (liveness: a
+shim is not restarted because the cores are down or still loading)."""
 from __future__ import annotations
 
 import grpc
@@ -23,3 +25,8 @@ def health():
         return json_response({"status": "ok"})
     raise APIError(503, "The core is not serving.", "server_error", None, "service_unavailable",
                    {"Retry-After": "1"})
+
+
+@bp.get("/health/live")
+def live():
+    return json_response({"status": "ok"})

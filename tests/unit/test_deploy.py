@@ -70,8 +70,9 @@ def test_core_grpc_probes_on_the_grpc_port():
 
 def test_shim_http_health_probes():
     shim = container(find(base_objects(), "Deployment", "genapi-shim"), "shim")
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert shim[probe]["httpGet"]["path"] == "/health"
+    assert shim["readinessProbe"]["httpGet"]["path"] == "/health"
+    # liveness must not depend on the cores: /health is 503 while they load or are down
+    assert shim["livenessProbe"]["httpGet"]["path"] == "/health/live"
     assert shim["resources"]["requests"]["cpu"]  # the HPA's utilization needs a CPU request
 
 
@@ -80,7 +81,9 @@ def test_non_root_and_scrape_annotations():
     for name in ("genapi-core", "genapi-shim"):
         pod = find(objs, "Deployment", name)["spec"]["template"]
         assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
-        assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+        # the core's metrics port needs no key; the shim's /metrics does (annotations cannot send one)
+        scraped = (pod["metadata"].get("annotations") or {}).get("prometheus.io/scrape")
+        assert scraped == ("true" if name == "genapi-core" else None), name
         for c in pod["spec"]["containers"]:
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
 
@@ -194,7 +197,7 @@ def test_store_url_comes_from_the_secret_and_overrides_the_configmap(tmp_path, m
 def test_gpu_overlay_requests_a_gpu_cpu_overlay_does_not():
     gpu = "\n".join(p.read_text() for p in (OVERLAYS / "gpu").glob("*.yaml"))
     cpu = "\n".join(p.read_text() for p in (OVERLAYS / "cpu").glob("*.yaml"))
-    assert "nvidia.com/gpu: 1" in gpu and ":cuda" in gpu
+    assert "nvidia.com/gpu: 1" in gpu and "newTag: cuda" in gpu
     assert "nvidia.com/gpu" not in cpu
     patch = docs(OVERLAYS / "gpu" / "core-gpu.yaml")[0]
     assert container(patch, "core")["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -298,6 +301,9 @@ def test_kubectl_kustomize_renders(overlay):
     assert core["resources"]["requests"]
     gpu = core["resources"].get("limits", {}).get("nvidia.com/gpu")
     assert (gpu == 1) if overlay == "gpu" else gpu is None
+    shim = container(find(objs, "Deployment", "genapi-shim"), "shim")
+    registry = shim["image"].rsplit(":", 1)[0]  # every image comes from the overlay's images:
+    assert core["image"] == (f"{registry}:cuda" if overlay == "gpu" else shim["image"])
     assert core["image"].endswith(":cuda" if overlay == "gpu" else ":cpu")
     shim = container(find(objs, "Deployment", "genapi-shim"), "shim")
     assert shim["image"].endswith(":cpu")

@@ -109,7 +109,7 @@ def test_any_of_several_keys(core):
 
 
 def test_health_needs_no_auth(client):
-    assert client.get("/health").status_code == 200
+    assert client.get("/health").status_code == 200 and client.get("/health/live").status_code == 200
 
 
 def test_auth_off_without_keys(core):

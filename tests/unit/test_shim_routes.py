@@ -219,3 +219,5 @@ def test_health_not_serving(client, core, status):
     resp = client.get("/health")
     assert_envelope(resp, 503, code="service_unavailable")
     assert resp.headers["Retry-After"]
+    live = client.get("/health/live")  # liveness: the shim answers, whatever the core
+    assert live.status_code == 200 and live.get_json() == {"status": "ok"}
