@@ -248,6 +248,7 @@ class BackgroundRunner:
         self._poller = asyncio.create_task(self._poll())
 
     async def _poll(self) -> None:
+        store_down = False  # an outage is logged once, not at every poll
         while True:
             try:
                 for response_id in await asyncio.to_thread(self.store.claimable_responses, self.holder,
@@ -255,11 +256,16 @@ class BackgroundRunner:
                     if response_id not in self.tasks:
                         log.info("response %s: resumed (left unfinished by a stopped runner)", response_id)
                         self.kick(response_id)
+                if store_down:
+                    log.info("background responses: the store is reachable again")
+                store_down = False
             except Exception as e:
                 if not is_outage(e):
                     log.exception("looking for background responses to resume failed")
-                else:  # every CLAIM_S while it lasts: rare enough for a plain warning
-                    log.warning("background responses: store unavailable (%s); retrying", describe(e))
+                elif not store_down:
+                    log.warning("background responses: store unavailable (%s); retrying every %gs", describe(e),
+                                CLAIM_S)
+                    store_down = True
             await asyncio.sleep(CLAIM_S)
 
     async def stop(self) -> None:

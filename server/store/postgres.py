@@ -11,6 +11,7 @@ on a pooled connection, one transaction per call.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import urllib.parse
 
@@ -121,6 +122,9 @@ class PostgresStore(SqlTables):
             raise ImportError("a postgresql:// [store] url needs psycopg and psycopg_pool: "
                               "pip install 'genapi[postgres]'") from None
         self.url = url
+        # psycopg_pool warns at every reconnection attempt (about one a second while the
+        # server is down); the store's callers already log the outage once.
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
         kwargs = connection_options(timeout_s)
         # One plain connection first: a refused connection or a wrong password fails now,
         # with the server's own message, instead of the pool's timeout after retrying.
