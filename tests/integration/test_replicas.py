@@ -262,7 +262,12 @@ def test_a_core_not_serving_gets_no_new_requests(replicas):
     victim.kill()
     restart = threading.Thread(target=replicas.restart, args=(victim,), daemon=True)
     restart.start()
-    with grpc.insecure_channel(victim.grpc_target) as ch:
+    # Reconnect at once: the restart waits out its dead node name's heartbeat (up to 10 s)
+    # before it listens, and gRPC's default backoff would by then retry only every few
+    # seconds, long enough to miss the whole (short) load of the tiny model.
+    fast = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.min_reconnect_backoff_ms", 50),
+            ("grpc.max_reconnect_backoff_ms", 100)]
+    with grpc.insecure_channel(victim.grpc_target, options=fast) as ch:
         health = health_pb2_grpc.HealthStub(ch)
 
         def status():
