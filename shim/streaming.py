@@ -21,6 +21,7 @@ import os
 import queue
 import select
 import socket
+import struct
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -206,6 +207,24 @@ def send_immediately(environ: dict) -> None:
 
 
 WATCHDOG = Watchdog()
+
+
+def client_behind(environ: dict) -> bool:
+    """Whether the client of this WSGI request is behind its stream: a quarter or more of
+    the socket's send buffer (SO_SNDBUF as the kernel reports it; it grows the buffer with
+    what the connection carries, up to net.ipv4.tcp_wmem's maximum) holds bytes the client
+    has not acknowledged (Linux TIOCOUTQ). False where that cannot be read."""
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        return False
+    try:
+        import fcntl
+        import termios
+
+        unsent = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        return unsent * 4 >= sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def client_gone(environ: dict) -> bool:
@@ -396,9 +415,19 @@ class CoreStream:
             batch: list = []  # the events already queued, up to MAX_EVENTS_PER_WRITE
             while item is not END and not isinstance(item, BaseException):
                 batch.append(item)
-                if len(batch) == MAX_EVENTS_PER_WRITE or self._direct is not None:
+                if len(batch) == MAX_EVENTS_PER_WRITE:
                     item = None  # write now; the rest is picked up by the next get()
                     break
+                if self._direct is not None:
+                    # Read on this thread: events waiting in grpc cannot be counted, but a
+                    # client that has not taken what was already written cannot use the
+                    # next event before the ones after it either, so read those first and
+                    # send them merged (one chunk's work instead of one per token).
+                    if merge is None or not client_behind(self.environ):
+                        item = None
+                        break
+                    item = next(self._direct)
+                    continue
                 try:
                     item = pump.get(timeout=0)
                 except queue.Empty:

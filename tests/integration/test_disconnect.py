@@ -295,3 +295,52 @@ def test_dropped_streams_leak_no_threads_or_fds_in_shim_workers(service, engine_
         return all(abs(now[p][0] - baseline[p][0]) <= 2 and abs(now[p][1] - baseline[p][1]) <= 2 for p in workers)
     assert wait_until(back_to_baseline, 10, 0.2), f"baseline (threads, fds) {baseline}, now {resources(workers)}"
     assert shim_workers(service) == workers  # no worker was restarted on the way
+
+
+# ---- a reader that falls behind --------------------------------------------------------
+
+def sse_events(raw: bytes) -> list[dict]:
+    """The JSON chunks of an SSE response read on a raw socket (chunked transfer encoding:
+    each HTTP chunk holds whole SSE events, between the chunk-size lines)."""
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return [json.loads(line[6:]) for line in body.replace(b"\r\n", b"\n").split(b"\n")
+            if line.startswith(b"data: {")]
+
+
+def raw_stream(service, *, paused_until=None) -> list[dict]:
+    """One seeded 1,200-token stream with logprobs on a raw socket, read at once or, with
+    `paused_until`, not at all until it is true (the shim's writes back up behind it)."""
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Tell me about boats."}],
+                       "stream": True, "seed": 11, "max_tokens": 1200, "ignore_eos": True, "logprobs": True,
+                       "top_logprobs": 20, "temperature": 0.9}).encode()
+    host, port = service.base_url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # little room on this side
+    sock.settimeout(60)
+    sock.connect((host, int(port)))
+    sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+    if paused_until is not None:
+        assert wait_until(paused_until, 120, 0.05)
+    buf = b""
+    while data := sock.recv(65536):
+        buf += data
+    sock.close()
+    return sse_events(buf)
+
+
+def test_a_reader_that_falls_behind_gets_merged_chunks_with_the_same_text_and_usage(service, engine_stats, quiet):
+    fast = raw_stream(service)
+    finished = engine_stats().requests_finished
+    slow = raw_stream(service, paused_until=lambda: engine_stats().requests_finished > finished)
+
+    def text(events):
+        return "".join(c["delta"].get("content") or "" for e in events for c in e["choices"])
+
+    def tokens(events):
+        return [lp["token"] for e in events for c in e["choices"] for lp in (c.get("logprobs") or {}).get("content", [])]
+    assert text(slow) == text(fast) and tokens(slow) == tokens(fast)
+    assert slow[-1]["usage"] == fast[-1]["usage"] and slow[-1]["usage"]["completion_tokens"] == 1200
+    # the engine finished while nothing was read: the shim sent what piled up merged
+    assert len(slow) < len(fast) / 2, (len(slow), len(fast))
