@@ -249,6 +249,9 @@ def report(side: str, streams: int, tokens: int, events: int, dt: float, ttft: l
     return tps
 
 
+WARM_UP_STREAMS = 4
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--levels", default="1,64,256", help="concurrent streams per level (1,64,256,1024)")
@@ -270,7 +273,8 @@ def main():
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",") if x]  # "" : the non-streamed requests only
     sides = args.sides.split(",")
-    cfg = write_config(args.workers, max(levels, default=16) + 16, max(levels, default=16))
+    most = max(levels + [WARM_UP_STREAMS, 16])
+    cfg = write_config(args.workers, most + 16, most)
     port, gport = free_port(), free_port()
     base, target = f"http://127.0.0.1:{port}", f"127.0.0.1:{gport}"
     env = {**os.environ, "GENAPI_BENCH_STEP_MS": str(args.step_ms), "GENAPI_LOG_LEVEL": "warning"}
@@ -287,8 +291,8 @@ def main():
             running(shim_argv, http_ready(f"{base}/health"), env=env, log_name="bench-frontend-shim.log") as shim:
         procs = server_processes(core.pid, shim.pid)
         print("processes: " + ", ".join(f"{n} {p}" for n, p in procs.items()))
-        asyncio.run(run_grpc(target, 4, 8))  # warm-up
-        asyncio.run(run_sse(base, 4, 8))
+        asyncio.run(run_grpc(target, WARM_UP_STREAMS, 8))  # warm-up
+        asyncio.run(run_sse(base, WARM_UP_STREAMS, 8))
         spies = start_py_spy(args.py_spy, procs) if args.py_spy else []
         for c in levels:
             print(f"{c} streams:")
@@ -302,9 +306,10 @@ def main():
                     assert tokens == c * args.tokens, (tokens, c * args.tokens)
                     tps.setdefault(side, []).append(report(side, c, tokens, events, dt, ttft, before,
                                                            cpu_snapshot(procs)))
-            if len(tps) == 2:
-                g, s = (sum(tps[k]) / len(tps[k]) for k in ("grpc", "shim"))
-                print(f"  ratio shim ÷ gRPC tok/s at {c} streams: {s / g:.3f}")
+            for side in ("shim", "sync"):
+                if "grpc" in tps and side in tps:
+                    g, s = (sum(tps[k]) / len(tps[k]) for k in ("grpc", side))
+                    print(f"  ratio {side} ÷ gRPC tok/s at {c} streams: {s / g:.3f}")
         if levels:
             stop_py_spy(spies)
         if args.nonstream:

@@ -24,6 +24,7 @@
 # Environment: PYTHON (default python3); GPU_CHECK_OUT (where the summary goes);
 # GPU_CHECK_STEPS (names of the steps to run, e.g. "gpu-tests frontend": the CPU fallback).
 set -uo pipefail
+SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"  # for the help text
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PY=${PYTHON:-python3}
@@ -147,5 +148,6 @@ run() {
 case "${1:-}" in
   prepare) prepare ;;
   run) shift; run "$@" ;;
-  *) sed -n '2,26s/^# \{0,1\}//p' "$0"; exit 2 ;;
+  -h|--help|help) sed -n '2,26s/^# \{0,1\}//p' "$SELF" ;;
+  *) sed -n '2,26s/^# \{0,1\}//p' "$SELF"; exit 2 ;;
 esac
