@@ -16,12 +16,14 @@ the same 499 (`ClientClosed`); one that goes away mid-stream cancels the call.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import queue
 import select
 import socket
 import struct
+import termios
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -218,9 +220,6 @@ def client_behind(environ: dict) -> bool:
     if sock is None:
         return False
     try:
-        import fcntl
-        import termios
-
         unsent = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
         return unsent * 4 >= sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
     except (OSError, ValueError, AttributeError):
