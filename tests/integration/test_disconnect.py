@@ -342,5 +342,6 @@ def test_a_reader_that_falls_behind_gets_merged_chunks_with_the_same_text_and_us
         return [lp["token"] for e in events for c in e["choices"] for lp in (c.get("logprobs") or {}).get("content", [])]
     assert text(slow) == text(fast) and tokens(slow) == tokens(fast)
     assert slow[-1]["usage"] == fast[-1]["usage"] and slow[-1]["usage"]["completion_tokens"] == 1200
-    # the engine finished while nothing was read: the shim sent what piled up merged
-    assert len(slow) < len(fast) / 2, (len(slow), len(fast))
+    # the engine finished while nothing was read: the shim sent what piled up merged (not
+    # against len(fast): on a loaded machine the fast reader falls behind and is merged too)
+    assert len(slow) < 1200 / 2, (len(slow), len(fast))

@@ -279,8 +279,9 @@ def test_slow_clients_do_not_starve_the_others_and_are_closed_in_time(front):
                 if not chunk:
                     sel.unregister(c["sock"])
         # Normal traffic keeps succeeding after the slow ones are gone.
+        # (and at least 10 in all, however slowly a loaded machine serves them)
         served = outcome["ok"]
-        assert wait_until(lambda: outcome["ok"] >= served + 4, timeout_s=30), outcome
+        assert wait_until(lambda: outcome["ok"] >= max(served + 4, 10), timeout_s=60), outcome
     finally:
         stop.set()
         for t in traffic:
