@@ -310,7 +310,9 @@ def sse_events(raw: bytes) -> list[dict]:
 
 def raw_stream(service, *, paused_until=None) -> list[dict]:
     """One seeded 1,200-token stream with logprobs on a raw socket, read at once or, with
-    `paused_until`, not at all until it is true (the shim's writes back up behind it)."""
+    `paused_until`, 4 KiB a second until it is true (the shim's writes back up behind it;
+    reading nothing at all would end the stream once a write waited `read_timeout_s`, which
+    a loaded machine's 1,200 tokens can take)."""
     body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Tell me about boats."}],
                        "stream": True, "seed": 11, "max_tokens": 1200, "ignore_eos": True, "logprobs": True,
                        "top_logprobs": 20, "temperature": 0.9}).encode()
@@ -321,9 +323,13 @@ def raw_stream(service, *, paused_until=None) -> list[dict]:
     sock.connect((host, int(port)))
     sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
                  f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
-    if paused_until is not None:
-        assert wait_until(paused_until, 120, 0.05)
     buf = b""
+    if paused_until is not None:
+        deadline = time.monotonic() + 300  # a bound on the wait, not the expectation
+        while not paused_until():
+            assert time.monotonic() < deadline, "the engine did not finish the stream"
+            time.sleep(1)
+            buf += sock.recv(4096)
     while data := sock.recv(65536):
         buf += data
     sock.close()
