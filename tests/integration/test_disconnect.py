@@ -20,7 +20,7 @@ from genapi.v1 import content_pb2
 from genapi.v1 import generation_service_pb2 as pb
 from genapi.v1 import generation_service_pb2_grpc as pb_grpc
 
-from ..conftest import MODEL, wait_until
+from ..conftest import MODEL, Service, wait_until
 
 LONG = 1500  # tokens: ~7 s on the tiny model, far longer than any test waits
 SETTLE_S = 3.0  # plan C1: in-flight count back to baseline within 2 s (+ polling slack)
@@ -310,9 +310,7 @@ def sse_events(raw: bytes) -> list[dict]:
 
 def raw_stream(service, *, paused_until=None) -> list[dict]:
     """One seeded 1,200-token stream with logprobs on a raw socket, read at once or, with
-    `paused_until`, 4 KiB a second until it is true (the shim's writes back up behind it;
-    reading nothing at all would end the stream once a write waited `read_timeout_s`, which
-    a loaded machine's 1,200 tokens can take)."""
+    `paused_until`, not at all until it is true (the shim's writes back up behind it)."""
     body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Tell me about boats."}],
                        "stream": True, "seed": 11, "max_tokens": 1200, "ignore_eos": True, "logprobs": True,
                        "top_logprobs": 20, "temperature": 0.9}).encode()
@@ -323,23 +321,36 @@ def raw_stream(service, *, paused_until=None) -> list[dict]:
     sock.connect((host, int(port)))
     sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
                  f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
-    buf = b""
     if paused_until is not None:
-        deadline = time.monotonic() + 300  # a bound on the wait, not the expectation
-        while not paused_until():
-            assert time.monotonic() < deadline, "the engine did not finish the stream"
-            time.sleep(1)
-            buf += sock.recv(4096)
+        assert wait_until(paused_until, 600, 0.05), "the engine did not finish the stream"
+    buf = b""
     while data := sock.recv(65536):
         buf += data
     sock.close()
     return sse_events(buf)
 
 
-def test_a_reader_that_falls_behind_gets_merged_chunks_with_the_same_text_and_usage(service, engine_stats, quiet):
-    fast = raw_stream(service)
-    finished = engine_stats().requests_finished
-    slow = raw_stream(service, paused_until=lambda: engine_stats().requests_finished > finished)
+@pytest.fixture(scope="module")
+def patient_service(tmp_path_factory):
+    """A service whose shim waits as long as a loaded machine's 1,200 tokens take for a reader
+    that reads nothing (the default `read_timeout_s`, 30 s, would close the connection)."""
+    svc = Service(tmp_path_factory.mktemp("patient"), "patient", env={"GENAPI_READ_TIMEOUT_S": "600"}).start()
+    yield svc
+    svc.stop()
+
+
+def test_a_reader_that_falls_behind_gets_merged_chunks_with_the_same_text_and_usage(patient_service):
+    from genapi.v1 import admin_service_pb2 as admin_pb
+    from genapi.v1 import admin_service_pb2_grpc as admin_grpc
+
+    with grpc.insecure_channel(patient_service.grpc_target) as ch:
+        admin = admin_grpc.AdminServiceStub(ch)
+
+        def finished() -> int:
+            return admin.GetEngineStats(admin_pb.GetEngineStatsRequest(model=MODEL)).engines[0].requests_finished
+        fast = raw_stream(patient_service)
+        before = finished()
+        slow = raw_stream(patient_service, paused_until=lambda: finished() > before)
 
     def text(events):
         return "".join(c["delta"].get("content") or "" for e in events for c in e["choices"])
