@@ -292,10 +292,15 @@ def grpc_channel(service):
 @pytest.fixture
 def engine_stats(grpc_channel):
     """Returns a function reading the tiny model's live engine counters."""
+    return engine_stats_reader(grpc_channel)
+
+
+def engine_stats_reader(channel):
+    """A function reading the tiny model's live engine counters over `channel` (any core)."""
     from genapi.v1 import admin_service_pb2 as pb
     from genapi.v1 import admin_service_pb2_grpc as pb_grpc
 
-    stub = pb_grpc.AdminServiceStub(grpc_channel)
+    stub = pb_grpc.AdminServiceStub(channel)
 
     def read():
         return stub.GetEngineStats(pb.GetEngineStatsRequest(model=MODEL)).engines[0]

@@ -20,7 +20,7 @@ from genapi.v1 import content_pb2
 from genapi.v1 import generation_service_pb2 as pb
 from genapi.v1 import generation_service_pb2_grpc as pb_grpc
 
-from ..conftest import MODEL, Service, wait_until
+from ..conftest import MODEL, Service, engine_stats_reader, wait_until
 
 LONG = 1500  # tokens: ~7 s on the tiny model, far longer than any test waits
 SETTLE_S = 3.0  # plan C1: in-flight count back to baseline within 2 s (+ polling slack)
@@ -340,17 +340,11 @@ def patient_service(tmp_path_factory):
 
 
 def test_a_reader_that_falls_behind_gets_merged_chunks_with_the_same_text_and_usage(patient_service):
-    from genapi.v1 import admin_service_pb2 as admin_pb
-    from genapi.v1 import admin_service_pb2_grpc as admin_grpc
-
     with grpc.insecure_channel(patient_service.grpc_target) as ch:
-        admin = admin_grpc.AdminServiceStub(ch)
-
-        def finished() -> int:
-            return admin.GetEngineStats(admin_pb.GetEngineStatsRequest(model=MODEL)).engines[0].requests_finished
+        stats = engine_stats_reader(ch)
         fast = raw_stream(patient_service)
-        before = finished()
-        slow = raw_stream(patient_service, paused_until=lambda: finished() > before)
+        before = stats().requests_finished
+        slow = raw_stream(patient_service, paused_until=lambda: stats().requests_finished > before)
 
     def text(events):
         return "".join(c["delta"].get("content") or "" for e in events for c in e["choices"])
