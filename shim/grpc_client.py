@@ -38,7 +38,8 @@ KEEPALIVE_TIMEOUT_MS = 10_000
 BALANCED_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}],
                                       "healthCheckConfig": {"serviceName": ""}})
 # A dead core's address is retried at most this far apart (gRPC's default backoff grows
-# to 120 s): a restarted core is back in the rotation within seconds.
+# to 120 s): a restarted core is back in the rotation, or back at all when it is the only
+# one, within seconds.
 MAX_RECONNECT_BACKOFF_MS = 5_000
 
 
@@ -54,11 +55,11 @@ def channel_options(max_message_mb: int, round_robin: bool) -> list[tuple[str, o
         # pump thread), not handed over from the channel's spin thread: one thread wake-up
         # less per streamed event (bench/frontend.py).
         (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
     ]
     if round_robin:
         opts.append(("grpc.lb_policy_name", "round_robin"))
         opts.append(("grpc.service_config", BALANCED_SERVICE_CONFIG))
-        opts.append(("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS))
     return opts
 
 

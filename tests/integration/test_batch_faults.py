@@ -25,6 +25,9 @@ from .batch_support import CHAT, TERMINAL, assert_exactly_once, chat_line, resul
 
 LINES = 500
 FINALIZE_PAUSE_S = "3"  # the core pauses in FINALIZING (test-only fault setting) so a kill lands there
+# Each line decodes this many tokens (ignore_eos): 2-token lines ran 600 a second on a CI
+# machine, faster than polling can catch a batch at a progress mark before it finalizes.
+LINE_TOKENS = 32
 
 
 class Tiers:
@@ -106,16 +109,18 @@ def poll(client, batch_id: str):
 def test_batch_survives_three_core_kills_and_completes_exactly_once(tiers):
     client = tiers.svc.sdk(timeout=60)
     ids = [f"line-{i:04d}" for i in range(LINES)]
-    f = upload(client, [chat_line(cid) for cid in ids])
+    f = upload(client, [chat_line(cid, max_tokens=LINE_TOKENS, ignore_eos=True) for cid in ids])
     batch = client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h")
     rng = random.Random()
-    # Two kills at random progress points while lines run, the third during finalizing.
-    marks = sorted(rng.sample(range(20, LINES - 100), 2))
-    for mark in marks:
+    # Two kills at random progress points while lines run, the third during finalizing. The
+    # marks stay 100 lines apart and 120 from the end: a restarted core runs lines before the
+    # shim's first answer, so the batch moves on between the restart and the next poll.
+    first = rng.randrange(20, 200)
+    for mark in (first, rng.randrange(first + 100, LINES - 120)):
         seen = []
         assert wait_until(lambda: (b := poll(client, batch.id)) is not None and seen.append(b) is None and (
             b.request_counts.completed + b.request_counts.failed >= mark or b.status in TERMINAL),
-            timeout_s=600, interval_s=0.1)
+            timeout_s=600, interval_s=0.05)
         assert seen[-1].status == "in_progress", seen[-1]
         tiers.kill_core()
         tiers.start_core()

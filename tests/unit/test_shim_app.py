@@ -180,6 +180,7 @@ def test_several_cores_are_balanced_with_health_checking():
 
     one = dict(grpc_client.channel_options(8, grpc_client.uses_round_robin(Config())))
     assert "grpc.lb_policy_name" not in one and "grpc.service_config" not in one
+    assert one["grpc.max_reconnect_backoff_ms"] <= 5000  # a lone restarted core too
     several = Config(core_targets=["127.0.0.1:1", "127.0.0.1:2"])
     opts = dict(grpc_client.channel_options(8, grpc_client.uses_round_robin(several)))
     assert opts["grpc.lb_policy_name"] == "round_robin"
