@@ -162,7 +162,9 @@ def test_a_conversation_continues_through_the_other_shim_and_core(replicas):
 def test_d3_batch_shared_by_both_cores_survives_a_kill_9(replicas):
     client = replicas.shims[0].sdk()
     ids = [f"d3-{i:04d}" for i in range(1000)]
-    f = upload(client, [chat_line(cid, max_tokens=1) for cid in ids])
+    # 8 decoded tokens a line: 1-token lines could all finish on a fast machine between the
+    # check that both cores claim and the kill, which must land mid-run.
+    f = upload(client, [chat_line(cid, max_tokens=8, ignore_eos=True) for cid in ids])
     batch = client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h")
     store = replicas.store()
     try:
