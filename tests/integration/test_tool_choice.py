@@ -29,7 +29,9 @@ SEEDS = range(3)
 
 
 def create(client, **kw):
-    kw.setdefault("max_tokens", 60)
+    # A whole call takes the tiny model 50-60 tokens (its call wrapper, the JSON and the
+    # whitespace the grammar lets it write); twice that leaves room whatever the build's weights.
+    kw.setdefault("max_tokens", 120)
     kw.setdefault("temperature", 1)
     return client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, **kw)
 
