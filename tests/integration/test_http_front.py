@@ -239,8 +239,10 @@ def test_slow_clients_do_not_starve_the_others_and_are_closed_in_time(front):
     # `Expect: 100-continue`: one byte per second.
     slow = []
     for i in range(n_slow):
-        s = socket.create_connection(address(front), timeout=10)
+        # Timed from before the connect: the server may accept (and start its read timeout)
+        # before a loaded machine runs this thread again after the handshake.
         opened = time.monotonic()
+        s = socket.create_connection(address(front), timeout=10)
         if i % 3:
             s.sendall(SLOW_BODY_HEAD if i % 3 == 1 else SLOW_EXPECT_HEAD)
         s.setblocking(False)
