@@ -173,6 +173,14 @@ def test_body_of_exactly_the_cap_is_read_whole(client, core):
     assert client.post(URL, data=raw, headers={**AUTH, "Content-Type": "application/json"}).status_code == 200
 
 
+def test_every_channel_retries_a_dead_core_within_seconds():
+    from genapi.config import Config
+
+    for round_robin in (False, True):  # one core (pick_first) as well as several
+        assert dict(grpc_client.channel_options(8, round_robin))["grpc.max_reconnect_backoff_ms"] <= 5000
+    assert not grpc_client.uses_round_robin(Config())
+
+
 def test_several_cores_are_balanced_with_health_checking():
     import json
 
@@ -180,7 +188,6 @@ def test_several_cores_are_balanced_with_health_checking():
 
     one = dict(grpc_client.channel_options(8, grpc_client.uses_round_robin(Config())))
     assert "grpc.lb_policy_name" not in one and "grpc.service_config" not in one
-    assert one["grpc.max_reconnect_backoff_ms"] <= 5000  # a lone restarted core too
     several = Config(core_targets=["127.0.0.1:1", "127.0.0.1:2"])
     opts = dict(grpc_client.channel_options(8, grpc_client.uses_round_robin(several)))
     assert opts["grpc.lb_policy_name"] == "round_robin"
