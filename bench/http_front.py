@@ -5,14 +5,16 @@ Starts `genapi serve` on the tiny chat model with the default admission settings
 auto unless --threads), then:
 
   burst  3x the core's capacity (864 requests) sent at once on pre-opened connections,
-         non-streaming, `--tokens` each; prints what each got (200, 429 from the core
-         `engine_overloaded`, 429 from the front `server_overloaded`) and how long after
-         its send the first byte of the answer came.
+         non-streaming, `--tokens` each; prints how the connections split between the
+         workers, what each request got (200, 429 from the core `engine_overloaded`, 429
+         from the front `server_overloaded`) and how long after its send the first byte of
+         the answer came. With --before, both checkouts in turn each round, and the ratio of
+         their refusals' p50.
   cpu    CPU seconds of the gunicorn workers (from /proc) per request: GET /v1/models on a
          kept-alive connection, on a new connection each time, a 1-token chat completion.
 
     .venv/bin/python bench/http_front.py
-    .venv/bin/python bench/http_front.py --root /path/to/other/checkout --threads 32   # before/after
+    .venv/bin/python bench/http_front.py --skip cpu --rounds 2 --before /path/to/other/checkout
 """
 from __future__ import annotations
 
@@ -53,9 +55,16 @@ def chat_bytes(tokens: int) -> bytes:
             b"Content-Length: %d\r\n\r\n" % len(body)) + body
 
 
-def burst(host: str, port: int, n: int, tokens: int) -> None:
+def socket_fds(pid: int) -> int:
+    return sum(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:") for fd in os.listdir(f"/proc/{pid}/fd"))
+
+
+def burst(host: str, port: int, workers: list[int], n: int, tokens: int) -> list[float]:
+    """Prints the outcomes; returns the refusals' times to first byte (ms)."""
+    held = [socket_fds(w) for w in workers]
     socks = [socket.create_connection((host, port), timeout=120) for _ in range(n)]
     time.sleep(1.0)  # all accepted
+    print("burst: connections per worker: " + ", ".join(str(socket_fds(w) - h) for w, h in zip(workers, held)))
     sel = selectors.DefaultSelector()
     sent, first, raw = {}, {}, {s: b"" for s in socks}
     data = chat_bytes(tokens)
@@ -101,6 +110,7 @@ def burst(host: str, port: int, n: int, tokens: int) -> None:
     for k, v in sorted(outcomes.items()):
         print(f"  {len(v):4d} x {k:26} first byte after send: p50 {pct(v, 50):.0f} ms, p90 {pct(v, 90):.0f} ms, "
               f"max {max(v):.0f} ms")
+    return [t for k, v in outcomes.items() if k.startswith("429") for t in v]
 
 
 def cpu(host: str, port: int, workers: list[int], rounds: int) -> None:
@@ -145,29 +155,46 @@ def cpu(host: str, port: int, workers: list[int], rounds: int) -> None:
               f"(min {min(per_request):.2f}, {rounds} rounds of {n})")
 
 
+def serve(root: Path, threads: int | None, work) -> None:
+    """Runs `work(port, workers)` against `genapi serve` started from `root`'s directory,
+    so that its own genapi, shim and server run."""
+    port, grpc_port = free_port(), free_port()
+    cfg = write_config(root, threads)
+    argv = [sys.executable, "-c", f"import os, sys; os.chdir({str(root)!r}); sys.path.insert(0, ''); "
+            "from genapi.cli import main; main()",
+            "serve", "--config", str(cfg), "--port", str(port), "--grpc-port", str(grpc_port)]
+    with running(argv, http_ready(f"http://127.0.0.1:{port}/health"), log_name="bench-http-front.log") as proc:
+        workers = worker_pids(proc.pid)
+        print(f"{root}: {len(workers)} shim workers")
+        work(port, workers)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--root", type=Path, default=ROOT, help="checkout to run (for before/after)")
+    ap.add_argument("--root", type=Path, default=ROOT, help="checkout to run")
+    ap.add_argument("--before", type=Path, default=None, help="checkout to compare the burst with")
     ap.add_argument("--threads", type=int, default=None, help="[shim] threads (default: the config's default)")
     ap.add_argument("--tokens", type=int, default=4, help="max_tokens of each burst request")
     ap.add_argument("--requests", type=int, default=864, help="burst size (3x the default core capacity)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--skip", choices=["burst", "cpu"], action="append", default=[])
     args = ap.parse_args()
-    port, grpc_port = free_port(), free_port()
-    cfg = write_config(args.root.resolve(), args.threads)
-    # Started from --root's directory, so that its own genapi, shim and server run.
-    argv = [sys.executable, "-c", f"import os, sys; os.chdir({str(args.root.resolve())!r}); sys.path.insert(0, ''); "
-            "from genapi.cli import main; main()",
-            "serve", "--config", str(cfg), "--port", str(port), "--grpc-port", str(grpc_port)]
-    with running(argv, http_ready(f"http://127.0.0.1:{port}/health"), log_name="bench-http-front.log") as proc:
-        workers = worker_pids(proc.pid)
-        print(f"{args.root}: {len(workers)} shim workers")
-        if "burst" not in args.skip:
-            burst("127.0.0.1", port, args.requests, args.tokens)
-        if "cpu" not in args.skip:
-            time.sleep(5)  # the burst's admitted requests are done
-            cpu("127.0.0.1", port, workers, args.rounds)
+    sides = [args.before.resolve(), args.root.resolve()] if args.before else [args.root.resolve()]
+    refusals: dict[Path, list[float]] = {root: [] for root in sides}
+    if "burst" not in args.skip:
+        for _ in range(args.rounds):  # alternating, so that both sides see the same machine
+            for root in sides:
+                serve(root, args.threads,
+                      lambda port, workers: refusals[root].extend(burst("127.0.0.1", port, workers, args.requests,
+                                                                        args.tokens)))
+        for root in sides:
+            if refusals[root]:
+                print(f"{root}: {len(refusals[root])} refusals over {args.rounds} rounds, "
+                      f"p50 {pct(refusals[root], 50):.0f} ms")
+        if args.before and all(refusals.values()):
+            print(f"refusal p50, before / after: {pct(refusals[sides[0]], 50) / pct(refusals[sides[1]], 50):.2f}x")
+    if "cpu" not in args.skip:
+        serve(args.root.resolve(), args.threads, lambda port, workers: cpu("127.0.0.1", port, workers, args.rounds))
 
 
 if __name__ == "__main__":

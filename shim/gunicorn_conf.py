@@ -11,12 +11,19 @@ hold at least what the core holds (every model's max_batch + max_queue): the cor
 admission control decides, and its 429 comes back at once. Streams are plain iterators
 written by the worker threads, and the worker's heartbeat runs in its main loop, so a
 long stream does not trigger WORKER TIMEOUT.
+
+On Linux each worker listens on a socket of its own (SO_REUSEPORT), so the kernel spreads
+new connections over the workers by a hash of their addresses. With one shared socket the
+worker whose event loop happens to be awake wins every accept: under a burst on a busy
+machine one worker took all 864 connections and refused what the other could have served
+(bench/RESULTS.md, 2026-12-04).
 """
 import glob
 import math
 import os
 import shutil
 import signal
+import sys
 import tempfile
 
 from genapi.config import exposure_error, load_config, log_level
@@ -35,6 +42,9 @@ if _err := exposure_error(_cfg, _cfg.shim_host, "REST API"):
 wsgi_app = "shim:create_app()"
 bind = [f"[{_cfg.shim_host}]:{_cfg.shim_port}" if ":" in _cfg.shim_host else f"{_cfg.shim_host}:{_cfg.shim_port}"]
 worker_class = "shim.worker.ShimWorker"
+# gunicorn then binds no socket in the master and one per worker, in each worker's fork.
+# Elsewhere SO_REUSEPORT does not balance (macOS hands every connection to one socket).
+reuse_port = sys.platform.startswith("linux")
 workers = _cfg.workers
 threads = _cfg.shim_threads
 worker_connections = max(1000, threads + 100)  # busy threads, plus requests arriving and kept alive
@@ -79,6 +89,12 @@ def on_starting(server):
             "(max_batch + max_queue of every model); beyond %d the shim answers 429 itself. "
             "Leave [shim] threads = 0 (auto) to size it from the models.",
             workers * threads, workers, threads, _cfg.core_capacity, workers * threads)
+
+
+def when_ready(server):
+    if reuse_port:  # gunicorn's "Listening at:" names no socket then: the workers bind theirs
+        server.log.info("genapi: the workers listen at %s, a socket each (SO_REUSEPORT)",
+                        ", ".join(f"http://{b}" for b in bind))
 
 
 def _reload_workers(server) -> None:

@@ -318,6 +318,36 @@ def chat_create(client, text: str, **kw):
     return client.chat.completions.create(model=MODEL, messages=user_messages(text), **kw)
 
 
+def _ppids() -> dict[int, int]:
+    out = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            out[int(name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return out
+
+
+def shim_workers(service) -> list[int]:
+    """gunicorn worker pids: processes of the service's tree whose parent is the gunicorn master."""
+    parents = _ppids()
+    tree, frontier = set(), {service.proc.pid}
+    while frontier:
+        tree |= frontier
+        frontier = {p for p, pp in parents.items() if pp in frontier and p not in tree}
+
+    def is_gunicorn(pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return b"gunicorn" in f.read()
+        except OSError:
+            return False
+    return sorted(p for p in tree if is_gunicorn(p) and is_gunicorn(parents.get(p, 0)))
+
+
 def wait_until(predicate, timeout_s: float = 5.0, interval_s: float = 0.05):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -110,6 +111,20 @@ def child_main(conn, factory: Callable, name: str, path: str, options: dict) -> 
         return
     conn.send(Ready(info))
     loop.run(conn)
+    _exit_without_teardown()
+
+
+def _exit_without_teardown() -> None:
+    """Ends the engine process once its loop has stopped, skipping the interpreter's
+    teardown: daemon threads may still be inside native code (xgrammar building its
+    compiler in the background after load, a compilation), and the C++ destructors that
+    teardown runs under them abort the process ("terminate called without an active
+    exception", seen stopping a core just after it loaded). Nothing is left to release:
+    the loop has answered Stop and the pipe closes with the process."""
+    logging.shutdown()  # flush the log lines
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # ---- parent side ---------------------------------------------------------------

@@ -395,7 +395,7 @@ def test_sigint_to_serve_stops_core_and_shim(tmp_path):
         assert wait_until(lambda: "genapi: serving http://" in svc.log(), 10), svc.log()
         log = svc.log()
         assert log.count("no API keys configured") == 1, log
-        assert log.index("Listening at: http://") < log.index("genapi: serving http://"), log
+        assert log.index("the workers listen at http://") < log.index("genapi: serving http://"), log
         assert_stops_cleanly(svc, lambda pid: os.kill(pid, signal.SIGINT))
     finally:
         svc.stop()

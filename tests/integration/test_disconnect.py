@@ -20,7 +20,7 @@ from genapi.v1 import content_pb2
 from genapi.v1 import generation_service_pb2 as pb
 from genapi.v1 import generation_service_pb2_grpc as pb_grpc
 
-from ..conftest import MODEL, Service, engine_stats_reader, wait_until
+from ..conftest import MODEL, Service, engine_stats_reader, shim_workers, wait_until
 
 LONG = 1500  # tokens: ~7 s on the tiny model, far longer than any test waits
 SETTLE_S = 3.0  # plan C1: in-flight count back to baseline within 2 s (+ polling slack)
@@ -193,36 +193,6 @@ def test_abort_20_streams_dropped_mid_generation_leave_no_active_sequences_and_n
 
 
 # ---- C2-lite: no leaked threads or fds in the shim workers -----------------------------
-
-def _ppids() -> dict[int, int]:
-    out = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            out[int(name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return out
-
-
-def shim_workers(service) -> list[int]:
-    """gunicorn worker pids: processes of the service's tree whose parent is the gunicorn master."""
-    parents = _ppids()
-    tree, frontier = set(), {service.proc.pid}
-    while frontier:
-        tree |= frontier
-        frontier = {p for p, pp in parents.items() if pp in frontier and p not in tree}
-
-    def is_gunicorn(pid):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                return b"gunicorn" in f.read()
-        except OSError:
-            return False
-    return sorted(p for p in tree if is_gunicorn(p) and is_gunicorn(parents.get(p, 0)))
-
 
 def resources(pids) -> dict[int, tuple[int, int]]:
     """pid -> (threads, open fds)."""

@@ -1,7 +1,7 @@
 """The shim's HTTP front (issue 18): a burst beyond capacity gets 429 at once (plan row L2),
 slow clients cannot take the request threads, malformed framing is a 400 that closes.
 
-One service for the module. Its shim has fewer request threads (2 workers x 2) than its
+One service for the module (and the default one, for the workers' listeners). Its shim has fewer request threads (2 workers x 2) than its
 core holds (2 running + 4 waiting): the shape of the old default config (64 threads in
 front of a core holding 288), where the excess waited in gunicorn's queue without bound.
 The default config itself keeps the shim's capacity above the core's (unit-tested in
@@ -14,6 +14,7 @@ engine's test-only decode pause), never on how fast a loaded machine answers.
 from __future__ import annotations
 
 import json
+import os
 import re
 import selectors
 import socket
@@ -23,7 +24,7 @@ import time
 import httpx
 import pytest
 
-from ..conftest import MODEL, Service, wait_until
+from ..conftest import MODEL, Service, shim_workers, wait_until
 
 MAX_BATCH, MAX_QUEUE = 2, 4  # the core holds 6 requests
 WORKERS, THREADS = 2, 2  # the shim runs 4 at a time
@@ -204,6 +205,61 @@ def test_burst_beyond_capacity_is_refused_at_once_with_429(front, stats):
     resp = httpx.post(f"{front.base_url}/v1/chat/completions", timeout=30,
                       json={"model": MODEL, "messages": PROMPT, "max_tokens": 2})
     assert resp.status_code == 200, resp.text
+
+
+def sockets_on(port: int) -> dict[int, str]:
+    """inode -> TCP state (/proc/net/tcp's hex: "0A" listening, "01" established) of every
+    socket whose local port is `port`."""
+    out = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    out[int(fields[9])] = fields[3]
+    return out
+
+
+def socket_inodes(pid: int) -> set[int]:
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if link.startswith("socket:["):
+            out.add(int(link[8:-1]))
+    return out
+
+
+def test_each_worker_listens_on_its_own_socket_and_takes_a_share_of_the_connections(service):
+    """With the default config (two workers) each worker accepts from a socket of its own
+    (SO_REUSEPORT), so the kernel spreads connections by address hash. With the one socket
+    they used to share, the worker whose event loop was awake accepted them all: under a
+    burst on a busy machine one worker took all 864 connections and refused what the other
+    could have served."""
+    host, port = address(service)
+    workers = shim_workers(service)
+    assert len(workers) == 2, workers
+    on_port = sockets_on(port)
+    listening = {pid: {i for i in socket_inodes(pid) if on_port.get(i) == "0A"} for pid in workers}
+    assert all(len(inodes) == 1 for inodes in listening.values()), listening
+    assert len(set.union(*listening.values())) == 2, listening  # not one socket inherited by both
+
+    def shares() -> list[int]:
+        on_port = sockets_on(port)
+        return [sum(on_port.get(i) == "01" for i in socket_inodes(pid)) for pid in workers]
+
+    n = 200
+    socks = [socket.create_connection((host, port), timeout=30) for _ in range(n)]
+    try:  # idle connections stay open for read_timeout_s (30 s): time enough to count them
+        assert wait_until(lambda: sum(shares()) >= n, 20), shares()
+        # An even hash split: either side under 50 of 200 has a chance of about 1e-13.
+        assert min(shares()) >= n // 4, shares()
+    finally:
+        for s in socks:
+            s.close()
 
 
 # ---- item 3: slow clients ------------------------------------------------------------------

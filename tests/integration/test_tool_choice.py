@@ -106,7 +106,7 @@ def test_grpc_required_call_events(grpc_channel):
                                                        content=[content_pb2.ContentPart(text="time?")])],
         tools=[content_pb2.Tool(name="get_time", parameters=params)],
         tool_choice=content_pb2.ToolChoice(mode=content_pb2.TOOL_CHOICE_MODE_REQUIRED), parallel_tool_calls=False,
-        sampling=pb.SamplingOptions(temperature=1, seed=3), stopping=pb.StoppingOptions(max_tokens=60))
+        sampling=pb.SamplingOptions(temperature=1, seed=3), stopping=pb.StoppingOptions(max_tokens=120))
     events = list(pb_grpc.GenerationServiceStub(grpc_channel).Generate(req))
     deltas = [e.tool_call for e in events if e.HasField("tool_call")]
     assert deltas[0].id.startswith("call_") and deltas[0].name == "get_time"
@@ -118,7 +118,7 @@ def test_grpc_required_call_events(grpc_channel):
 def test_langchain_bind_tools_with_a_forced_tool(service):
     langchain_openai = pytest.importorskip("langchain_openai")
     llm = langchain_openai.ChatOpenAI(model=MODEL, base_url=f"{service.base_url}/v1", api_key="unused",
-                                      max_retries=0, max_tokens=60, temperature=1, seed=5)
+                                      max_retries=0, max_tokens=120, temperature=1, seed=5)
     answer = llm.bind_tools(TOOLS, tool_choice="get_weather", parallel_tool_calls=False).invoke("Weather?")
     (call,) = answer.tool_calls
     assert call["name"] == "get_weather"
