@@ -34,6 +34,7 @@ log = logging.getLogger("genapi.grammar")
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_CACHE_SIZE = 64
 DEFAULT_THREADS = 2
+CLOSE_WAIT_S = 10.0  # at the engine's stop: how long the compile threads' work is waited for
 
 
 class GrammarError(Exception):
@@ -58,8 +59,10 @@ class Grammars:
         self._lock = threading.Lock()
         self._cache: collections.OrderedDict[tuple[str, str], concurrent.futures.Future] = collections.OrderedDict()
         self._slots = threading.BoundedSemaphore(max(1, int(threads)))
+        self._threads: set[threading.Thread] = set()  # alive, for close(); under _threads_lock
+        self._threads_lock = threading.Lock()  # submit() starts threads under _lock
         # TokenizerInfo takes a while on large vocabularies: built once, in the background.
-        self._compiler = _in_thread(None, self._make_compiler, tokenizer, vocab_size, sorted(stop_token_ids))
+        self._compiler = self._in_thread(None, self._make_compiler, tokenizer, vocab_size, sorted(stop_token_ids))
 
     @staticmethod
     def _make_compiler(tokenizer, vocab_size: int, stop_token_ids: list[int]):
@@ -68,6 +71,49 @@ class Grammars:
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stop_token_ids)
         # Our own cache (failures included) replaces xgrammar's.
         return xgr.GrammarCompiler(info, max_threads=DEFAULT_THREADS, cache_enabled=False)
+
+    def close(self, timeout_s: float = CLOSE_WAIT_S) -> None:
+        """Cancels the compilations still waiting for a thread slot and waits, at most
+        `timeout_s` in all, for the threads still running (the compiler being built after
+        load, compilations). They are daemon threads inside xgrammar's native code: the
+        interpreter's teardown at the process's exit runs C++ destructors under them and
+        aborts the process ("terminate called without an active exception", seen stopping
+        a core just after it loaded)."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            for fut in self._cache.values():
+                fut.cancel()  # only those not yet running
+        with self._threads_lock:
+            threads = list(self._threads)
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def _in_thread(self, slots: threading.BoundedSemaphore | None, fn, *args) -> concurrent.futures.Future:
+        """Runs fn(*args) on a daemon thread (at most `slots` at once): a compilation still
+        running when the engine stops must not hold its process open, as an executor's
+        worker threads would; close() bounds the wait for it instead."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+
+        def work():
+            if slots is not None:
+                slots.acquire()
+            try:
+                if fut.set_running_or_notify_cancel():
+                    try:
+                        fut.set_result(fn(*args))
+                    except BaseException as e:
+                        fut.set_exception(e)
+            finally:
+                if slots is not None:
+                    slots.release()
+                with self._threads_lock:
+                    self._threads.discard(threading.current_thread())
+
+        thread = threading.Thread(target=work, name="grammar-compile", daemon=True)
+        with self._threads_lock:
+            self._threads.add(thread)
+        thread.start()
+        return fut
 
     def submit(self, constraint: Constraint) -> concurrent.futures.Future:
         """The compiled grammar (xgrammar CompiledGrammar) of `constraint`, as a future that
@@ -78,7 +124,7 @@ class Grammars:
             if fut is not None:
                 self._cache.move_to_end(key)
                 return fut
-            fut = _in_thread(self._slots, self._compile, constraint)
+            fut = self._in_thread(self._slots, self._compile, constraint)
             self._cache[key] = fut
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
@@ -105,29 +151,6 @@ class Grammars:
 
         return xgr.GrammarMatcher(compiled)
 
-
-
-def _in_thread(slots: threading.BoundedSemaphore | None, fn, *args) -> concurrent.futures.Future:
-    """Runs fn(*args) on a daemon thread (at most `slots` at once): a compilation still
-    running when the engine stops must not hold its process open, as an executor's
-    worker threads would."""
-    fut: concurrent.futures.Future = concurrent.futures.Future()
-
-    def work():
-        if slots is not None:
-            slots.acquire()
-        try:
-            if fut.set_running_or_notify_cancel():
-                try:
-                    fut.set_result(fn(*args))
-                except BaseException as e:
-                    fut.set_exception(e)
-        finally:
-            if slots is not None:
-                slots.release()
-
-    threading.Thread(target=work, name="grammar-compile", daemon=True).start()
-    return fut
 
 
 def too_slow(limit_s: float) -> str:

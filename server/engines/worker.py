@@ -20,7 +20,6 @@ import multiprocessing
 import os
 import queue
 import signal
-import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -96,7 +95,8 @@ class Step:
 
 # ---- child side ----------------------------------------------------------------
 def child_main(conn, factory: Callable, name: str, path: str, options: dict) -> None:
-    """Entry point of the engine process: build and load the loop, then run it."""
+    """Entry point of the engine process: build and load the loop, run it, then call its
+    `close()` where it has one (work on its own threads to wait for before the exit)."""
     # Ctrl-C in a terminal reaches the whole process group; the parent decides when this
     # process stops (a Stop message, or its end of the pipe closing).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -111,20 +111,8 @@ def child_main(conn, factory: Callable, name: str, path: str, options: dict) -> 
         return
     conn.send(Ready(info))
     loop.run(conn)
-    _exit_without_teardown()
-
-
-def _exit_without_teardown() -> None:
-    """Ends the engine process once its loop has stopped, skipping the interpreter's
-    teardown: daemon threads may still be inside native code (xgrammar building its
-    compiler in the background after load, a compilation), and the C++ destructors that
-    teardown runs under them abort the process ("terminate called without an active
-    exception", seen stopping a core just after it loaded). Nothing is left to release:
-    the loop has answered Stop and the pipe closes with the process."""
-    logging.shutdown()  # flush the log lines
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    if close := getattr(loop, "close", None):
+        close()  # before the interpreter's teardown (see Scheduler.close)
 
 
 # ---- parent side ---------------------------------------------------------------

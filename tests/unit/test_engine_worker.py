@@ -1,10 +1,9 @@
 """The engine process's pipe, parent side: sending never blocks the caller (the core's
 event loop), even while the child reads nothing and the pipe is full. And the child's end:
-once its loop stops it exits without the interpreter's teardown."""
+once its loop stops it calls the loop's close()."""
 from __future__ import annotations
 
 import asyncio
-import atexit
 import os
 import threading
 
@@ -52,30 +51,33 @@ def test_sends_return_while_the_child_reads_nothing_and_arrive_in_order(tmp_path
     assert got == [Step(ended={"count": str(n), "last": f"{n - 1:04d}" + "x" * 4096})]
 
 
-class TornDown:
-    """Child loop that records, from an atexit handler, whether the interpreter's teardown
-    ran after the loop stopped."""
+class Closes:
+    """Child loop with a close(): it marks, once its run has returned, that it was called."""
 
     def __init__(self, name, path, options):
         self.marker = options["marker"]
+        self.stopped = False
 
     def load(self) -> dict:
-        atexit.register(lambda: open(self.marker, "w").close())
         return {}
 
     def run(self, conn) -> None:
         while not isinstance(conn.recv(), Stop):
             pass
+        self.stopped = True
+
+    def close(self) -> None:
+        with open(self.marker, "w") as f:
+            f.write("after run" if self.stopped else "before run returned")
 
 
-def test_the_child_exits_without_the_interpreters_teardown(tmp_path):
-    """Teardown runs C++ destructors under daemon threads still in native code (xgrammar
-    building its compiler just after load): stopping a core right after it loaded aborted
-    its engine process about one time in eight ("terminate called without an active
-    exception"). The child skips it, so no atexit handler runs there."""
-    marker = tmp_path / "teardown-ran"
-    worker = WorkerProcess("torn", "", {"marker": str(marker)}, TornDown, lambda _: None, lambda: None)
+def test_the_child_closes_its_loop_once_the_loop_has_stopped(tmp_path):
+    """close() is where a loop waits for its own threads' native work (Scheduler.close:
+    xgrammar's compile threads) before the interpreter's teardown, which aborted an engine
+    process stopped just after it loaded ("terminate called without an active exception")."""
+    marker = tmp_path / "closed"
+    worker = WorkerProcess("closes", "", {"marker": str(marker)}, Closes, lambda _: None, lambda: None)
     asyncio.run(worker.start())
     asyncio.run(worker.stop(30))
     assert worker.exitcode == 0
-    assert not marker.exists()
+    assert marker.read_text() == "after run"

@@ -20,7 +20,7 @@ from server.engines.base import Constraint, FinishEvent, GenerationRequest, Samp
 from server.engines.torch.scheduler import Scheduler  # noqa: E402
 from server.engines.worker import Rejected, Step, Stop, Submit  # noqa: E402
 
-from ..conftest import TINY_MODEL  # noqa: E402
+from ..conftest import TINY_MODEL, wait_until  # noqa: E402
 
 SCHEMA = json.dumps({
     "type": "object",
@@ -73,6 +73,27 @@ def test_a_compilation_past_the_limit_is_cached_as_a_failure(tokenizer):
     with pytest.raises(GrammarError, match="did not compile within 0.05 s"):
         fut.result(timeout=60)
     assert g.submit(Constraint("regex", "x+")) is fut
+
+
+def test_close_cancels_queued_compilations_and_waits_for_running_ones(tokenizer):
+    """The engine process calls close() before its exit: teardown under a thread still in
+    xgrammar's native code aborts the process."""
+    g = grammars(tokenizer, threads=1, test_delay_s=0.5)
+    running = g.submit(Constraint("regex", "r+"))
+    assert wait_until(running.running, timeout_s=60, interval_s=0.01)
+    queued = g.submit(Constraint("regex", "q+"))  # waits for the one slot
+    g.close()
+    assert running.done() and not running.cancelled()
+    assert queued.cancelled()
+    assert wait_until(lambda: not g._threads, timeout_s=5, interval_s=0.01)
+
+
+def test_close_waits_no_longer_than_its_limit(tokenizer):
+    g = grammars(tokenizer, test_delay_s=5)
+    slow = g.submit(Constraint("regex", "s+"))
+    assert wait_until(slow.running, timeout_s=60, interval_s=0.01)
+    g.close(timeout_s=0.1)
+    assert not slow.done()
 
 
 # ---- the scheduler ------------------------------------------------------------------

@@ -166,6 +166,14 @@ class Scheduler:
         )
         return {"context_length": ctx, "vocab_size": self.vocab_size, "media": list(kinds)}
 
+    def close(self) -> None:
+        """Called once `run` has returned, before the process exits: waits (bounded) for
+        the grammar threads' native work, so that the interpreter's teardown does not run
+        C++ destructors under it (Grammars.close)."""
+        if grammars := getattr(self, "grammars", None):
+            grammars.close()
+        self._mask_pool.shutdown(wait=True, cancel_futures=True)
+
     # ---- the loop ------------------------------------------------------------
     def run(self, conn) -> None:
         """Steps until asked to stop or the parent goes away (closed pipe)."""
