@@ -7,9 +7,10 @@ sees them, so they never get its 429). Here the worker's event loop reads each r
 itself, without a thread, and decides:
 
 * the request is all here (shim/request_scan.py: head and body, or malformed so the
-  parser can refuse it at once, or FRONT_BUFFER_BYTES buffered) -> a request thread takes
-  it, with the bytes already read (shim/gunicorn_http.py parses them; anything still to
-  come is read under the request's read deadline);
+  parser can refuse it at once, or FRONT_REQUEST_BYTES buffered, or the worker's front
+  holds FRONT_BUDGET_BYTES in all) -> a request thread takes it, with the bytes already
+  read (shim/gunicorn_http.py parses them; anything still to come is read under the
+  request's read deadline);
 * every request thread is busy -> 429 `server_overloaded` with Retry-After at once, in the
   OpenAI error envelope, and the connection closes;
 * the request has not all arrived `read_timeout_s` after it started (the connection opened,
@@ -21,8 +22,9 @@ A connection closed after its answer is half-closed and drained for LINGER_S in 
 loop (gthread did that on the loop itself, blocking it up to 2 s per client that does not
 close its side). The pool's threads are all started with the worker (see get_thread_pool).
 
-So a slow client holds a socket and a buffer of at most FRONT_BUFFER_BYTES, never a
-thread, and a refusal costs the event loop a few microseconds.
+So a slow client holds a socket and a buffer of at most FRONT_REQUEST_BYTES, never a
+thread, until slow clients hold FRONT_BUDGET_BYTES of the worker's memory; and a refusal
+costs the event loop a few microseconds.
 
 Drain (SIGTERM, or a first SIGINT; the same as the core's): the worker keeps listening for
 `drain_grace_s`, and the front answers every new request (`/health` included) 503
@@ -53,7 +55,11 @@ from shim.gunicorn_errors import error_response
 from shim.gunicorn_http import ShimParser, read_deadline, timeout_response
 from shim.request_scan import RequestScan
 
-FRONT_BUFFER_BYTES = 256 * 1024  # per request; a larger body is read on its thread
+# A body larger than FRONT_REQUEST_BYTES (a file upload) is read on its thread, past
+# those first bytes; so is the request that takes the worker's front beyond its budget.
+# Slow clients hold no thread before they have sent that much.
+FRONT_REQUEST_BYTES = 8 * 1024 * 1024
+FRONT_BUDGET_BYTES = 64 * 1024 * 1024  # per worker: request bytes the front holds in all
 RECV_BYTES = 64 * 1024
 SWEEP_S = 0.1  # how often deadlines are checked while requests are arriving
 LINGER_S = 1.0  # after a refusal: how long the client's unread bytes are drained before closing
@@ -108,6 +114,7 @@ class ShimWorker(ThreadWorker):
         self.front = not self.cfg.is_ssl and getattr(self.cfg, "http2_cleartext", "off") == "off"
         self.busy = 0  # connections handed to the thread pool and not finished
         self.reading: dict[ShimConn, None] = {}  # requests arriving (insertion-ordered set)
+        self.front_bytes = 0  # the bytes of those requests buffered so far
         self.lingering: dict[ShimConn, None] = {}  # refused, draining before the close
         self._next_sweep = 0.0
         super().init_process()  # runs the worker
@@ -158,8 +165,7 @@ class ShimWorker(ThreadWorker):
         else:
             self.log.info("genapi: drained: no request in flight")
         for conn in list(self.reading):  # half-arrived requests are new ones: 503 too
-            self.reading.pop(conn)
-            self._unregister(conn)
+            self._leave_front(conn)
             self._refuse(conn, shutting_down_response())
         self.alive = False  # gthread's stop follows: kept-alive connections closed, then exit
 
@@ -226,7 +232,7 @@ class ShimWorker(ThreadWorker):
         self._watch(conn)
 
     def _watch(self, conn: ShimConn, data: bytes = b"") -> None:
-        conn.scan = RequestScan(FRONT_BUFFER_BYTES)
+        conn.scan = RequestScan(FRONT_REQUEST_BYTES)
         conn.started = time.monotonic()
         conn.deadline = conn.started + self.read_timeout_s
         conn.registered = False
@@ -251,13 +257,14 @@ class ShimWorker(ThreadWorker):
         except OSError:
             data = b""
         if not data:  # the client left before sending a whole request
-            self.reading.pop(conn, None)
+            self._leave_front(conn)
             self._close(conn)
             return True
         return self._fed(conn, data)
 
     def _fed(self, conn: ShimConn, data: bytes) -> bool:
-        if conn.scan.feed(data):
+        self.front_bytes += len(data)
+        if conn.scan.feed(data) or self.front_bytes > FRONT_BUDGET_BYTES:
             self._dispatch(conn)
             return True
         if conn.scan.expects_continue and not conn.continue_sent:
@@ -269,9 +276,15 @@ class ShimWorker(ThreadWorker):
         conn.deadline = read_deadline(conn.started, len(conn.scan.buf), self.read_timeout_s)
         return False
 
-    def _dispatch(self, conn: ShimConn) -> None:
-        self.reading.pop(conn, None)
+    def _leave_front(self, conn: ShimConn) -> None:
+        """The request is no longer gathered here (handed over, refused or closed)."""
+        if conn in self.reading:
+            del self.reading[conn]
+            self.front_bytes -= len(conn.scan.buf)
         self._unregister(conn)
+
+    def _dispatch(self, conn: ShimConn) -> None:
+        self._leave_front(conn)
         data, conn.scan = bytes(conn.scan.buf), None
         if self.drain_until is not None:
             self._refuse(conn, shutting_down_response())
@@ -350,8 +363,7 @@ class ShimWorker(ThreadWorker):
             return
         self._next_sweep = now + SWEEP_S
         for conn in [c for c in self.reading if c.deadline <= now or not (self.alive or c.scan.buf)]:
-            self.reading.pop(conn)
-            self._unregister(conn)
+            self._leave_front(conn)
             if conn.scan.buf:
                 self._refuse(conn, timeout_response())
             else:  # nothing sent (or the worker is stopping): close quietly

@@ -269,6 +269,10 @@ SLOW_HEAD = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: ap
 SLOW_BODY_HEAD = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
                   b"Content-Length: 1000\r\n\r\n")
 SLOW_EXPECT_HEAD = SLOW_BODY_HEAD.replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n")
+# A large body whose first 300 KB come at once: more than a small buffer, so that a front
+# that handed large bodies to a thread would let each hold one (READ_TIMEOUT_S + 5 s).
+LARGE_BODY_FIRST = 300_000
+SLOW_LARGE_HEAD = SLOW_BODY_HEAD.replace(b"Content-Length: 1000", b"Content-Length: 400000") + b"{" + b" " * (LARGE_BODY_FIRST - 1)
 
 
 def test_slow_clients_do_not_starve_the_others_and_are_closed_in_time(front):
@@ -291,19 +295,21 @@ def test_slow_clients_do_not_starve_the_others_and_are_closed_in_time(front):
                 except httpx.HTTPError as e:
                     outcome["failed"].append(repr(e))
 
-    # A third send their head, a third their body, a third their body after
-    # `Expect: 100-continue`: one byte per second.
+    # A quarter send their head, a quarter their body, a quarter their body after
+    # `Expect: 100-continue`, a quarter the rest of a large body: one byte per second.
     slow = []
     for i in range(n_slow):
         # Timed from before the connect: the server may accept (and start its read timeout)
         # before a loaded machine runs this thread again after the handshake.
         opened = time.monotonic()
         s = socket.create_connection(address(front), timeout=10)
-        if i % 3:
-            s.sendall(SLOW_BODY_HEAD if i % 3 == 1 else SLOW_EXPECT_HEAD)
+        kind = i % 4
+        if kind:
+            s.sendall((SLOW_BODY_HEAD, SLOW_EXPECT_HEAD, SLOW_LARGE_HEAD)[kind - 1])
         s.setblocking(False)
-        slow.append({"sock": s, "opened": opened, "pos": 0, "reply": Reply(), "expect": i % 3 == 2,
-                     "data": SLOW_HEAD if i % 3 == 0 else b"{" + b" " * 998 + b"}"})
+        data = (SLOW_HEAD, b"{" + b" " * 998 + b"}", b"{" + b" " * 998 + b"}",
+                b" " * (400_000 - LARGE_BODY_FIRST - 1) + b"}")[kind]
+        slow.append({"sock": s, "opened": opened, "pos": 0, "reply": Reply(), "expect": kind == 2, "data": data})
     traffic = [threading.Thread(target=normal_traffic) for _ in range(2)]
     for t in traffic:
         t.start()

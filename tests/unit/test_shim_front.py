@@ -303,6 +303,43 @@ def test_gunicorn_internals_the_worker_overrides_are_unchanged():
     assert 'getattr(self, "handle_%s" % signame' in inspect.getsource(Arbiter.run)  # instance handlers win
 
 
+# ---- the front's memory budget ---------------------------------------------------------------
+
+def test_the_front_hands_over_the_request_that_takes_it_past_its_budget(monkeypatch):
+    """Slow clients hold no thread while the worker's front holds less than its budget;
+    beyond it a thread takes the request that crossed it (and reads the rest under its
+    deadline), so the front's memory stays bounded. Its count follows every exit."""
+    import selectors
+
+    from shim import worker as front
+
+    monkeypatch.setattr(front, "FRONT_BUDGET_BYTES", 1000)
+    w = object.__new__(front.ShimWorker)  # the front's state only: no process, no pool
+    w.cfg = GunicornConfig()
+    w.cfg.set("threads", 4)
+    w.reading, w.front_bytes, w.busy, w.nr_conns, w.drain_until = {}, 0, 0, 2, None
+    w.read_timeout_s, w.poller = 30.0, selectors.DefaultSelector()
+    handed = []
+    w.enqueue_req = handed.append
+    head = b"POST /v1/embeddings HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n"
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        first, second = (front.ShimConn(w.cfg, server, ("peer", 1), ("here", 2), 30.0) for server, _ in pairs)
+        w._watch(first, head + b"x" * 500)
+        assert (handed, w.front_bytes) == ([], len(head) + 500)  # still arriving: buffered
+        w._watch(second, head + b"y" * 500)  # the two together: past the budget
+        assert handed == [second] and w.front_bytes == len(head) + 500
+        assert second.parser.unreader.take_buffered() == head + b"y" * 500  # the thread gets every byte
+        pairs[0][1].close()  # the first client leaves
+        w._recv(first)
+        assert (w.reading, w.front_bytes) == ({}, 0)
+    finally:
+        for server, client in pairs:
+            server.close()
+            client.close()
+        w.poller.close()
+
+
 # ---- refusals on the wire ------------------------------------------------------------------
 
 def parse_response(raw: bytes) -> tuple[int, dict, dict]:
