@@ -184,6 +184,9 @@ MODEL_OPTIONS = frozenset({
     # TensorRT-LLM
     "max_num_tokens", "tensor_parallel_size", "free_gpu_memory_fraction", "trust_remote_code", "llm_args",
 })
+#: The keys of `[models.options.fault]` (reliability tests: server/engines/faults.py).
+FAULT_OPTIONS = frozenset({"first_token_delay_s", "fail_after_events", "fail_message", "pause_decode_file",
+                           "grammar_compile_delay_s"})
 _MODEL_KEYS = ("name", "task", "backend", "path", "options")
 # Tables and keys of the file besides the _SETTINGS ones.
 _OTHER_KEYS = {"shim": ("core",), "auth": ("api_key_sha256", "keys", "metrics_keys"), "files": ("s3_input_buckets",),
@@ -204,6 +207,12 @@ def _check_model(mc: ModelConfig) -> None:
     for key in mc.options:
         if key not in MODEL_OPTIONS:
             raise ValueError(f"model {mc.name!r}: unknown option {key!r}{did_you_mean(key, MODEL_OPTIONS)}")
+    if (fault := mc.options.get("fault")) is not None:
+        if not isinstance(fault, dict):
+            raise ValueError(f"model {mc.name!r}: option fault = {fault!r}: must be a table ([models.options.fault])")
+        for key in fault:
+            if key not in FAULT_OPTIONS:
+                raise ValueError(f"model {mc.name!r}: unknown fault option {key!r}{did_you_mean(key, FAULT_OPTIONS)}")
     for key, minimum in _INT_OPTIONS.items():
         if key in mc.options:
             _int_option(mc, key, None, minimum)

@@ -110,7 +110,7 @@ def post_worker_init(worker):
     """gunicorn's own refusals (malformed HTTP) in the OpenAI error shape."""
     from shim import gunicorn_errors
 
-    gunicorn_errors.install()
+    gunicorn_errors.install(worker)
 
 
 def child_exit(server, worker):

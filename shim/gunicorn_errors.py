@@ -11,11 +11,18 @@ own worker (shim/worker.py) writes its refusals (429 when every request thread i
 Statuses: gunicorn answers an unknown Transfer-Encoding with 501, a 5xx that clients and
 SDKs retry; the request is malformed for us, so it is a 400 (REMAPPED). Every one of
 these answers says `Connection: close`, and the connection is closed after it.
+
+gunicorn quotes the offending request line or header, up to its 8 KiB limits, both in the
+answer and in its "Invalid request from ip=..." warning: both are clipped
+(genapi.untrusted.clip) like every other client-supplied value we quote.
 """
 from __future__ import annotations
 
+import logging
+
 from gunicorn import util
 
+from genapi.untrusted import QUOTE_CHARS, clip
 from shim.errors import error_envelope
 from shim.jsonutil import dumps_bytes
 from shim.request_id import HEADER, resolve_request_id
@@ -38,8 +45,20 @@ def error_response(status: int, reason: str, message: str, *, type: str | None =
 
 def _write_error(sock, status_int, reason, mesg) -> None:
     status, reason = REMAPPED.get(int(status_int), (int(status_int), str(reason)))
-    util.write_nonblock(sock, error_response(status, reason, str(mesg)))
+    util.write_nonblock(sock, error_response(status, reason, clip(str(mesg))))
 
 
-def install() -> None:
+class ClipInvalidRequests(logging.Filter):
+    """On gunicorn's error log: its warning about a malformed request, clipped."""
+
+    PREFIX = "Invalid request from ip="
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(self.PREFIX):
+            record.msg, record.args = clip(record.getMessage(), 2 * QUOTE_CHARS), ()
+        return True
+
+
+def install(worker) -> None:
     util.write_error = _write_error
+    worker.log.error_log.addFilter(ClipInvalidRequests())

@@ -10,6 +10,7 @@ Enabled per model with `[models.options.fault]`:
     grammar_compile_delay_s = 3.0 # sleep before compiling each response_format grammar
                                  # (torch scheduler), so a test can exceed
                                  # grammar_compile_timeout_s with any schema
+Any other key is refused at load (genapi/config.py FAULT_OPTIONS, where a new one goes).
 """
 from __future__ import annotations
 

@@ -184,6 +184,9 @@ def test_toml_syntax_error_names_the_file(tmp_path):
      "model 'm': option max_batch = 1000000000000: must be an integer between 1 and 65536"),
     ('[[models]]\nname = "m"\n[models.options]\nmax_queue = 1e3\n', "max_queue = 1000.0: must be an integer"),
     ("shim = 3\n", "shim = 3: must be a table ([shim])"),
+    ('[[models]]\nname = "m"\n[models.options.fault]\npause_decode = "/tmp/p"\n',
+     "model 'm': unknown fault option 'pause_decode' (did you mean 'pause_decode_file'?)"),
+    ('[[models]]\nname = "m"\n[models.options]\nfault = 1\n', "option fault = 1: must be a table"),
 ])
 def test_misspelled_or_out_of_range_settings_are_named(tmp_path, toml, message):
     cfg_file = tmp_path / "c.toml"

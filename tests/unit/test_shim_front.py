@@ -378,3 +378,28 @@ def test_unsupported_transfer_coding_is_a_400_not_a_501():
         status, headers, body = parse_response(b.recv(65536))
     assert status == 400 and headers["connection"] == "close" and "retry-after" not in headers
     assert body["error"]["type"] == "invalid_request_error" and body["error"]["code"] == "bad_request"
+
+
+def test_gunicorns_refusals_quote_the_request_clipped():
+    """gunicorn quotes a bad request line or header whole (up to its 8 KiB limits), in the
+    answer and in its warning: both are clipped like any client value we quote."""
+    import logging
+
+    from shim import gunicorn_errors
+
+    line = "GET /" + "a" * 8000 + "\n HTTP/1.1"
+    a, b = socket.socketpair()
+    with a, b:
+        gunicorn_errors._write_error(a, 400, "Bad Request", f"Invalid Request Line '{line}'")
+        raw = b""
+        while not raw.endswith(b"}"):
+            raw += b.recv(65536)
+    _, _, body = parse_response(raw)
+    message = body["error"]["message"]
+    assert len(message) < 400 and "...(+" in message, message
+    record = logging.LogRecord("gunicorn.error", logging.WARNING, __file__, 1,
+                               "Invalid request from ip={ip}: {error}".format(ip="10.0.0.1", error=line), (), None)
+    assert gunicorn_errors.ClipInvalidRequests().filter(record)
+    logged = record.getMessage()
+    assert logged.startswith("Invalid request from ip=10.0.0.1: GET /aaa") and len(logged) < 700
+    assert "\n" not in logged  # one line
